@@ -1,0 +1,11 @@
+//! Types shared by every cliscale component: the session phase model, the terminal wire
+//! protocol spoken between browser, gateway and runner, and the session tokens that guard it.
+//!
+//! Everything here is pure: no sockets, no processes, no files.
+
+pub mod phase;
+pub mod protocol;
+pub mod tls;
+pub mod token;
+
+pub use phase::{SessionPhase, TerminalReason};

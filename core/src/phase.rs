@@ -1,0 +1,142 @@
+//! The session lifecycle shared by the runner, the local executor and the operator.
+
+use serde::{Deserialize, Serialize};
+
+/// Where a session is in its life. See DESIGN.md, "Session lifecycle".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SessionPhase {
+    /// Accepted, no runner yet.
+    Pending,
+    /// Runner scheduled: fetching code or installing.
+    Starting,
+    /// The command runs in its PTY and the terminal is reachable.
+    Running,
+    /// The command exited 0.
+    Succeeded,
+    /// The command exited non-zero or was killed by a signal, or the runner could not start it.
+    Failed,
+    /// The session's deadline passed.
+    TimedOut,
+    /// A user deleted or cancelled the session.
+    Cancelled,
+    /// The runner vanished (evicted, OOM-killed, node lost).
+    Lost,
+}
+
+impl SessionPhase {
+    /// True once the session can no longer change phase.
+    pub fn is_finished(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled | Self::Lost
+        )
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Starting => "Starting",
+            Self::Running => "Running",
+            Self::Succeeded => "Succeeded",
+            Self::Failed => "Failed",
+            Self::TimedOut => "TimedOut",
+            Self::Cancelled => "Cancelled",
+            Self::Lost => "Lost",
+        }
+    }
+}
+
+impl std::fmt::Display for SessionPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a session finished. Typed so that clients can branch on it; the human detail goes in a
+/// separate message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TerminalReason {
+    /// The command exited by itself; see `exitCode`.
+    Exited,
+    /// The command was killed by a signal it did not ask for.
+    Signaled,
+    /// The session's deadline passed and the command was stopped.
+    DeadlineExceeded,
+    /// A user cancelled the session (the runner got SIGTERM or SIGINT).
+    Cancelled,
+    /// The runner's configuration was invalid.
+    ConfigInvalid,
+    /// The code could not be downloaded or unpacked.
+    FetchFailed,
+    /// The downloaded archive did not match the expected SHA-256.
+    ChecksumMismatch,
+    /// The install command failed.
+    InstallFailed,
+    /// The command could not be started in a PTY.
+    SpawnFailed,
+    /// The container was killed for exceeding its memory limit.
+    OomKilled,
+    /// The pod was evicted.
+    Evicted,
+    /// The runner disappeared without reporting an end.
+    RunnerLost,
+}
+
+/// The phase a session ends in for a given reason and exit code: a pure decision shared by the
+/// runner and the control plane.
+pub fn finished_phase(reason: TerminalReason, exit_code: Option<i32>) -> SessionPhase {
+    match reason {
+        TerminalReason::Exited if exit_code == Some(0) => SessionPhase::Succeeded,
+        TerminalReason::DeadlineExceeded => SessionPhase::TimedOut,
+        TerminalReason::Cancelled => SessionPhase::Cancelled,
+        TerminalReason::OomKilled | TerminalReason::Evicted | TerminalReason::RunnerLost => {
+            SessionPhase::Lost
+        }
+        _ => SessionPhase::Failed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_zero_succeeds_and_everything_else_maps_to_its_phase() {
+        assert_eq!(
+            finished_phase(TerminalReason::Exited, Some(0)),
+            SessionPhase::Succeeded
+        );
+        assert_eq!(
+            finished_phase(TerminalReason::Exited, Some(3)),
+            SessionPhase::Failed
+        );
+        assert_eq!(
+            finished_phase(TerminalReason::Signaled, None),
+            SessionPhase::Failed
+        );
+        assert_eq!(
+            finished_phase(TerminalReason::DeadlineExceeded, Some(124)),
+            SessionPhase::TimedOut
+        );
+        assert_eq!(
+            finished_phase(TerminalReason::Cancelled, None),
+            SessionPhase::Cancelled
+        );
+        assert_eq!(
+            finished_phase(TerminalReason::OomKilled, None),
+            SessionPhase::Lost
+        );
+        assert_eq!(
+            finished_phase(TerminalReason::FetchFailed, None),
+            SessionPhase::Failed
+        );
+    }
+
+    #[test]
+    fn only_end_states_are_finished() {
+        assert!(!SessionPhase::Running.is_finished());
+        assert!(!SessionPhase::Starting.is_finished());
+        assert!(SessionPhase::Lost.is_finished());
+        assert!(SessionPhase::Succeeded.is_finished());
+    }
+}

@@ -1,0 +1,10 @@
+//! cliscale-gateway: not built yet. The runner is the first part of cliscale to land; this binary
+//! exists so the workspace has its final shape. It refuses to run rather than pretend.
+
+fn main() {
+    eprintln!(
+        "cliscale-gateway {}: not implemented yet; see the project's open issues",
+        env!("CARGO_PKG_VERSION")
+    );
+    std::process::exit(2);
+}

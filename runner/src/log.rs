@@ -1,0 +1,250 @@
+//! The session's output log: every byte the session produces, numbered by its absolute offset
+//! from the very first byte, with a bounded window of recent bytes kept in memory.
+//!
+//! Readers pull from the log with their own cursor instead of being pushed copies, so a slow
+//! reader costs nothing but its cursor: it either catches up from the window or is told
+//! exactly which bytes it missed (a gap).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::watch;
+
+/// What a reader gets for a given cursor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogRead {
+    /// Bytes starting exactly at the requested offset.
+    Data { offset: u64, data: Bytes },
+    /// Bytes `[from, to)` were evicted; continue reading at `to`.
+    Gap { from: u64, to: u64 },
+    /// The reader has everything written so far; `closed` is true once no more will come.
+    UpToDate { end: u64, closed: bool },
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    /// Chunks in order, each tagged with the offset of its first byte.
+    chunks: VecDeque<(u64, Bytes)>,
+    /// Offset of the oldest byte still held.
+    start: u64,
+    /// Offset of the next byte to be written.
+    end: u64,
+    closed: bool,
+}
+
+/// A shared, append-only output log with a bounded in-memory window.
+#[derive(Debug)]
+pub struct OutputLog {
+    window: Mutex<Window>,
+    capacity: usize,
+    /// Carries the end offset so readers can wait for new bytes; closes with the log.
+    end_tx: watch::Sender<(u64, bool)>,
+}
+
+impl OutputLog {
+    /// A log that keeps at most `capacity` bytes (at least 1) in memory.
+    pub fn new(capacity: usize) -> Self {
+        let (end_tx, _) = watch::channel((0, false));
+        Self {
+            window: Mutex::new(Window::default()),
+            capacity: capacity.max(1),
+            end_tx,
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Appends bytes, evicting the oldest ones beyond the window. Returns the new end offset.
+    pub fn append(&self, data: Bytes) -> u64 {
+        if data.is_empty() {
+            return self.end();
+        }
+        let end = {
+            let mut w = self.window.lock().expect("log lock poisoned");
+            if w.closed {
+                return w.end;
+            }
+            let offset = w.end;
+            w.end += data.len() as u64;
+            w.chunks.push_back((offset, data));
+            let floor = w.end.saturating_sub(self.capacity as u64);
+            while let Some((first_offset, first)) = w.chunks.front_mut() {
+                let first_end = *first_offset + first.len() as u64;
+                if first_end <= floor {
+                    w.chunks.pop_front();
+                } else {
+                    if *first_offset < floor {
+                        // Trim a chunk that straddles the window's edge.
+                        let cut = (floor - *first_offset) as usize;
+                        *first = first.slice(cut..);
+                        *first_offset = floor;
+                    }
+                    break;
+                }
+            }
+            w.start = w.chunks.front().map_or(w.end, |(o, _)| *o);
+            w.end
+        };
+        self.end_tx.send_replace((end, false));
+        end
+    }
+
+    /// Marks the log finished: readers that catch up learn that nothing more will come.
+    pub fn close(&self) {
+        let end = {
+            let mut w = self.window.lock().expect("log lock poisoned");
+            w.closed = true;
+            w.end
+        };
+        self.end_tx.send_replace((end, true));
+    }
+
+    /// Offset of the oldest byte still in memory.
+    pub fn start(&self) -> u64 {
+        self.window.lock().expect("log lock poisoned").start
+    }
+
+    /// Offset of the next byte to be written (the total written so far).
+    pub fn end(&self) -> u64 {
+        self.window.lock().expect("log lock poisoned").end
+    }
+
+    /// Watches the `(end, closed)` pair, to wait for new bytes without polling.
+    pub fn subscribe(&self) -> watch::Receiver<(u64, bool)> {
+        self.end_tx.subscribe()
+    }
+
+    /// Reads up to `max` bytes starting at `offset`.
+    pub fn read_since(&self, offset: u64, max: usize) -> LogRead {
+        let w = self.window.lock().expect("log lock poisoned");
+        if offset < w.start {
+            return LogRead::Gap {
+                from: offset,
+                to: w.start,
+            };
+        }
+        if offset >= w.end {
+            return LogRead::UpToDate {
+                end: w.end,
+                closed: w.closed,
+            };
+        }
+        // Chunks are sorted by offset: find the one holding `offset`.
+        let index = w
+            .chunks
+            .partition_point(|(o, c)| o + c.len() as u64 <= offset);
+        let (chunk_offset, chunk) = &w.chunks[index];
+        let first = chunk.slice((offset - chunk_offset) as usize..);
+        if first.len() >= max {
+            return LogRead::Data {
+                offset,
+                data: first.slice(..max),
+            };
+        }
+        let next_is_small = w.chunks.get(index + 1).is_some();
+        if !next_is_small {
+            return LogRead::Data {
+                offset,
+                data: first,
+            };
+        }
+        // Coalesce small chunks (a PTY yields at most a few KiB per read) into one frame.
+        let mut buf = BytesMut::with_capacity(max.min((w.end - offset) as usize));
+        buf.extend_from_slice(&first);
+        for (_, chunk) in w.chunks.range(index + 1..) {
+            let room = max - buf.len();
+            if room == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        LogRead::Data {
+            offset,
+            data: buf.freeze(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect(log: &OutputLog, mut offset: u64, max: usize) -> (Vec<u8>, Vec<(u64, u64)>) {
+        let (mut out, mut gaps) = (Vec::new(), Vec::new());
+        loop {
+            match log.read_since(offset, max) {
+                LogRead::Data { offset: o, data } => {
+                    assert_eq!(o, offset);
+                    offset += data.len() as u64;
+                    out.extend_from_slice(&data);
+                }
+                LogRead::Gap { from, to } => {
+                    gaps.push((from, to));
+                    offset = to;
+                }
+                LogRead::UpToDate { .. } => return (out, gaps),
+            }
+        }
+    }
+
+    #[test]
+    fn offsets_are_absolute_and_reads_resume_anywhere() {
+        let log = OutputLog::new(1024);
+        log.append(Bytes::from_static(b"hello "));
+        log.append(Bytes::from_static(b"world"));
+        assert_eq!(log.end(), 11);
+        assert_eq!(collect(&log, 0, 4).0, b"hello world");
+        assert_eq!(collect(&log, 3, 100).0, b"lo world");
+        assert_eq!(collect(&log, 6, 100).0, b"world");
+        assert_eq!(
+            log.read_since(11, 10),
+            LogRead::UpToDate {
+                end: 11,
+                closed: false
+            }
+        );
+    }
+
+    #[test]
+    fn eviction_keeps_exactly_the_window_and_reports_gaps() {
+        let log = OutputLog::new(10);
+        for chunk in [&b"0123"[..], b"4567", b"89ab", b"cdef"] {
+            log.append(Bytes::copy_from_slice(chunk));
+        }
+        assert_eq!(log.start(), 6);
+        let (data, gaps) = collect(&log, 0, 3);
+        assert_eq!(gaps, vec![(0, 6)]);
+        assert_eq!(data, b"6789abcdef");
+        let (data, gaps) = collect(&log, 8, 100);
+        assert!(gaps.is_empty());
+        assert_eq!(data, b"89abcdef");
+    }
+
+    #[test]
+    fn a_chunk_larger_than_the_window_is_trimmed() {
+        let log = OutputLog::new(4);
+        log.append(Bytes::from_static(b"abcdefgh"));
+        assert_eq!(log.start(), 4);
+        assert_eq!(collect(&log, 4, 100).0, b"efgh");
+    }
+
+    #[test]
+    fn close_is_visible_to_readers_and_ignores_later_writes() {
+        let log = OutputLog::new(16);
+        let rx = log.subscribe();
+        log.append(Bytes::from_static(b"x"));
+        log.close();
+        log.append(Bytes::from_static(b"late"));
+        assert_eq!(*rx.borrow(), (1, true));
+        assert_eq!(
+            log.read_since(1, 8),
+            LogRead::UpToDate {
+                end: 1,
+                closed: true
+            }
+        );
+    }
+}

@@ -1,0 +1,88 @@
+//! Prometheus metrics of the runner, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub output_bytes: Counter,
+    pub input_bytes: Counter,
+    pub clients: Family<KindLabel, Gauge>,
+    pub gaps: Counter,
+    pub clients_dropped: Family<ReasonLabel, Counter>,
+    pub auth_failures: Family<ReasonLabel, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cliscale_runner");
+        let output_bytes = Counter::default();
+        let input_bytes = Counter::default();
+        let clients = Family::<KindLabel, Gauge>::default();
+        let gaps = Counter::default();
+        let clients_dropped = Family::<ReasonLabel, Counter>::default();
+        let auth_failures = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "output_bytes",
+            "Bytes written to the output log",
+            output_bytes.clone(),
+        );
+        registry.register(
+            "input_bytes",
+            "Bytes of client input written to the PTY",
+            input_bytes.clone(),
+        );
+        registry.register(
+            "clients",
+            "Attached clients by kind (ws, sse)",
+            clients.clone(),
+        );
+        registry.register(
+            "gaps",
+            "Gaps reported to clients that fell behind the log window",
+            gaps.clone(),
+        );
+        registry.register(
+            "clients_dropped",
+            "Clients disconnected by the runner, by reason",
+            clients_dropped.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Refused connection attempts, by token error",
+            auth_failures.clone(),
+        );
+        Self {
+            registry,
+            output_bytes,
+            input_bytes,
+            clients,
+            gaps,
+            clients_dropped,
+            auth_failures,
+        }
+    }
+}
+
+impl Metrics {
+    /// The metrics in Prometheus' text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

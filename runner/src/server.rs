@@ -1,0 +1,594 @@
+//! The runner's HTTP side: the terminal WebSocket the gateway proxies, Server-Sent Events of
+//! the same log, health, readiness and metrics. docs/protocol.md describes the frames.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use bytes::Bytes;
+use cliscale_core::protocol::{
+    ClientMessage, ServerMessage, SessionStatus, encode_output, parse_client_text,
+};
+use cliscale_core::token::{TokenError, TokenScope, TokenVerifier};
+use futures_util::{SinkExt, Stream, StreamExt};
+use serde::Deserialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::log::{LogRead, OutputLog};
+use crate::metrics::{KindLabel, Metrics, ReasonLabel};
+use crate::pty::PtyInput;
+
+/// Largest output frame sent to a client.
+pub const MAX_OUTPUT_FRAME: usize = 64 * 1024;
+/// Largest message accepted from a client; bigger ones close the connection (1009).
+pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
+
+/// WebSocket close codes of the runner (docs/protocol.md).
+pub mod close_code {
+    /// The session ended and the runner is shutting down.
+    pub const SESSION_ENDED: u16 = 1000;
+    /// The client answered no ping for three intervals.
+    pub const KEEPALIVE_TIMEOUT: u16 = 4000;
+    /// The client could not take output fast enough.
+    pub const TOO_SLOW: u16 = 4008;
+}
+
+/// State shared by the session driver and every connection.
+pub struct Shared {
+    pub session_id: String,
+    pub log: Arc<OutputLog>,
+    pub status: watch::Sender<SessionStatus>,
+    /// Set once the command runs in its PTY; readiness follows it.
+    pub input: OnceLock<mpsc::Sender<PtyInput>>,
+    /// Cleared when the command exits: input is no longer accepted.
+    pub accepting_input: AtomicBool,
+    pub verifier: Arc<dyn TokenVerifier>,
+    pub metrics: Metrics,
+    pub ping_interval: Duration,
+    pub stall_timeout: Duration,
+    /// Cancelled when the runner shuts down; connections close with "session ended".
+    pub shutdown: CancellationToken,
+}
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/ws", get(ws_handler))
+        .route("/events", get(sse_handler))
+        .with_state(shared)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AttachQuery {
+    token: Option<String>,
+    since: Option<u64>,
+    /// `view` asks for a read-only connection even with an interact token.
+    mode: Option<String>,
+}
+
+fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
+    HttpError {
+        status,
+        code,
+        message,
+    }
+    .into_response()
+}
+
+/// A refused request: JSON body with a stable `error` code and a human `message`.
+struct HttpError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        (
+            self.status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.input.get().is_some() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        let phase = shared.status.borrow().phase;
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the PTY is not up yet (phase {phase})"),
+        )
+    }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let counted = shared.metrics.output_bytes.get();
+    shared
+        .metrics
+        .output_bytes
+        .inc_by(shared.log.end().saturating_sub(counted));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Checks the token (header first, then query) and the requested offset.
+fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: &AttachQuery,
+) -> Result<(bool, u64), HttpError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = bearer.or(query.token.as_deref()).unwrap_or("");
+    let claims = shared
+        .verifier
+        .verify(token, &shared.session_id)
+        .map_err(|e| {
+            shared
+                .metrics
+                .auth_failures
+                .get_or_create(&ReasonLabel { reason: e.code() })
+                .inc();
+            tracing::info!(code = e.code(), "refused a connection: {e}");
+            let status = match e {
+                TokenError::WrongSession { .. } => StatusCode::FORBIDDEN,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            HttpError {
+                status,
+                code: e.code(),
+                message: e.to_string(),
+            }
+        })?;
+    let read_only = claims.scope == TokenScope::View || query.mode.as_deref() == Some("view");
+    if let Some(mode) = query
+        .mode
+        .as_deref()
+        .filter(|m| !matches!(*m, "view" | "interact"))
+    {
+        return Err(HttpError {
+            status: StatusCode::BAD_REQUEST,
+            code: "bad_mode",
+            message: format!("mode {mode:?} is not view or interact"),
+        });
+    }
+    let since = query.since.unwrap_or(0);
+    let end = shared.log.end();
+    if since > end {
+        return Err(HttpError {
+            status: StatusCode::BAD_REQUEST,
+            code: "since_beyond_end",
+            message: format!("since={since} is past the end of the log ({end})"),
+        });
+    }
+    Ok((read_only, since))
+}
+
+async fn ws_handler(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<AttachQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let Ok(Query(query)) = query else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "since must be a non-negative integer".into(),
+        );
+    };
+    let (read_only, since) = match authorize(&shared, &headers, &query) {
+        Ok(ok) => ok,
+        Err(refused) => return refused.into_response(),
+    };
+    upgrade
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| serve_terminal(shared, socket, read_only, since))
+}
+
+/// Messages from a connection's reader half to its writer half.
+enum Control {
+    Error { code: &'static str, message: String },
+}
+
+async fn serve_terminal(shared: Arc<Shared>, socket: WebSocket, read_only: bool, since: u64) {
+    let gauge = shared
+        .metrics
+        .clients
+        .get_or_create(&KindLabel { kind: "ws" })
+        .clone();
+    gauge.inc();
+    let (sink, stream) = socket.split();
+    let (control_tx, control_rx) = mpsc::channel::<Control>(16);
+    let last_heard = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let reader = tokio::spawn(read_client(
+        shared.clone(),
+        stream,
+        read_only,
+        control_tx,
+        last_heard.clone(),
+        started,
+    ));
+    let result = write_client(
+        &shared, sink, read_only, since, control_rx, last_heard, started,
+    )
+    .await;
+    reader.abort();
+    if let Err(reason) = result {
+        shared
+            .metrics
+            .clients_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        tracing::info!(reason, "dropped a client");
+    }
+    gauge.dec();
+}
+
+async fn read_client(
+    shared: Arc<Shared>,
+    mut stream: futures_util::stream::SplitStream<WebSocket>,
+    read_only: bool,
+    control: mpsc::Sender<Control>,
+    last_heard: Arc<AtomicU64>,
+    started: Instant,
+) {
+    let mut told_read_only = false;
+    while let Some(Ok(message)) = stream.next().await {
+        last_heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let input = match message {
+            Message::Binary(data) => PtyInput::Data(data),
+            Message::Text(text) => match parse_client_text(text.as_str()) {
+                Ok(ClientMessage::Input { data }) => PtyInput::Data(Bytes::from(data)),
+                Ok(ClientMessage::Resize { cols, rows }) => PtyInput::Resize { cols, rows },
+                Err(e) => {
+                    let _ = control
+                        .send(Control::Error {
+                            code: e.code(),
+                            message: e.to_string(),
+                        })
+                        .await;
+                    continue;
+                }
+            },
+            Message::Close(_) => break,
+            Message::Ping(_) | Message::Pong(_) => continue,
+        };
+        if read_only {
+            if !told_read_only {
+                told_read_only = true;
+                let message = "this connection is read-only; input and resize are ignored".into();
+                let _ = control
+                    .send(Control::Error {
+                        code: "read_only",
+                        message,
+                    })
+                    .await;
+            }
+            continue;
+        }
+        let sender = shared
+            .input
+            .get()
+            .filter(|_| shared.accepting_input.load(Ordering::Acquire));
+        let Some(sender) = sender else {
+            let message = "the command is not running; input dropped".into();
+            let _ = control
+                .send(Control::Error {
+                    code: "not_running",
+                    message,
+                })
+                .await;
+            continue;
+        };
+        if let PtyInput::Data(data) = &input {
+            shared.metrics.input_bytes.inc_by(data.len() as u64);
+        }
+        if sender.send(input).await.is_err() {
+            break;
+        }
+    }
+}
+
+type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Sends one message, giving up on a client that cannot take it within the stall timeout.
+async fn send(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), &'static str> {
+    match tokio::time::timeout(shared.stall_timeout, sink.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err("send_failed"),
+        Err(_) => {
+            let frame = CloseFrame {
+                code: close_code::TOO_SLOW,
+                reason: "client too slow".into(),
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_millis(100),
+                sink.send(Message::Close(Some(frame))),
+            )
+            .await;
+            Err("too_slow")
+        }
+    }
+}
+
+fn json_message(message: &ServerMessage) -> Message {
+    Message::Text(
+        serde_json::to_string(message)
+            .expect("server messages serialize")
+            .into(),
+    )
+}
+
+async fn write_client(
+    shared: &Shared,
+    mut sink: Sink,
+    read_only: bool,
+    since: u64,
+    mut control: mpsc::Receiver<Control>,
+    last_heard: Arc<AtomicU64>,
+    started: Instant,
+) -> Result<(), &'static str> {
+    let mut end_rx = shared.log.subscribe();
+    let mut status_rx = shared.status.subscribe();
+    let hello = ServerMessage::Hello {
+        session_id: shared.session_id.clone(),
+        read_only,
+        log_start: shared.log.start(),
+        log_end: shared.log.end(),
+        status: status_rx.borrow_and_update().clone(),
+    };
+    // A client that attaches after the end gets the final status again after the output.
+    let mut pending_status = match &hello {
+        ServerMessage::Hello { status, .. } if status.phase.is_finished() => Some(status.clone()),
+        _ => None,
+    };
+    send(shared, &mut sink, json_message(&hello)).await?;
+    let mut cursor = since;
+    let mut ping = tokio::time::interval(shared.ping_interval);
+    ping.tick().await;
+    loop {
+        // Output first, so a status never overtakes the bytes written before it.
+        match shared.log.read_since(cursor, MAX_OUTPUT_FRAME) {
+            LogRead::Data { offset, data } => {
+                cursor = offset + data.len() as u64;
+                send(
+                    shared,
+                    &mut sink,
+                    Message::Binary(encode_output(offset, &data).into()),
+                )
+                .await?;
+                if let Ok(Control::Error { code, message }) = control.try_recv() {
+                    let error = ServerMessage::Error {
+                        code: code.into(),
+                        message,
+                    };
+                    send(shared, &mut sink, json_message(&error)).await?;
+                }
+                if shared.shutdown.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            LogRead::Gap { from, to } => {
+                shared.metrics.gaps.inc();
+                cursor = to;
+                send(
+                    shared,
+                    &mut sink,
+                    json_message(&ServerMessage::Gap { from, to }),
+                )
+                .await?;
+                continue;
+            }
+            LogRead::UpToDate { .. } => {}
+        }
+        if let Some(status) = pending_status.take() {
+            send(
+                shared,
+                &mut sink,
+                json_message(&ServerMessage::Status(status)),
+            )
+            .await?;
+        }
+        tokio::select! {
+            _ = end_rx.changed() => {}
+            changed = status_rx.changed() => {
+                if changed.is_ok() {
+                    pending_status = Some(status_rx.borrow_and_update().clone());
+                }
+            }
+            message = control.recv() => match message {
+                Some(Control::Error { code, message }) => {
+                    let error = ServerMessage::Error { code: code.into(), message };
+                    send(shared, &mut sink, json_message(&error)).await?;
+                }
+                // The reader ended: the client closed or its connection broke.
+                None => return Ok(()),
+            },
+            _ = ping.tick() => {
+                let silent_ms = (started.elapsed().as_millis() as u64)
+                    .saturating_sub(last_heard.load(Ordering::Relaxed));
+                if silent_ms > 3 * shared.ping_interval.as_millis() as u64 {
+                    let frame = CloseFrame { code: close_code::KEEPALIVE_TIMEOUT, reason: "keepalive timeout".into() };
+                    let _ = send(shared, &mut sink, Message::Close(Some(frame))).await;
+                    return Err("keepalive_timeout");
+                }
+                send(shared, &mut sink, Message::Ping(Bytes::from_static(b"cliscale"))).await?;
+            }
+            _ = shared.shutdown.cancelled() => break,
+        }
+    }
+    let frame = CloseFrame {
+        code: close_code::SESSION_ENDED,
+        reason: "session ended".into(),
+    };
+    let _ = send(shared, &mut sink, Message::Close(Some(frame))).await;
+    Ok(())
+}
+
+async fn sse_handler(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    query: Result<Query<AttachQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(mut query)) = query else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+            "since must be a non-negative integer".into(),
+        );
+    };
+    // EventSource reconnects with Last-Event-ID, which is the offset to resume from.
+    if let Some(last) = headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        match last.parse() {
+            Ok(offset) => query.since = Some(offset),
+            Err(_) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    "bad_last_event_id",
+                    format!("Last-Event-ID {last:?} is not an offset"),
+                );
+            }
+        }
+    }
+    let (read_only, since) = match authorize(&shared, &headers, &query) {
+        Ok(ok) => ok,
+        Err(refused) => return refused.into_response(),
+    };
+    let _ = read_only; // SSE is read-only by nature.
+    Sse::new(sse_stream(shared, since))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+struct SseState {
+    shared: Arc<Shared>,
+    cursor: u64,
+    end_rx: watch::Receiver<(u64, bool)>,
+    status_rx: watch::Receiver<SessionStatus>,
+    pending_status: Option<SessionStatus>,
+    hello_sent: bool,
+    finished: bool,
+    _gauge: GaugeGuard,
+}
+
+/// Keeps the client gauge right however the stream ends.
+struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn sse_event(kind: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(kind)
+        .data(serde_json::to_string(data).expect("events serialize"))
+}
+
+fn sse_stream(shared: Arc<Shared>, since: u64) -> impl Stream<Item = Result<Event, Infallible>> {
+    let gauge = shared
+        .metrics
+        .clients
+        .get_or_create(&KindLabel { kind: "sse" })
+        .clone();
+    gauge.inc();
+    let state = SseState {
+        end_rx: shared.log.subscribe(),
+        status_rx: shared.status.subscribe(),
+        shared,
+        cursor: since,
+        pending_status: None,
+        hello_sent: false,
+        finished: false,
+        _gauge: GaugeGuard(gauge),
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        let event = next_sse_event(&mut st).await?;
+        Some((Ok(event), st))
+    })
+}
+
+async fn next_sse_event(st: &mut SseState) -> Option<Event> {
+    if !st.hello_sent {
+        st.hello_sent = true;
+        let hello = ServerMessage::Hello {
+            session_id: st.shared.session_id.clone(),
+            read_only: true,
+            log_start: st.shared.log.start(),
+            log_end: st.shared.log.end(),
+            status: st.status_rx.borrow_and_update().clone(),
+        };
+        if let ServerMessage::Hello { status, .. } = &hello
+            && status.phase.is_finished()
+        {
+            st.pending_status = Some(status.clone());
+        }
+        return Some(sse_event("hello", &hello).id(st.cursor.to_string()));
+    }
+    loop {
+        match st.shared.log.read_since(st.cursor, MAX_OUTPUT_FRAME) {
+            LogRead::Data { offset, data } => {
+                st.cursor = offset + data.len() as u64;
+                let body = serde_json::json!({
+                    "offset": offset,
+                    "data": base64::engine::general_purpose::STANDARD.encode(&data),
+                });
+                return Some(sse_event("output", &body).id(st.cursor.to_string()));
+            }
+            LogRead::Gap { from, to } => {
+                st.shared.metrics.gaps.inc();
+                st.cursor = to;
+                return Some(sse_event("gap", &ServerMessage::Gap { from, to }).id(to.to_string()));
+            }
+            LogRead::UpToDate { .. } => {}
+        }
+        if let Some(status) = st.pending_status.take() {
+            st.finished = status.phase.is_finished() && st.end_rx.borrow().1;
+            return Some(sse_event("status", &ServerMessage::Status(status)));
+        }
+        if st.finished {
+            return None;
+        }
+        tokio::select! {
+            _ = st.end_rx.changed() => {}
+            changed = st.status_rx.changed() => {
+                if changed.is_ok() {
+                    st.pending_status = Some(st.status_rx.borrow_and_update().clone());
+                }
+            }
+            _ = st.shared.shutdown.cancelled() => return None,
+        }
+    }
+}

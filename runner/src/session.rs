@@ -1,0 +1,347 @@
+//! Drives one session: serve, fetch, install, run in the PTY, report, linger, exit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use cliscale_core::phase::finished_phase;
+use cliscale_core::protocol::SessionStatus;
+use cliscale_core::token::JwksVerifier;
+use cliscale_core::{SessionPhase, TerminalReason};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{Signal, SignalKind, signal};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RUNNER_ENV_PREFIX, RunnerConfig};
+use crate::error::{Result, RunnerError, exit_code};
+use crate::log::{LogRead, OutputLog};
+use crate::logged_process::{Outcome, run_logged};
+use crate::metrics::Metrics;
+use crate::pty::{self, CommandSpec};
+use crate::server::{self, Shared};
+use crate::source::{self, progress};
+
+/// Longest wait for the PTY's last bytes after the command exits (background processes may
+/// hold the terminal open).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// SIGTERM and SIGINT, the two ways a runner is asked to stop.
+struct StopSignals {
+    term: Signal,
+    int: Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// Waits for either; returns its number.
+    async fn recv(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc_signal::SIGTERM,
+            _ = self.int.recv() => libc_signal::SIGINT,
+        }
+    }
+}
+
+mod libc_signal {
+    pub const SIGINT: i32 = nix::sys::signal::Signal::SIGINT as i32;
+    pub const SIGTERM: i32 = nix::sys::signal::Signal::SIGTERM as i32;
+}
+
+/// Runs the session to the end and returns the runner's exit code.
+pub async fn run(config: RunnerConfig) -> i32 {
+    let args = &config.args;
+    let audiences: Vec<&str> = args.token_audience.iter().map(String::as_str).collect();
+    let verifier = match JwksVerifier::from_jwks_json(
+        &config.jwks,
+        &audiences,
+        args.token_issuer.as_deref(),
+    ) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(error = %e, "invalid JWKS file");
+            return exit_code::CONFIG_INVALID;
+        }
+    };
+    let mut signals = match StopSignals::new() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return exit_code::RUNNER_FAILED;
+        }
+    };
+    let log = Arc::new(OutputLog::new(args.log_window_bytes));
+    let (status, _) = watch::channel(SessionStatus::new(SessionPhase::Starting));
+    let shared = Arc::new(Shared {
+        session_id: args.session_id.clone(),
+        log: log.clone(),
+        status,
+        input: OnceLock::new(),
+        accepting_input: AtomicBool::new(false),
+        verifier: Arc::new(verifier),
+        metrics: Metrics::default(),
+        ping_interval: args.ping_interval,
+        stall_timeout: args.client_stall_timeout,
+        shutdown: CancellationToken::new(),
+    });
+
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(addr = %args.listen, error = %e, "cannot listen");
+            return exit_code::RUNNER_FAILED;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    tracing::info!(addr, session_id = %args.session_id, "listening");
+    let server = tokio::spawn(
+        axum::serve(listener, server::router(shared.clone()))
+            .with_graceful_shutdown(shared.shutdown.clone().cancelled_owned())
+            .into_future(),
+    );
+    let tee = args
+        .tee_stdout
+        .then(|| tokio::spawn(tee_stdout(log.clone())));
+
+    let code = drive(&config, &shared, &mut signals).await;
+    let final_status = shared.status.borrow().clone();
+    tracing::info!(
+        phase = %final_status.phase,
+        exit_code = code,
+        reason = ?final_status.reason,
+        linger = ?args.linger,
+        "session finished"
+    );
+
+    tokio::select! {
+        _ = tokio::time::sleep(args.linger) => {}
+        _ = signals.recv() => tracing::info!("stop signal during linger; exiting now"),
+    }
+    shared.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    if let Some(tee) = tee {
+        let _ = tokio::time::timeout(Duration::from_secs(5), tee).await;
+    }
+    code
+}
+
+/// Ends the session with `reason`: the log closes, then the final status goes out.
+fn finish(shared: &Shared, reason: TerminalReason, code: i32, message: Option<String>) -> i32 {
+    shared.accepting_input.store(false, Ordering::Release);
+    if let Some(message) = &message
+        && reason != TerminalReason::Exited
+    {
+        progress(&shared.log, message);
+    }
+    shared.log.close();
+    shared.status.send_replace(SessionStatus {
+        phase: finished_phase(reason, Some(code)),
+        exit_code: Some(code),
+        reason: Some(reason),
+        message,
+    });
+    code
+}
+
+async fn drive(config: &RunnerConfig, shared: &Shared, signals: &mut StopSignals) -> i32 {
+    let prepared = tokio::select! {
+        result = prepare(config, &shared.log) => result,
+        signal = signals.recv() => {
+            let message = "cancelled before the command started".to_string();
+            return finish(shared, TerminalReason::Cancelled, 128 + signal, Some(message));
+        }
+    };
+    let dir = match prepared {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!(error = %e, "session could not start");
+            return finish(shared, e.reason(), e.exit_code(), Some(e.to_string()));
+        }
+    };
+
+    let args = &config.args;
+    let mut env = vec![
+        ("TERM".to_string(), args.term.clone()),
+        ("COLORTERM".to_string(), "truecolor".to_string()),
+        ("CLISCALE_SESSION_ID".to_string(), args.session_id.clone()),
+    ];
+    if let Some(prompt) = &args.prompt {
+        env.push(("CLISCALE_PROMPT".to_string(), prompt.clone()));
+    }
+    let spec = CommandSpec {
+        command: args.command.clone(),
+        dir,
+        env,
+        env_remove: runner_env_vars(),
+        cols: args.cols,
+        rows: args.rows,
+    };
+    let mut process = match pty::spawn(&spec, shared.log.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the command");
+            return finish(shared, e.reason(), e.exit_code(), Some(e.to_string()));
+        }
+    };
+    let _ = shared.input.set(process.input.clone());
+    shared.accepting_input.store(true, Ordering::Release);
+    shared
+        .status
+        .send_replace(SessionStatus::new(SessionPhase::Running));
+    tracing::info!(pid = process.pid, "command started");
+
+    let deadline = async {
+        match args.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    let (status, stopped_by) = tokio::select! {
+        status = process.child.wait() => (status.ok(), None),
+        signal = signals.recv() => {
+            tracing::info!(signal, "stopping the command");
+            (Some(pty::stop(&mut process, args.grace_period).await), Some(TerminalReason::Cancelled))
+        }
+        _ = deadline => {
+            tracing::info!("deadline passed; stopping the command");
+            (Some(pty::stop(&mut process, args.grace_period).await), Some(TerminalReason::DeadlineExceeded))
+        }
+    };
+    shared.accepting_input.store(false, Ordering::Release);
+    // The last bytes the command wrote must reach the log before the exit status.
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, &mut process.reader).await;
+
+    let Some(status) = status else {
+        return finish(
+            shared,
+            TerminalReason::RunnerLost,
+            exit_code::RUNNER_FAILED,
+            Some("lost track of the command".into()),
+        );
+    };
+    let (code, signal) = pty::exit_code_of(status);
+    match stopped_by {
+        Some(TerminalReason::DeadlineExceeded) => finish(
+            shared,
+            TerminalReason::DeadlineExceeded,
+            exit_code::DEADLINE_EXCEEDED,
+            Some(format!(
+                "the command ran past its {:?} deadline",
+                args.timeout.unwrap_or_default()
+            )),
+        ),
+        Some(reason) => finish(
+            shared,
+            reason,
+            code,
+            Some("the session was cancelled".into()),
+        ),
+        None if signal.is_some() => finish(
+            shared,
+            TerminalReason::Signaled,
+            code,
+            Some(format!(
+                "the command was killed by signal {}",
+                signal.unwrap_or_default()
+            )),
+        ),
+        None => finish(shared, TerminalReason::Exited, code, None),
+    }
+}
+
+/// The runner's own configuration variables, which the command must not inherit.
+fn runner_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with(RUNNER_ENV_PREFIX))
+        .collect()
+}
+
+/// Fetches the code and runs the install command; returns the directory to run in.
+async fn prepare(config: &RunnerConfig, log: &OutputLog) -> Result<PathBuf> {
+    let dir = match &config.source {
+        Some(source) => source::fetch(&config.fetch, source, &config.work_dir, log).await?,
+        None => {
+            tokio::fs::create_dir_all(&config.work_dir)
+                .await
+                .map_err(|e| {
+                    RunnerError::io(
+                        format!("creating work dir {}", config.work_dir.display()),
+                        e,
+                    )
+                })?;
+            config.work_dir.clone()
+        }
+    };
+    if let Some(install) = config
+        .args
+        .install_cmd
+        .as_deref()
+        .filter(|c| !c.trim().is_empty())
+    {
+        progress(log, &format!("installing: {install}"));
+        let mut cmd = tokio::process::Command::new(pty::shell());
+        cmd.arg("-c").arg(install).current_dir(&dir);
+        for key in runner_env_vars() {
+            cmd.env_remove(key);
+        }
+        if let Some(prompt) = &config.args.prompt {
+            cmd.env("CLISCALE_PROMPT", prompt);
+        }
+        match run_logged(cmd, log, config.args.install_timeout).await {
+            Outcome::Exited(status) if status.success() => {}
+            Outcome::Exited(status) => {
+                return Err(RunnerError::Install(format!(
+                    "{install:?} exited with {status}"
+                )));
+            }
+            Outcome::TimedOut => {
+                return Err(RunnerError::Install(format!(
+                    "{install:?} ran past {:?}",
+                    config.args.install_timeout
+                )));
+            }
+            Outcome::SpawnFailed(e) => return Err(RunnerError::Install(e.to_string())),
+        }
+    }
+    Ok(dir)
+}
+
+/// Copies the log to stdout, so `kubectl logs` shows the session. A stdout slower than the
+/// output falls behind the window like any other reader and notes the gap on stderr.
+async fn tee_stdout(log: Arc<OutputLog>) {
+    let mut out = tokio::io::stdout();
+    let mut end_rx = log.subscribe();
+    let mut cursor = 0;
+    loop {
+        match log.read_since(cursor, server::MAX_OUTPUT_FRAME) {
+            LogRead::Data { offset, data } => {
+                cursor = offset + data.len() as u64;
+                if out.write_all(&data).await.is_err() {
+                    return;
+                }
+            }
+            LogRead::Gap { from, to } => {
+                tracing::warn!(from, to, "stdout fell behind; bytes skipped");
+                cursor = to;
+            }
+            LogRead::UpToDate { closed, .. } => {
+                let _ = out.flush().await;
+                if closed || end_rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
