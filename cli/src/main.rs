@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cliscale", version, about = "Run command-line sessions and drive them from a browser terminal")]
+#[command(
+    name = "cliscale",
+    version,
+    about = "Run command-line sessions and drive them from a browser terminal"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +26,9 @@ fn main() {
     match Cli::parse().command {
         Command::Version => println!("cliscale {}", env!("CARGO_PKG_VERSION")),
         Command::Up => {
-            eprintln!("cliscale up: local mode is not implemented yet; run cliscale-runner directly");
+            eprintln!(
+                "cliscale up: local mode is not implemented yet; run cliscale-runner directly"
+            );
             std::process::exit(2);
         }
     }

@@ -23,6 +23,7 @@ use futures_util::{SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::log::{LogRead, OutputLog};
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
@@ -58,6 +59,8 @@ pub struct Shared {
     pub stall_timeout: Duration,
     /// Cancelled when the runner shuts down; connections close with "session ended".
     pub shutdown: CancellationToken,
+    /// Tracks live connections so the runner can let them say goodbye before exiting.
+    pub connections: TaskTracker,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -211,7 +214,13 @@ async fn ws_handler(
     upgrade
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| serve_terminal(shared, socket, read_only, since))
+        .on_upgrade(move |socket| {
+            let token = shared.connections.token();
+            async move {
+                serve_terminal(shared, socket, read_only, since).await;
+                drop(token);
+            }
+        })
 }
 
 /// Messages from a connection's reader half to its writer half.
@@ -374,6 +383,7 @@ async fn write_client(
     };
     send(shared, &mut sink, json_message(&hello)).await?;
     let mut cursor = since;
+    let mut closing = false;
     let mut ping = tokio::time::interval(shared.ping_interval);
     ping.tick().await;
     loop {
@@ -394,9 +404,6 @@ async fn write_client(
                     };
                     send(shared, &mut sink, json_message(&error)).await?;
                 }
-                if shared.shutdown.is_cancelled() {
-                    break;
-                }
                 continue;
             }
             LogRead::Gap { from, to } => {
@@ -412,6 +419,9 @@ async fn write_client(
             }
             LogRead::UpToDate { .. } => {}
         }
+        if status_rx.has_changed().unwrap_or(false) {
+            pending_status = Some(status_rx.borrow_and_update().clone());
+        }
         if let Some(status) = pending_status.take() {
             send(
                 shared,
@@ -419,6 +429,9 @@ async fn write_client(
                 json_message(&ServerMessage::Status(status)),
             )
             .await?;
+        }
+        if closing {
+            break;
         }
         tokio::select! {
             _ = end_rx.changed() => {}
@@ -445,7 +458,8 @@ async fn write_client(
                 }
                 send(shared, &mut sink, Message::Ping(Bytes::from_static(b"cliscale"))).await?;
             }
-            _ = shared.shutdown.cancelled() => break,
+            // Drain what is left, then close.
+            _ = shared.shutdown.cancelled() => closing = true,
         }
     }
     let frame = CloseFrame {
@@ -499,6 +513,7 @@ struct SseState {
     pending_status: Option<SessionStatus>,
     hello_sent: bool,
     finished: bool,
+    closing: bool,
     _gauge: GaugeGuard,
 }
 
@@ -532,6 +547,7 @@ fn sse_stream(shared: Arc<Shared>, since: u64) -> impl Stream<Item = Result<Even
         pending_status: None,
         hello_sent: false,
         finished: false,
+        closing: false,
         _gauge: GaugeGuard(gauge),
     };
     futures_util::stream::unfold(state, |mut st| async move {
@@ -574,11 +590,14 @@ async fn next_sse_event(st: &mut SseState) -> Option<Event> {
             }
             LogRead::UpToDate { .. } => {}
         }
+        if st.status_rx.has_changed().unwrap_or(false) {
+            st.pending_status = Some(st.status_rx.borrow_and_update().clone());
+        }
         if let Some(status) = st.pending_status.take() {
             st.finished = status.phase.is_finished() && st.end_rx.borrow().1;
             return Some(sse_event("status", &ServerMessage::Status(status)));
         }
-        if st.finished {
+        if st.finished || st.closing {
             return None;
         }
         tokio::select! {
@@ -588,7 +607,7 @@ async fn next_sse_event(st: &mut SseState) -> Option<Event> {
                     st.pending_status = Some(st.status_rx.borrow_and_update().clone());
                 }
             }
-            _ = st.shared.shutdown.cancelled() => return None,
+            _ = st.shared.shutdown.cancelled() => st.closing = true,
         }
     }
 }

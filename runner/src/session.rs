@@ -91,6 +91,7 @@ pub async fn run(config: RunnerConfig) -> i32 {
         ping_interval: args.ping_interval,
         stall_timeout: args.client_stall_timeout,
         shutdown: CancellationToken::new(),
+        connections: tokio_util::task::TaskTracker::new(),
     });
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -130,6 +131,8 @@ pub async fn run(config: RunnerConfig) -> i32 {
     }
     shared.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+    shared.connections.close();
+    let _ = tokio::time::timeout(Duration::from_secs(5), shared.connections.wait()).await;
     if let Some(tee) = tee {
         let _ = tokio::time::timeout(Duration::from_secs(5), tee).await;
     }

@@ -1,0 +1,349 @@
+//! The runner's terminal, end to end: real binary, real PTY, real WebSockets.
+
+mod common;
+
+use cliscale_core::token::TokenScope;
+use cliscale_core::{SessionPhase, TerminalReason};
+use common::{Event, runner};
+use std::io::Read;
+
+#[tokio::test]
+async fn ansi_colour_and_every_byte_value_arrive_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let all_bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let file = dir.path().join("bytes.bin");
+    std::fs::write(&file, &all_bytes).unwrap();
+    let command = format!(
+        "printf '\\033[1;31mred\\033[0m\\n'; stty raw -echo; cat '{}'; exit 0",
+        file.display()
+    );
+    let r = runner(&command).start();
+    let mut c = r.attach(TokenScope::View, 0).await;
+    let (out, gaps, status) = c.read_to_end(0).await;
+    assert!(gaps.is_empty());
+    let mut expected = b"\x1b[1;31mred\x1b[0m\r\n".to_vec();
+    expected.extend_from_slice(&all_bytes);
+    assert_eq!(out, expected);
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+    assert_eq!(status.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn a_100_mb_burst_arrives_complete_and_in_order() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let data_file = common::pseudo_random(SIZE, 0x5eed);
+    let file = dir.path().join("burst.bin");
+    std::fs::write(&file, &data_file).unwrap();
+    // The program waits for two bytes from the client, so the client is attached before the
+    // burst starts and reads it live rather than from the replay window.
+    let command = format!(
+        "stty raw -echo; printf READY; dd bs=1 count=2 status=none >/dev/null; cat '{}'",
+        file.display()
+    );
+    let r = runner(&command).start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    let prefix = c.read_until(b"READY").await;
+    assert_eq!(prefix, b"READY");
+    c.send_input(b"go").await;
+    let mut received = 0usize;
+    let mut cursor = 5u64;
+    let status = loop {
+        match c.next().await {
+            Event::Output { offset, data } => {
+                assert_eq!(offset, cursor, "frames are contiguous");
+                let expected = &data_file[received..received + data.len()];
+                assert!(
+                    data == expected,
+                    "bytes differ in the frame at offset {offset}"
+                );
+                cursor += data.len() as u64;
+                received += data.len();
+            }
+            Event::Gap { from, to } => panic!("a live reader must not see a gap ({from}..{to})"),
+            Event::Status(s) if s.phase.is_finished() => break s,
+            _ => {}
+        }
+    };
+    assert_eq!(received, SIZE);
+    assert_eq!(status.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn output_written_before_anyone_attached_is_replayed() {
+    // The runner's stdout tee shows when the command has written; only then do we attach.
+    let mut r = runner("printf 'early-output\\n'; read -r line; echo \"got:$line\"")
+        .capture_stdout()
+        .start();
+    let mut stdout = r.child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while !String::from_utf8_lossy(&seen).contains("early-output") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "stdout closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    match c.next().await {
+        Event::Hello {
+            log_start,
+            log_end,
+            status,
+            ..
+        } => {
+            assert_eq!(log_start, 0);
+            assert!(log_end >= 14);
+            assert_eq!(status.phase, SessionPhase::Running);
+        }
+        other => panic!("expected hello, got {other:?}"),
+    }
+    match c.next().await {
+        Event::Output { offset, data } => {
+            assert_eq!(offset, 0);
+            assert!(
+                data.starts_with(b"early-output\r\n"),
+                "{:?}",
+                String::from_utf8_lossy(&data)
+            );
+        }
+        other => panic!("expected replayed output, got {other:?}"),
+    }
+    c.send_input(b"hi\r").await;
+    c.read_until(b"got:hi").await;
+    let (_, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+}
+
+fn numbered_lines(from: usize, to: usize) -> Vec<u8> {
+    (from..=to)
+        .flat_map(|i| format!("line-{i:05}\r\n").into_bytes())
+        .collect()
+}
+
+#[tokio::test]
+async fn reconnecting_since_an_offset_gets_exactly_the_missing_bytes() {
+    let r = runner(
+        "for i in $(seq -f %05g 1 2000); do echo line-$i; done; read -r x; \
+                    for i in $(seq -f %05g 2001 3000); do echo line-$i; done",
+    )
+    .start();
+    let expected_first = numbered_lines(1, 2000);
+    let mut a = r.attach(TokenScope::Interact, 0).await;
+    let got = a.read_until(b"line-02000\r\n").await;
+    assert_eq!(got, expected_first);
+    // Drop the connection half-way through what we have seen, then resume from there.
+    a.close().await;
+    let resume_at = 7777u64;
+    let mut b = r.attach(TokenScope::Interact, resume_at).await;
+    b.send_input(b"\r").await;
+    let (out, gaps, status) = b.read_to_end(resume_at).await;
+    assert!(gaps.is_empty());
+    let mut expected = expected_first[resume_at as usize..].to_vec();
+    expected.extend_from_slice(b"\r\n"); // the echo of the Enter key
+    expected.extend_from_slice(&numbered_lines(2001, 3000));
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&expected)
+    );
+    assert_eq!(status.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn bytes_evicted_from_the_window_are_reported_as_a_gap() {
+    let mut r =
+        runner("for i in $(seq -f %05g 1 20000); do echo line-$i; done; echo DONE; read -r x")
+            .args(["--log-window-bytes", "65536"])
+            .capture_stdout()
+            .start();
+    let mut stdout = r.child.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !seen.ends_with(b"DONE\r\n") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "stdout closed early");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let total = seen.len() as u64;
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    let Event::Hello {
+        log_start, log_end, ..
+    } = c.next().await
+    else {
+        panic!("no hello")
+    };
+    assert_eq!(log_end, total);
+    assert_eq!(log_start, total - 65536);
+    assert_eq!(
+        c.next().await,
+        Event::Gap {
+            from: 0,
+            to: log_start
+        }
+    );
+    let tail = c.read_until(b"DONE\r\n").await;
+    assert_eq!(tail, &seen[log_start as usize..]);
+    c.send_input(b"\r").await;
+}
+
+#[tokio::test]
+async fn two_clients_at_once_and_the_read_only_one_cannot_type() {
+    let r = runner("stty -echo; read -r line; echo \"got:$line\"").start();
+    let mut viewer = r.attach(TokenScope::View, 0).await;
+    let mut driver = r.attach(TokenScope::Interact, 0).await;
+    assert!(matches!(
+        viewer.next().await,
+        Event::Hello {
+            read_only: true,
+            ..
+        }
+    ));
+    assert!(matches!(
+        driver.next().await,
+        Event::Hello {
+            read_only: false,
+            ..
+        }
+    ));
+    viewer.send_input(b"evil\r").await;
+    viewer.resize(10, 5).await;
+    loop {
+        match viewer.next().await {
+            Event::Error { code } => {
+                assert_eq!(code, "read_only");
+                break;
+            }
+            Event::Output { .. } | Event::Status(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    driver.send_input(b"hello\r").await;
+    let (driver_out, _, status) = driver.read_to_end_any().await;
+    let (viewer_out, _, _) = viewer.read_to_end_any().await;
+    for out in [&driver_out, &viewer_out] {
+        let text = String::from_utf8_lossy(out);
+        assert!(text.contains("got:hello"), "{text}");
+        assert!(!text.contains("evil"), "{text}");
+    }
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+}
+
+#[tokio::test]
+async fn resize_reaches_the_program() {
+    let r = runner("stty size; read -r x; stty size")
+        .args(["--cols", "100", "--rows", "30"])
+        .start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.read_until(b"30 100\r\n").await;
+    c.resize(132, 43).await;
+    c.send_input(b"\r").await;
+    let (out, _, _) = c.read_to_end_any().await;
+    assert!(
+        String::from_utf8_lossy(&out).contains("43 132"),
+        "{}",
+        String::from_utf8_lossy(&out)
+    );
+}
+
+/// Runs `command` after the client has attached (it waits for one keypress), with no linger.
+async fn finished(command: &str, extra: &[&str]) -> (i32, cliscale_core::protocol::SessionStatus) {
+    let command = format!("read -r _go; {command}");
+    let mut r = runner(&command)
+        .args(extra.iter().copied())
+        .args(["--linger", "0s"])
+        .start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.send_input(b"\r").await;
+    let (_, _, status) = c.read_to_end_any().await;
+    (r.wait(), status)
+}
+
+#[tokio::test]
+async fn exit_codes_and_signal_deaths_are_reported_and_returned() {
+    let (code, status) = finished("exit 0", &[]).await;
+    assert_eq!(
+        (code, status.phase, status.exit_code),
+        (0, SessionPhase::Succeeded, Some(0))
+    );
+    assert_eq!(status.reason, Some(TerminalReason::Exited));
+
+    let (code, status) = finished("echo failing; exit 3", &[]).await;
+    assert_eq!(
+        (code, status.phase, status.exit_code),
+        (3, SessionPhase::Failed, Some(3))
+    );
+    assert_eq!(status.reason, Some(TerminalReason::Exited));
+
+    let (code, status) = finished("kill -KILL $$", &[]).await;
+    assert_eq!(
+        (code, status.phase, status.exit_code),
+        (137, SessionPhase::Failed, Some(137))
+    );
+    assert_eq!(status.reason, Some(TerminalReason::Signaled));
+
+    let (code, status) = finished("sleep 600", &["--timeout", "1s", "--grace-period", "5s"]).await;
+    assert_eq!((code, status.phase), (124, SessionPhase::TimedOut));
+    assert_eq!(status.reason, Some(TerminalReason::DeadlineExceeded));
+}
+
+#[tokio::test]
+async fn sigterm_reaches_the_process_group_and_cancels() {
+    let mut r =
+        runner("trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 0.05; done")
+            .args(["--linger", "0s", "--grace-period", "10s"])
+            .start();
+    let mut c = r.attach(TokenScope::View, 0).await;
+    c.read_until(b"started").await;
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    let (out, _, status) = c.read_to_end_any().await;
+    assert!(String::from_utf8_lossy(&out).contains("got-term"));
+    assert_eq!(status.phase, SessionPhase::Cancelled);
+    assert_eq!(status.exit_code, Some(7));
+    assert_eq!(r.wait(), 7);
+}
+
+#[tokio::test]
+async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
+    let mut r = runner("trap '' TERM; echo started; while :; do sleep 0.05; done")
+        .args(["--linger", "0s", "--grace-period", "1s"])
+        .start();
+    let mut c = r.attach(TokenScope::View, 0).await;
+    c.read_until(b"started").await;
+    r.signal(nix::sys::signal::Signal::SIGINT);
+    let (_, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.phase, SessionPhase::Cancelled);
+    assert_eq!(status.exit_code, Some(137));
+    assert_eq!(r.wait(), 137);
+}
+
+#[tokio::test]
+async fn a_slow_client_does_not_block_a_fast_one() {
+    const SIZE: usize = 48 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, common::pseudo_random(SIZE, 7)).unwrap();
+    let command = format!(
+        "stty raw -echo; printf READY; dd bs=1 count=1 status=none >/dev/null; cat '{}'",
+        file.display()
+    );
+    let r = runner(&command)
+        .args(["--client-stall-timeout", "120s"])
+        .start();
+    // The slow client attaches and then reads nothing until the fast one is done.
+    let mut slow = r.attach(TokenScope::View, 0).await;
+    let mut fast = r.attach(TokenScope::Interact, 0).await;
+    fast.read_until(b"READY").await;
+    fast.send_input(b"g").await;
+    let (out, gaps, status) = fast.read_to_end(5).await;
+    assert!(gaps.is_empty());
+    assert_eq!(out.len(), SIZE);
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+    // The slow client's backlog was bounded: it is told what it missed, then catches up.
+    let (slow_out, slow_gaps, slow_status) = slow.read_to_end(0).await;
+    assert!(
+        !slow_gaps.is_empty(),
+        "48 MiB cannot fit a 16 MiB window plus socket buffers"
+    );
+    assert_eq!(slow_status, status);
+    assert!(slow_out.len() < SIZE);
+    assert!(out.ends_with(&slow_out[slow_out.len() - 1024..]));
+}
