@@ -389,3 +389,13 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     out.truncate(len);
     out
 }
+
+/// A plain HTTP client (the process-wide TLS provider installed first, as the binaries do).
+pub fn http_client() -> reqwest::Client {
+    cliscale_core::tls::install_crypto_provider();
+    reqwest::Client::new()
+}
+
+pub async fn http_get(url: String) -> reqwest::Response {
+    http_client().get(url).send().await.unwrap()
+}

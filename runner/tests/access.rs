@@ -1,0 +1,297 @@
+//! Who may connect, and what happens to bad input: every refusal is precise and harmless.
+
+mod common;
+
+use base64::Engine;
+use cliscale_core::SessionPhase;
+use cliscale_core::token::{TERMINAL_AUDIENCE, TokenScope, new_claims};
+use common::{Event, SESSION, runner};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// Attempts a WebSocket handshake and returns the HTTP refusal (status, error code).
+async fn refused(url: String) -> (u16, String) {
+    refused_request(url.into_client_request().unwrap()).await
+}
+
+async fn refused_request(
+    request: tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> (u16, String) {
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            let body: serde_json::Value =
+                serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+            (
+                response.status().as_u16(),
+                body["error"].as_str().unwrap().to_owned(),
+            )
+        }
+        other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn missing_wrong_forged_and_expired_tokens_are_refused() {
+    let r = runner("read -r x").start();
+    assert_eq!(refused(r.ws_url("")).await, (401, "token_missing".into()));
+    assert_eq!(
+        refused(r.ws_url("token=not.a.jwt")).await,
+        (401, "token_malformed".into())
+    );
+    let other = r.keys.token_for("someone-else", TokenScope::Interact);
+    assert_eq!(
+        refused(r.ws_url(&format!("token={other}"))).await,
+        (403, "token_wrong_session".into())
+    );
+    let mut claims = new_claims(
+        "t",
+        TERMINAL_AUDIENCE,
+        "me",
+        SESSION,
+        TokenScope::Interact,
+        0,
+    );
+    claims.exp -= 3600;
+    let expired = r.keys.key.sign(&claims).unwrap();
+    assert_eq!(
+        refused(r.ws_url(&format!("token={expired}"))).await,
+        (401, "token_expired".into())
+    );
+    let stranger = cliscale_core::token::SessionSigningKey::generate("test-key");
+    let forged = stranger
+        .sign(&new_claims(
+            "t",
+            TERMINAL_AUDIENCE,
+            "me",
+            SESSION,
+            TokenScope::Interact,
+            60,
+        ))
+        .unwrap();
+    assert_eq!(
+        refused(r.ws_url(&format!("token={forged}"))).await,
+        (401, "token_bad_signature".into())
+    );
+
+    let metrics = common::http_get(format!("http://{}/metrics", r.addr))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"cliscale_runner_auth_failures_total{reason="token_missing"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_bearer_header_is_accepted_and_bad_offsets_are_refused() {
+    let r = runner("read -r x").start();
+    let token = r.keys.token(TokenScope::Interact);
+    let mut request = r.ws_url("since=0").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let first = ws.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains(r#""type":"hello""#));
+
+    let token = r.keys.token(TokenScope::Interact);
+    assert_eq!(
+        refused(r.ws_url(&format!("token={token}&since=999999"))).await,
+        (400, "since_beyond_end".into())
+    );
+    assert_eq!(
+        refused(r.ws_url(&format!("token={token}&since=-1"))).await,
+        (400, "bad_query".into())
+    );
+    assert_eq!(
+        refused(r.ws_url(&format!("token={token}&mode=admin"))).await,
+        (400, "bad_mode".into())
+    );
+}
+
+#[tokio::test]
+async fn odd_frames_get_precise_errors_and_the_session_carries_on() {
+    let r = runner("stty -echo; read -r line; echo \"got:$line\"").start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    assert!(matches!(c.next().await, Event::Hello { .. }));
+    let cases = [
+        ("not json", "bad_message"),
+        (r#"{"type":"launch"}"#, "bad_message"),
+        (r#"{"type":"resize","cols":0,"rows":10}"#, "bad_resize"),
+        (r#"{"type":"resize","cols":80,"rows":70000}"#, "bad_message"),
+        (r#"{"type":"input","data":"x","extra":true}"#, "bad_message"),
+    ];
+    for (text, code) in cases {
+        c.send_text(text).await;
+        loop {
+            match c.next().await {
+                Event::Error { code: got } => {
+                    assert_eq!(got, code, "for {text}");
+                    break;
+                }
+                Event::Output { .. } | Event::Status(_) => {}
+                other => panic!("unexpected {other:?} for {text}"),
+            }
+        }
+    }
+    // Text input works too, and the PTY never saw the rejected frames.
+    c.send_text(r#"{"type":"input","data":"fine\r"}"#).await;
+    let (out, _, status) = c.read_to_end_any().await;
+    assert!(String::from_utf8_lossy(&out).contains("got:fine"));
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+}
+
+#[tokio::test]
+async fn an_oversize_message_closes_only_that_connection() {
+    let r = runner("stty -echo; read -r line; echo \"got:$line\"").start();
+    let mut big = r.attach(TokenScope::Interact, 0).await;
+    assert!(matches!(big.next().await, Event::Hello { .. }));
+    big.send_input(&vec![b'a'; 2 * 1024 * 1024]).await;
+    loop {
+        if let Event::Closed { code, .. } = big.next().await {
+            assert!(code.is_none() || code == Some(1009), "{code:?}");
+            break;
+        }
+    }
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.send_input(b"still-alive\r").await;
+    let (out, _, _) = c.read_to_end_any().await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("got:still-alive"), "{text}");
+    assert!(
+        !text.contains("aaaa"),
+        "the oversize input must not reach the PTY"
+    );
+}
+
+#[tokio::test]
+async fn a_view_mode_request_downgrades_an_interact_token() {
+    let r = runner("read -r x").start();
+    let token = r.keys.token(TokenScope::Interact);
+    let mut c = common::Client::connect(&r.ws_url(&format!("token={token}&mode=view"))).await;
+    assert!(matches!(
+        c.next().await,
+        Event::Hello {
+            read_only: true,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn readiness_follows_the_pty_and_a_stop_before_start_cancels() {
+    let mut r = runner("echo never")
+        .args([
+            "--install-cmd",
+            "echo installing; exec sleep 600",
+            "--linger",
+            "0s",
+        ])
+        .start();
+    let mut c = r.attach(TokenScope::View, 0).await;
+    c.read_until(b"installing").await;
+    let health = common::http_get(format!("http://{}/healthz", r.addr)).await;
+    assert_eq!(health.status(), 200);
+    let ready = common::http_get(format!("http://{}/readyz", r.addr)).await;
+    assert_eq!(ready.status(), 503);
+    let body: serde_json::Value = serde_json::from_str(&ready.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "not_ready");
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.phase, SessionPhase::Cancelled);
+    assert_eq!(r.wait(), 143);
+}
+
+/// Parses an SSE body into (event, id, data) triples.
+fn parse_sse(body: &str) -> Vec<(String, Option<String>, String)> {
+    body.split("\n\n")
+        .filter(|block| block.lines().any(|l| l.starts_with("event:")))
+        .map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            (
+                field("event:").unwrap(),
+                field("id:"),
+                field("data:").unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn server_sent_events_carry_the_same_log_and_resume_from_last_event_id() {
+    let mut r = runner("read -r _go; for i in 1 2 3; do echo sse-line-$i; done; exit 5").start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.send_input(b"\r").await;
+    let (expected, _, _) = c.read_to_end_any().await;
+    let token = r.keys.token(TokenScope::View);
+    let client = common::http_client();
+    let body = client
+        .get(format!("http://{}/events?since=0", r.addr))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let events = parse_sse(&body);
+    assert_eq!(events.first().unwrap().0, "hello");
+    let mut output = Vec::new();
+    let mut ids = Vec::new();
+    for (event, id, data) in &events {
+        if event == "output" {
+            let v: serde_json::Value = serde_json::from_str(data).unwrap();
+            assert_eq!(v["offset"].as_u64().unwrap() as usize, output.len());
+            output.extend(
+                base64::engine::general_purpose::STANDARD
+                    .decode(v["data"].as_str().unwrap())
+                    .unwrap(),
+            );
+            ids.push(id.clone().unwrap().parse::<u64>().unwrap());
+        }
+    }
+    assert_eq!(output, expected);
+    assert_eq!(*ids.last().unwrap(), expected.len() as u64);
+    let (last_event, _, last_data) = events.last().unwrap();
+    assert_eq!(last_event, "status");
+    let status: serde_json::Value = serde_json::from_str(last_data).unwrap();
+    assert_eq!(status["exitCode"], 5);
+    assert_eq!(status["phase"], "Failed");
+
+    // EventSource reconnects with Last-Event-ID: it gets only what follows.
+    let resume = client
+        .get(format!("http://{}/events", r.addr))
+        .bearer_auth(&token)
+        .header("Last-Event-ID", "4")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let resumed: Vec<u8> = parse_sse(&resume)
+        .into_iter()
+        .filter(|(e, _, _)| e == "output")
+        .flat_map(|(_, _, d)| {
+            let v: serde_json::Value = serde_json::from_str(&d).unwrap();
+            base64::engine::general_purpose::STANDARD
+                .decode(v["data"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(resumed, expected[4..]);
+    let unauthorized = client
+        .get(format!("http://{}/events", r.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(r.wait(), 5);
+}
