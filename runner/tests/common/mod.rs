@@ -399,3 +399,42 @@ pub fn http_client() -> reqwest::Client {
 pub async fn http_get(url: String) -> reqwest::Response {
     http_client().get(url).send().await.unwrap()
 }
+
+/// A real HTTP server on loopback serving files from a directory, standing in for GitHub,
+/// archive hosts and git's dumb HTTP transport.
+pub struct FixtureServer {
+    pub base: String,
+    pub root: tempfile::TempDir,
+}
+
+impl FixtureServer {
+    pub async fn start() -> FixtureServer {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().to_path_buf();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+            let dir = dir.clone();
+            async move {
+                let rel = uri.path().trim_start_matches('/');
+                match std::fs::read(dir.join(rel)) {
+                    Ok(body) if !rel.contains("..") => (axum::http::StatusCode::OK, body),
+                    _ => (axum::http::StatusCode::NOT_FOUND, b"not found".to_vec()),
+                }
+            }
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FixtureServer { base, root }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        let path = self.root.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        path
+    }
+
+    pub fn put(&self, rel: &str, body: &[u8]) -> String {
+        std::fs::write(self.path(rel), body).unwrap();
+        format!("{}/{rel}", self.base)
+    }
+}
