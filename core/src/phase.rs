@@ -102,34 +102,16 @@ mod tests {
 
     #[test]
     fn exit_zero_succeeds_and_everything_else_maps_to_its_phase() {
-        assert_eq!(
-            finished_phase(TerminalReason::Exited, Some(0)),
-            SessionPhase::Succeeded
-        );
-        assert_eq!(
-            finished_phase(TerminalReason::Exited, Some(3)),
-            SessionPhase::Failed
-        );
-        assert_eq!(
-            finished_phase(TerminalReason::Signaled, None),
-            SessionPhase::Failed
-        );
+        assert_eq!(finished_phase(TerminalReason::Exited, Some(0)), SessionPhase::Succeeded);
+        assert_eq!(finished_phase(TerminalReason::Exited, Some(3)), SessionPhase::Failed);
+        assert_eq!(finished_phase(TerminalReason::Signaled, None), SessionPhase::Failed);
         assert_eq!(
             finished_phase(TerminalReason::DeadlineExceeded, Some(124)),
             SessionPhase::TimedOut
         );
-        assert_eq!(
-            finished_phase(TerminalReason::Cancelled, None),
-            SessionPhase::Cancelled
-        );
-        assert_eq!(
-            finished_phase(TerminalReason::OomKilled, None),
-            SessionPhase::Lost
-        );
-        assert_eq!(
-            finished_phase(TerminalReason::FetchFailed, None),
-            SessionPhase::Failed
-        );
+        assert_eq!(finished_phase(TerminalReason::Cancelled, None), SessionPhase::Cancelled);
+        assert_eq!(finished_phase(TerminalReason::OomKilled, None), SessionPhase::Lost);
+        assert_eq!(finished_phase(TerminalReason::FetchFailed, None), SessionPhase::Failed);
     }
 
     #[test]

@@ -74,22 +74,13 @@ pub struct SessionStatus {
 
 impl SessionStatus {
     pub fn new(phase: SessionPhase) -> Self {
-        Self {
-            phase,
-            exit_code: None,
-            reason: None,
-            message: None,
-        }
+        Self { phase, exit_code: None, reason: None, message: None }
     }
 }
 
 /// Control messages from server to client (text frames).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(
-    tag = "type",
-    rename_all = "camelCase",
-    rename_all_fields = "camelCase"
-)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
 pub enum ServerMessage {
     /// First message on every connection.
     Hello {
@@ -141,11 +132,7 @@ pub fn parse_client_text(text: &str) -> Result<ClientMessage, ProtocolError> {
 /// Checks a terminal size is usable.
 pub fn validate_size(cols: u16, rows: u16) -> Result<(), ProtocolError> {
     let ok = |d: u16| (1..=MAX_TERMINAL_DIMENSION).contains(&d);
-    if ok(cols) && ok(rows) {
-        Ok(())
-    } else {
-        Err(ProtocolError::BadResize { cols, rows })
-    }
+    if ok(cols) && ok(rows) { Ok(()) } else { Err(ProtocolError::BadResize { cols, rows }) }
 }
 
 #[cfg(test)]
@@ -157,26 +144,18 @@ mod tests {
         let data = [0u8, 255, 27, b'[', b'3', b'1', b'm', 0xc3];
         let frame = encode_output(u64::MAX - 3, &data);
         assert_eq!(decode_output(&frame).unwrap(), (u64::MAX - 3, &data[..]));
-        assert_eq!(
-            decode_output(&frame[..7]),
-            Err(ProtocolError::ShortOutputFrame)
-        );
+        assert_eq!(decode_output(&frame[..7]), Err(ProtocolError::ShortOutputFrame));
     }
 
     #[test]
     fn client_messages_parse_and_validate() {
         assert_eq!(
             parse_client_text(r#"{"type":"resize","cols":120,"rows":40}"#).unwrap(),
-            ClientMessage::Resize {
-                cols: 120,
-                rows: 40
-            }
+            ClientMessage::Resize { cols: 120, rows: 40 }
         );
         assert_eq!(
             parse_client_text(r#"{"type":"input","data":"ls\r"}"#).unwrap(),
-            ClientMessage::Input {
-                data: "ls\r".into()
-            }
+            ClientMessage::Input { data: "ls\r".into() }
         );
         let bad = [
             r#"{"type":"resize","cols":0,"rows":40}"#,
@@ -188,19 +167,10 @@ mod tests {
             "",
         ];
         for text in bad {
-            assert!(
-                parse_client_text(text).is_err(),
-                "{text} should be rejected"
-            );
+            assert!(parse_client_text(text).is_err(), "{text} should be rejected");
         }
-        let huge = format!(
-            r#"{{"type":"input","data":"{}"}}"#,
-            "a".repeat(MAX_CLIENT_TEXT_LEN)
-        );
-        assert_eq!(
-            parse_client_text(&huge).unwrap_err().code(),
-            "message_too_large"
-        );
+        let huge = format!(r#"{{"type":"input","data":"{}"}}"#, "a".repeat(MAX_CLIENT_TEXT_LEN));
+        assert_eq!(parse_client_text(&huge).unwrap_err().code(), "message_too_large");
     }
 
     #[test]

@@ -170,10 +170,7 @@ impl TokenVerifier for JwksVerifier {
             return Err(TokenError::WrongAlgorithm(header.alg));
         }
         let kid = header.kid.ok_or(TokenError::MissingKeyId)?;
-        let key = self
-            .keys
-            .get(&kid)
-            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
         let data = jsonwebtoken::decode::<SessionClaims>(token, key, &self.validation)
             .map_err(map_jwt_error)?;
         if data.claims.sid != session_id {
@@ -209,9 +206,7 @@ impl SessionSigningKey {
     /// Generates a fresh key from the OS random source.
     pub fn generate(kid: impl Into<String>) -> Self {
         let signing = ed25519_dalek::SigningKey::generate(&mut rand::rngs::OsRng);
-        let der = signing
-            .to_pkcs8_der()
-            .expect("an Ed25519 key always encodes as PKCS#8");
+        let der = signing.to_pkcs8_der().expect("an Ed25519 key always encodes as PKCS#8");
         Self::from_dalek(kid.into(), &signing, der.as_bytes().to_vec())
     }
 
@@ -225,12 +220,7 @@ impl SessionSigningKey {
     fn from_dalek(kid: String, signing: &ed25519_dalek::SigningKey, der: Vec<u8>) -> Self {
         let public_x = URL_SAFE_NO_PAD.encode(signing.verifying_key().to_bytes());
         let encoding = EncodingKey::from_ed_der(&der);
-        Self {
-            kid,
-            pkcs8_der: der,
-            public_x,
-            encoding,
-        }
+        Self { kid, pkcs8_der: der, public_x, encoding }
     }
 
     pub fn kid(&self) -> &str {
@@ -266,21 +256,13 @@ impl SessionSigningKey {
 
 /// A JWKS document publishing the public halves of `keys` (several, for rotation).
 pub fn jwks_json<'a>(keys: impl IntoIterator<Item = &'a SessionSigningKey>) -> String {
-    let set = JwkSet {
-        keys: keys
-            .into_iter()
-            .map(SessionSigningKey::public_jwk)
-            .collect(),
-    };
+    let set = JwkSet { keys: keys.into_iter().map(SessionSigningKey::public_jwk).collect() };
     serde_json::to_string(&set).expect("a JWK set always serializes")
 }
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Claims for a new token: a random `jti`, issued now, valid for `ttl_secs`.
@@ -320,14 +302,7 @@ mod tests {
     }
 
     fn claims(sid: &str) -> SessionClaims {
-        new_claims(
-            "cliscale",
-            TERMINAL_AUDIENCE,
-            "key-1",
-            sid,
-            TokenScope::View,
-            300,
-        )
+        new_claims("cliscale", TERMINAL_AUDIENCE, "key-1", sid, TokenScope::View, 300)
     }
 
     #[test]
@@ -338,10 +313,7 @@ mod tests {
         let got = v.verify(&token, "s1").unwrap();
         assert_eq!(got.sid, "s1");
         assert_eq!(got.scope, TokenScope::View);
-        assert_eq!(
-            v.verify(&token, "s2").unwrap_err().code(),
-            "token_wrong_session"
-        );
+        assert_eq!(v.verify(&token, "s2").unwrap_err().code(), "token_wrong_session");
     }
 
     #[test]
@@ -354,10 +326,7 @@ mod tests {
         }
         let stranger = SessionSigningKey::generate("stranger");
         let token = stranger.sign(&claims("s")).unwrap();
-        assert_eq!(
-            v.verify(&token, "s").unwrap_err().code(),
-            "token_unknown_key"
-        );
+        assert_eq!(v.verify(&token, "s").unwrap_err().code(), "token_unknown_key");
     }
 
     #[test]
@@ -367,33 +336,21 @@ mod tests {
         // Same kid, different private key: the signature cannot match.
         let impostor = SessionSigningKey::generate("k1");
         let forged = impostor.sign(&claims("s")).unwrap();
-        assert_eq!(
-            v.verify(&forged, "s").unwrap_err().code(),
-            "token_bad_signature"
-        );
+        assert_eq!(v.verify(&forged, "s").unwrap_err().code(), "token_bad_signature");
 
         let mut old = claims("s");
         old.exp = now_secs() - LEEWAY_SECS - 10;
-        assert_eq!(
-            v.verify(&key.sign(&old).unwrap(), "s").unwrap_err().code(),
-            "token_expired"
-        );
+        assert_eq!(v.verify(&key.sign(&old).unwrap(), "s").unwrap_err().code(), "token_expired");
 
         let mut foreign = claims("s");
         foreign.aud = "someone-else".into();
         let token = key.sign(&foreign).unwrap();
-        assert_eq!(
-            v.verify(&token, "s").unwrap_err().code(),
-            "token_wrong_audience"
-        );
+        assert_eq!(v.verify(&token, "s").unwrap_err().code(), "token_wrong_audience");
 
         let mut wrong_iss = claims("s");
         wrong_iss.iss = "mallory".into();
         let token = key.sign(&wrong_iss).unwrap();
-        assert_eq!(
-            v.verify(&token, "s").unwrap_err().code(),
-            "token_wrong_issuer"
-        );
+        assert_eq!(v.verify(&token, "s").unwrap_err().code(), "token_wrong_issuer");
 
         assert_eq!(v.verify("", "s").unwrap_err().code(), "token_missing");
         assert_eq!(v.verify("a.b", "s").unwrap_err().code(), "token_malformed");
@@ -411,10 +368,7 @@ mod tests {
             &EncodingKey::from_secret(key.public_x.as_bytes()),
         )
         .unwrap();
-        assert_eq!(
-            v.verify(&token, "s").unwrap_err().code(),
-            "token_wrong_algorithm"
-        );
+        assert_eq!(v.verify(&token, "s").unwrap_err().code(), "token_wrong_algorithm");
     }
 
     #[test]
@@ -428,12 +382,9 @@ mod tests {
 
     #[test]
     fn bad_key_sets_are_refused() {
-        for bad in [
-            "",
-            "{}",
-            r#"{"keys":[]}"#,
-            r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"}]}"#,
-        ] {
+        for bad in
+            ["", "{}", r#"{"keys":[]}"#, r#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AA"}]}"#]
+        {
             assert!(
                 JwksVerifier::from_jwks_json(bad, &[TERMINAL_AUDIENCE], None).is_err(),
                 "{bad}"

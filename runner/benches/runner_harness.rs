@@ -1,1 +1,364 @@
-fn main() {}
+//! Load harness for the runner: prints figures, asserts nothing about time.
+//!
+//! `cargo bench -p cliscale-runner --bench runner_harness` (docs/benchmarks.md has the
+//! figures and how to read them). Each figure is set against the raw limit measured in the
+//! same run: a plain reader on a PTY master, and echo through a PTY with no WebSocket.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use cliscale_core::protocol::decode_output;
+use cliscale_core::token::{
+    SessionSigningKey, TERMINAL_AUDIENCE, TokenScope, jwks_json, new_claims,
+};
+use futures_util::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+
+const PAYLOAD_MB: usize = 64;
+const ECHO_ROUNDS: usize = 3000;
+const ROUNDS: usize = 5;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Runner {
+    child: Child,
+    addr: String,
+    key: SessionSigningKey,
+    _dir: tempfile::TempDir,
+}
+
+impl Runner {
+    fn start(command: &str) -> Runner {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SessionSigningKey::generate("bench");
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, jwks_json([&key])).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cliscale-runner"))
+            .args(["--session-id", "bench", "--listen", "127.0.0.1:0", "--tee-stdout", "false"])
+            .args(["--linger", "30s", "--command", command])
+            .arg("--jwks-file")
+            .arg(&jwks)
+            .arg("--work-dir")
+            .arg(dir.path().join("w"))
+            .env("CLISCALE_LOG", "warn,cliscale_runner::session=info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let addr = loop {
+            line.clear();
+            assert!(std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0);
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            if v["message"] == "listening" {
+                break v["addr"].as_str().unwrap().to_owned();
+            }
+        };
+        std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+        Runner { child, addr, key, _dir: dir }
+    }
+
+    async fn attach(&self) -> Ws {
+        let token = self
+            .key
+            .sign(&new_claims("b", TERMINAL_AUDIENCE, "b", "bench", TokenScope::Interact, 600))
+            .unwrap();
+        let url = format!("ws://{}/ws?token={token}", self.addr);
+        tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap().0
+    }
+
+    /// Attaches and waits until the command runs (input before that is refused).
+    async fn attach_running(&self) -> Ws {
+        let mut ws = self.attach().await;
+        loop {
+            if let Message::Text(t) = ws.next().await.unwrap().unwrap()
+                && t.contains("\"phase\":\"Running\"")
+            {
+                return ws;
+            }
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// User + system CPU time of a process.
+fn cpu_time(pid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+fn rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+fn make_payload(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let raw: Vec<u8> =
+        (0..PAYLOAD_MB * 1024 * 1024 / 4 * 3).map(|i| (i * 7919 % 251) as u8).collect();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+    let text: String = b64
+        .as_bytes()
+        .chunks(76)
+        .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
+        .collect();
+    let path = dir.join("payload.b64");
+    std::fs::write(&path, &text).unwrap();
+    (path, text.len())
+}
+
+/// The raw limit: `cat` into a PTY in the same (cooked) mode, read by a plain blocking reader.
+fn raw_pty_throughput(file: &std::path::Path) -> (f64, u64) {
+    let (mut master, pts) = open_pty();
+    let start = Instant::now();
+    let mut child = pty_child(&pts, &format!("cat '{}'", file.display()));
+    drop(pts);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match master.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n as u64,
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    child.wait().unwrap();
+    (total as f64 / secs / 1e6, total)
+}
+
+fn open_pty() -> (std::fs::File, std::os::fd::OwnedFd) {
+    let pty = nix::pty::openpty(None, None).unwrap();
+    (std::fs::File::from(pty.master), pty.slave)
+}
+
+fn pty_child(pts: &std::os::fd::OwnedFd, command: &str) -> Child {
+    use std::os::unix::process::CommandExt;
+    let fd = pts.as_raw_fd();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.args(["-c", command])
+        .stdin(pts.try_clone().unwrap())
+        .stdout(pts.try_clone().unwrap())
+        .stderr(pts.try_clone().unwrap());
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if nix::libc::ioctl(fd, nix::libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
+}
+
+/// The raw echo limit: one byte written to a PTY master and read back from `cat` in raw mode.
+struct RawEcho {
+    master: std::fs::File,
+    child: Child,
+}
+
+impl RawEcho {
+    fn start() -> RawEcho {
+        let (mut master, pts) = open_pty();
+        let child = pty_child(&pts, "stty raw -echo; printf R; exec cat");
+        drop(pts);
+        let mut b = [0u8; 1];
+        master.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"R");
+        RawEcho { master, child }
+    }
+
+    fn rounds(&mut self, rounds: usize) -> Vec<Duration> {
+        let mut b = [0u8; 1];
+        (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                self.master.write_all(b"x").unwrap();
+                self.master.read_exact(&mut b).unwrap();
+                t.elapsed()
+            })
+            .collect()
+    }
+}
+
+impl Drop for RawEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn next_output(ws: &mut Ws) -> Option<Vec<u8>> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Binary(frame)) => return Some(decode_output(&frame).unwrap().1.to_vec()),
+            Ok(Message::Text(t)) if t.contains("\"exitCode\":0") => return None,
+            Ok(_) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+async fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration) {
+    let runner =
+        Runner::start(&format!("stty -echo; printf R; read -r go; cat '{}'", file.display()));
+    let mut ws = runner.attach_running().await;
+    // Echo is off once "R" arrives, so the Enter below adds no bytes to the output.
+    assert_eq!(next_output(&mut ws).await.unwrap(), b"R");
+    let cpu_before = cpu_time(runner.pid());
+    let start = Instant::now();
+    ws.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
+    let mut total = 0u64;
+    while let Some(data) = next_output(&mut ws).await {
+        total += data.len() as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_time(runner.pid()) - cpu_before;
+    (total as f64 / secs / 1e6, total, cpu)
+}
+
+/// A runner hosting `cat` in raw mode, attached and ready for echo rounds.
+async fn echo_runner() -> (Runner, Ws) {
+    let runner = Runner::start("stty raw -echo; printf R; exec cat");
+    let mut ws = runner.attach_running().await;
+    assert_eq!(next_output(&mut ws).await.unwrap(), b"R");
+    (runner, ws)
+}
+
+async fn runner_echo(ws: &mut Ws, rounds: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        ws.send(Message::Binary(b"x".to_vec().into())).await.unwrap();
+        let got = next_output(ws).await.unwrap();
+        assert_eq!(got, b"x");
+        samples.push(t.elapsed());
+    }
+    samples
+}
+
+async fn idle_client_memory() -> Vec<(usize, f64)> {
+    let runner = Runner::start("read -r x");
+    // One client first, so the server's lazily built state is in the baseline.
+    let mut warm = runner.attach().await;
+    warm.next().await.unwrap().unwrap();
+    let baseline = rss_kib(runner.pid());
+    let mut clients = Vec::new();
+    let mut figures = Vec::new();
+    for target in [1usize, 50, 200] {
+        while clients.len() < target {
+            let mut ws = runner.attach().await;
+            ws.next().await.unwrap().unwrap(); // the hello: the connection is fully set up
+            clients.push(ws);
+        }
+        let grown = rss_kib(runner.pid()).saturating_sub(baseline);
+        figures.push((target, grown as f64 / target as f64));
+    }
+    drop(warm);
+    figures
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("runner_harness: bench");
+        return;
+    }
+    if let Ok(rounds) = std::env::var("CLISCALE_BENCH_ECHO_ONLY") {
+        // Profiling aid: only echo rounds, against one runner, for strace or perf.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (runner, mut ws) = rt.block_on(echo_runner());
+        println!("echo runner pid {}", runner.pid());
+        let n = rounds.parse().unwrap_or(20_000);
+        let mut samples = rt.block_on(runner_echo(&mut ws, n));
+        println!("echo p50 {:?}", percentile(&mut samples, 0.5));
+        return;
+    }
+    // A single-threaded client adds the least of its own latency to the figures.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (payload, payload_len) = make_payload(dir.path());
+    println!(
+        "payload: {} MB of base64 text, `cat` into the PTY (cooked mode); {ROUNDS} interleaved rounds",
+        payload_len / 1_000_000
+    );
+
+    // Raw limit and runner alternate round by round, so drift in a shared machine hits both.
+    let (mut raw_mbs, mut ws_mbs, mut cpu_per_mb) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut raw_echo, mut ws_echo) = (Vec::new(), Vec::new());
+    let mut raw = RawEcho::start();
+    let (echo_runner, mut echo_ws) = rt.block_on(echo_runner());
+    let echo_cpu_before = cpu_time(echo_runner.pid());
+    for _ in 0..ROUNDS {
+        let (mbs, raw_bytes) = raw_pty_throughput(&payload);
+        raw_mbs.push(mbs);
+        let (mbs, ws_bytes, cpu) = rt.block_on(runner_throughput(&payload));
+        assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
+        ws_mbs.push(mbs);
+        cpu_per_mb.push(cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6));
+        raw_echo.extend(raw.rounds(ECHO_ROUNDS / ROUNDS));
+        ws_echo.extend(rt.block_on(runner_echo(&mut echo_ws, ECHO_ROUNDS / ROUNDS)));
+    }
+    let echo_cpu = cpu_time(echo_runner.pid()) - echo_cpu_before;
+    let echo_cpu_us = echo_cpu.as_secs_f64() * 1e6 / ws_echo.len() as f64;
+    let memory = rt.block_on(idle_client_memory());
+
+    let (raw_mbs, ws_mbs) = (median(&mut raw_mbs), median(&mut ws_mbs));
+    let cpu_ms_per_mb = median(&mut cpu_per_mb);
+    let (raw50, raw99) = (percentile(&mut raw_echo, 0.5), percentile(&mut raw_echo, 0.99));
+    let (ws50, ws99) = (percentile(&mut ws_echo, 0.5), percentile(&mut ws_echo, 0.99));
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!();
+    println!("| figure | raw limit | runner | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| throughput, PTY -> 1 WebSocket client (median) | {raw_mbs:.1} MB/s | {ws_mbs:.1} MB/s | {:.2}x | >= 0.9x |",
+        ws_mbs / raw_mbs
+    );
+    println!(
+        "| keystroke echo p50 | {:.1} us | {:.1} us | {:.2}x | <= 1.5x |",
+        us(raw50),
+        us(ws50),
+        us(ws50) / us(raw50)
+    );
+    println!(
+        "| keystroke echo p99 | {:.1} us | {:.1} us | {:.2}x | - |",
+        us(raw99),
+        us(ws99),
+        us(ws99) / us(raw99)
+    );
+    println!("| runner CPU per keystroke echo | - | {echo_cpu_us:.1} us | - | - |");
+    println!(
+        "| runner CPU per MB of output (median) | - | {cpu_ms_per_mb:.2} ms/MB | - | <= 10 ms/MB |"
+    );
+    for (n, kib) in memory {
+        println!("| memory per idle client at {n} clients | - | {kib:.1} KiB | - | <= 16 KiB |");
+    }
+}

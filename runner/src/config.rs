@@ -98,11 +98,7 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_EXTRACT_MAX_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
     pub extract_max_bytes: u64,
     /// Most entries an archive may hold.
-    #[arg(
-        long,
-        env = "CLISCALE_RUNNER_EXTRACT_MAX_ENTRIES",
-        default_value_t = 200_000
-    )]
+    #[arg(long, env = "CLISCALE_RUNNER_EXTRACT_MAX_ENTRIES", default_value_t = 200_000)]
     pub extract_max_entries: u64,
     /// Allow fetching from loopback, private, link-local and other special addresses.
     #[arg(long, env = "CLISCALE_RUNNER_ALLOW_PRIVATE_ADDRESSES", default_value_t = false, action = clap::ArgAction::Set)]
@@ -118,11 +114,7 @@ pub struct RunnerArgs {
     )]
     pub github_archive_base: Url,
     /// Base URL of GitHub's git endpoint.
-    #[arg(
-        long,
-        env = "CLISCALE_RUNNER_GITHUB_GIT_BASE",
-        default_value = "https://github.com"
-    )]
+    #[arg(long, env = "CLISCALE_RUNNER_GITHUB_GIT_BASE", default_value = "https://github.com")]
     pub github_git_base: Url,
     /// Interval of WebSocket pings; a client silent for three intervals is dropped.
     #[arg(long, env = "CLISCALE_RUNNER_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
@@ -151,10 +143,7 @@ impl RunnerConfig {
         let bad = |m: String| Err(RunnerError::Config(m));
         if args.session_id.is_empty()
             || args.session_id.len() > 128
-            || !args
-                .session_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !args.session_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
             return bad("session id must be 1-128 characters of [A-Za-z0-9_-]".into());
         }
@@ -168,28 +157,18 @@ impl RunnerConfig {
             return bad("log window must be at least 65536 bytes".into());
         }
         if !matches!(args.log_format.as_str(), "json" | "text") {
-            return bad(format!(
-                "log format {:?} is not json or text",
-                args.log_format
-            ));
+            return bad(format!("log format {:?} is not json or text", args.log_format));
         }
         let source = match args.code_url.as_deref().filter(|s| !s.trim().is_empty()) {
             Some(url) => Some(parse_code_url(url).map_err(|e| RunnerError::Config(e.to_string()))?),
             None => None,
         };
-        let checksum = args
-            .code_checksum_sha256
-            .as_deref()
-            .map(parse_checksum)
-            .transpose()?;
+        let checksum = args.code_checksum_sha256.as_deref().map(parse_checksum).transpose()?;
         if checksum.is_some() && source.is_none() {
             return bad("a code checksum was given without a code URL".into());
         }
         let jwks = std::fs::read_to_string(&args.jwks_file).map_err(|e| {
-            RunnerError::Config(format!(
-                "reading JWKS file {}: {e}",
-                args.jwks_file.display()
-            ))
+            RunnerError::Config(format!("reading JWKS file {}: {e}", args.jwks_file.display()))
         })?;
         let work_dir = args
             .work_dir
@@ -210,12 +189,6 @@ impl RunnerConfig {
             github_archive_base: args.github_archive_base.clone(),
             github_git_base: args.github_git_base.clone(),
         };
-        Ok(Self {
-            args,
-            source,
-            fetch,
-            work_dir,
-            jwks,
-        })
+        Ok(Self { args, source, fetch, work_dir, jwks })
     }
 }

@@ -30,30 +30,19 @@ pub enum RunnerError {
     #[error("could not resolve {host}: {message}")]
     Resolve { host: String, message: String },
     #[error("refusing to fetch from {host}: it resolves to {ip}, a {range} address")]
-    BlockedAddress {
-        host: String,
-        ip: IpAddr,
-        range: &'static str,
-    },
+    BlockedAddress { host: String, ip: IpAddr, range: &'static str },
     #[error("download of {url} failed: {message}")]
     Download { url: String, message: String },
     #[error("download of {url} exceeds the limit of {limit} bytes")]
     DownloadTooLarge { url: String, limit: u64 },
     #[error("checksum mismatch for {url}: expected sha256 {expected}, got {actual}")]
-    ChecksumMismatch {
-        url: String,
-        expected: String,
-        actual: String,
-    },
+    ChecksumMismatch { url: String, expected: String, actual: String },
     #[error("archive rejected: {0}")]
     UnsafeArchive(String),
     #[error("could not unpack archive: {0}")]
     Extract(String),
     #[error("git {action} failed: {message}")]
-    Git {
-        action: &'static str,
-        message: String,
-    },
+    Git { action: &'static str, message: String },
     #[error("no branch or tag of {repo} matches the start of {path:?}")]
     UnknownRef { repo: String, path: String },
     #[error("install command failed: {0}")]
@@ -70,10 +59,7 @@ pub enum RunnerError {
 
 impl RunnerError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 
     /// The typed reason reported in the session's final status.

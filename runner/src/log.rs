@@ -46,11 +46,7 @@ impl OutputLog {
     /// A log that keeps at most `capacity` bytes (at least 1) in memory.
     pub fn new(capacity: usize) -> Self {
         let (end_tx, _) = watch::channel((0, false));
-        Self {
-            window: Mutex::new(Window::default()),
-            capacity: capacity.max(1),
-            end_tx,
-        }
+        Self { window: Mutex::new(Window::default()), capacity: capacity.max(1), end_tx }
     }
 
     pub fn capacity(&self) -> usize {
@@ -121,35 +117,21 @@ impl OutputLog {
     pub fn read_since(&self, offset: u64, max: usize) -> LogRead {
         let w = self.window.lock().expect("log lock poisoned");
         if offset < w.start {
-            return LogRead::Gap {
-                from: offset,
-                to: w.start,
-            };
+            return LogRead::Gap { from: offset, to: w.start };
         }
         if offset >= w.end {
-            return LogRead::UpToDate {
-                end: w.end,
-                closed: w.closed,
-            };
+            return LogRead::UpToDate { end: w.end, closed: w.closed };
         }
         // Chunks are sorted by offset: find the one holding `offset`.
-        let index = w
-            .chunks
-            .partition_point(|(o, c)| o + c.len() as u64 <= offset);
+        let index = w.chunks.partition_point(|(o, c)| o + c.len() as u64 <= offset);
         let (chunk_offset, chunk) = &w.chunks[index];
         let first = chunk.slice((offset - chunk_offset) as usize..);
         if first.len() >= max {
-            return LogRead::Data {
-                offset,
-                data: first.slice(..max),
-            };
+            return LogRead::Data { offset, data: first.slice(..max) };
         }
         let next_is_small = w.chunks.get(index + 1).is_some();
         if !next_is_small {
-            return LogRead::Data {
-                offset,
-                data: first,
-            };
+            return LogRead::Data { offset, data: first };
         }
         // Coalesce small chunks (a PTY yields at most a few KiB per read) into one frame.
         let mut buf = BytesMut::with_capacity(max.min((w.end - offset) as usize));
@@ -161,10 +143,7 @@ impl OutputLog {
             }
             buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
         }
-        LogRead::Data {
-            offset,
-            data: buf.freeze(),
-        }
+        LogRead::Data { offset, data: buf.freeze() }
     }
 }
 
@@ -199,13 +178,7 @@ mod tests {
         assert_eq!(collect(&log, 0, 4).0, b"hello world");
         assert_eq!(collect(&log, 3, 100).0, b"lo world");
         assert_eq!(collect(&log, 6, 100).0, b"world");
-        assert_eq!(
-            log.read_since(11, 10),
-            LogRead::UpToDate {
-                end: 11,
-                closed: false
-            }
-        );
+        assert_eq!(log.read_since(11, 10), LogRead::UpToDate { end: 11, closed: false });
     }
 
     #[test]
@@ -239,12 +212,6 @@ mod tests {
         log.close();
         log.append(Bytes::from_static(b"late"));
         assert_eq!(*rx.borrow(), (1, true));
-        assert_eq!(
-            log.read_since(1, 8),
-            LogRead::UpToDate {
-                end: 1,
-                closed: true
-            }
-        );
+        assert_eq!(log.read_since(1, 8), LogRead::UpToDate { end: 1, closed: true });
     }
 }

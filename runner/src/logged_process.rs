@@ -81,9 +81,6 @@ mod tests {
 
     #[test]
     fn bare_newlines_become_crlf_once() {
-        assert_eq!(
-            &to_terminal_newlines(b"a\nb\r\nc\n")[..],
-            b"a\r\nb\r\nc\r\n"
-        );
+        assert_eq!(&to_terminal_newlines(b"a\nb\r\nc\n")[..], b"a\r\nb\r\nc\r\n");
     }
 }

@@ -6,11 +6,7 @@ fn main() {
     let args = match RunnerArgs::try_parse() {
         Ok(args) => args,
         Err(e) => {
-            let code = if e.use_stderr() {
-                exit_code::CONFIG_INVALID
-            } else {
-                0
-            };
+            let code = if e.use_stderr() { exit_code::CONFIG_INVALID } else { 0 };
             let _ = e.print();
             std::process::exit(code);
         }
@@ -24,10 +20,10 @@ fn main() {
             std::process::exit(e.exit_code());
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread: every hop from socket to PTY and back stays on it, with no cross-thread
+    // wake-ups, which keeps keystroke echo close to the PTY's own latency. The work is
+    // I/O-bound; extraction runs on the blocking pool.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
@@ -43,9 +39,7 @@ fn main() {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLISCALE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "text" {
         builder.init();
     } else {

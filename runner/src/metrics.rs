@@ -35,21 +35,13 @@ impl Default for Metrics {
         let gaps = Counter::default();
         let clients_dropped = Family::<ReasonLabel, Counter>::default();
         let auth_failures = Family::<ReasonLabel, Counter>::default();
-        registry.register(
-            "output_bytes",
-            "Bytes written to the output log",
-            output_bytes.clone(),
-        );
+        registry.register("output_bytes", "Bytes written to the output log", output_bytes.clone());
         registry.register(
             "input_bytes",
             "Bytes of client input written to the PTY",
             input_bytes.clone(),
         );
-        registry.register(
-            "clients",
-            "Attached clients by kind (ws, sse)",
-            clients.clone(),
-        );
+        registry.register("clients", "Attached clients by kind (ws, sse)", clients.clone());
         registry.register(
             "gaps",
             "Gaps reported to clients that fell behind the log window",
@@ -65,15 +57,7 @@ impl Default for Metrics {
             "Refused connection attempts, by token error",
             auth_failures.clone(),
         );
-        Self {
-            registry,
-            output_bytes,
-            input_bytes,
-            clients,
-            gaps,
-            clients_dropped,
-            auth_failures,
-        }
+        Self { registry, output_bytes, input_bytes, clients, gaps, clients_dropped, auth_failures }
     }
 }
 

@@ -32,10 +32,7 @@ impl AddressPolicy {
     /// Checks every resolved address; all must be allowed, as the client may use any of them.
     pub fn check_all(&self, host: &str, addrs: &[SocketAddr]) -> Result<(), RunnerError> {
         if addrs.is_empty() {
-            return Err(RunnerError::Resolve {
-                host: host.into(),
-                message: "no addresses".into(),
-            });
+            return Err(RunnerError::Resolve { host: host.into(), message: "no addresses".into() });
         }
         for addr in addrs {
             if let Some(range) = self.refusal(addr.ip()) {
@@ -83,21 +80,13 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
     }
     let seg = ip.segments();
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-        let v4 = Ipv4Addr::new(
-            (seg[6] >> 8) as u8,
-            seg[6] as u8,
-            (seg[7] >> 8) as u8,
-            seg[7] as u8,
-        );
+        let v4 =
+            Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8);
         return special_v4(v4);
     }
     if seg[0] == 0x2002 {
-        let v4 = Ipv4Addr::new(
-            (seg[1] >> 8) as u8,
-            seg[1] as u8,
-            (seg[2] >> 8) as u8,
-            seg[2] as u8,
-        );
+        let v4 =
+            Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8);
         return special_v4(v4);
     }
     Some(match seg {
@@ -142,10 +131,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub async fn resolve_host(host: &str, port: u16) -> Result<Vec<SocketAddr>, RunnerError> {
     let addrs = tokio::net::lookup_host((host, port))
         .await
-        .map_err(|e| RunnerError::Resolve {
-            host: host.into(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e| RunnerError::Resolve { host: host.into(), message: e.to_string() })?;
     Ok(addrs.collect())
 }
 
@@ -164,9 +150,7 @@ mod tests {
     use super::*;
 
     fn refused(s: &str) -> bool {
-        AddressPolicy::default()
-            .refusal(s.parse().unwrap())
-            .is_some()
+        AddressPolicy::default().refusal(s.parse().unwrap()).is_some()
     }
 
     #[test]
@@ -198,29 +182,18 @@ mod tests {
 
     #[test]
     fn public_addresses_are_allowed() {
-        for ip in [
-            "1.1.1.1",
-            "140.82.112.3",
-            "172.32.0.1",
-            "2606:4700::1111",
-            "::ffff:8.8.8.8",
-        ] {
+        for ip in ["1.1.1.1", "140.82.112.3", "172.32.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
             assert!(!refused(ip), "{ip} should be allowed");
         }
     }
 
     #[test]
     fn configured_ranges_and_allow_all_open_the_door() {
-        let policy = AddressPolicy {
-            allow_all: false,
-            allowed: vec!["127.0.0.0/8".parse().unwrap()],
-        };
+        let policy =
+            AddressPolicy { allow_all: false, allowed: vec!["127.0.0.0/8".parse().unwrap()] };
         assert!(policy.refusal("127.0.0.1".parse().unwrap()).is_none());
         assert!(policy.refusal("10.0.0.1".parse().unwrap()).is_some());
-        let open = AddressPolicy {
-            allow_all: true,
-            allowed: vec![],
-        };
+        let open = AddressPolicy { allow_all: true, allowed: vec![] };
         assert!(open.refusal("169.254.169.254".parse().unwrap()).is_none());
     }
 

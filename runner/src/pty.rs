@@ -42,33 +42,21 @@ pub struct PtyProcess {
 
 /// The shell commands run under: bash when the image has it, else POSIX sh.
 pub fn shell() -> &'static str {
-    if Path::new("/bin/bash").exists() {
-        "/bin/bash"
-    } else {
-        "/bin/sh"
-    }
+    if Path::new("/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" }
 }
 
 /// Starts `spec` in a new PTY, with every byte it prints appended to `log`.
 pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyProcess> {
     let spawn_err = |e: pty_process::Error| RunnerError::Spawn(e.to_string());
     let (pty, pts) = pty_process::open().map_err(spawn_err)?;
-    pty.resize(pty_process::Size::new(spec.rows, spec.cols))
-        .map_err(spawn_err)?;
-    let mut cmd = pty_process::Command::new(shell())
-        .arg("-c")
-        .arg(&spec.command);
+    pty.resize(pty_process::Size::new(spec.rows, spec.cols)).map_err(spawn_err)?;
+    let mut cmd = pty_process::Command::new(shell()).arg("-c").arg(&spec.command);
     for key in &spec.env_remove {
         cmd = cmd.env_remove(key);
     }
-    cmd = cmd
-        .envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .current_dir(&spec.dir);
+    cmd = cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(&spec.dir);
     let child = cmd.spawn(pts).map_err(spawn_err)?;
-    let pid = child
-        .id()
-        .map(|p| p as i32)
-        .ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
+    let pid = child.id().map(|p| p as i32).ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
     let (mut read_half, mut write_half) = pty.into_split();
 
     let reader = tokio::spawn(async move {
@@ -105,12 +93,7 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
         }
     });
 
-    Ok(PtyProcess {
-        child,
-        pid,
-        reader,
-        input,
-    })
+    Ok(PtyProcess { child, pid, reader, input })
 }
 
 /// Sends `signal` to the command's whole process group.

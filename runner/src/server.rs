@@ -34,6 +34,9 @@ pub const MAX_OUTPUT_FRAME: usize = 64 * 1024;
 /// Largest message accepted from a client; bigger ones close the connection (1009).
 pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
 
+/// Initial read buffer per connection; it grows for larger messages.
+const CLIENT_READ_BUFFER: usize = 4 * 1024;
+
 /// WebSocket close codes of the runner (docs/protocol.md).
 pub mod close_code {
     /// The session ended and the runner is shutting down.
@@ -82,12 +85,7 @@ pub struct AttachQuery {
 }
 
 fn error_response(status: StatusCode, code: &'static str, message: String) -> Response {
-    HttpError {
-        status,
-        code,
-        message,
-    }
-    .into_response()
+    HttpError { status, code, message }.into_response()
 }
 
 /// A refused request: JSON body with a stable `error` code and a human `message`.
@@ -100,11 +98,7 @@ struct HttpError {
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (
-            self.status,
-            [(header::CONTENT_TYPE, "application/json")],
-            body.to_string(),
-        )
+        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
             .into_response()
     }
 }
@@ -124,15 +118,9 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
     let counted = shared.metrics.output_bytes.get();
-    shared
-        .metrics
-        .output_bytes
-        .inc_by(shared.log.end().saturating_sub(counted));
+    shared.metrics.output_bytes.inc_by(shared.log.end().saturating_sub(counted));
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         shared.metrics.render(),
     )
         .into_response()
@@ -150,32 +138,17 @@ fn authorize(
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
     let token = bearer.or(query.token.as_deref()).unwrap_or("");
-    let claims = shared
-        .verifier
-        .verify(token, &shared.session_id)
-        .map_err(|e| {
-            shared
-                .metrics
-                .auth_failures
-                .get_or_create(&ReasonLabel { reason: e.code() })
-                .inc();
-            tracing::info!(code = e.code(), "refused a connection: {e}");
-            let status = match e {
-                TokenError::WrongSession { .. } => StatusCode::FORBIDDEN,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            HttpError {
-                status,
-                code: e.code(),
-                message: e.to_string(),
-            }
-        })?;
+    let claims = shared.verifier.verify(token, &shared.session_id).map_err(|e| {
+        shared.metrics.auth_failures.get_or_create(&ReasonLabel { reason: e.code() }).inc();
+        tracing::info!(code = e.code(), "refused a connection: {e}");
+        let status = match e {
+            TokenError::WrongSession { .. } => StatusCode::FORBIDDEN,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        HttpError { status, code: e.code(), message: e.to_string() }
+    })?;
     let read_only = claims.scope == TokenScope::View || query.mode.as_deref() == Some("view");
-    if let Some(mode) = query
-        .mode
-        .as_deref()
-        .filter(|m| !matches!(*m, "view" | "interact"))
-    {
+    if let Some(mode) = query.mode.as_deref().filter(|m| !matches!(*m, "view" | "interact")) {
         return Err(HttpError {
             status: StatusCode::BAD_REQUEST,
             code: "bad_mode",
@@ -212,6 +185,10 @@ async fn ws_handler(
         Err(refused) => return refused.into_response(),
     };
     upgrade
+        // Clients mostly send keystrokes: a small read buffer keeps idle connections cheap.
+        .read_buffer_size(CLIENT_READ_BUFFER)
+        // Each frame is flushed as it is sent; no second buffer of output per client.
+        .write_buffer_size(0)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| {
@@ -229,11 +206,7 @@ enum Control {
 }
 
 async fn serve_terminal(shared: Arc<Shared>, socket: WebSocket, read_only: bool, since: u64) {
-    let gauge = shared
-        .metrics
-        .clients
-        .get_or_create(&KindLabel { kind: "ws" })
-        .clone();
+    let gauge = shared.metrics.clients.get_or_create(&KindLabel { kind: "ws" }).clone();
     gauge.inc();
     let (sink, stream) = socket.split();
     let (control_tx, control_rx) = mpsc::channel::<Control>(16);
@@ -247,17 +220,11 @@ async fn serve_terminal(shared: Arc<Shared>, socket: WebSocket, read_only: bool,
         last_heard.clone(),
         started,
     ));
-    let result = write_client(
-        &shared, sink, read_only, since, control_rx, last_heard, started,
-    )
-    .await;
+    let result =
+        write_client(&shared, sink, read_only, since, control_rx, last_heard, started).await;
     reader.abort();
     if let Err(reason) = result {
-        shared
-            .metrics
-            .clients_dropped
-            .get_or_create(&ReasonLabel { reason })
-            .inc();
+        shared.metrics.clients_dropped.get_or_create(&ReasonLabel { reason }).inc();
         tracing::info!(reason, "dropped a client");
     }
     gauge.dec();
@@ -281,10 +248,7 @@ async fn read_client(
                 Ok(ClientMessage::Resize { cols, rows }) => PtyInput::Resize { cols, rows },
                 Err(e) => {
                     let _ = control
-                        .send(Control::Error {
-                            code: e.code(),
-                            message: e.to_string(),
-                        })
+                        .send(Control::Error { code: e.code(), message: e.to_string() })
                         .await;
                     continue;
                 }
@@ -296,27 +260,14 @@ async fn read_client(
             if !told_read_only {
                 told_read_only = true;
                 let message = "this connection is read-only; input and resize are ignored".into();
-                let _ = control
-                    .send(Control::Error {
-                        code: "read_only",
-                        message,
-                    })
-                    .await;
+                let _ = control.send(Control::Error { code: "read_only", message }).await;
             }
             continue;
         }
-        let sender = shared
-            .input
-            .get()
-            .filter(|_| shared.accepting_input.load(Ordering::Acquire));
+        let sender = shared.input.get().filter(|_| shared.accepting_input.load(Ordering::Acquire));
         let Some(sender) = sender else {
             let message = "the command is not running; input dropped".into();
-            let _ = control
-                .send(Control::Error {
-                    code: "not_running",
-                    message,
-                })
-                .await;
+            let _ = control.send(Control::Error { code: "not_running", message }).await;
             continue;
         };
         if let PtyInput::Data(data) = &input {
@@ -336,10 +287,7 @@ async fn send(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), 
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err("send_failed"),
         Err(_) => {
-            let frame = CloseFrame {
-                code: close_code::TOO_SLOW,
-                reason: "client too slow".into(),
-            };
+            let frame = CloseFrame { code: close_code::TOO_SLOW, reason: "client too slow".into() };
             let _ = tokio::time::timeout(
                 Duration::from_millis(100),
                 sink.send(Message::Close(Some(frame))),
@@ -351,11 +299,7 @@ async fn send(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), 
 }
 
 fn json_message(message: &ServerMessage) -> Message {
-    Message::Text(
-        serde_json::to_string(message)
-            .expect("server messages serialize")
-            .into(),
-    )
+    Message::Text(serde_json::to_string(message).expect("server messages serialize").into())
 }
 
 async fn write_client(
@@ -391,17 +335,10 @@ async fn write_client(
         match shared.log.read_since(cursor, MAX_OUTPUT_FRAME) {
             LogRead::Data { offset, data } => {
                 cursor = offset + data.len() as u64;
-                send(
-                    shared,
-                    &mut sink,
-                    Message::Binary(encode_output(offset, &data).into()),
-                )
-                .await?;
+                send(shared, &mut sink, Message::Binary(encode_output(offset, &data).into()))
+                    .await?;
                 if let Ok(Control::Error { code, message }) = control.try_recv() {
-                    let error = ServerMessage::Error {
-                        code: code.into(),
-                        message,
-                    };
+                    let error = ServerMessage::Error { code: code.into(), message };
                     send(shared, &mut sink, json_message(&error)).await?;
                 }
                 continue;
@@ -409,12 +346,7 @@ async fn write_client(
             LogRead::Gap { from, to } => {
                 shared.metrics.gaps.inc();
                 cursor = to;
-                send(
-                    shared,
-                    &mut sink,
-                    json_message(&ServerMessage::Gap { from, to }),
-                )
-                .await?;
+                send(shared, &mut sink, json_message(&ServerMessage::Gap { from, to })).await?;
                 continue;
             }
             LogRead::UpToDate { .. } => {}
@@ -423,12 +355,7 @@ async fn write_client(
             pending_status = Some(status_rx.borrow_and_update().clone());
         }
         if let Some(status) = pending_status.take() {
-            send(
-                shared,
-                &mut sink,
-                json_message(&ServerMessage::Status(status)),
-            )
-            .await?;
+            send(shared, &mut sink, json_message(&ServerMessage::Status(status))).await?;
         }
         if closing {
             break;
@@ -462,10 +389,7 @@ async fn write_client(
             _ = shared.shutdown.cancelled() => closing = true,
         }
     }
-    let frame = CloseFrame {
-        code: close_code::SESSION_ENDED,
-        reason: "session ended".into(),
-    };
+    let frame = CloseFrame { code: close_code::SESSION_ENDED, reason: "session ended".into() };
     let _ = send(shared, &mut sink, Message::Close(Some(frame))).await;
     Ok(())
 }
@@ -500,9 +424,7 @@ async fn sse_handler(
         Err(refused) => return refused.into_response(),
     };
     let _ = read_only; // SSE is read-only by nature.
-    Sse::new(sse_stream(shared, since))
-        .keep_alive(KeepAlive::default())
-        .into_response()
+    Sse::new(sse_stream(shared, since)).keep_alive(KeepAlive::default()).into_response()
 }
 
 struct SseState {
@@ -527,17 +449,11 @@ impl Drop for GaugeGuard {
 }
 
 fn sse_event(kind: &str, data: &impl serde::Serialize) -> Event {
-    Event::default()
-        .event(kind)
-        .data(serde_json::to_string(data).expect("events serialize"))
+    Event::default().event(kind).data(serde_json::to_string(data).expect("events serialize"))
 }
 
 fn sse_stream(shared: Arc<Shared>, since: u64) -> impl Stream<Item = Result<Event, Infallible>> {
-    let gauge = shared
-        .metrics
-        .clients
-        .get_or_create(&KindLabel { kind: "sse" })
-        .clone();
+    let gauge = shared.metrics.clients.get_or_create(&KindLabel { kind: "sse" }).clone();
     gauge.inc();
     let state = SseState {
         end_rx: shared.log.subscribe(),

@@ -36,10 +36,7 @@ struct StopSignals {
 
 impl StopSignals {
     fn new() -> std::io::Result<Self> {
-        Ok(Self {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-        })
+        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
     }
 
     /// Waits for either; returns its number.
@@ -101,19 +98,18 @@ pub async fn run(config: RunnerConfig) -> i32 {
             return exit_code::RUNNER_FAILED;
         }
     };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(addr, session_id = %args.session_id, "listening");
+    // Keystrokes and echoes are tiny writes: never let Nagle hold them back.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = tokio::spawn(
         axum::serve(listener, server::router(shared.clone()))
             .with_graceful_shutdown(shared.shutdown.clone().cancelled_owned())
             .into_future(),
     );
-    let tee = args
-        .tee_stdout
-        .then(|| tokio::spawn(tee_stdout(log.clone())));
+    let tee = args.tee_stdout.then(|| tokio::spawn(tee_stdout(log.clone())));
 
     let code = drive(&config, &shared, &mut signals).await;
     let final_status = shared.status.borrow().clone();
@@ -199,9 +195,7 @@ async fn drive(config: &RunnerConfig, shared: &Shared, signals: &mut StopSignals
     };
     let _ = shared.input.set(process.input.clone());
     shared.accepting_input.store(true, Ordering::Release);
-    shared
-        .status
-        .send_replace(SessionStatus::new(SessionPhase::Running));
+    shared.status.send_replace(SessionStatus::new(SessionPhase::Running));
     tracing::info!(pid = process.pid, "command started");
 
     let deadline = async {
@@ -244,20 +238,12 @@ async fn drive(config: &RunnerConfig, shared: &Shared, signals: &mut StopSignals
                 args.timeout.unwrap_or_default()
             )),
         ),
-        Some(reason) => finish(
-            shared,
-            reason,
-            code,
-            Some("the session was cancelled".into()),
-        ),
+        Some(reason) => finish(shared, reason, code, Some("the session was cancelled".into())),
         None if signal.is_some() => finish(
             shared,
             TerminalReason::Signaled,
             code,
-            Some(format!(
-                "the command was killed by signal {}",
-                signal.unwrap_or_default()
-            )),
+            Some(format!("the command was killed by signal {}", signal.unwrap_or_default())),
         ),
         None => finish(shared, TerminalReason::Exited, code, None),
     }
@@ -276,23 +262,13 @@ async fn prepare(config: &RunnerConfig, log: &OutputLog) -> Result<PathBuf> {
     let dir = match &config.source {
         Some(source) => source::fetch(&config.fetch, source, &config.work_dir, log).await?,
         None => {
-            tokio::fs::create_dir_all(&config.work_dir)
-                .await
-                .map_err(|e| {
-                    RunnerError::io(
-                        format!("creating work dir {}", config.work_dir.display()),
-                        e,
-                    )
-                })?;
+            tokio::fs::create_dir_all(&config.work_dir).await.map_err(|e| {
+                RunnerError::io(format!("creating work dir {}", config.work_dir.display()), e)
+            })?;
             config.work_dir.clone()
         }
     };
-    if let Some(install) = config
-        .args
-        .install_cmd
-        .as_deref()
-        .filter(|c| !c.trim().is_empty())
-    {
+    if let Some(install) = config.args.install_cmd.as_deref().filter(|c| !c.trim().is_empty()) {
         progress(log, &format!("installing: {install}"));
         let mut cmd = tokio::process::Command::new(pty::shell());
         cmd.arg("-c").arg(install).current_dir(&dir);
@@ -305,9 +281,7 @@ async fn prepare(config: &RunnerConfig, log: &OutputLog) -> Result<PathBuf> {
         match run_logged(cmd, log, config.args.install_timeout).await {
             Outcome::Exited(status) if status.success() => {}
             Outcome::Exited(status) => {
-                return Err(RunnerError::Install(format!(
-                    "{install:?} exited with {status}"
-                )));
+                return Err(RunnerError::Install(format!("{install:?} exited with {status}")));
             }
             Outcome::TimedOut => {
                 return Err(RunnerError::Install(format!(

@@ -21,10 +21,7 @@ async fn refused_request(
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             let body: serde_json::Value =
                 serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
-            (
-                response.status().as_u16(),
-                body["error"].as_str().unwrap().to_owned(),
-            )
+            (response.status().as_u16(), body["error"].as_str().unwrap().to_owned())
         }
         other => panic!("expected an HTTP refusal, got {:?}", other.map(|_| ())),
     }
@@ -34,50 +31,27 @@ async fn refused_request(
 async fn missing_wrong_forged_and_expired_tokens_are_refused() {
     let r = runner("read -r x").start();
     assert_eq!(refused(r.ws_url("")).await, (401, "token_missing".into()));
-    assert_eq!(
-        refused(r.ws_url("token=not.a.jwt")).await,
-        (401, "token_malformed".into())
-    );
+    assert_eq!(refused(r.ws_url("token=not.a.jwt")).await, (401, "token_malformed".into()));
     let other = r.keys.token_for("someone-else", TokenScope::Interact);
     assert_eq!(
         refused(r.ws_url(&format!("token={other}"))).await,
         (403, "token_wrong_session".into())
     );
-    let mut claims = new_claims(
-        "t",
-        TERMINAL_AUDIENCE,
-        "me",
-        SESSION,
-        TokenScope::Interact,
-        0,
-    );
+    let mut claims = new_claims("t", TERMINAL_AUDIENCE, "me", SESSION, TokenScope::Interact, 0);
     claims.exp -= 3600;
     let expired = r.keys.key.sign(&claims).unwrap();
-    assert_eq!(
-        refused(r.ws_url(&format!("token={expired}"))).await,
-        (401, "token_expired".into())
-    );
+    assert_eq!(refused(r.ws_url(&format!("token={expired}"))).await, (401, "token_expired".into()));
     let stranger = cliscale_core::token::SessionSigningKey::generate("test-key");
     let forged = stranger
-        .sign(&new_claims(
-            "t",
-            TERMINAL_AUDIENCE,
-            "me",
-            SESSION,
-            TokenScope::Interact,
-            60,
-        ))
+        .sign(&new_claims("t", TERMINAL_AUDIENCE, "me", SESSION, TokenScope::Interact, 60))
         .unwrap();
     assert_eq!(
         refused(r.ws_url(&format!("token={forged}"))).await,
         (401, "token_bad_signature".into())
     );
 
-    let metrics = common::http_get(format!("http://{}/metrics", r.addr))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let metrics =
+        common::http_get(format!("http://{}/metrics", r.addr)).await.text().await.unwrap();
     assert!(
         metrics.contains(r#"cliscale_runner_auth_failures_total{reason="token_missing"} 1"#),
         "{metrics}"
@@ -89,9 +63,7 @@ async fn a_bearer_header_is_accepted_and_bad_offsets_are_refused() {
     let r = runner("read -r x").start();
     let token = r.keys.token(TokenScope::Interact);
     let mut request = r.ws_url("since=0").into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("Authorization", format!("Bearer {token}").parse().unwrap());
+    request.headers_mut().insert("Authorization", format!("Bearer {token}").parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
     let first = ws.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains(r#""type":"hello""#));
@@ -160,10 +132,7 @@ async fn an_oversize_message_closes_only_that_connection() {
     let (out, _, _) = c.read_to_end_any().await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.contains("got:still-alive"), "{text}");
-    assert!(
-        !text.contains("aaaa"),
-        "the oversize input must not reach the PTY"
-    );
+    assert!(!text.contains("aaaa"), "the oversize input must not reach the PTY");
 }
 
 #[tokio::test]
@@ -171,24 +140,13 @@ async fn a_view_mode_request_downgrades_an_interact_token() {
     let r = runner("read -r x").start();
     let token = r.keys.token(TokenScope::Interact);
     let mut c = common::Client::connect(&r.ws_url(&format!("token={token}&mode=view"))).await;
-    assert!(matches!(
-        c.next().await,
-        Event::Hello {
-            read_only: true,
-            ..
-        }
-    ));
+    assert!(matches!(c.next().await, Event::Hello { read_only: true, .. }));
 }
 
 #[tokio::test]
 async fn readiness_follows_the_pty_and_a_stop_before_start_cancels() {
     let mut r = runner("echo never")
-        .args([
-            "--install-cmd",
-            "echo installing; exec sleep 600",
-            "--linger",
-            "0s",
-        ])
+        .args(["--install-cmd", "echo installing; exec sleep 600", "--linger", "0s"])
         .start();
     let mut c = r.attach(TokenScope::View, 0).await;
     c.read_until(b"installing").await;
@@ -210,15 +168,9 @@ fn parse_sse(body: &str) -> Vec<(String, Option<String>, String)> {
         .filter(|block| block.lines().any(|l| l.starts_with("event:")))
         .map(|block| {
             let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+                block.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
             };
-            (
-                field("event:").unwrap(),
-                field("id:"),
-                field("data:").unwrap_or_default(),
-            )
+            (field("event:").unwrap(), field("id:"), field("data:").unwrap_or_default())
         })
         .collect()
 }
@@ -280,17 +232,11 @@ async fn server_sent_events_carry_the_same_log_and_resume_from_last_event_id() {
         .filter(|(e, _, _)| e == "output")
         .flat_map(|(_, _, d)| {
             let v: serde_json::Value = serde_json::from_str(&d).unwrap();
-            base64::engine::general_purpose::STANDARD
-                .decode(v["data"].as_str().unwrap())
-                .unwrap()
+            base64::engine::general_purpose::STANDARD.decode(v["data"].as_str().unwrap()).unwrap()
         })
         .collect();
     assert_eq!(resumed, expected[4..]);
-    let unauthorized = client
-        .get(format!("http://{}/events", r.addr))
-        .send()
-        .await
-        .unwrap();
+    let unauthorized = client.get(format!("http://{}/events", r.addr)).send().await.unwrap();
     assert_eq!(unauthorized.status(), 401);
     r.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(r.wait(), 5);

@@ -14,12 +14,7 @@ fn run_to_end(builder: common::RunnerBuilder) -> (i32, String, String) {
     let mut r = builder.args(["--linger", "0s"]).capture_stdout().start();
     let code = r.wait();
     let mut out = String::new();
-    r.child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
+    r.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
     (code, out, r.stderr_text())
 }
 
@@ -38,10 +33,8 @@ fn zip_bytes(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
 
 /// A tar.gz whose entries are written with raw names, so hostile paths can be expressed.
 fn tar_gz_bytes(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
+    let mut builder =
+        tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
     for (name, kind, body, link) in entries {
         let mut header = tar::Header::new_old();
         header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
@@ -50,11 +43,7 @@ fn tar_gz_bytes(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
         }
         header.set_entry_type(*kind);
         header.set_size(body.len() as u64);
-        header.set_mode(if *kind == tar::EntryType::Directory {
-            0o755
-        } else {
-            0o644
-        });
+        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
         header.set_cksum();
         builder.append(&header, *body).unwrap();
     }
@@ -79,21 +68,13 @@ async fn a_zip_is_unpacked_with_modes_and_installed_before_the_command() {
     );
     let (code, out, err) = run_to_end(
         runner("cat hello.txt && ./bin/run.sh && test -f installed-marker")
-            .args([
-                "--code-url",
-                &url,
-                "--install-cmd",
-                "echo installing; touch installed-marker",
-            ])
+            .args(["--code-url", &url, "--install-cmd", "echo installing; touch installed-marker"])
             .args(ALLOW_LOOPBACK),
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("hello from zip"), "{out}");
     assert!(out.contains("script ran"), "{out}");
-    assert!(
-        out.contains("installing"),
-        "install output belongs in the session log: {out}"
-    );
+    assert!(out.contains("installing"), "install output belongs in the session log: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,22 +82,12 @@ async fn a_tarball_with_the_right_checksum_runs_and_a_wrong_one_is_refused() {
     let fx = FixtureServer::start().await;
     let tarball = tar_gz_bytes(&[
         ("pkg/", tar::EntryType::Directory, b"", ""),
-        (
-            "pkg/hello.txt",
-            tar::EntryType::Regular,
-            b"hello from tgz\n",
-            "",
-        ),
+        ("pkg/hello.txt", tar::EntryType::Regular, b"hello from tgz\n", ""),
     ]);
     let url = fx.put("code.tgz", &tarball);
     let (code, out, err) = run_to_end(
         runner("cat hello.txt")
-            .args([
-                "--code-url",
-                &url,
-                "--code-checksum-sha256",
-                &sha256_hex(&tarball),
-            ])
+            .args(["--code-url", &url, "--code-checksum-sha256", &sha256_hex(&tarball)])
             .args(ALLOW_LOOPBACK),
     );
     assert_eq!(code, 0, "{out}\n{err}");
@@ -136,22 +107,14 @@ async fn a_tarball_with_the_right_checksum_runs_and_a_wrong_one_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn zip_slip_and_escaping_symlinks_are_refused() {
     let fx = FixtureServer::start().await;
-    let slip_zip = fx.put(
-        "slip.zip",
-        &zip_bytes(&[("../escaped.txt", b"pwned", 0o644)]),
-    );
+    let slip_zip = fx.put("slip.zip", &zip_bytes(&[("../escaped.txt", b"pwned", 0o644)]));
     let slip_tar = fx.put(
         "slip.tar.gz",
         &tar_gz_bytes(&[("../escaped.txt", tar::EntryType::Regular, b"pwned", "")]),
     );
     let abs_tar = fx.put(
         "abs.tar.gz",
-        &tar_gz_bytes(&[(
-            "/tmp/escaped-abs.txt",
-            tar::EntryType::Regular,
-            b"pwned",
-            "",
-        )]),
+        &tar_gz_bytes(&[("/tmp/escaped-abs.txt", tar::EntryType::Regular, b"pwned", "")]),
     );
     let link_out = fx.put(
         "link.tar.gz",
@@ -164,21 +127,10 @@ async fn zip_slip_and_escaping_symlinks_are_refused() {
             ("esc/escaped.txt", tar::EntryType::Regular, b"pwned", ""),
         ]),
     );
-    let link_abs = fx.put(
-        "linkabs.tar.gz",
-        &tar_gz_bytes(&[("etc", tar::EntryType::Symlink, b"", "/etc")]),
-    );
-    for url in [
-        slip_zip,
-        slip_tar,
-        abs_tar,
-        link_out,
-        link_through,
-        link_abs,
-    ] {
-        let r = runner("echo should-not-run")
-            .args(["--code-url", &url])
-            .args(ALLOW_LOOPBACK);
+    let link_abs =
+        fx.put("linkabs.tar.gz", &tar_gz_bytes(&[("etc", tar::EntryType::Symlink, b"", "/etc")]));
+    for url in [slip_zip, slip_tar, abs_tar, link_out, link_through, link_abs] {
+        let r = runner("echo should-not-run").args(["--code-url", &url]).args(ALLOW_LOOPBACK);
         let mut r = r.args(["--linger", "0s"]).start();
         let code = r.wait();
         let err = r.stderr_text();
@@ -187,10 +139,7 @@ async fn zip_slip_and_escaping_symlinks_are_refused() {
             err.contains("archive rejected") || err.contains("could not unpack"),
             "{url}: {err}"
         );
-        assert!(
-            !r.work_dir().join("escaped.txt").exists(),
-            "{url} wrote outside the work dir"
-        );
+        assert!(!r.work_dir().join("escaped.txt").exists(), "{url} wrote outside the work dir");
         assert!(!std::path::Path::new("/tmp/escaped-abs.txt").exists());
     }
 }
@@ -209,10 +158,7 @@ async fn inward_addresses_are_refused_after_dns_resolution() {
     ] {
         let (code, _, err) = run_to_end(runner("true").args(["--code-url", url]));
         assert_eq!(code, 121, "{url}: {err}");
-        assert!(
-            err.contains("refusing to fetch") && err.contains(range),
-            "{url}: {err}"
-        );
+        assert!(err.contains("refusing to fetch") && err.contains(range), "{url}: {err}");
     }
 }
 
@@ -228,11 +174,8 @@ async fn download_failures_have_their_own_exit_code_and_message() {
     assert_eq!(code, 121);
     assert!(err.contains("exceeds the limit of 100 bytes"), "{err}");
     let missing = format!("{}/missing.zip", fx.base);
-    let (code, _, err) = run_to_end(
-        runner("true")
-            .args(["--code-url", &missing])
-            .args(ALLOW_LOOPBACK),
-    );
+    let (code, _, err) =
+        run_to_end(runner("true").args(["--code-url", &missing]).args(ALLOW_LOOPBACK));
     assert_eq!(code, 121);
     assert!(err.contains("404"), "{err}");
     let (code, _, err) = run_to_end(runner("true").args(["--code-url", "ftp://example.com/x.zip"]));
@@ -273,16 +216,7 @@ fn publish_repo(fx: &FixtureServer) {
     git(w, &["commit", "-qam", "feature"]);
     git(w, &["checkout", "-q", "main"]);
     let bare = fx.path("git/acme/tools.git");
-    git(
-        fx.root.path(),
-        &[
-            "clone",
-            "-q",
-            "--bare",
-            w.to_str().unwrap(),
-            bare.to_str().unwrap(),
-        ],
-    );
+    git(fx.root.path(), &["clone", "-q", "--bare", w.to_str().unwrap(), bare.to_str().unwrap()]);
     git(&bare, &["update-server-info"]);
     let tarball = tar_gz_bytes(&[
         ("tools-feature-login/", tar::EntryType::Directory, b"", ""),
@@ -292,12 +226,7 @@ fn publish_repo(fx: &FixtureServer) {
             b"hello from feature/login\n",
             "",
         ),
-        (
-            "tools-feature-login/other/secret.txt",
-            tar::EntryType::Regular,
-            b"not wanted\n",
-            "",
-        ),
+        ("tools-feature-login/other/secret.txt", tar::EntryType::Regular, b"not wanted\n", ""),
     ]);
     fx.put("codeload/acme/tools/tar.gz/feature/login", &tarball);
 }
@@ -314,10 +243,7 @@ async fn a_github_tree_url_with_a_slashed_ref_and_nested_path() {
     ];
     let (code, out, err) = run_to_end(
         runner("cat hello.txt && test ! -e ../../other")
-            .args([
-                "--code-url",
-                "https://github.com/acme/tools/tree/feature/login/app/sub",
-            ])
+            .args(["--code-url", "https://github.com/acme/tools/tree/feature/login/app/sub"])
             .args(bases.clone())
             .args(ALLOW_LOOPBACK),
     );
@@ -326,10 +252,7 @@ async fn a_github_tree_url_with_a_slashed_ref_and_nested_path() {
 
     let (code, _, err) = run_to_end(
         runner("true")
-            .args([
-                "--code-url",
-                "https://github.com/acme/tools/tree/no-such-branch/app",
-            ])
+            .args(["--code-url", "https://github.com/acme/tools/tree/no-such-branch/app"])
             .args(bases)
             .args(ALLOW_LOOPBACK),
     );
@@ -342,19 +265,14 @@ async fn a_git_url_is_cloned_at_the_requested_ref() {
     let fx = FixtureServer::start().await;
     publish_repo(&fx);
     let url = format!("git+{}/git/acme/tools.git#feature/login", fx.base);
-    let (code, out, err) = run_to_end(
-        runner("cat app/sub/hello.txt")
-            .args(["--code-url", &url])
-            .args(ALLOW_LOOPBACK),
-    );
+    let (code, out, err) =
+        run_to_end(runner("cat app/sub/hello.txt").args(["--code-url", &url]).args(ALLOW_LOOPBACK));
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("hello from feature/login"), "{out}");
 
     let plain = format!("{}/git/acme/tools.git", fx.base);
     let (code, out, err) = run_to_end(
-        runner("cat app/sub/hello.txt")
-            .args(["--code-url", &plain])
-            .args(ALLOW_LOOPBACK),
+        runner("cat app/sub/hello.txt").args(["--code-url", &plain]).args(ALLOW_LOOPBACK),
     );
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("hello from main"), "{out}");

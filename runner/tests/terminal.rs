@@ -53,10 +53,7 @@ async fn a_100_mb_burst_arrives_complete_and_in_order() {
             Event::Output { offset, data } => {
                 assert_eq!(offset, cursor, "frames are contiguous");
                 let expected = &data_file[received..received + data.len()];
-                assert!(
-                    data == expected,
-                    "bytes differ in the frame at offset {offset}"
-                );
+                assert!(data == expected, "bytes differ in the frame at offset {offset}");
                 cursor += data.len() as u64;
                 received += data.len();
             }
@@ -85,12 +82,7 @@ async fn output_written_before_anyone_attached_is_replayed() {
     }
     let mut c = r.attach(TokenScope::Interact, 0).await;
     match c.next().await {
-        Event::Hello {
-            log_start,
-            log_end,
-            status,
-            ..
-        } => {
+        Event::Hello { log_start, log_end, status, .. } => {
             assert_eq!(log_start, 0);
             assert!(log_end >= 14);
             assert_eq!(status.phase, SessionPhase::Running);
@@ -100,11 +92,7 @@ async fn output_written_before_anyone_attached_is_replayed() {
     match c.next().await {
         Event::Output { offset, data } => {
             assert_eq!(offset, 0);
-            assert!(
-                data.starts_with(b"early-output\r\n"),
-                "{:?}",
-                String::from_utf8_lossy(&data)
-            );
+            assert!(data.starts_with(b"early-output\r\n"), "{:?}", String::from_utf8_lossy(&data));
         }
         other => panic!("expected replayed output, got {other:?}"),
     }
@@ -115,9 +103,7 @@ async fn output_written_before_anyone_attached_is_replayed() {
 }
 
 fn numbered_lines(from: usize, to: usize) -> Vec<u8> {
-    (from..=to)
-        .flat_map(|i| format!("line-{i:05}\r\n").into_bytes())
-        .collect()
+    (from..=to).flat_map(|i| format!("line-{i:05}\r\n").into_bytes()).collect()
 }
 
 #[tokio::test]
@@ -141,10 +127,7 @@ async fn reconnecting_since_an_offset_gets_exactly_the_missing_bytes() {
     let mut expected = expected_first[resume_at as usize..].to_vec();
     expected.extend_from_slice(b"\r\n"); // the echo of the Enter key
     expected.extend_from_slice(&numbered_lines(2001, 3000));
-    assert_eq!(
-        String::from_utf8_lossy(&out),
-        String::from_utf8_lossy(&expected)
-    );
+    assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&expected));
     assert_eq!(status.exit_code, Some(0));
 }
 
@@ -165,21 +148,10 @@ async fn bytes_evicted_from_the_window_are_reported_as_a_gap() {
     }
     let total = seen.len() as u64;
     let mut c = r.attach(TokenScope::Interact, 0).await;
-    let Event::Hello {
-        log_start, log_end, ..
-    } = c.next().await
-    else {
-        panic!("no hello")
-    };
+    let Event::Hello { log_start, log_end, .. } = c.next().await else { panic!("no hello") };
     assert_eq!(log_end, total);
     assert_eq!(log_start, total - 65536);
-    assert_eq!(
-        c.next().await,
-        Event::Gap {
-            from: 0,
-            to: log_start
-        }
-    );
+    assert_eq!(c.next().await, Event::Gap { from: 0, to: log_start });
     let tail = c.read_until(b"DONE\r\n").await;
     assert_eq!(tail, &seen[log_start as usize..]);
     c.send_input(b"\r").await;
@@ -190,20 +162,8 @@ async fn two_clients_at_once_and_the_read_only_one_cannot_type() {
     let r = runner("stty -echo; read -r line; echo \"got:$line\"").start();
     let mut viewer = r.attach(TokenScope::View, 0).await;
     let mut driver = r.attach(TokenScope::Interact, 0).await;
-    assert!(matches!(
-        viewer.next().await,
-        Event::Hello {
-            read_only: true,
-            ..
-        }
-    ));
-    assert!(matches!(
-        driver.next().await,
-        Event::Hello {
-            read_only: false,
-            ..
-        }
-    ));
+    assert!(matches!(viewer.next().await, Event::Hello { read_only: true, .. }));
+    assert!(matches!(driver.next().await, Event::Hello { read_only: false, .. }));
     viewer.send_input(b"evil\r").await;
     viewer.resize(10, 5).await;
     loop {
@@ -229,28 +189,20 @@ async fn two_clients_at_once_and_the_read_only_one_cannot_type() {
 
 #[tokio::test]
 async fn resize_reaches_the_program() {
-    let r = runner("stty size; read -r x; stty size")
-        .args(["--cols", "100", "--rows", "30"])
-        .start();
+    let r =
+        runner("stty size; read -r x; stty size").args(["--cols", "100", "--rows", "30"]).start();
     let mut c = r.attach(TokenScope::Interact, 0).await;
     c.read_until(b"30 100\r\n").await;
     c.resize(132, 43).await;
     c.send_input(b"\r").await;
     let (out, _, _) = c.read_to_end_any().await;
-    assert!(
-        String::from_utf8_lossy(&out).contains("43 132"),
-        "{}",
-        String::from_utf8_lossy(&out)
-    );
+    assert!(String::from_utf8_lossy(&out).contains("43 132"), "{}", String::from_utf8_lossy(&out));
 }
 
 /// Runs `command` after the client has attached (it waits for one keypress), with no linger.
 async fn finished(command: &str, extra: &[&str]) -> (i32, cliscale_core::protocol::SessionStatus) {
     let command = format!("read -r _go; {command}");
-    let mut r = runner(&command)
-        .args(extra.iter().copied())
-        .args(["--linger", "0s"])
-        .start();
+    let mut r = runner(&command).args(extra.iter().copied()).args(["--linger", "0s"]).start();
     let mut c = r.attach(TokenScope::Interact, 0).await;
     c.send_input(b"\r").await;
     let (_, _, status) = c.read_to_end_any().await;
@@ -260,24 +212,15 @@ async fn finished(command: &str, extra: &[&str]) -> (i32, cliscale_core::protoco
 #[tokio::test]
 async fn exit_codes_and_signal_deaths_are_reported_and_returned() {
     let (code, status) = finished("exit 0", &[]).await;
-    assert_eq!(
-        (code, status.phase, status.exit_code),
-        (0, SessionPhase::Succeeded, Some(0))
-    );
+    assert_eq!((code, status.phase, status.exit_code), (0, SessionPhase::Succeeded, Some(0)));
     assert_eq!(status.reason, Some(TerminalReason::Exited));
 
     let (code, status) = finished("echo failing; exit 3", &[]).await;
-    assert_eq!(
-        (code, status.phase, status.exit_code),
-        (3, SessionPhase::Failed, Some(3))
-    );
+    assert_eq!((code, status.phase, status.exit_code), (3, SessionPhase::Failed, Some(3)));
     assert_eq!(status.reason, Some(TerminalReason::Exited));
 
     let (code, status) = finished("kill -KILL $$", &[]).await;
-    assert_eq!(
-        (code, status.phase, status.exit_code),
-        (137, SessionPhase::Failed, Some(137))
-    );
+    assert_eq!((code, status.phase, status.exit_code), (137, SessionPhase::Failed, Some(137)));
     assert_eq!(status.reason, Some(TerminalReason::Signaled));
 
     let (code, status) = finished("sleep 600", &["--timeout", "1s", "--grace-period", "5s"]).await;
@@ -325,9 +268,7 @@ async fn a_slow_client_does_not_block_a_fast_one() {
         "stty raw -echo; printf READY; dd bs=1 count=1 status=none >/dev/null; cat '{}'",
         file.display()
     );
-    let r = runner(&command)
-        .args(["--client-stall-timeout", "120s"])
-        .start();
+    let r = runner(&command).args(["--client-stall-timeout", "120s"]).start();
     // The slow client attaches and then reads nothing until the fast one is done.
     let mut slow = r.attach(TokenScope::View, 0).await;
     let mut fast = r.attach(TokenScope::Interact, 0).await;
@@ -339,10 +280,7 @@ async fn a_slow_client_does_not_block_a_fast_one() {
     assert_eq!(status.phase, SessionPhase::Succeeded);
     // The slow client's backlog was bounded: it is told what it missed, then catches up.
     let (slow_out, slow_gaps, slow_status) = slow.read_to_end(0).await;
-    assert!(
-        !slow_gaps.is_empty(),
-        "48 MiB cannot fit a 16 MiB window plus socket buffers"
-    );
+    assert!(!slow_gaps.is_empty(), "48 MiB cannot fit a 16 MiB window plus socket buffers");
     assert_eq!(slow_status, status);
     assert!(slow_out.len() < SIZE);
     assert!(out.ends_with(&slow_out[slow_out.len() - 1024..]));

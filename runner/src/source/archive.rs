@@ -51,9 +51,7 @@ pub fn safe_relative_path(raw: &Path) -> Result<Option<PathBuf>> {
 /// component (the top directory of a GitHub tarball). An empty prefix keeps everything.
 fn wanted(path: &Path, prefix: &[String]) -> bool {
     let rest: Vec<_> = path.components().skip(1).collect();
-    rest.iter()
-        .zip(prefix)
-        .all(|(c, p)| c.as_os_str() == p.as_str())
+    rest.iter().zip(prefix).all(|(c, p)| c.as_os_str() == p.as_str())
 }
 
 struct Extractor {
@@ -101,9 +99,7 @@ impl Extractor {
             use cap_std::fs::PermissionsExt;
             // Keep the executable bits; never set-id or sticky bits.
             let perm = Permissions::from_mode(mode & 0o777);
-            self.root
-                .set_permissions(path, perm)
-                .map_err(|e| io_in(path, e))?;
+            self.root.set_permissions(path, perm).map_err(|e| io_in(path, e))?;
         }
         Ok(())
     }
@@ -122,9 +118,7 @@ impl Extractor {
             if let Some(parent) = link.parent().filter(|p| !p.as_os_str().is_empty()) {
                 self.dir(parent)?;
             }
-            self.root
-                .symlink(target, link)
-                .map_err(|e| io_in(link, e))?;
+            self.root.symlink(target, link).map_err(|e| io_in(link, e))?;
         }
         for (link, target) in &self.symlinks {
             let escapes = match self.root.canonicalize(link) {
@@ -138,10 +132,7 @@ impl Extractor {
             };
             if escapes {
                 let _ = self.root.remove_file(link);
-                return Err(unsafe_entry(
-                    link,
-                    "is a symlink that points outside the work dir",
-                ));
+                return Err(unsafe_entry(link, "is a symlink that points outside the work dir"));
             }
         }
         Ok(())
@@ -163,13 +154,7 @@ pub fn extract_archive(
 ) -> Result<()> {
     let root = Dir::open_ambient_dir(dest, ambient_authority())
         .map_err(|e| RunnerError::io(format!("opening {}", dest.display()), e))?;
-    let mut ex = Extractor {
-        root,
-        limits,
-        bytes: 0,
-        entries: 0,
-        symlinks: Vec::new(),
-    };
+    let mut ex = Extractor { root, limits, bytes: 0, entries: 0, symlinks: Vec::new() };
     match format {
         ArchiveFormat::TarGz => extract_tar(file, &mut ex, keep_prefix)?,
         ArchiveFormat::Zip => extract_zip(file, &mut ex, keep_prefix)?,
@@ -179,15 +164,10 @@ pub fn extract_archive(
 
 fn extract_tar(file: std::fs::File, ex: &mut Extractor, keep: &[String]) -> Result<()> {
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let entries = archive
-        .entries()
-        .map_err(|e| RunnerError::Extract(e.to_string()))?;
+    let entries = archive.entries().map_err(|e| RunnerError::Extract(e.to_string()))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| RunnerError::Extract(e.to_string()))?;
-        let raw = entry
-            .path()
-            .map_err(|e| RunnerError::Extract(e.to_string()))?
-            .into_owned();
+        let raw = entry.path().map_err(|e| RunnerError::Extract(e.to_string()))?.into_owned();
         let kind = entry.header().entry_type();
         if kind.is_pax_global_extensions() || kind.is_pax_local_extensions() {
             continue;
@@ -224,9 +204,7 @@ fn extract_tar(file: std::fs::File, ex: &mut Extractor, keep: &[String]) -> Resu
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     ex.dir(parent)?;
                 }
-                ex.root
-                    .hard_link(&target, &ex.root, &path)
-                    .map_err(|e| io_in(&path, e))?;
+                ex.root.hard_link(&target, &ex.root, &path).map_err(|e| io_in(&path, e))?;
             }
             // Devices, FIFOs and the like have no place in source code.
             other => {
@@ -241,15 +219,10 @@ fn extract_zip(file: std::fs::File, ex: &mut Extractor, keep: &[String]) -> Resu
     let mut archive =
         zip::ZipArchive::new(file).map_err(|e| RunnerError::Extract(e.to_string()))?;
     for index in 0..archive.len() {
-        let mut entry = archive
-            .by_index(index)
-            .map_err(|e| RunnerError::Extract(e.to_string()))?;
+        let mut entry = archive.by_index(index).map_err(|e| RunnerError::Extract(e.to_string()))?;
         ex.count_entry()?;
         let raw = PathBuf::from(
-            entry
-                .name()
-                .map_err(|e| RunnerError::Extract(e.to_string()))?
-                .into_owned(),
+            entry.name().map_err(|e| RunnerError::Extract(e.to_string()))?.into_owned(),
         );
         let Some(path) = safe_relative_path(&raw)? else {
             continue;

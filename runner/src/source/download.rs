@@ -46,11 +46,7 @@ impl Downloader {
             .user_agent(concat!("cliscale-runner/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RunnerError::Config(format!("building HTTP client: {e}")))?;
-        Ok(Self {
-            client,
-            policy,
-            max_bytes,
-        })
+        Ok(Self { client, policy, max_bytes })
     }
 
     /// Streams `url` into `file`, returning the file rewound to its start and the body's
@@ -61,10 +57,7 @@ impl Downloader {
         mut file: std::fs::File,
     ) -> Result<(std::fs::File, String)> {
         check_literal_host(&self.policy, url)?;
-        let fail = |message: String| RunnerError::Download {
-            url: url.to_string(),
-            message,
-        };
+        let fail = |message: String| RunnerError::Download { url: url.to_string(), message };
         let response = self.client.get(url.clone()).send().await.map_err(|e| {
             // A guard refusal surfaces as a connect error; report it as what it is.
             match find_blocked(&e) {
@@ -76,14 +69,9 @@ impl Downloader {
         if !status.is_success() {
             return Err(fail(format!("server answered {status}")));
         }
-        let too_large = || RunnerError::DownloadTooLarge {
-            url: url.to_string(),
-            limit: self.max_bytes,
-        };
-        if response
-            .content_length()
-            .is_some_and(|len| len > self.max_bytes)
-        {
+        let too_large =
+            || RunnerError::DownloadTooLarge { url: url.to_string(), limit: self.max_bytes };
+        if response.content_length().is_some_and(|len| len > self.max_bytes) {
             return Err(too_large());
         }
         let mut hasher = Sha256::new();
@@ -96,11 +84,9 @@ impl Downloader {
                 return Err(too_large());
             }
             hasher.update(&chunk);
-            file.write_all(&chunk)
-                .map_err(|e| RunnerError::io("writing download", e))?;
+            file.write_all(&chunk).map_err(|e| RunnerError::io("writing download", e))?;
         }
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| RunnerError::io("rewinding download", e))?;
+        file.seek(SeekFrom::Start(0)).map_err(|e| RunnerError::io("rewinding download", e))?;
         Ok((file, hex::encode(hasher.finalize())))
     }
 }
@@ -121,11 +107,7 @@ fn find_blocked(e: &(dyn std::error::Error + 'static)) -> Option<RunnerError> {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = current {
         if let Some(RunnerError::BlockedAddress { host, ip, range }) = err.downcast_ref() {
-            return Some(RunnerError::BlockedAddress {
-                host: host.clone(),
-                ip: *ip,
-                range,
-            });
+            return Some(RunnerError::BlockedAddress { host: host.clone(), ip: *ip, range });
         }
         current = err.source();
     }

@@ -17,35 +17,19 @@ use crate::net_guard::{AddressPolicy, check_literal_host, resolve_host};
 /// A git command with the guard applied for `url`.
 async fn guarded_git(url: &Url, policy: &AddressPolicy) -> Result<Command> {
     check_literal_host(policy, url)?;
-    let host = url
-        .host_str()
-        .unwrap_or_default()
-        .trim_matches(['[', ']'])
-        .to_owned();
+    let host = url.host_str().unwrap_or_default().trim_matches(['[', ']']).to_owned();
     let port = url.port_or_known_default().unwrap_or(443);
     let mut cmd = Command::new("git");
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "http:https")
         .env("GIT_CONFIG_NOSYSTEM", "1")
-        .args([
-            "-c",
-            "http.followRedirects=false",
-            "-c",
-            "protocol.file.allow=never",
-        ]);
-    if url
-        .host()
-        .is_some_and(|h| matches!(h, url::Host::Domain(_)))
-    {
+        .args(["-c", "http.followRedirects=false", "-c", "protocol.file.allow=never"]);
+    if url.host().is_some_and(|h| matches!(h, url::Host::Domain(_))) {
         let addrs = resolve_host(&host, port).await?;
         policy.check_all(&host, &addrs)?;
         // Pin git to the address just checked, closing the DNS-rebinding window.
         let ip = addrs[0].ip();
-        let ip = if ip.is_ipv6() {
-            format!("[{ip}]")
-        } else {
-            ip.to_string()
-        };
+        let ip = if ip.is_ipv6() { format!("[{ip}]") } else { ip.to_string() };
         cmd.args(["-c", &format!("http.curloptResolve={host}:{port}:{ip}")]);
     }
     Ok(cmd)
@@ -62,14 +46,8 @@ pub async fn ls_remote_refs(
     cmd.kill_on_drop(true);
     let output = tokio::time::timeout(timeout, cmd.output())
         .await
-        .map_err(|_| RunnerError::Git {
-            action: "ls-remote",
-            message: "timed out".into(),
-        })?
-        .map_err(|e| RunnerError::Git {
-            action: "ls-remote",
-            message: e.to_string(),
-        })?;
+        .map_err(|_| RunnerError::Git { action: "ls-remote", message: "timed out".into() })?
+        .map_err(|e| RunnerError::Git { action: "ls-remote", message: e.to_string() })?;
     if !output.status.success() {
         return Err(RunnerError::Git {
             action: "ls-remote",
@@ -86,8 +64,7 @@ pub fn parse_ls_remote(output: &str) -> HashSet<String> {
         .filter_map(|line| line.split('\t').nth(1))
         .filter_map(|name| {
             let name = name.trim_end_matches("^{}");
-            name.strip_prefix("refs/heads/")
-                .or_else(|| name.strip_prefix("refs/tags/"))
+            name.strip_prefix("refs/heads/").or_else(|| name.strip_prefix("refs/tags/"))
         })
         .map(str::to_owned)
         .collect()
@@ -120,22 +97,13 @@ pub async fn clone(
                 let _ = tokio::fs::remove_dir_all(dest).await;
             }
             Outcome::Exited(status) => {
-                return Err(RunnerError::Git {
-                    action: "clone",
-                    message: status.to_string(),
-                });
+                return Err(RunnerError::Git { action: "clone", message: status.to_string() });
             }
             Outcome::TimedOut => {
-                return Err(RunnerError::Git {
-                    action: "clone",
-                    message: "timed out".into(),
-                });
+                return Err(RunnerError::Git { action: "clone", message: "timed out".into() });
             }
             Outcome::SpawnFailed(e) => {
-                return Err(RunnerError::Git {
-                    action: "clone",
-                    message: e.to_string(),
-                });
+                return Err(RunnerError::Git { action: "clone", message: e.to_string() });
             }
         }
     }

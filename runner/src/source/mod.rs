@@ -24,11 +24,7 @@ use crate::net_guard::AddressPolicy;
 pub enum CodeSource {
     /// `https://github.com/OWNER/REPO/tree/REF/PATH`: `tail` holds REF and PATH's segments,
     /// split later against the repository's real ref list.
-    GitHubTree {
-        owner: String,
-        repo: String,
-        tail: Vec<String>,
-    },
+    GitHubTree { owner: String, repo: String, tail: Vec<String> },
     /// An archive downloaded over HTTP(S).
     Archive { url: Url, format: ArchiveFormat },
     /// A git repository, optionally at a branch or tag (the URL fragment).
@@ -36,10 +32,7 @@ pub enum CodeSource {
 }
 
 fn unsupported(raw: &str, reason: impl Into<String>) -> RunnerError {
-    RunnerError::UnsupportedUrl {
-        url: raw.into(),
-        reason: reason.into(),
-    }
+    RunnerError::UnsupportedUrl { url: raw.into(), reason: reason.into() }
 }
 
 /// Decides what kind of source a code URL names. Pure: no I/O.
@@ -51,10 +44,7 @@ pub fn parse_code_url(raw: &str) -> Result<CodeSource> {
     };
     let mut url = Url::parse(rest).map_err(|e| unsupported(raw, format!("not a URL: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") {
-        return Err(unsupported(
-            raw,
-            "only https:// and http:// (or git+https://) are supported",
-        ));
+        return Err(unsupported(raw, "only https:// and http:// (or git+https://) are supported"));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(unsupported(
@@ -68,10 +58,7 @@ pub fn parse_code_url(raw: &str) -> Result<CodeSource> {
     let fragment = url.fragment().filter(|f| !f.is_empty()).map(str::to_owned);
     url.set_fragment(None);
     if is_git_plus {
-        return Ok(CodeSource::Git {
-            url,
-            reference: fragment,
-        });
+        return Ok(CodeSource::Git { url, reference: fragment });
     }
     let segments: Vec<String> = url
         .path_segments()
@@ -91,10 +78,7 @@ pub fn parse_code_url(raw: &str) -> Result<CodeSource> {
                 let repo = repo.trim_end_matches(".git");
                 let url = Url::parse(&format!("https://github.com/{owner}/{repo}.git"))
                     .map_err(|e| unsupported(raw, e.to_string()))?;
-                Ok(CodeSource::Git {
-                    url,
-                    reference: fragment,
-                })
+                Ok(CodeSource::Git { url, reference: fragment })
             }
             _ if url.path().ends_with(".zip") || url.path().ends_with(".tar.gz") => {
                 Ok(archive_source(url).expect("suffix checked"))
@@ -109,10 +93,7 @@ pub fn parse_code_url(raw: &str) -> Result<CodeSource> {
         return Ok(source);
     }
     if url.path().ends_with(".git") {
-        return Ok(CodeSource::Git {
-            url,
-            reference: fragment,
-        });
+        return Ok(CodeSource::Git { url, reference: fragment });
     }
     Err(unsupported(
         raw,
@@ -146,17 +127,13 @@ pub fn split_ref_and_path(tail: &[String], refs: &HashSet<String>) -> Option<(St
     }
     (1..=tail.len()).rev().find_map(|n| {
         let candidate = tail[..n].join("/");
-        refs.contains(&candidate)
-            .then(|| (candidate, tail[n..].join("/")))
+        refs.contains(&candidate).then(|| (candidate, tail[n..].join("/")))
     })
 }
 
 /// Parses a SHA-256 checksum as given by users (hex, optionally `sha256:`-prefixed).
 pub fn parse_checksum(raw: &str) -> Result<String> {
-    let hex = raw
-        .trim()
-        .trim_start_matches("sha256:")
-        .to_ascii_lowercase();
+    let hex = raw.trim().trim_start_matches("sha256:").to_ascii_lowercase();
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(hex)
     } else {
@@ -187,9 +164,7 @@ fn join_base(base: &Url, path: &str) -> Result<Url> {
 
 /// Writes a progress line into the session log, where viewers see it in the terminal.
 pub fn progress(log: &OutputLog, line: &str) {
-    log.append(bytes::Bytes::from(format!(
-        "\x1b[2m[cliscale] {line}\x1b[0m\r\n"
-    )));
+    log.append(bytes::Bytes::from(format!("\x1b[2m[cliscale] {line}\x1b[0m\r\n")));
 }
 
 /// Fetches `source` into `work_dir` (which must be empty or absent) and returns the directory
@@ -211,10 +186,7 @@ pub async fn fetch(
         }
         CodeSource::GitHubTree { owner, repo, tail } => {
             if cfg.checksum_sha256.is_some() {
-                progress(
-                    log,
-                    "note: the checksum applies to GitHub's tarball of the ref",
-                );
+                progress(log, "note: the checksum applies to GitHub's tarball of the ref");
             }
             let git_url = join_base(&cfg.github_git_base, &format!("{owner}/{repo}.git"))?;
             let (reference, path) = if tail.first().is_some_and(|s| is_commit_id(s)) {
@@ -227,10 +199,8 @@ pub async fn fetch(
                     path: tail.join("/"),
                 })?
             };
-            let archive_url = join_base(
-                &cfg.github_archive_base,
-                &format!("{owner}/{repo}/tar.gz/{reference}"),
-            )?;
+            let archive_url =
+                join_base(&cfg.github_archive_base, &format!("{owner}/{repo}/tar.gz/{reference}"))?;
             progress(log, &format!("downloading {owner}/{repo} at {reference}"));
             let subdir: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
             download_and_extract(cfg, &archive_url, ArchiveFormat::TarGz, work_dir, &subdir)
@@ -259,15 +229,8 @@ pub async fn fetch(
             };
             progress(log, &format!("cloning {url}"));
             let dest = work_dir.join("repo");
-            git::clone(
-                &url,
-                reference.as_deref(),
-                &dest,
-                &cfg.policy,
-                cfg.download_timeout,
-                log,
-            )
-            .await?;
+            git::clone(&url, reference.as_deref(), &dest, &cfg.policy, cfg.download_timeout, log)
+                .await?;
             Ok(dest)
         }
     }
@@ -280,11 +243,8 @@ async fn download_and_extract(
     work_dir: &Path,
     keep_prefix: &[&str],
 ) -> Result<()> {
-    let downloader = Downloader::new(
-        cfg.policy.clone(),
-        cfg.max_download_bytes,
-        cfg.download_timeout,
-    )?;
+    let downloader =
+        Downloader::new(cfg.policy.clone(), cfg.max_download_bytes, cfg.download_timeout)?;
     let file = tempfile::tempfile().map_err(|e| RunnerError::io("creating temp file", e))?;
     let (file, digest) = downloader.download(url, file).await?;
     if let Some(expected) = &cfg.checksum_sha256
@@ -307,9 +267,8 @@ async fn download_and_extract(
 /// The directory to run in: the single top-level directory if the archive had exactly one,
 /// else the extraction root.
 fn single_top_dir(root: &Path) -> PathBuf {
-    let entries: Vec<_> = std::fs::read_dir(root)
-        .map(|rd| rd.filter_map(|e| e.ok()).collect())
-        .unwrap_or_default();
+    let entries: Vec<_> =
+        std::fs::read_dir(root).map(|rd| rd.filter_map(|e| e.ok()).collect()).unwrap_or_default();
     match entries.as_slice() {
         [only] if only.file_type().is_ok_and(|t| t.is_dir()) => only.path(),
         _ => root.to_path_buf(),
@@ -335,21 +294,12 @@ mod tests {
             ("https://github.com/o/r", "git"),
             ("https://github.com/o/r.git", "git"),
             ("https://github.com/o/r/tree/main/sample-cli", "tree"),
-            (
-                "https://github.com/o/r/releases/download/v1/x.tar.gz",
-                "tgz",
-            ),
+            ("https://github.com/o/r/releases/download/v1/x.tar.gz", "tgz"),
         ];
         for (url, kind) in cases {
             let got = match parse_code_url(url).unwrap() {
-                CodeSource::Archive {
-                    format: ArchiveFormat::Zip,
-                    ..
-                } => "zip",
-                CodeSource::Archive {
-                    format: ArchiveFormat::TarGz,
-                    ..
-                } => "tgz",
+                CodeSource::Archive { format: ArchiveFormat::Zip, .. } => "zip",
+                CodeSource::Archive { format: ArchiveFormat::TarGz, .. } => "tgz",
                 CodeSource::Git { .. } => "git",
                 CodeSource::GitHubTree { .. } => "tree",
             };
@@ -378,19 +328,14 @@ mod tests {
             "https://github.com/o/r/blob/main/x",
         ] {
             let err = parse_code_url(url).unwrap_err();
-            assert!(
-                matches!(err, RunnerError::UnsupportedUrl { .. }),
-                "{url}: {err}"
-            );
+            assert!(matches!(err, RunnerError::UnsupportedUrl { .. }), "{url}: {err}");
         }
     }
 
     #[test]
     fn refs_with_slashes_resolve_against_the_real_ref_list() {
-        let refs: HashSet<String> = ["main", "feature", "feature/login", "v1.0"]
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let refs: HashSet<String> =
+            ["main", "feature", "feature/login", "v1.0"].into_iter().map(String::from).collect();
         assert_eq!(
             split_ref_and_path(&tail("feature/login/app/src"), &refs),
             Some(("feature/login".into(), "app/src".into()))
@@ -399,10 +344,7 @@ mod tests {
             split_ref_and_path(&tail("feature/other"), &refs),
             Some(("feature".into(), "other".into()))
         );
-        assert_eq!(
-            split_ref_and_path(&tail("main"), &refs),
-            Some(("main".into(), "".into()))
-        );
+        assert_eq!(split_ref_and_path(&tail("main"), &refs), Some(("main".into(), "".into())));
         assert_eq!(split_ref_and_path(&tail("nope/x"), &refs), None);
         let sha = "0123456789abcdef0123456789abcdef01234567";
         assert_eq!(
@@ -415,10 +357,7 @@ mod tests {
     fn checksums_must_be_sha256_hex() {
         let hex = "AB".repeat(32);
         assert_eq!(parse_checksum(&hex).unwrap(), "ab".repeat(32));
-        assert_eq!(
-            parse_checksum(&format!("sha256:{hex}")).unwrap(),
-            "ab".repeat(32)
-        );
+        assert_eq!(parse_checksum(&format!("sha256:{hex}")).unwrap(), "ab".repeat(32));
         assert!(parse_checksum("abc").is_err());
         assert!(parse_checksum(&"zz".repeat(32)).is_err());
     }

@@ -31,11 +31,7 @@ impl Keys {
         let key = SessionSigningKey::generate("test-key");
         let jwks_path = dir.path().join("jwks.json");
         std::fs::write(&jwks_path, jwks_json([&key])).unwrap();
-        Self {
-            key,
-            jwks_path,
-            _dir: dir,
-        }
+        Self { key, jwks_path, _dir: dir }
     }
 
     pub fn token(&self, scope: TokenScope) -> String {
@@ -44,14 +40,7 @@ impl Keys {
 
     pub fn token_for(&self, session: &str, scope: TokenScope) -> String {
         self.key
-            .sign(&new_claims(
-                "test",
-                TERMINAL_AUDIENCE,
-                "tester",
-                session,
-                scope,
-                300,
-            ))
+            .sign(&new_claims("test", TERMINAL_AUDIENCE, "tester", session, scope, 300))
             .unwrap()
     }
 }
@@ -91,27 +80,16 @@ impl RunnerBuilder {
         let keys = Keys::new();
         let work = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cliscale-runner"));
-        cmd.args([
-            "--session-id",
-            SESSION,
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--jwks-file")
-        .arg(&keys.jwks_path)
-        .arg("--work-dir")
-        .arg(work.path().join("w"))
-        .args(["--tee-stdout", if self.stdout { "true" } else { "false" }])
-        .args(&self.args)
-        .stdin(Stdio::null())
-        .stdout(if self.stdout {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stderr(Stdio::piped());
+        cmd.args(["--session-id", SESSION, "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .arg("--jwks-file")
+            .arg(&keys.jwks_path)
+            .arg("--work-dir")
+            .arg(work.path().join("w"))
+            .args(["--tee-stdout", if self.stdout { "true" } else { "false" }])
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(if self.stdout { Stdio::piped() } else { Stdio::null() })
+            .stderr(Stdio::piped());
         if !self.args.iter().any(|a| a == "--linger") {
             // Long enough that a test always attaches before the runner leaves.
             cmd.args(["--linger", "60s"]);
@@ -132,21 +110,12 @@ impl RunnerBuilder {
             }
         });
         let addr = addr_rx.recv_timeout(HANG_GUARD).unwrap_or_default();
-        Runner {
-            child,
-            addr,
-            stderr,
-            keys,
-            work,
-        }
+        Runner { child, addr, stderr, keys, work }
     }
 }
 
 pub fn runner(command: &str) -> RunnerBuilder {
-    RunnerBuilder {
-        args: vec!["--command".into(), command.into()],
-        stdout: false,
-    }
+    RunnerBuilder { args: vec!["--command".into(), command.into()], stdout: false }
 }
 
 impl Runner {
@@ -194,28 +163,12 @@ impl Drop for Runner {
 /// One event from the runner, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    Hello {
-        read_only: bool,
-        log_start: u64,
-        log_end: u64,
-        status: SessionStatus,
-    },
-    Output {
-        offset: u64,
-        data: Vec<u8>,
-    },
-    Gap {
-        from: u64,
-        to: u64,
-    },
+    Hello { read_only: bool, log_start: u64, log_end: u64, status: SessionStatus },
+    Output { offset: u64, data: Vec<u8> },
+    Gap { from: u64, to: u64 },
     Status(SessionStatus),
-    Error {
-        code: String,
-    },
-    Closed {
-        code: Option<u16>,
-        reason: String,
-    },
+    Error { code: String },
+    Closed { code: Option<u16>, reason: String },
 }
 
 pub struct Client {
@@ -226,9 +179,7 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("websocket connects");
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("websocket connects");
         Client { ws }
     }
 
@@ -239,38 +190,20 @@ impl Client {
                 .expect("runner sent nothing (hang guard)");
             match message {
                 None => {
-                    return Event::Closed {
-                        code: None,
-                        reason: String::new(),
-                    };
+                    return Event::Closed { code: None, reason: String::new() };
                 }
                 Some(Err(e)) => {
-                    return Event::Closed {
-                        code: None,
-                        reason: e.to_string(),
-                    };
+                    return Event::Closed { code: None, reason: e.to_string() };
                 }
                 Some(Ok(Message::Binary(frame))) => {
                     let (offset, data) = decode_output(&frame).unwrap();
-                    return Event::Output {
-                        offset,
-                        data: data.to_vec(),
-                    };
+                    return Event::Output { offset, data: data.to_vec() };
                 }
                 Some(Ok(Message::Text(text))) => {
                     return match serde_json::from_str::<ServerMessage>(&text).unwrap() {
-                        ServerMessage::Hello {
-                            read_only,
-                            log_start,
-                            log_end,
-                            status,
-                            ..
-                        } => Event::Hello {
-                            read_only,
-                            log_start,
-                            log_end,
-                            status,
-                        },
+                        ServerMessage::Hello { read_only, log_start, log_end, status, .. } => {
+                            Event::Hello { read_only, log_start, log_end, status }
+                        }
                         ServerMessage::Gap { from, to } => Event::Gap { from, to },
                         ServerMessage::Status(s) => Event::Status(s),
                         ServerMessage::Error { code, .. } => Event::Error { code },
@@ -338,10 +271,7 @@ impl Client {
             match self.next().await {
                 Event::Output { data, .. } => out.extend_from_slice(&data),
                 Event::Closed { code, reason } => {
-                    panic!(
-                        "closed before {:?}: {code:?} {reason}",
-                        String::from_utf8_lossy(needle)
-                    )
+                    panic!("closed before {:?}: {code:?} {reason}", String::from_utf8_lossy(needle))
                 }
                 _ => {}
             }
@@ -354,17 +284,11 @@ impl Client {
     }
 
     pub async fn send_input(&mut self, data: &[u8]) {
-        self.ws
-            .send(Message::Binary(data.to_vec().into()))
-            .await
-            .unwrap();
+        self.ws.send(Message::Binary(data.to_vec().into())).await.unwrap();
     }
 
     pub async fn resize(&mut self, cols: u16, rows: u16) {
-        self.send_text(&format!(
-            r#"{{"type":"resize","cols":{cols},"rows":{rows}}}"#
-        ))
-        .await;
+        self.send_text(&format!(r#"{{"type":"resize","cols":{cols},"rows":{rows}}}"#)).await;
     }
 
     pub async fn close(mut self) {
