@@ -241,3 +241,52 @@ async fn server_sent_events_carry_the_same_log_and_resume_from_last_event_id() {
     r.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(r.wait(), 5);
 }
+
+/// Reads one server frame from a raw socket: (opcode, payload). Server frames are unmasked.
+async fn raw_frame(sock: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 2];
+    sock.read_exact(&mut head).await.unwrap();
+    let len = match head[1] & 0x7f {
+        126 => sock.read_u16().await.unwrap() as usize,
+        127 => sock.read_u64().await.unwrap() as usize,
+        n => n as usize,
+    };
+    let mut payload = vec![0u8; len];
+    sock.read_exact(&mut payload).await.unwrap();
+    (head[0] & 0x0f, payload)
+}
+
+#[tokio::test]
+async fn a_client_that_never_answers_pings_is_closed_with_a_reason() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = runner("read -r x").args(["--ping-interval", "100ms"]).start();
+    // A hand-made WebSocket client that reads frames but never answers a ping.
+    let mut sock = tokio::net::TcpStream::connect(&r.addr).await.unwrap();
+    let token = r.keys.token(TokenScope::View);
+    let request = format!(
+        "GET /ws?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        r.addr
+    );
+    sock.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    while !response.ends_with(b"\r\n\r\n") {
+        response.push(sock.read_u8().await.unwrap());
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&response));
+    let mut pings = 0;
+    loop {
+        let (opcode, payload) = raw_frame(&mut sock).await;
+        match opcode {
+            0x9 => pings += 1,
+            0x8 => {
+                assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), 4000);
+                assert_eq!(&payload[2..], b"keepalive timeout");
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert!(pings >= 2, "the server pinged before giving up ({pings})");
+}
