@@ -82,6 +82,25 @@ pub enum TerminalReason {
     RunnerLost,
 }
 
+impl TerminalReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exited => "Exited",
+            Self::Signaled => "Signaled",
+            Self::DeadlineExceeded => "DeadlineExceeded",
+            Self::Cancelled => "Cancelled",
+            Self::ConfigInvalid => "ConfigInvalid",
+            Self::FetchFailed => "FetchFailed",
+            Self::ChecksumMismatch => "ChecksumMismatch",
+            Self::InstallFailed => "InstallFailed",
+            Self::SpawnFailed => "SpawnFailed",
+            Self::OomKilled => "OomKilled",
+            Self::Evicted => "Evicted",
+            Self::RunnerLost => "RunnerLost",
+        }
+    }
+}
+
 /// The phase a session ends in for a given reason and exit code: a pure decision shared by the
 /// runner and the control plane.
 pub fn finished_phase(reason: TerminalReason, exit_code: Option<i32>) -> SessionPhase {

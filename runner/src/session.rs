@@ -113,10 +113,12 @@ pub async fn run(config: RunnerConfig) -> i32 {
 
     let code = drive(&config, &shared, &mut signals).await;
     let final_status = shared.status.borrow().clone();
+    // The local executor reads this line to learn how the session ended.
     tracing::info!(
-        phase = %final_status.phase,
+        phase = final_status.phase.as_str(),
         exit_code = code,
-        reason = ?final_status.reason,
+        reason = final_status.reason.map(|r| r.as_str()),
+        message = final_status.message.as_deref(),
         linger = ?args.linger,
         "session finished"
     );
@@ -196,6 +198,7 @@ async fn drive(config: &RunnerConfig, shared: &Shared, signals: &mut StopSignals
     let _ = shared.input.set(process.input.clone());
     shared.accepting_input.store(true, Ordering::Release);
     shared.status.send_replace(SessionStatus::new(SessionPhase::Running));
+    // The local executor reads this line: the session is now Running.
     tracing::info!(pid = process.pid, "command started");
 
     let deadline = async {

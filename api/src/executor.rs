@@ -1,0 +1,17 @@
+//! Where sessions run. Local mode runs each session's runner as a child process
+//! ([`crate::local::LocalExecutor`]); on a cluster the operator creates CommandSessions.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::error::Result;
+use crate::model::SessionRecord;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+pub trait Executor: Send + Sync + 'static {
+    /// Starts the session's runner. Returns as soon as that is under way, never waiting for it.
+    fn start(&self, session: SessionRecord) -> BoxFuture<'_, Result<()>>;
+    /// Asks the session's runner to stop; the session ends `Cancelled`.
+    fn cancel(&self, session_id: &str) -> BoxFuture<'_, Result<()>>;
+}

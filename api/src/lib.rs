@@ -1,0 +1,16 @@
+//! cliscale's control plane: the REST API, API keys, terminal tokens, the JWKS and the session
+//! store. The same code serves local mode (`cliscale up`, SQLite, local executor) and the
+//! cluster (PostgreSQL, CommandSession executor).
+
+pub mod error;
+pub mod executor;
+pub mod keys;
+pub mod local;
+pub mod metrics;
+pub mod model;
+pub mod openapi;
+pub mod routes;
+pub mod signing;
+pub mod store;
+
+pub use error::{ApiError, Result};

@@ -1,0 +1,557 @@
+//! The REST API (docs/api.md): sessions, terminal tokens, API keys, JWKS, health and metrics.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cliscale_core::token::{TERMINAL_AUDIENCE, TokenScope, new_claims};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use ipnet::IpNet;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::error::{ApiError, Result};
+use crate::executor::Executor;
+use crate::keys::{self, Role};
+use crate::model::{CreateSessionRequest, SessionRecord, SessionView, validate_create};
+use crate::signing::KeyRing;
+use crate::store::{ApiKeyRecord, SessionQuery, Store, now};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+pub const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Base of absolute URLs handed out (`https://cliscale.example.com`); from the request's
+    /// Host (or trusted forwarded headers) when unset.
+    pub public_url: Option<String>,
+    pub token_ttl: Duration,
+    pub issuer: String,
+    /// Requests per minute per API key, and per client address for unauthenticated requests.
+    pub rate_per_minute: u32,
+    /// Proxies whose X-Forwarded-For / -Proto / -Host are believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            public_url: None,
+            token_ttl: Duration::from_secs(300),
+            issuer: "cliscale".into(),
+            rate_per_minute: 600,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+pub struct ApiState {
+    pub store: Store,
+    pub keys: Arc<KeyRing>,
+    pub executor: Arc<dyn Executor>,
+    pub config: ApiConfig,
+    limiter: DefaultKeyedRateLimiter<String>,
+    pub metrics: crate::metrics::ApiMetrics,
+}
+
+impl ApiState {
+    pub fn new(
+        store: Store,
+        keys: Arc<KeyRing>,
+        executor: Arc<dyn Executor>,
+        config: ApiConfig,
+    ) -> Arc<Self> {
+        let per_minute = NonZeroU32::new(config.rate_per_minute.max(1)).expect("at least 1");
+        let limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
+        Arc::new(Self { store, keys, executor, config, limiter, metrics: Default::default() })
+    }
+
+    /// Charges one request to `key`; refuses with Retry-After when over the limit.
+    fn charge(&self, key: String) -> Result<()> {
+        self.limiter.check_key(&key).map_err(|not_until| {
+            self.metrics.rate_limited.inc();
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            ApiError::TooManyRequests { retry_after_secs: wait.as_secs() + 1 }
+        })
+    }
+}
+
+type AppState = Arc<ApiState>;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/sessions", post(create_session).get(list_sessions))
+        .route("/api/sessions/{id}", get(get_session).delete(cancel_session))
+        .route("/api/sessions/{id}/tokens", post(mint_token))
+        .route("/api/sessions/{id}/events", get(session_events))
+        .route("/api/keys", post(create_key).get(list_keys))
+        .route("/api/keys/{id}", delete(revoke_key))
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(|| async { axum::Json(crate::openapi::document()) }))
+        .fallback(|| async { ApiError::NotFound("route".into()) })
+        .with_state(state)
+}
+
+// --- extractors ---------------------------------------------------------------------------
+
+/// The client's address: the peer, or the forwarded address when the peer is a trusted proxy.
+fn client_ip(state: &ApiState, headers: &HeaderMap, peer: Option<IpAddr>) -> Option<IpAddr> {
+    let peer = peer?;
+    if !state.config.trusted_proxies.iter().any(|n| n.contains(&peer)) {
+        return Some(peer);
+    }
+    // The rightmost address not itself a trusted proxy is the client.
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()).unwrap_or("");
+    forwarded
+        .split(',')
+        .rev()
+        .filter_map(|s| s.trim().parse::<IpAddr>().ok())
+        .find(|ip| !state.config.trusted_proxies.iter().any(|n| n.contains(ip)))
+        .or(Some(peer))
+}
+
+/// An authenticated caller, already charged against the rate limit.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub key_id: String,
+    pub role: Role,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self> {
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let presented = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let authenticated = match presented {
+            None => Err(ApiError::unauthorized(
+                "missing_api_key",
+                "send Authorization: Bearer <API key>",
+            )),
+            Some(full) => authenticate(&state.store, full).await,
+        };
+        match authenticated {
+            Ok(caller) => {
+                state.charge(format!("key:{}", caller.key_id))?;
+                Ok(caller)
+            }
+            Err(e) => {
+                // Failed attempts are limited per client address, which slows key guessing.
+                if let Some(ip) = client_ip(state, &parts.headers, peer) {
+                    state.charge(format!("ip:{ip}"))?;
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn authenticate(store: &Store, full: &str) -> Result<Caller> {
+    let invalid = || ApiError::unauthorized("invalid_api_key", "the API key is not valid");
+    let (id, secret) = keys::parse(full).ok_or_else(invalid)?;
+    let record = store.get_api_key(id).await?.ok_or_else(invalid)?;
+    if record.revoked_at.is_some() || !keys::secret_matches(secret, &record.secret_hash) {
+        return Err(invalid());
+    }
+    Ok(Caller { key_id: record.id, role: record.role })
+}
+
+/// A JSON body: bounded in size, unknown fields and wrong types refused with a 400.
+pub struct JsonBody<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self> {
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| ApiError::PayloadTooLarge(MAX_BODY_BYTES))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request("invalid_json", e.to_string()))
+    }
+}
+
+// --- helpers ------------------------------------------------------------------------------
+
+fn is_safe_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]".contains(&b))
+}
+
+/// The base for absolute URLs: configured, else from trusted forwarded headers, else Host.
+fn base_url(state: &ApiState, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<String> {
+    if let Some(public) = &state.config.public_url {
+        return Ok(public.trim_end_matches('/').to_owned());
+    }
+    let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let trusted =
+        peer.is_some_and(|ip| state.config.trusted_proxies.iter().any(|n| n.contains(&ip)));
+    let forwarded_host = trusted.then(|| header_str("x-forwarded-host")).flatten();
+    let host =
+        forwarded_host.or(header_str("host")).map(|h| h.split(',').next().unwrap_or("").trim());
+    let host = host.filter(|h| is_safe_host(h)).ok_or_else(|| {
+        ApiError::bad_request(
+            "bad_host",
+            "cannot build URLs: no valid Host header and no public URL configured",
+        )
+    })?;
+    let proto = trusted
+        .then(|| header_str("x-forwarded-proto"))
+        .flatten()
+        .filter(|p| *p == "https" || *p == "http")
+        .unwrap_or("http");
+    Ok(format!("{proto}://{host}"))
+}
+
+fn sign_token(
+    state: &ApiState,
+    caller: &Caller,
+    session_id: &str,
+    scope: TokenScope,
+) -> Result<String> {
+    let claims = new_claims(
+        &state.config.issuer,
+        TERMINAL_AUDIENCE,
+        &caller.key_id,
+        session_id,
+        scope,
+        state.config.token_ttl.as_secs(),
+    );
+    state.metrics.tokens_minted.inc();
+    state.keys.active().sign(&claims).map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A session the caller may see; others' sessions are "not found" to operators.
+async fn visible_session(state: &ApiState, caller: &Caller, id: &str) -> Result<SessionRecord> {
+    let session = state.store.get_session(id).await?;
+    match session {
+        Some(s) if caller.role != Role::Operator || s.owner == caller.key_id => Ok(s),
+        _ => Err(ApiError::NotFound(format!("session {id:?}"))),
+    }
+}
+
+fn require(caller: &Caller, allowed: &[Role]) -> Result<()> {
+    if allowed.contains(&caller.role) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!("the {} role may not do this", caller.role.as_str())))
+    }
+}
+
+/// The TCP peer's address, when the server was started with connect info.
+pub struct Peer(pub Option<IpAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        _: &S,
+    ) -> std::result::Result<Self, Self::Rejection> {
+        Ok(Peer(parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip())))
+    }
+}
+
+// --- sessions -----------------------------------------------------------------------------
+
+async fn create_session(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    caller: Caller,
+    JsonBody(request): JsonBody<CreateSessionRequest>,
+) -> Result<Response> {
+    require(&caller, &[Role::Admin, Role::Operator])?;
+    let spec = validate_create(request)?;
+    let base = base_url(&state, &headers, peer)?;
+    let id = uuid::Uuid::new_v4().to_string();
+    state.store.insert_session(&id, &caller.key_id, &spec).await?;
+    state.store.append_event(&id, "created", &format!("by key {}", caller.key_id)).await?;
+    let record = state
+        .store
+        .get_session(&id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
+    state.executor.start(record).await?;
+    state.metrics.sessions_created.inc();
+    let token = sign_token(&state, &caller, &id, TokenScope::Interact)?;
+    let body = json!({
+        "sessionId": id,
+        "wsUrl": format!("/ws/{id}"),
+        "token": token,
+        // The token rides in the fragment: browsers never send it to a server or a log.
+        "terminalUrl": format!("{base}/t/{id}#token={token}"),
+        "phase": "Pending",
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+async fn get_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<SessionView>> {
+    Ok(axum::Json(SessionView::from(&visible_session(&state, &caller, &id).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    phase: Option<String>,
+    owner: Option<String>,
+    created_after: Option<String>,
+    created_before: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+fn parse_time(field: &str, value: &str) -> Result<i64> {
+    if let Ok(secs) = value.parse::<i64>() {
+        return Ok(secs);
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_secs() as i64)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("{field} must be RFC 3339 or Unix seconds"),
+            )
+        })
+}
+
+fn encode_cursor(record: &SessionRecord) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{}:{}", record.created_at, record.id))
+}
+
+fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
+    let bad = || ApiError::bad_request("invalid_cursor", "cursor is not one this API handed out");
+    let raw = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let text = String::from_utf8(raw).map_err(|_| bad())?;
+    let (t, id) = text.split_once(':').ok_or_else(bad)?;
+    Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
+}
+
+async fn list_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: std::result::Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<serde_json::Value>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let phase = params
+        .phase
+        .as_deref()
+        .map(|p| {
+            crate::model::phase_from_str(p).ok_or_else(|| {
+                ApiError::bad_request("invalid_query", format!("unknown phase {p:?}"))
+            })
+        })
+        .transpose()?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1..={MAX_PAGE}"),
+        ));
+    }
+    // Operators only ever see their own sessions, whatever owner filter they ask for.
+    let owner =
+        if caller.role == Role::Operator { Some(caller.key_id.clone()) } else { params.owner };
+    let query = SessionQuery {
+        phase,
+        owner,
+        created_after: params
+            .created_after
+            .as_deref()
+            .map(|v| parse_time("created_after", v))
+            .transpose()?,
+        created_before: params
+            .created_before
+            .as_deref()
+            .map(|v| parse_time("created_before", v))
+            .transpose()?,
+        after: params.cursor.as_deref().map(decode_cursor).transpose()?,
+        limit: limit + 1,
+    };
+    let mut records = state.store.list_sessions(&query).await?;
+    let more = records.len() as i64 > limit;
+    records.truncate(limit as usize);
+    let next = more.then(|| records.last().map(encode_cursor)).flatten();
+    let items: Vec<SessionView> = records.iter().map(SessionView::from).collect();
+    Ok(axum::Json(json!({ "items": items, "nextCursor": next })))
+}
+
+async fn cancel_session(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response> {
+    require(&caller, &[Role::Admin, Role::Operator])?;
+    let session = visible_session(&state, &caller, &id).await?;
+    if session.phase.is_finished() {
+        return Ok((StatusCode::OK, axum::Json(SessionView::from(&session))).into_response());
+    }
+    state.store.append_event(&id, "cancel", &format!("requested by key {}", caller.key_id)).await?;
+    state.executor.cancel(&id).await?;
+    let session = visible_session(&state, &caller, &id).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(SessionView::from(&session))).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MintRequest {
+    scope: Option<TokenScope>,
+}
+
+async fn mint_token(
+    State(state): State<AppState>,
+    Peer(peer): Peer,
+    headers: HeaderMap,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<MintRequest>,
+) -> Result<Response> {
+    let session = visible_session(&state, &caller, &id).await?;
+    let scope = request.scope.unwrap_or(TokenScope::Interact);
+    if scope == TokenScope::Interact {
+        require(&caller, &[Role::Admin, Role::Operator])?;
+    }
+    let base = base_url(&state, &headers, peer)?;
+    let token = sign_token(&state, &caller, &session.id, scope)?;
+    let body = json!({
+        "sessionId": session.id,
+        "scope": scope,
+        "token": token,
+        "wsUrl": format!("/ws/{}", session.id),
+        "terminalUrl": format!("{base}/t/{}#token={token}", session.id),
+        "expiresInSeconds": state.config.token_ttl.as_secs(),
+    });
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+async fn session_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>> {
+    visible_session(&state, &caller, &id).await?;
+    let events = state.store.events(&id).await?;
+    let items: Vec<_> = events
+        .into_iter()
+        .map(|(at, kind, message)| json!({ "at": crate::model::rfc3339(at), "kind": kind, "message": message }))
+        .collect();
+    Ok(axum::Json(json!({ "items": items })))
+}
+
+// --- API keys -----------------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKeyRequest {
+    name: String,
+    role: Role,
+}
+
+fn key_view(k: &ApiKeyRecord) -> serde_json::Value {
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "role": k.role,
+        "createdAt": crate::model::rfc3339(k.created_at),
+        "revokedAt": k.revoked_at.map(crate::model::rfc3339),
+    })
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    JsonBody(request): JsonBody<CreateKeyRequest>,
+) -> Result<Response> {
+    require(&caller, &[Role::Admin])?;
+    if request.name.trim().is_empty() || request.name.len() > 128 {
+        return Err(ApiError::bad_request("invalid_field", "name must be 1-128 characters"));
+    }
+    let new = keys::generate();
+    let record = ApiKeyRecord {
+        id: new.id.clone(),
+        name: request.name,
+        role: request.role,
+        secret_hash: new.secret_hash,
+        created_at: now(),
+        revoked_at: None,
+    };
+    state.store.insert_api_key(&record).await?;
+    let mut body = key_view(&record);
+    body["key"] = json!(new.full);
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<axum::Json<serde_json::Value>> {
+    require(&caller, &[Role::Admin])?;
+    let keys = state.store.list_api_keys().await?;
+    Ok(axum::Json(json!({ "items": keys.iter().map(key_view).collect::<Vec<_>>() })))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode> {
+    require(&caller, &[Role::Admin])?;
+    if state.store.revoke_api_key(&id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("API key {id:?}")))
+    }
+}
+
+// --- public endpoints ---------------------------------------------------------------------
+
+async fn jwks(State(state): State<AppState>) -> Response {
+    state.metrics.jwks_served.inc();
+    (
+        [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "max-age=300")],
+        state.keys.jwks(),
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
+    state.store.ping().await?;
+    Ok("ready")
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}

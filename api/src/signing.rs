@@ -1,0 +1,91 @@
+//! The terminal-token signing keys: loaded from files, or generated once and persisted (local
+//! mode). The first key signs; all are published in the JWKS, so keys can rotate.
+
+use std::path::Path;
+
+use base64::Engine;
+use cliscale_core::token::{SessionSigningKey, jwks_json};
+use sha2::{Digest, Sha256};
+
+use crate::error::{ApiError, Result};
+
+pub struct KeyRing {
+    keys: Vec<SessionSigningKey>,
+}
+
+/// A key id derived from the public key, so the same key always has the same `kid`.
+fn kid_for(der: &[u8]) -> String {
+    let digest = Sha256::digest(der);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..12])
+}
+
+fn load(path: &Path) -> Result<SessionSigningKey> {
+    let der = std::fs::read(path)
+        .map_err(|e| ApiError::Internal(format!("reading signing key {}: {e}", path.display())))?;
+    SessionSigningKey::from_pkcs8_der(kid_for(&der), &der)
+        .map_err(|e| ApiError::Internal(format!("signing key {}: {e}", path.display())))
+}
+
+impl KeyRing {
+    /// Loads every key file; the first one signs.
+    pub fn from_files(paths: &[impl AsRef<Path>]) -> Result<Self> {
+        if paths.is_empty() {
+            return Err(ApiError::Internal("no signing key files given".into()));
+        }
+        let keys = paths.iter().map(|p| load(p.as_ref())).collect::<Result<Vec<_>>>()?;
+        Ok(Self { keys })
+    }
+
+    /// Loads `path`, or generates a key there (mode 0600) on first start.
+    pub fn load_or_generate(path: &Path) -> Result<Self> {
+        if !path.exists() {
+            let fresh = SessionSigningKey::generate("pending");
+            write_private(path, fresh.pkcs8_der())?;
+            tracing::info!(path = %path.display(), "generated a terminal-token signing key");
+        }
+        Ok(Self { keys: vec![load(path)?] })
+    }
+
+    pub fn active(&self) -> &SessionSigningKey {
+        &self.keys[0]
+    }
+
+    /// The JWKS document publishing every key.
+    pub fn jwks(&self) -> String {
+        jwks_json(self.keys.iter())
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ApiError::Internal(format!("creating {}: {e}", parent.display())))?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))?;
+    file.write_all(bytes)
+        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_key_is_persisted_and_reloaded_with_the_same_kid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.der");
+        let first = KeyRing::load_or_generate(&path).unwrap();
+        let again = KeyRing::load_or_generate(&path).unwrap();
+        assert_eq!(first.active().kid(), again.active().kid());
+        assert_eq!(first.jwks(), again.jwks());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

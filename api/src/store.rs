@@ -1,0 +1,388 @@
+//! The store: API keys, consumed token ids, the session index and the event log, on SQLite
+//! (local mode) or PostgreSQL (cluster) through one portable schema.
+
+use cliscale_core::{SessionPhase, TerminalReason};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::error::{ApiError, Result};
+use crate::keys::Role;
+use crate::model::{SessionRecord, SessionSpec, phase_from_str, reason_from_str};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A stored API key (never the secret itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    pub secret_hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// Filters and page of `GET /api/sessions`.
+#[derive(Debug, Clone, Default)]
+pub struct SessionQuery {
+    pub phase: Option<SessionPhase>,
+    pub owner: Option<String>,
+    pub created_after: Option<i64>,
+    pub created_before: Option<i64>,
+    /// Continue after this (created_at, id), newest first.
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+/// A change of a session's observed state.
+#[derive(Debug, Clone, Default)]
+pub struct StatusUpdate {
+    pub phase: Option<SessionPhase>,
+    pub exit_code: Option<i64>,
+    pub reason: Option<TerminalReason>,
+    pub message: Option<String>,
+    pub runner_addr: Option<String>,
+}
+
+pub fn now() -> i64 {
+    cliscale_core::token::now_secs() as i64
+}
+
+impl Store {
+    /// Connects to `url` (`sqlite://path`, `postgres://…`) and applies the migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(ApiError::Internal(format!(
+                "unsupported database URL scheme in {:?}; use sqlite:// or postgres://",
+                url.split(':').next().unwrap_or_default()
+            )));
+        };
+        let mut options =
+            AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 4 } else { 16 });
+        if backend == Backend::Sqlite {
+            // Concurrent writers wait for the lock instead of failing with SQLITE_BUSY.
+            options = options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    Ok(())
+                })
+            });
+        }
+        let pool = options.connect(url).await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A cheap round trip, for readiness.
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    // --- API keys -------------------------------------------------------------------------
+
+    pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, role, secret_hash, created_at, revoked_at) \
+             VALUES ($1, $2, $3, $4, $5, NULL)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(key.role.as_str())
+        .bind(&key.secret_hash)
+        .bind(key.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn count_api_keys(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM api_keys").fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>("n")?)
+    }
+
+    pub async fn get_api_key(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
+        let row = sqlx::query(
+            "SELECT id, name, role, secret_hash, created_at, revoked_at FROM api_keys WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| key_from_row(&r)).transpose()
+    }
+
+    pub async fn list_api_keys(&self) -> Result<Vec<ApiKeyRecord>> {
+        let rows = sqlx::query(
+            "SELECT id, name, role, secret_hash, created_at, revoked_at FROM api_keys \
+             ORDER BY created_at, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    /// Revokes a key; false when no such unrevoked key exists.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<bool> {
+        let done =
+            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+                .bind(now())
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    // --- terminal token ids ---------------------------------------------------------------
+
+    /// Consumes a token id: true for exactly one caller, however many race. The primary key
+    /// decides, in one statement; there is no read-then-write window.
+    pub async fn consume_jti(&self, jti: &str, expires_at: i64) -> Result<bool> {
+        let done = sqlx::query(
+            "INSERT INTO used_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",
+        )
+        .bind(jti)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Forgets consumed ids whose tokens have expired anyway.
+    pub async fn prune_jtis(&self, before: i64) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM used_jtis WHERE expires_at < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    // --- sessions -------------------------------------------------------------------------
+
+    pub async fn insert_session(&self, id: &str, owner: &str, spec: &SessionSpec) -> Result<()> {
+        let t = now();
+        let spec = serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(spec)
+        .bind(SessionPhase::Pending.as_str())
+        .bind(t)
+        .bind(t)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>> {
+        let row = sqlx::query(&format!("{SESSION_COLUMNS} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| session_from_row(&r)).transpose()
+    }
+
+    pub async fn list_sessions(&self, q: &SessionQuery) -> Result<Vec<SessionRecord>> {
+        let mut sql = format!("{SESSION_COLUMNS} WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if q.phase.is_some() {
+            sql += &format!(" AND phase = {}", next());
+        }
+        if q.owner.is_some() {
+            sql += &format!(" AND owner = {}", next());
+        }
+        if q.created_after.is_some() {
+            sql += &format!(" AND created_at >= {}", next());
+        }
+        if q.created_before.is_some() {
+            sql += &format!(" AND created_at < {}", next());
+        }
+        if q.after.is_some() {
+            let (a, b, c) = (next(), next(), next());
+            sql += &format!(" AND (created_at < {a} OR (created_at = {b} AND id < {c}))");
+        }
+        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", next());
+        let mut query = sqlx::query(&sql);
+        if let Some(phase) = q.phase {
+            query = query.bind(phase.as_str());
+        }
+        if let Some(owner) = &q.owner {
+            query = query.bind(owner.clone());
+        }
+        if let Some(t) = q.created_after {
+            query = query.bind(t);
+        }
+        if let Some(t) = q.created_before {
+            query = query.bind(t);
+        }
+        if let Some((t, id)) = &q.after {
+            query = query.bind(*t).bind(*t).bind(id.clone());
+        }
+        let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// Applies an observed change. A finished session never changes phase again.
+    pub async fn update_status(&self, id: &str, update: &StatusUpdate) -> Result<bool> {
+        let Some(current) = self.get_session(id).await? else { return Ok(false) };
+        if current.phase.is_finished() && update.phase.is_some_and(|p| p != current.phase) {
+            return Ok(false);
+        }
+        let t = now();
+        let phase = update.phase.unwrap_or(current.phase);
+        let started_at = current.started_at.or((phase == SessionPhase::Running).then_some(t));
+        let finished_at = current.finished_at.or(phase.is_finished().then_some(t));
+        sqlx::query(
+            "UPDATE sessions SET phase = $1, exit_code = $2, reason = $3, message = $4, \
+             runner_addr = $5, started_at = $6, finished_at = $7, updated_at = $8 WHERE id = $9",
+        )
+        .bind(phase.as_str())
+        .bind(update.exit_code.or(current.exit_code))
+        .bind(update.reason.or(current.reason).map(reason_str))
+        .bind(update.message.clone().or(current.message))
+        .bind(update.runner_addr.clone().or(current.runner_addr))
+        .bind(started_at)
+        .bind(finished_at)
+        .bind(t)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if update.phase.is_some_and(|p| p != current.phase) {
+            self.append_event(id, "phase", &format!("{} -> {}", current.phase, phase)).await?;
+        }
+        Ok(true)
+    }
+
+    pub async fn delete_session(&self, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM session_events WHERE session_id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Sessions that were not finished, for recovery after a restart.
+    pub async fn unfinished_sessions(&self) -> Result<Vec<SessionRecord>> {
+        let rows = sqlx::query(&format!(
+            "{SESSION_COLUMNS} WHERE phase IN ('Pending', 'Starting', 'Running')"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(session_from_row).collect()
+    }
+
+    /// Finished sessions whose TTL has passed at `at`.
+    pub async fn expired_sessions(&self, at: i64) -> Result<Vec<SessionRecord>> {
+        let rows = sqlx::query(&format!("{SESSION_COLUMNS} WHERE finished_at IS NOT NULL"))
+            .fetch_all(&self.pool)
+            .await?;
+        let all: Vec<SessionRecord> = rows.iter().map(session_from_row).collect::<Result<_>>()?;
+        Ok(all
+            .into_iter()
+            .filter(|s| s.finished_at.is_some_and(|f| f + s.spec.ttl_seconds as i64 <= at))
+            .collect())
+    }
+
+    // --- event log ------------------------------------------------------------------------
+
+    pub async fn append_event(&self, session_id: &str, kind: &str, message: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO session_events (id, session_id, at, kind, message) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(session_id)
+        .bind(now())
+        .bind(kind)
+        .bind(message)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn events(&self, session_id: &str) -> Result<Vec<(i64, String, String)>> {
+        let rows = sqlx::query(
+            "SELECT at, kind, message FROM session_events WHERE session_id = $1 ORDER BY at, id",
+        )
+        .bind(session_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("at")?, r.try_get("kind")?, r.try_get("message")?)))
+            .collect()
+    }
+}
+
+const SESSION_COLUMNS: &str = "SELECT id, owner, spec, phase, exit_code, reason, message, \
+    runner_addr, created_at, started_at, finished_at, updated_at FROM sessions";
+
+fn reason_str(reason: TerminalReason) -> String {
+    serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
+fn corrupt(what: &str, value: &str) -> ApiError {
+    ApiError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+fn key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKeyRecord> {
+    let role: String = r.try_get("role")?;
+    Ok(ApiKeyRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        role: Role::parse(&role).ok_or_else(|| corrupt("role", &role))?,
+        secret_hash: r.try_get("secret_hash")?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord> {
+    let spec: String = r.try_get("spec")?;
+    let phase: String = r.try_get("phase")?;
+    let reason: Option<String> = r.try_get("reason")?;
+    Ok(SessionRecord {
+        id: r.try_get("id")?,
+        owner: r.try_get("owner")?,
+        spec: serde_json::from_str(&spec).map_err(|_| corrupt("spec", &spec))?,
+        phase: phase_from_str(&phase).ok_or_else(|| corrupt("phase", &phase))?,
+        exit_code: r.try_get("exit_code")?,
+        reason: reason
+            .as_deref()
+            .map(|s| reason_from_str(s).ok_or_else(|| corrupt("reason", s)))
+            .transpose()?,
+        message: r.try_get("message")?,
+        runner_addr: r.try_get("runner_addr")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
