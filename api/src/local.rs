@@ -39,6 +39,8 @@ pub struct RunnerState {
     pub phase: SessionPhase,
     /// Where the runner listens, once it does.
     pub addr: Option<String>,
+    /// The runner process has exited: nothing listens at `addr` any more.
+    pub exited: bool,
 }
 
 struct RunnerHandle {
@@ -189,7 +191,8 @@ impl LocalExecutor {
             ApiError::Internal(format!("starting {}: {e}", self.config.runner_bin.display()))
         })?;
         let pid = child.id().unwrap_or_default();
-        let (state, _) = watch::channel(RunnerState { phase: SessionPhase::Pending, addr: None });
+        let (state, _) =
+            watch::channel(RunnerState { phase: SessionPhase::Pending, addr: None, exited: false });
         let cancel_requested = Arc::new(AtomicBool::new(false));
         self.runners.lock().expect("runners lock").insert(
             session.id.clone(),
@@ -201,6 +204,7 @@ impl LocalExecutor {
         tokio::spawn(async move {
             let reported = this.follow_log(&id, stderr, &state).await;
             let status = child.wait().await.ok();
+            state.send_modify(|s| s.exited = true);
             if !reported {
                 let (phase, reason, exit_code) = outcome_from_exit(
                     status.and_then(|s| s.code()),
@@ -340,19 +344,19 @@ mod tests {
 
     #[test]
     fn runner_exit_codes_map_to_typed_reasons() {
-        use SessionPhase::*;
-        use TerminalReason::*;
+        use SessionPhase as P;
+        use TerminalReason as R;
         let cases = [
-            (Some(0), false, Succeeded, Exited),
-            (Some(3), false, Failed, Exited),
-            (Some(120), false, Failed, ConfigInvalid),
-            (Some(121), false, Failed, FetchFailed),
-            (Some(122), false, Failed, ChecksumMismatch),
-            (Some(123), false, Failed, InstallFailed),
-            (Some(124), false, TimedOut, DeadlineExceeded),
-            (Some(125), false, Failed, SpawnFailed),
-            (None, false, Lost, RunnerLost),
-            (Some(143), true, Cancelled, Cancelled),
+            (Some(0), false, P::Succeeded, R::Exited),
+            (Some(3), false, P::Failed, R::Exited),
+            (Some(120), false, P::Failed, R::ConfigInvalid),
+            (Some(121), false, P::Failed, R::FetchFailed),
+            (Some(122), false, P::Failed, R::ChecksumMismatch),
+            (Some(123), false, P::Failed, R::InstallFailed),
+            (Some(124), false, P::TimedOut, R::DeadlineExceeded),
+            (Some(125), false, P::Failed, R::SpawnFailed),
+            (None, false, P::Lost, R::RunnerLost),
+            (Some(143), true, P::Cancelled, R::Cancelled),
         ];
         for (code, cancelled, phase, reason) in cases {
             let (p, r, _) = outcome_from_exit(code, cancelled);

@@ -1,5 +1,6 @@
-//! `cliscale`: the user-facing command line. Local mode (`cliscale up`) is still to come; for
-//! now it reports the version and says plainly what is missing.
+//! `cliscale`: the user-facing command line.
+
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -16,20 +17,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the local stack (REST API, gateway, local executor). Not implemented yet.
-    Up,
+    /// Start the local stack: REST API, gateway and local executor on one address.
+    Up(Box<up::UpArgs>),
     /// Print the version.
     Version,
 }
 
 fn main() {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    match cli.command {
         Command::Version => println!("cliscale {}", env!("CARGO_PKG_VERSION")),
-        Command::Up => {
-            eprintln!(
-                "cliscale up: local mode is not implemented yet; run cliscale-runner directly"
-            );
-            std::process::exit(2);
+        Command::Up(args) => {
+            let filter = tracing_subscriber::EnvFilter::try_from_env("CLISCALE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            if let Err(e) = runtime.block_on(up::run(*args)) {
+                eprintln!("cliscale up: {e:#}");
+                std::process::exit(1);
+            }
         }
     }
 }

@@ -260,6 +260,11 @@ pub fn jwks_json<'a>(keys: impl IntoIterator<Item = &'a SessionSigningKey>) -> S
     serde_json::to_string(&set).expect("a JWK set always serializes")
 }
 
+/// The `kid` a token's header names, without verifying anything.
+pub fn token_kid(token: &str) -> Option<String> {
+    jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid)
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)

@@ -1,0 +1,288 @@
+//! `cliscale up`: the REST API, the gateway and the local executor on one address, with SQLite
+//! under the data dir (or PostgreSQL). Paths are routed as the cluster's load balancer does:
+//! `/api/*` and `/.well-known/*` to the API, `/t/*`, `/ws/*` and `/assets/*` to the gateway.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use cliscale_api::executor::Executor;
+use cliscale_api::keys::{self, Role};
+use cliscale_api::local::{LocalConfig, LocalExecutor};
+use cliscale_api::routes::{ApiConfig, ApiState};
+use cliscale_api::signing::KeyRing;
+use cliscale_api::store::{ApiKeyRecord, Store, now};
+use cliscale_core::token::{SessionClaims, TERMINAL_AUDIENCE, new_claims};
+use cliscale_gateway::{
+    BoxFuture, Gateway, GatewayConfig, JtiLedger, JwksCache, JwksSource, ReconnectIssuer,
+    ResolveError, RunnerResolver,
+};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Address to listen on.
+    #[arg(long, env = "CLISCALE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Where the database, keys and session files live.
+    #[arg(long, env = "CLISCALE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://…` to use PostgreSQL instead of SQLite in the data dir.
+    #[arg(long, env = "CLISCALE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Base of the URLs handed out (default: from each request's Host).
+    #[arg(long, env = "CLISCALE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// The runner binary (default: `cliscale-runner` beside this binary, else on PATH).
+    #[arg(long, env = "CLISCALE_RUNNER_BIN")]
+    pub runner_bin: Option<PathBuf>,
+    /// Signing key files (PKCS#8 DER); the first signs, all are published. Default: one
+    /// generated in the data dir.
+    #[arg(long)]
+    pub signing_key_file: Vec<PathBuf>,
+    /// Lifetime of terminal tokens.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub token_ttl: Duration,
+    /// Requests per minute per API key (and per address for unauthenticated requests).
+    #[arg(long, default_value_t = 600)]
+    pub rate_per_minute: u32,
+    /// Proxies whose X-Forwarded-* headers are trusted (CIDRs, comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a terminal connection waits for a starting runner.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ready_wait: Duration,
+    /// How long runners keep serving after their command ends.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub linger: Duration,
+    /// Let sessions fetch code from loopback and private addresses.
+    #[arg(long, default_value_t = false)]
+    pub allow_private_code_urls: bool,
+    /// How often expired sessions are deleted.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub gc_interval: Duration,
+}
+
+struct StoreLedger(Store);
+
+impl JtiLedger for StoreLedger {
+    fn consume(&self, jti: &str, expires_at: i64) -> BoxFuture<'_, Result<bool, String>> {
+        let jti = jti.to_owned();
+        Box::pin(
+            async move { self.0.consume_jti(&jti, expires_at).await.map_err(|e| e.to_string()) },
+        )
+    }
+}
+
+struct LocalResolver {
+    executor: Arc<LocalExecutor>,
+    store: Store,
+}
+
+impl RunnerResolver for LocalResolver {
+    fn resolve(
+        &self,
+        session_id: &str,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<String, ResolveError>> {
+        let id = session_id.to_owned();
+        Box::pin(async move {
+            let Some(mut rx) = self.executor.runner_state(&id) else {
+                return match self.store.get_session(&id).await {
+                    Ok(Some(_)) => Err(ResolveError::Gone),
+                    Ok(None) => Err(ResolveError::UnknownSession),
+                    Err(e) => Err(ResolveError::Backend(e.to_string())),
+                };
+            };
+            let ready =
+                tokio::time::timeout(wait, rx.wait_for(|s| s.addr.is_some() || s.exited)).await;
+            match ready {
+                Err(_) => Err(ResolveError::NotReady),
+                Ok(Err(_)) => Err(ResolveError::Gone),
+                Ok(Ok(state)) if state.exited => Err(ResolveError::Gone),
+                Ok(Ok(state)) => state.addr.clone().ok_or(ResolveError::NotReady),
+            }
+        })
+    }
+}
+
+struct KeyRingIssuer {
+    keys: Arc<KeyRing>,
+    ttl: Duration,
+}
+
+impl ReconnectIssuer for KeyRingIssuer {
+    fn issue(&self, previous: &SessionClaims) -> Option<String> {
+        let claims = new_claims(
+            &previous.iss,
+            TERMINAL_AUDIENCE,
+            &previous.sub,
+            &previous.sid,
+            previous.scope,
+            self.ttl.as_secs(),
+        );
+        self.keys.active().sign(&claims).ok()
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("cliscale")
+}
+
+fn runner_bin(explicit: Option<PathBuf>) -> PathBuf {
+    explicit
+        .or_else(|| {
+            let sibling = std::env::current_exe().ok()?.with_file_name("cliscale-runner");
+            sibling.exists().then_some(sibling)
+        })
+        .unwrap_or_else(|| PathBuf::from("cliscale-runner"))
+}
+
+/// Makes sure an admin key exists: `CLISCALE_API_KEY` if set, else a fresh one on first start.
+/// Returns the key to print, if one was made.
+async fn bootstrap_key(store: &Store) -> anyhow::Result<Option<String>> {
+    if let Ok(chosen) = std::env::var("CLISCALE_API_KEY") {
+        let key = keys::from_full(&chosen)
+            .context("CLISCALE_API_KEY must look like csk_<16 hex>_<secret of 32+ characters>")?;
+        match store.get_api_key(&key.id).await? {
+            Some(existing) if existing.secret_hash == key.secret_hash => {}
+            Some(_) => bail!("CLISCALE_API_KEY's id is already taken by another key"),
+            None => {
+                store.insert_api_key(&admin_record(&key, "bootstrap (CLISCALE_API_KEY)")).await?;
+            }
+        }
+        return Ok(None);
+    }
+    if store.count_api_keys().await? > 0 {
+        return Ok(None);
+    }
+    let key = keys::generate();
+    store.insert_api_key(&admin_record(&key, "bootstrap admin")).await?;
+    Ok(Some(key.full))
+}
+
+fn admin_record(key: &keys::NewKey, name: &str) -> ApiKeyRecord {
+    ApiKeyRecord {
+        id: key.id.clone(),
+        name: name.into(),
+        role: Role::Admin,
+        secret_hash: key.secret_hash.clone(),
+        created_at: now(),
+        revoked_at: None,
+    }
+}
+
+pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    cliscale_core::tls::install_crypto_provider();
+    let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("cliscale.db").display()));
+    let store = Store::connect(&database_url).await.context("opening the database")?;
+    let keys = Arc::new(if args.signing_key_file.is_empty() {
+        KeyRing::load_or_generate(&data_dir.join("signing-key.der"))?
+    } else {
+        KeyRing::from_files(&args.signing_key_file)?
+    });
+    let jwks_path = data_dir.join("jwks.json");
+    std::fs::write(&jwks_path, keys.jwks()).context("writing the runners' JWKS")?;
+
+    let executor = LocalExecutor::new(
+        LocalConfig {
+            runner_bin: runner_bin(args.runner_bin.clone()),
+            sessions_dir: data_dir.join("sessions"),
+            jwks_path,
+            linger: args.linger,
+            grace_period: Duration::from_secs(10),
+            allow_private_code_urls: args.allow_private_code_urls,
+        },
+        store.clone(),
+    );
+    let lost = executor.recover().await?;
+    if lost > 0 {
+        tracing::warn!(lost, "sessions whose runner died with the previous process are now Lost");
+    }
+    executor.spawn_janitor(args.gc_interval);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let local_base = format!(
+        "http://{}",
+        if addr.ip().is_unspecified() {
+            SocketAddr::new([127, 0, 0, 1].into(), addr.port())
+        } else {
+            addr
+        }
+    );
+
+    let api = ApiState::new(
+        store.clone(),
+        keys.clone(),
+        Arc::new(executor.clone()) as Arc<dyn Executor>,
+        ApiConfig {
+            public_url: args.public_url.clone(),
+            token_ttl: args.token_ttl,
+            issuer: "cliscale".into(),
+            rate_per_minute: args.rate_per_minute,
+            trusted_proxies: args.trusted_proxies.clone(),
+        },
+    );
+    let gateway = Arc::new(Gateway {
+        jwks: JwksCache::new(
+            JwksSource::Url {
+                client: reqwest::Client::new(),
+                url: format!("{local_base}/.well-known/jwks.json"),
+            },
+            vec![TERMINAL_AUDIENCE.to_string()],
+            Some("cliscale".into()),
+            Duration::from_secs(300),
+        ),
+        ledger: Arc::new(StoreLedger(store.clone())),
+        resolver: Arc::new(LocalResolver { executor: executor.clone(), store: store.clone() }),
+        reissuer: Some(Arc::new(KeyRingIssuer {
+            keys: keys.clone(),
+            ttl: Duration::from_secs(600),
+        })),
+        config: GatewayConfig { ready_wait: args.ready_wait, ..Default::default() },
+        metrics: Default::default(),
+    });
+    let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api));
+
+    let printed_key = bootstrap_key(&store).await?;
+    let public = args.public_url.clone().unwrap_or_else(|| local_base.clone());
+    println!("cliscale is up: {public}");
+    println!("listening on {local_base}");
+    match printed_key {
+        Some(key) => println!("admin API key (shown once, keep it): {key}"),
+        None => println!("using the existing API keys (CLISCALE_API_KEY or from an earlier start)"),
+    }
+    println!(
+        "create a session:\n  curl -s -X POST {public}/api/sessions -H \"Authorization: Bearer $CLISCALE_API_KEY\" \
+         -H 'Content-Type: application/json' -d '{{\"command\":\"bash\"}}'"
+    );
+
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutting down: stopping runners");
+    };
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    executor.shutdown().await;
+    Ok(())
+}

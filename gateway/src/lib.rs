@@ -1,0 +1,143 @@
+//! The gateway: serves the terminal page, verifies session tokens against the API's JWKS,
+//! consumes each token's JTI exactly once, finds the session's runner and proxies the terminal
+//! stream both ways. It holds no state of its own: the ledger of used JTIs and the map from
+//! session to runner are behind traits, backed by SQL and the executor (or the cluster).
+
+pub mod assets;
+pub mod jwks;
+mod proxy;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use cliscale_core::token::SessionClaims;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+pub use jwks::{JwksCache, JwksSource};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Records consumed token ids. `consume` must be atomic: of N concurrent calls with one id,
+/// exactly one returns `Ok(true)`.
+pub trait JtiLedger: Send + Sync + 'static {
+    fn consume(&self, jti: &str, expires_at: i64) -> BoxFuture<'_, Result<bool, String>>;
+}
+
+/// Why a session has no runner to connect to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    /// No such session.
+    UnknownSession,
+    /// The session ended and its runner is gone.
+    Gone,
+    /// The runner did not come up within the wait.
+    NotReady,
+    /// The lookup itself failed.
+    Backend(String),
+}
+
+/// Finds the address (`host:port`) of a session's runner, waiting up to `wait` for it.
+pub trait RunnerResolver: Send + Sync + 'static {
+    fn resolve(
+        &self,
+        session_id: &str,
+        wait: Duration,
+    ) -> BoxFuture<'_, Result<String, ResolveError>>;
+}
+
+/// Mints the one-time token a client uses to reconnect after a drop, handed over the live
+/// connection so no token is ever reusable.
+pub trait ReconnectIssuer: Send + Sync + 'static {
+    fn issue(&self, previous: &SessionClaims) -> Option<String>;
+}
+
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How long a connection waits for a starting runner before refusing with 503.
+    pub ready_wait: Duration,
+    pub ping_interval: Duration,
+    pub connect_timeout: Duration,
+    pub max_message: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            ready_wait: Duration::from_secs(30),
+            ping_interval: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(5),
+            max_message: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    pub code: &'static str,
+}
+
+pub struct GatewayMetrics {
+    registry: Registry,
+    pub connections: Gauge,
+    pub accepted: Counter,
+    pub refused: Family<CodeLabel, Counter>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("cliscale_gateway");
+        let connections = Gauge::default();
+        let accepted = Counter::default();
+        let refused = Family::<CodeLabel, Counter>::default();
+        registry.register("connections", "Open proxied terminal connections", connections.clone());
+        registry.register("accepted", "Terminal connections accepted", accepted.clone());
+        registry.register(
+            "refused",
+            "Terminal connections refused, by error code",
+            refused.clone(),
+        );
+        Self { registry, connections, accepted, refused }
+    }
+}
+
+impl GatewayMetrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("String write");
+        out
+    }
+}
+
+pub struct Gateway {
+    pub jwks: JwksCache,
+    pub ledger: Arc<dyn JtiLedger>,
+    pub resolver: Arc<dyn RunnerResolver>,
+    pub reissuer: Option<Arc<dyn ReconnectIssuer>>,
+    pub config: GatewayConfig,
+    pub metrics: GatewayMetrics,
+}
+
+/// The gateway's routes: `/t/{sid}` (page), `/assets/*`, `/ws/{sid}` (terminal stream).
+pub fn router(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/t/{sid}", get(|| async { assets::page() }))
+        .route(
+            "/assets/{name}",
+            get(|Path(name): Path<String>| async move { assets::serve(&name) }),
+        )
+        .route("/ws/{sid}", get(proxy::ws_entry))
+        .route(
+            "/gateway/metrics",
+            get(|State(g): State<Arc<Gateway>>| async move { g.metrics.render() }),
+        )
+        .with_state(gateway)
+}

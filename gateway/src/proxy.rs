@@ -1,0 +1,342 @@
+//! `/ws/{sid}`: every check happens before the upgrade, so each refusal is an HTTP status with
+//! a JSON reason; then frames are proxied both ways, one in flight per direction.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use cliscale_core::token::{SessionClaims, TokenError, TokenScope};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+
+use crate::jwks::VerifyError;
+use crate::{CodeLabel, Gateway, ResolveError};
+
+type Upstream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+#[derive(Debug, Deserialize, Default)]
+pub struct WsQuery {
+    token: Option<String>,
+    since: Option<u64>,
+    mode: Option<String>,
+}
+
+/// A refusal before upgrade: status plus a stable code and message.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    fn into_response(self, gateway: &Gateway) -> Response {
+        gateway.metrics.refused.get_or_create(&CodeLabel { code: self.code }).inc();
+        tracing::info!(code = self.code, "refused a terminal connection: {}", self.message);
+        let body = serde_json::json!({ "error": self.code, "message": self.message });
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+fn token_refusal(e: VerifyError) -> Refusal {
+    match e {
+        VerifyError::Unavailable(m) => {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "jwks_unavailable", m)
+        }
+        VerifyError::Token(e @ TokenError::WrongSession { .. }) => {
+            Refusal::new(StatusCode::FORBIDDEN, e.code(), e.to_string())
+        }
+        VerifyError::Token(e) => Refusal::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string()),
+    }
+}
+
+pub async fn ws_entry(
+    State(gateway): State<Arc<Gateway>>,
+    Path(sid): Path<String>,
+    request: Request,
+) -> Response {
+    let (mut parts, _) = request.into_parts();
+    let query = match parts.uri.query().map(parse_query) {
+        Some(Some(query)) => query,
+        None => WsQuery::default(),
+        Some(None) => {
+            let refusal = Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "bad_query",
+                "since must be a non-negative integer",
+            );
+            return refusal.into_response(&gateway);
+        }
+    };
+    let Ok(upgrade) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await else {
+        // A plain GET is a person following the seed's `/ws/{id}?token=` link: send them to the
+        // page, with the token moved into the fragment.
+        let target = match &query.token {
+            Some(t) => format!("/t/{}#token={}", urlencode(&sid), urlencode(t)),
+            None => format!("/t/{}", urlencode(&sid)),
+        };
+        return Redirect::to(&target).into_response();
+    };
+    match admit(&gateway, &sid, &parts.headers, &query).await {
+        Ok((claims, upstream, read_only)) => {
+            let reconnect = gateway.reissuer.as_ref().and_then(|r| r.issue(&claims));
+            upgrade
+                .max_message_size(gateway.config.max_message)
+                .read_buffer_size(4 * 1024)
+                .write_buffer_size(0)
+                .on_upgrade(move |client| relay(gateway, client, upstream, read_only, reconnect))
+        }
+        Err(refusal) => refusal.into_response(&gateway),
+    }
+}
+
+/// Parses the query; `None` when `since` is not a non-negative integer.
+fn parse_query(q: &str) -> Option<WsQuery> {
+    let mut out = WsQuery::default();
+    for (k, v) in url::form_urlencoded::parse(q.as_bytes()) {
+        match k.as_ref() {
+            "token" => out.token = Some(v.into_owned()),
+            "since" => out.since = Some(v.parse().ok()?),
+            "mode" => out.mode = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    Some(out)
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Every check, in order: token, runner, JTI (last, so a refusal never burns a token), upstream.
+async fn admit(
+    gateway: &Gateway,
+    sid: &str,
+    headers: &HeaderMap,
+    query: &WsQuery,
+) -> Result<(SessionClaims, Upstream, bool), Refusal> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let token = query.token.as_deref().or(bearer).unwrap_or("").to_owned();
+    let claims = gateway.jwks.verify(&token, sid).await.map_err(token_refusal)?;
+    let read_only = claims.scope == TokenScope::View || query.mode.as_deref() == Some("view");
+    let addr =
+        gateway.resolver.resolve(sid, gateway.config.ready_wait).await.map_err(|e| match e {
+            ResolveError::UnknownSession => Refusal::new(
+                StatusCode::NOT_FOUND,
+                "session_not_found",
+                format!("no session {sid:?}"),
+            ),
+            ResolveError::Gone => Refusal::new(
+                StatusCode::GONE,
+                "session_gone",
+                "the session has ended and its runner is gone",
+            ),
+            ResolveError::NotReady => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "runner_not_ready",
+                format!("the runner did not start within {:?}", gateway.config.ready_wait),
+            ),
+            ResolveError::Backend(m) => {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "resolver_unavailable", m)
+            }
+        })?;
+    let first = gateway
+        .ledger
+        .consume(&claims.jti, claims.exp as i64)
+        .await
+        .map_err(|m| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m))?;
+    if !first {
+        return Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "token_replayed",
+            "this token has already been used",
+        ));
+    }
+    let mut url = format!("ws://{addr}/ws?since={}", query.since.unwrap_or(0));
+    if read_only {
+        url.push_str("&mode=view");
+    }
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Refusal::new(StatusCode::BAD_GATEWAY, "runner_unreachable", e.to_string()))?;
+    let auth = format!("Bearer {token}").parse().map_err(|_| {
+        Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "token_malformed",
+            "token is not a valid header value",
+        )
+    })?;
+    request.headers_mut().insert(header::AUTHORIZATION, auth);
+    let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+    let upstream = match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
+        Ok(Ok((ws, _))) => ws,
+        Ok(Err(tungstenite::Error::Http(response))) => {
+            let body = response
+                .body()
+                .as_deref()
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default()
+                .into_owned();
+            return Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "runner_refused",
+                format!("the runner answered {}: {body}", response.status()),
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(Refusal::new(
+                StatusCode::BAD_GATEWAY,
+                "runner_unreachable",
+                format!("cannot reach the runner: {e}"),
+            ));
+        }
+        Err(_) => {
+            return Err(Refusal::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "runner_unreachable",
+                "the runner did not answer in time",
+            ));
+        }
+    };
+    Ok((claims, upstream, read_only))
+}
+
+fn to_upstream(message: ws::Message) -> Option<tungstenite::Message> {
+    Some(match message {
+        ws::Message::Binary(b) => tungstenite::Message::Binary(b),
+        ws::Message::Text(t) => tungstenite::Message::Text(t.as_str().into()),
+        ws::Message::Close(_) => tungstenite::Message::Close(None),
+        ws::Message::Ping(_) | ws::Message::Pong(_) => return None,
+    })
+}
+
+fn to_client(message: tungstenite::Message) -> Option<ws::Message> {
+    Some(match message {
+        tungstenite::Message::Binary(b) => ws::Message::Binary(b),
+        tungstenite::Message::Text(t) => ws::Message::Text(t.as_str().into()),
+        tungstenite::Message::Close(frame) => ws::Message::Close(
+            frame.map(|f| CloseFrame { code: f.code.into(), reason: f.reason.as_str().into() }),
+        ),
+        _ => return None,
+    })
+}
+
+fn close(code: u16, reason: &str) -> ws::Message {
+    ws::Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+}
+
+async fn relay(
+    gateway: Arc<Gateway>,
+    client: WebSocket,
+    upstream: Upstream,
+    read_only: bool,
+    reconnect: Option<String>,
+) {
+    gateway.metrics.accepted.inc();
+    gateway.metrics.connections.inc();
+    let (mut client_tx, mut client_rx) = client.split();
+    let (mut up_tx, mut up_rx) = upstream.split();
+    if let Some(token) = reconnect {
+        let message = serde_json::json!({ "type": "reconnect", "token": token }).to_string();
+        let _ = client_tx.send(ws::Message::Text(message.into())).await;
+    }
+    let interval = gateway.config.ping_interval;
+    let mut ping = tokio::time::interval(interval);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let mut told_read_only = false;
+    loop {
+        tokio::select! {
+            from_client = client_rx.next() => {
+                let Some(Ok(message)) = from_client else {
+                    let _ = up_tx.send(tungstenite::Message::Close(None)).await;
+                    break;
+                };
+                last_heard = Instant::now();
+                let is_input = matches!(message, ws::Message::Binary(_) | ws::Message::Text(_));
+                if read_only && is_input {
+                    // Dropped here as well as at the runner.
+                    if !told_read_only {
+                        told_read_only = true;
+                        let error = serde_json::json!({"type": "error", "code": "read_only",
+                            "message": "this connection is read-only; input and resize are ignored"});
+                        let _ = client_tx.send(ws::Message::Text(error.to_string().into())).await;
+                    }
+                    continue;
+                }
+                let closing = matches!(message, ws::Message::Close(_));
+                if let Some(message) = to_upstream(message)
+                    && up_tx.send(message).await.is_err()
+                {
+                    let _ = client_tx.send(close(1011, "runner connection lost")).await;
+                    break;
+                }
+                if closing {
+                    break;
+                }
+            }
+            from_runner = up_rx.next() => {
+                match from_runner {
+                    Some(Ok(message)) => {
+                        let closing = matches!(message, tungstenite::Message::Close(_));
+                        if let Some(message) = to_client(message)
+                            && client_tx.send(message).await.is_err()
+                        {
+                            break;
+                        }
+                        if closing {
+                            break;
+                        }
+                    }
+                    _ => {
+                        let _ = client_tx.send(close(1011, "runner connection lost")).await;
+                        break;
+                    }
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > interval * 3 {
+                    let _ = client_tx.send(close(4000, "keepalive timeout")).await;
+                    break;
+                }
+                if client_tx.send(ws::Message::Ping(bytes::Bytes::from_static(b"gw"))).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    gateway.metrics.connections.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_decode_and_bad_offsets_are_refused() {
+        let q = parse_query("token=a%2Bb%3D&since=42&mode=view&x=1").unwrap();
+        assert_eq!(q.token.as_deref(), Some("a+b="));
+        assert_eq!(q.since, Some(42));
+        assert_eq!(q.mode.as_deref(), Some("view"));
+        assert!(parse_query("since=-1").is_none());
+        assert!(parse_query("since=abc").is_none());
+    }
+
+    #[test]
+    fn redirect_targets_are_encoded() {
+        assert_eq!(urlencode("<script>\"'"), "%3Cscript%3E%22%27");
+    }
+}
