@@ -1,0 +1,270 @@
+//! Harness: runs the real `cliscale up` binary (with the real runner) on SQLite or PostgreSQL.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+pub const ADMIN_KEY: &str = "csk_00000000000000aa_test-admin-secret-0123456789abcdefghij";
+pub const HANG_GUARD: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh PostgreSQL database for one test, on the server CI starts
+/// (`CLISCALE_TEST_POSTGRES_URL`, an admin URL such as postgres://u:p@127.0.0.1/postgres).
+pub async fn fresh_postgres() -> Option<String> {
+    let Ok(admin) = std::env::var("CLISCALE_TEST_POSTGRES_URL") else {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must set CLISCALE_TEST_POSTGRES_URL: the PostgreSQL tests may not be skipped there"
+        );
+        eprintln!(
+            "SKIPPED: CLISCALE_TEST_POSTGRES_URL is not set, so this PostgreSQL test did not run"
+        );
+        return None;
+    };
+    let name = format!("cliscale_test_{}", hex(rand::random::<u64>()));
+    sqlx::any::install_default_drivers();
+    let mut conn =
+        <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("admin connection");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
+    Some(format!("{base}/{name}"))
+}
+
+fn hex(n: u64) -> String {
+    format!("{n:016x}")
+}
+
+pub struct Stack {
+    pub child: Child,
+    pub base: String,
+    pub data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    args: Vec<String>,
+}
+
+pub fn runner_bin() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_cliscale")).with_file_name("cliscale-runner");
+    assert!(bin.exists(), "{} is missing: build the whole workspace first", bin.display());
+    bin
+}
+
+impl Stack {
+    /// Starts `cliscale up` on a fresh data dir (and a fresh database for PostgreSQL).
+    pub async fn start(backend: Backend, extra: &[&str]) -> Option<Stack> {
+        let data = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if backend == Backend::Postgres {
+            args.push("--database-url".into());
+            args.push(fresh_postgres().await?);
+        }
+        Some(Self::launch(data, args))
+    }
+
+    fn launch(data: tempfile::TempDir, args: Vec<String>) -> Stack {
+        cliscale_core::tls::install_crypto_provider();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cliscale"))
+            .args(["up", "--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--runner-bin")
+            .arg(runner_bin())
+            .args(&args)
+            .env("CLISCALE_API_KEY", ADMIN_KEY)
+            .env("CLISCALE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(base) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(base.to_owned());
+                }
+            }
+        });
+        let base = rx.recv_timeout(HANG_GUARD).expect("cliscale up did not start");
+        Stack { child, base, data, http: reqwest::Client::new(), args }
+    }
+
+    /// Stops this process abruptly (runners included) and starts again on the same data.
+    pub fn crash_and_restart(mut self) -> Stack {
+        // Runners are children in their own sessions; kill them too, as a crash would lose them.
+        let _ = Command::new("pkill").args(["-KILL", "-P", &self.child.id().to_string()]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        let args = std::mem::take(&mut self.args);
+        Self::launch(data, args)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn ws_url(&self, sid: &str, query: &str) -> String {
+        format!("{}/ws/{sid}?{query}", self.base.replace("http://", "ws://"))
+    }
+
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        key: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self.http.request(method.parse().unwrap(), self.url(path));
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    }
+
+    pub async fn create(&self, key: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, created) = self.call("POST", "/api/sessions", Some(key), Some(body)).await;
+        assert_eq!(status, 201, "{created}");
+        created
+    }
+
+    /// Polls the API until the session reaches `phase` (the executor records it asynchronously).
+    pub async fn wait_for_phase(&self, sid: &str, phase: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + HANG_GUARD;
+        loop {
+            let (_, s) =
+                self.call("GET", &format!("/api/sessions/{sid}"), Some(ADMIN_KEY), None).await;
+            if s["phase"] == phase {
+                return s;
+            }
+            assert!(std::time::Instant::now() < deadline, "{sid} never reached {phase}: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn new_key(&self, role: &str) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/api/keys",
+                Some(ADMIN_KEY),
+                Some(serde_json::json!({"name": role, "role": role})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["key"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = nix_kill(self.child.id(), "TERM");
+        let _ = self.child.wait();
+    }
+}
+
+fn nix_kill(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()
+}
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens the terminal WebSocket; Err((status, error code)) when refused before the upgrade.
+pub async fn open_terminal(url: &str) -> Result<Ws, (u16, String)> {
+    match tokio_tungstenite::connect_async(url).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                    .unwrap_or_default();
+            Err((resp.status().as_u16(), body["error"].as_str().unwrap_or_default().to_owned()))
+        }
+        Err(e) => panic!("connection failed below HTTP: {e}"),
+    }
+}
+
+/// Reads until the final status; returns (output, final status JSON, reconnect token if any).
+pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<String>) {
+    let mut out = Vec::new();
+    let mut reconnect = None;
+    loop {
+        let message = tokio::time::timeout(HANG_GUARD, ws.next())
+            .await
+            .expect("hang guard")
+            .expect("stream open")
+            .unwrap();
+        match message {
+            Message::Binary(frame) => {
+                let (_, data) = cliscale_core::protocol::decode_output(&frame).unwrap();
+                out.extend_from_slice(data);
+            }
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "reconnect" {
+                    reconnect = v["token"].as_str().map(String::from);
+                }
+                let finished = ["Succeeded", "Failed", "TimedOut", "Cancelled", "Lost"];
+                if v["type"] == "status" && finished.iter().any(|p| v["phase"] == *p) {
+                    return (out, v, reconnect);
+                }
+            }
+            Message::Close(frame) => panic!("closed early: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Reads until `needle` shows up in the output.
+pub async fn read_until(ws: &mut Ws, needle: &str) -> (Vec<u8>, Option<String>) {
+    let mut out = Vec::new();
+    let mut reconnect = None;
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let message = tokio::time::timeout(HANG_GUARD, ws.next())
+            .await
+            .expect("hang guard")
+            .expect("stream open")
+            .unwrap();
+        match message {
+            Message::Binary(frame) => {
+                out.extend_from_slice(cliscale_core::protocol::decode_output(&frame).unwrap().1)
+            }
+            Message::Text(t) => {
+                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "reconnect" {
+                    reconnect = v["token"].as_str().map(String::from);
+                }
+            }
+            Message::Close(frame) => panic!("closed before {needle:?}: {frame:?}"),
+            _ => {}
+        }
+    }
+    (out, reconnect)
+}
