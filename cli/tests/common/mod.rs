@@ -73,14 +73,16 @@ impl Stack {
         Some(Self::launch(data, args))
     }
 
-    fn launch(data: tempfile::TempDir, args: Vec<String>) -> Stack {
+    fn launch(data: tempfile::TempDir, mut args: Vec<String>) -> Stack {
         cliscale_core::tls::install_crypto_provider();
+        if !args.iter().any(|a| a == "--runner-bin") {
+            args.push("--runner-bin".into());
+            args.push(runner_bin().display().to_string());
+        }
         let mut child = Command::new(env!("CARGO_BIN_EXE_cliscale"))
             .args(["up", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data.path())
-            .arg("--runner-bin")
-            .arg(runner_bin())
             .args(&args)
             .env("CLISCALE_API_KEY", ADMIN_KEY)
             .env("CLISCALE_LOG", "warn")

@@ -1,0 +1,168 @@
+//! Gateway behaviour at the edges: key-set caching, rate limits, slow, unreachable and
+//! departed runners. Each refusal is an HTTP status with a reason, and the gateway stays up.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{ADMIN_KEY, Backend, Stack, open_terminal};
+use serde_json::json;
+
+/// The stack's own signing key, to mint tokens the way the API does.
+fn signing_key(stack: &Stack) -> cliscale_core::token::SessionSigningKey {
+    let jwks: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(stack.data.path().join("jwks.json")).unwrap(),
+    )
+    .unwrap();
+    let der = std::fs::read(stack.data.path().join("signing-key.der")).unwrap();
+    cliscale_core::token::SessionSigningKey::from_pkcs8_der(
+        jwks["keys"][0]["kid"].as_str().unwrap(),
+        &der,
+    )
+    .unwrap()
+}
+
+fn token(key: &cliscale_core::token::SessionSigningKey, sid: &str) -> String {
+    let claims = cliscale_core::token::new_claims(
+        "cliscale",
+        cliscale_core::token::TERMINAL_AUDIENCE,
+        "test",
+        sid,
+        cliscale_core::token::TokenScope::View,
+        300,
+    );
+    key.sign(&claims).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_set_is_fetched_once_across_a_thousand_connects() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let key = signing_key(&stack);
+    for i in 0..1000 {
+        let sid = format!("no-such-session-{i}");
+        let refused = open_terminal(&stack.ws_url(&sid, &format!("token={}", token(&key, &sid))))
+            .await
+            .unwrap_err();
+        assert_eq!(refused, (404, "session_not_found".into()));
+    }
+    assert_eq!(stack.metric("cliscale_api_jwks_served_total").await, 1.0);
+    // Tokens naming an unknown key id trigger at most one refetch per interval, not one each.
+    let stranger = cliscale_core::token::SessionSigningKey::generate("unknown-kid");
+    for i in 0..100 {
+        let sid = format!("s{i}");
+        let refused =
+            open_terminal(&stack.ws_url(&sid, &format!("token={}", token(&stranger, &sid))))
+                .await
+                .unwrap_err();
+        assert_eq!(refused, (401, "token_unknown_key".into()));
+    }
+    assert!(stack.metric("cliscale_api_jwks_served_total").await <= 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_apply_per_key_after_auth_and_per_address_before() {
+    let stack = Stack::start(Backend::Sqlite, &["--rate-per-minute", "5"]).await.unwrap();
+    let operator = stack.new_key("operator").await; // the admin's first request
+    for _ in 0..4 {
+        assert_eq!(stack.call("GET", "/api/sessions", Some(ADMIN_KEY), None).await.0, 200);
+    }
+    let resp =
+        stack.http.get(stack.url("/api/sessions")).bearer_auth(ADMIN_KEY).send().await.unwrap();
+    assert_eq!(resp.status(), 429);
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 1);
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "rate_limited");
+    // Another key has its own budget.
+    assert_eq!(stack.call("GET", "/api/sessions", Some(&operator), None).await.0, 200);
+    // Unauthenticated attempts are limited by client address.
+    let mut statuses = Vec::new();
+    for _ in 0..7 {
+        statuses.push(
+            stack.call("GET", "/api/sessions", Some("csk_0123456789abcdef_guess"), None).await.0,
+        );
+    }
+    assert_eq!(&statuses[..5], &[401; 5]);
+    assert_eq!(statuses[6], 429);
+}
+
+/// A runner binary that takes `delay` seconds to start, like a slow image pull.
+fn slow_runner(dir: &std::path::Path, delay: &str) -> std::path::PathBuf {
+    let path = dir.join("slow-runner");
+    std::fs::write(
+        &path,
+        format!("#!/bin/sh\nsleep {delay}\nexec '{}' \"$@\"\n", common::runner_bin().display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_runner_is_waited_for_within_bounds_and_a_refusal_burns_no_token() {
+    let tools = tempfile::tempdir().unwrap();
+    let slow = slow_runner(tools.path(), "3").display().to_string();
+    let impatient =
+        Stack::start(Backend::Sqlite, &["--runner-bin", &slow, "--ready-wait", "300ms"])
+            .await
+            .unwrap();
+    let created = impatient.create(ADMIN_KEY, json!({"command": "echo up; read -r x"})).await;
+    let (sid, tok) = (created["sessionId"].as_str().unwrap(), created["token"].as_str().unwrap());
+    let url = impatient.ws_url(sid, &format!("token={tok}"));
+    assert_eq!(open_terminal(&url).await.unwrap_err(), (503, "runner_not_ready".into()));
+    impatient.wait_for_phase(sid, "Running").await;
+    assert!(open_terminal(&url).await.is_ok(), "the refused attempt did not consume the token");
+
+    let patient = Stack::start(Backend::Sqlite, &["--runner-bin", &slow]).await.unwrap();
+    let created = patient.create(ADMIN_KEY, json!({"command": "echo up; read -r x"})).await;
+    let url = patient.ws_url(
+        created["sessionId"].as_str().unwrap(),
+        &format!("token={}", created["token"].as_str().unwrap()),
+    );
+    let mut ws = open_terminal(&url).await.expect("the gateway waits for the starting runner");
+    common::read_until(&mut ws, "up").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_runner_is_a_clear_refusal_and_the_gateway_stays_up() {
+    let tools = tempfile::tempdir().unwrap();
+    // Claims to listen on a port where nothing does.
+    let liar = tools.path().join("liar-runner");
+    std::fs::write(&liar, "#!/bin/sh\necho '{\"message\":\"listening\",\"addr\":\"127.0.0.1:1\"}' >&2\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&liar, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let stack =
+        Stack::start(Backend::Sqlite, &["--runner-bin", liar.to_str().unwrap()]).await.unwrap();
+    let created = stack.create(ADMIN_KEY, json!({"command": "true"})).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    stack.wait_for_phase(sid, "Starting").await;
+    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    assert_eq!(open_terminal(&url).await.unwrap_err(), (502, "runner_unreachable".into()));
+    let health = stack.http.get(stack.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert_eq!(
+        stack.call("GET", &format!("/api/sessions/{sid}"), Some(ADMIN_KEY), None).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_runner_has_left_is_gone() {
+    let stack = Stack::start(Backend::Sqlite, &["--linger", "0s"]).await.unwrap();
+    let created = stack.create(ADMIN_KEY, json!({"command": "exit 0"})).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    stack.wait_for_phase(sid, "Succeeded").await;
+    let key = signing_key(&stack);
+    // The runner exits right after reporting; the executor notices the exit.
+    let deadline = std::time::Instant::now() + common::HANG_GUARD;
+    loop {
+        match open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await {
+            Err((410, code)) => {
+                assert_eq!(code, "session_gone");
+                break;
+            }
+            other => {
+                assert!(std::time::Instant::now() < deadline, "never gone: {:?}", other.map(|_| ()))
+            }
+        }
+    }
+}
