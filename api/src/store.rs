@@ -82,6 +82,9 @@ impl Store {
                 Box::pin(async move {
                     conn.execute("PRAGMA busy_timeout = 10000").await?;
                     conn.execute("PRAGMA journal_mode = WAL").await?;
+                    // In WAL mode NORMAL skips the fsync per commit and stays consistent; a power
+                    // cut may lose the last commits (docs/api.md).
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
                     Ok(())
                 })
             });

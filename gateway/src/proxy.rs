@@ -16,6 +16,9 @@ use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 use crate::jwks::VerifyError;
 use crate::{CodeLabel, Gateway, ResolveError};
 
+/// Largest frame a runner sends (64 KiB of output plus its header), with room to spare.
+const MAX_RUNNER_FRAME: usize = 1024 * 1024;
+
 type Upstream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -180,7 +183,13 @@ async fn admit(
         )
     })?;
     request.headers_mut().insert(header::AUTHORIZATION, auth);
-    let connect = tokio_tungstenite::connect_async_with_config(request, None, true);
+    // Small buffers: an idle proxied connection should cost kilobytes, not tungstenite's
+    // default 128 KiB read buffer.
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(8 * 1024)
+        .write_buffer_size(0)
+        .max_message_size(Some(gateway.config.max_message.max(MAX_RUNNER_FRAME)));
+    let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     let upstream = match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
         Ok(Ok((ws, _))) => ws,
         Ok(Err(tungstenite::Error::Http(response))) => {

@@ -1,0 +1,311 @@
+//! Load harness for the gateway hop: prints figures, asserts nothing about time.
+//!
+//! `cargo bench -p cliscale --bench gateway_harness` starts the release `cliscale up` with its
+//! runners and measures, in the same run, the runner reached directly and through the gateway:
+//! added echo latency, added time to first output byte, throughput ratio, gateway memory per
+//! idle connection at 1,000 connections, and connects per second (token verification + JTI).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const KEY: &str = "csk_00000000000000bb_bench-admin-secret-0123456789abcdefghij";
+const ROUNDS: usize = 5;
+const ECHOES: usize = 400;
+const FIRST_BYTE_SAMPLES: usize = 100;
+const IDLE: usize = 1000;
+const CONNECTS: usize = 500;
+const PAYLOAD_MB: usize = 48;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+struct Up {
+    child: Child,
+    base: String,
+    data: tempfile::TempDir,
+    http: reqwest::Client,
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Up {
+    fn start() -> Up {
+        cliscale_core::tls::install_crypto_provider();
+        let data = tempfile::tempdir().unwrap();
+        let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cliscale"));
+        let mut child = Command::new(&bin)
+            .args(["up", "--listen", "127.0.0.1:0", "--rate-per-minute", "1000000"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .arg("--runner-bin")
+            .arg(bin.with_file_name("cliscale-runner"))
+            .env("CLISCALE_API_KEY", KEY)
+            .env("CLISCALE_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let base = loop {
+            let line = lines.next().expect("cliscale up exited").unwrap();
+            if let Some(base) = line.strip_prefix("listening on ") {
+                break base.to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Up { child, base, data, http: reqwest::Client::new() }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Value {
+        let text = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    async fn session(&self, command: &str) -> (String, String) {
+        let created = self.post("/api/sessions", json!({ "command": command })).await;
+        (
+            created["sessionId"].as_str().unwrap().to_owned(),
+            created["token"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    async fn token(&self, sid: &str) -> String {
+        self.post(&format!("/api/sessions/{sid}/tokens"), json!({ "scope": "interact" })).await["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The runner's own address, for the direct measurements (read from the store).
+    async fn runner_addr(&self, sid: &str) -> String {
+        let url = format!("sqlite://{}", self.data.path().join("cliscale.db").display());
+        sqlx::any::install_default_drivers();
+        loop {
+            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+            let row: (Option<String>, String) =
+                sqlx::query_as("SELECT runner_addr, phase FROM sessions WHERE id = $1")
+                    .bind(sid)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap();
+            if let (Some(addr), "Running") = (row.0, row.1.as_str()) {
+                return addr;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn gateway_url(&self, sid: &str, token: &str) -> String {
+        format!("{}/ws/{sid}?token={token}", self.base.replace("http://", "ws://"))
+    }
+}
+
+fn direct_url(addr: &str, token: &str) -> String {
+    format!("ws://{addr}/ws?token={token}")
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap().0
+}
+
+async fn next_output(ws: &mut Ws) -> Option<Vec<u8>> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Binary(frame)) => {
+                return Some(cliscale_core::protocol::decode_output(&frame).unwrap().1.to_vec());
+            }
+            Ok(Message::Text(t)) if t.contains("\"exitCode\":0") => return None,
+            Ok(_) => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+
+async fn echo_rounds(ws: &mut Ws, n: usize) -> Vec<Duration> {
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let t = Instant::now();
+        ws.send(Message::Binary(b"x".to_vec().into())).await.unwrap();
+        assert_eq!(next_output(ws).await.unwrap(), b"x");
+        samples.push(t.elapsed());
+    }
+    samples
+}
+
+async fn first_byte(url: &str) -> Duration {
+    let t = Instant::now();
+    let mut ws = connect(url).await;
+    next_output(&mut ws).await.unwrap();
+    t.elapsed()
+}
+
+async fn throughput(url: &str) -> f64 {
+    let mut ws = connect(url).await;
+    assert_eq!(next_output(&mut ws).await.unwrap(), b"R");
+    let t = Instant::now();
+    ws.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
+    let mut total = 0usize;
+    while let Some(data) = next_output(&mut ws).await {
+        total += data.len();
+    }
+    total as f64 / t.elapsed().as_secs_f64() / 1e6
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn pct(samples: &mut [Duration], p: f64) -> f64 {
+    samples.sort();
+    samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("gateway_harness: bench");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(run());
+}
+
+async fn run() {
+    let up = Up::start();
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload.b64");
+    let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n";
+    std::fs::write(&payload, line.repeat(PAYLOAD_MB * 1024 * 1024 / line.len())).unwrap();
+
+    // Echo and first byte: two identical cat sessions (every client of a session sees all of
+    // its output), one reached directly and one through the gateway, in alternating rounds.
+    let (sid, _) = up.session("stty raw -echo; printf R; exec cat").await;
+    let addr = up.runner_addr(&sid).await;
+    let direct_token = up.token(&sid).await;
+    let mut direct = connect(&direct_url(&addr, &direct_token)).await;
+    assert_eq!(next_output(&mut direct).await.unwrap(), b"R");
+    let (via_sid, via_token) = up.session("stty raw -echo; printf R; exec cat").await;
+    up.runner_addr(&via_sid).await;
+    let mut via = connect(&up.gateway_url(&via_sid, &via_token)).await;
+    assert_eq!(next_output(&mut via).await.unwrap(), b"R");
+    let (mut echo_direct, mut echo_gateway) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        echo_direct.extend(echo_rounds(&mut direct, ECHOES).await);
+        echo_gateway.extend(echo_rounds(&mut via, ECHOES).await);
+    }
+    drop((direct, via));
+    let mut gateway_tokens = Vec::new();
+    for _ in 0..FIRST_BYTE_SAMPLES {
+        gateway_tokens.push(up.token(&sid).await);
+    }
+    let (mut fb_direct, mut fb_gateway) = (Vec::new(), Vec::new());
+    for token in &gateway_tokens {
+        fb_direct.push(first_byte(&direct_url(&addr, &direct_token)).await);
+        fb_gateway.push(first_byte(&up.gateway_url(&sid, token)).await);
+    }
+
+    // Throughput: a fresh session per run, each printing the same payload once.
+    let (mut tp_direct, mut tp_gateway) = (Vec::new(), Vec::new());
+    let command = format!("stty -echo; printf R; read -r go; cat '{}'", payload.display());
+    for _ in 0..ROUNDS {
+        let (a, token_a) = up.session(&command).await;
+        let addr_a = up.runner_addr(&a).await;
+        tp_direct.push(throughput(&direct_url(&addr_a, &token_a)).await);
+        let (b, token_b) = up.session(&command).await;
+        up.runner_addr(&b).await;
+        tp_gateway.push(throughput(&up.gateway_url(&b, &token_b)).await);
+    }
+
+    // Connects per second: token verification, JTI consumption, runner connection, upgrade.
+    let mut connect_tokens = Vec::new();
+    for _ in 0..CONNECTS {
+        connect_tokens.push(up.token(&sid).await);
+    }
+    let t = Instant::now();
+    for token in &connect_tokens {
+        let mut ws = connect(&up.gateway_url(&sid, token)).await;
+        let _ = ws.close(None).await;
+    }
+    let connects_per_sec = CONNECTS as f64 / t.elapsed().as_secs_f64();
+
+    // Memory per idle connection through the gateway.
+    let (idle_sid, _) = up.session("read -r x").await;
+    up.runner_addr(&idle_sid).await;
+    let mut idle_tokens = Vec::new();
+    for _ in 0..IDLE {
+        idle_tokens.push(up.token(&idle_sid).await);
+    }
+    let before = rss_kib(up.child.id());
+    let mut idle = Vec::with_capacity(IDLE);
+    for token in &idle_tokens {
+        let mut ws = connect(&up.gateway_url(&idle_sid, token)).await;
+        ws.next().await.unwrap().unwrap(); // the reconnect token: the connection is set up
+        idle.push(ws);
+    }
+    let per_connection = rss_kib(up.child.id()).saturating_sub(before) as f64 / IDLE as f64;
+
+    let (d50, d99, g50, g99) = (
+        pct(&mut echo_direct, 0.5),
+        pct(&mut echo_direct, 0.99),
+        pct(&mut echo_gateway, 0.5),
+        pct(&mut echo_gateway, 0.99),
+    );
+    let (f50d, f50g) = (pct(&mut fb_direct, 0.5), pct(&mut fb_gateway, 0.5));
+    let (td, tg) = (median(&mut tp_direct), median(&mut tp_gateway));
+    println!("| figure | direct to runner | through gateway | added / ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!("| echo p50 | {d50:.0} us | {g50:.0} us | +{:.0} us | <= +100 us |", g50 - d50);
+    println!("| echo p99 | {d99:.0} us | {g99:.0} us | +{:.0} us | - |", g99 - d99);
+    println!(
+        "| connect to first output byte, p50 | {:.2} ms | {:.2} ms | +{:.2} ms | <= +1 ms |",
+        f50d / 1e3,
+        f50g / 1e3,
+        (f50g - f50d) / 1e3
+    );
+    println!(
+        "| throughput ({PAYLOAD_MB} MB, median of {ROUNDS}) | {td:.1} MB/s | {tg:.1} MB/s | {:.2}x | >= 0.95x |",
+        tg / td
+    );
+    println!(
+        "| gateway memory per idle connection ({IDLE}) | - | {per_connection:.1} KiB | - | <= 40 KiB |"
+    );
+    println!(
+        "| connects per second (verify + JTI + upgrade) | - | {connects_per_sec:.0} /s | - | - |"
+    );
+    drop(idle);
+}
