@@ -166,3 +166,43 @@ async fn a_session_whose_runner_has_left_is_gone() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_sessions_are_deleted_after_their_ttl() {
+    let stack =
+        Stack::start(Backend::Sqlite, &["--gc-interval", "200ms", "--linger", "0s"]).await.unwrap();
+    let keep = stack.create(ADMIN_KEY, json!({"command": "exit 0", "ttl_seconds": 3600})).await;
+    let gone = stack.create(ADMIN_KEY, json!({"command": "exit 0", "ttl_seconds": 0})).await;
+    let (keep, gone) = (keep["sessionId"].as_str().unwrap(), gone["sessionId"].as_str().unwrap());
+    stack.wait_for_phase(keep, "Succeeded").await;
+    let session_dir = stack.data.path().join("sessions").join(gone);
+    let deadline = std::time::Instant::now() + common::HANG_GUARD;
+    while stack.call("GET", &format!("/api/sessions/{gone}"), Some(ADMIN_KEY), None).await.0 != 404
+    {
+        assert!(std::time::Instant::now() < deadline, "the expired session was never deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!session_dir.exists(), "its files are deleted too");
+    assert_eq!(
+        stack.call("GET", &format!("/api/sessions/{keep}"), Some(ADMIN_KEY), None).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_cliscale_up_sends_sigterm_to_its_runners() {
+    let mut stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let created = stack
+        .create(ADMIN_KEY, json!({"command": "trap 'echo got-sigterm > ../stopped; exit 0' TERM; echo up; while :; do sleep 0.1; done"}))
+        .await;
+    let sid = created["sessionId"].as_str().unwrap().to_owned();
+    stack.wait_for_phase(&sid, "Running").await;
+    let marker = stack.data.path().join("sessions").join(&sid).join("stopped");
+    std::process::Command::new("kill")
+        .args(["-INT", &stack.child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = stack.child.wait().unwrap();
+    assert!(status.success(), "cliscale up exits cleanly on Ctrl-C: {status}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "got-sigterm");
+}

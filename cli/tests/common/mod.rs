@@ -187,8 +187,10 @@ impl Stack {
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        let _ = nix_kill(self.child.id(), "TERM");
-        let _ = self.child.wait();
+        if let Ok(None) = self.child.try_wait() {
+            let _ = nix_kill(self.child.id(), "TERM");
+            let _ = self.child.wait();
+        }
     }
 }
 
