@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Where a session is in its life. See DESIGN.md, "Session lifecycle".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum SessionPhase {
     /// Accepted, no runner yet.
     Pending,
@@ -55,6 +56,7 @@ impl std::fmt::Display for SessionPhase {
 /// Why a session finished. Typed so that clients can branch on it; the human detail goes in a
 /// separate message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum TerminalReason {
     /// The command exited by itself; see `exitCode`.
     Exited,
@@ -80,6 +82,12 @@ pub enum TerminalReason {
     Evicted,
     /// The runner disappeared without reporting an end.
     RunnerLost,
+    /// The image could not be pulled (while waiting: the session is not failed for it).
+    ImagePullFailed,
+    /// No node can take the runner pod (while waiting).
+    Unschedulable,
+    /// The session's resource was deleted by a user.
+    DeletedByUser,
 }
 
 impl TerminalReason {
@@ -97,6 +105,9 @@ impl TerminalReason {
             Self::OomKilled => "OomKilled",
             Self::Evicted => "Evicted",
             Self::RunnerLost => "RunnerLost",
+            Self::ImagePullFailed => "ImagePullFailed",
+            Self::Unschedulable => "Unschedulable",
+            Self::DeletedByUser => "DeletedByUser",
         }
     }
 }
@@ -107,7 +118,7 @@ pub fn finished_phase(reason: TerminalReason, exit_code: Option<i32>) -> Session
     match reason {
         TerminalReason::Exited if exit_code == Some(0) => SessionPhase::Succeeded,
         TerminalReason::DeadlineExceeded => SessionPhase::TimedOut,
-        TerminalReason::Cancelled => SessionPhase::Cancelled,
+        TerminalReason::Cancelled | TerminalReason::DeletedByUser => SessionPhase::Cancelled,
         TerminalReason::OomKilled | TerminalReason::Evicted | TerminalReason::RunnerLost => {
             SessionPhase::Lost
         }

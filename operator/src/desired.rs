@@ -1,0 +1,376 @@
+//! The Job a CommandSession should have: a pure function of the session and the operator's
+//! configuration. Applying it is the reconciler's business; deciding it is this file's.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
+    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::Resource;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+use crate::crd::CommandSession;
+
+pub const RUNNER_PORT: i32 = 7681;
+pub const RUNNER_UID: i64 = 10001;
+/// Label that NetworkPolicies select runner pods by.
+pub const COMPONENT_LABEL: &str = "cliscale.dev/component";
+pub const SESSION_LABEL: &str = "cliscale.dev/session";
+/// Annotation holding a hash of the spec the Job was made from.
+pub const SPEC_HASH_ANNOTATION: &str = "cliscale.dev/spec-hash";
+const JWKS_DIR: &str = "/etc/cliscale/jwks";
+/// Slack on top of the session's own timeout before Kubernetes' backstop deadline, so image
+/// pulls and scheduling never kill a session early (the runner enforces the real timeout).
+const DEADLINE_SLACK_SECS: i64 = 1800;
+
+/// What the operator was configured with.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    pub runner_image: String,
+    /// ConfigMap holding `jwks.json`, the public keys terminal tokens are checked against.
+    pub jwks_config_map: String,
+    pub default_resources: ResourceRequirements,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        let quantities = |cpu: &str, memory: &str| {
+            BTreeMap::from([
+                ("cpu".to_string(), Quantity(cpu.into())),
+                ("memory".to_string(), Quantity(memory.into())),
+            ])
+        };
+        Self {
+            runner_image: "ghcr.io/cliscale/runner:latest".into(),
+            jwks_config_map: "cliscale-terminal-jwks".into(),
+            default_resources: ResourceRequirements {
+                requests: Some(quantities("100m", "256Mi")),
+                limits: Some(quantities("2", "2Gi")),
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// A Job name for a session: DNS-safe and at most 63 characters, stable for the session.
+pub fn job_name(session: &str) -> String {
+    let name = format!("cs-{session}");
+    if name.len() <= 63 {
+        return name;
+    }
+    let digest = hex::encode(&Sha256::digest(session.as_bytes())[..4]);
+    format!("{}-{digest}", &name[..54].trim_end_matches('-'))
+}
+
+/// A short hash of the spec, to notice changes made after the Job exists.
+pub fn spec_hash(session: &CommandSession) -> String {
+    let json = serde_json::to_vec(&session.spec).expect("a spec serializes");
+    hex::encode(&Sha256::digest(json)[..8])
+}
+
+fn env(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar { name: name.into(), value: Some(value.into()), ..Default::default() }
+}
+
+pub fn labels(session: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), "cliscale-runner".into()),
+        ("app.kubernetes.io/managed-by".into(), "cliscale-operator".into()),
+        (COMPONENT_LABEL.into(), "runner".into()),
+        (SESSION_LABEL.into(), session.into()),
+    ])
+}
+
+/// The Job for `session`.
+pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
+    let name = session.name_any();
+    let spec = &session.spec;
+    let mut env_vars = vec![
+        env("CLISCALE_SESSION_ID", name.clone()),
+        env("CLISCALE_RUNNER_COMMAND", spec.command.clone()),
+        env("CLISCALE_RUNNER_LISTEN", format!("0.0.0.0:{RUNNER_PORT}")),
+        env("CLISCALE_RUNNER_JWKS_FILE", format!("{JWKS_DIR}/jwks.json")),
+        env("CLISCALE_RUNNER_WORK_DIR", "/workspace/session"),
+        env("CLISCALE_RUNNER_COLS", spec.cols.to_string()),
+        env("CLISCALE_RUNNER_ROWS", spec.rows.to_string()),
+        env("CLISCALE_RUNNER_LINGER", format!("{}s", spec.linger_seconds)),
+        env("HOME", "/home/runner"),
+    ];
+    if let Some(code) = &spec.code {
+        env_vars.push(env("CLISCALE_RUNNER_CODE_URL", code.url.clone()));
+        if let Some(sum) = &code.checksum_sha256 {
+            env_vars.push(env("CLISCALE_RUNNER_CODE_CHECKSUM_SHA256", sum.clone()));
+        }
+    }
+    if let Some(install) = &spec.install_command {
+        env_vars.push(env("CLISCALE_RUNNER_INSTALL_CMD", install.clone()));
+    }
+    if let Some(prompt) = &spec.prompt {
+        env_vars.push(env("CLISCALE_RUNNER_PROMPT", prompt.clone()));
+    }
+    if let Some(timeout) = spec.timeout_seconds {
+        env_vars.push(env("CLISCALE_RUNNER_TIMEOUT", format!("{timeout}s")));
+    }
+    // User variables come after ours and may not override them (CLISCALE_* is refused).
+    env_vars.extend(
+        spec.env
+            .iter()
+            .filter(|e| !e.name.starts_with("CLISCALE_"))
+            .map(|e| env(&e.name, e.value.clone())),
+    );
+    env_vars.extend(spec.env_from_secrets.iter().filter(|e| !e.name.starts_with("CLISCALE_")).map(
+        |e| EnvVar {
+            name: e.name.clone(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: e.secret_name.clone(),
+                    key: e.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ));
+    let mount = |volume: &str, path: &str, read_only: bool| VolumeMount {
+        name: volume.into(),
+        mount_path: path.into(),
+        read_only: Some(read_only),
+        ..Default::default()
+    };
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("terminal".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(2),
+        ..Default::default()
+    };
+    let container = Container {
+        name: "runner".into(),
+        image: Some(spec.image.clone().unwrap_or_else(|| config.runner_image.clone())),
+        env: Some(env_vars),
+        ports: Some(vec![ContainerPort {
+            name: Some("terminal".into()),
+            container_port: RUNNER_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        readiness_probe: Some(probe("/readyz")),
+        liveness_probe: Some(Probe {
+            period_seconds: Some(10),
+            failure_threshold: Some(6),
+            ..probe("/healthz")
+        }),
+        resources: Some(spec.resources.clone().unwrap_or_else(|| config.default_resources.clone())),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUNNER_UID),
+            run_as_group: Some(RUNNER_UID),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![
+            mount("workspace", "/workspace", false),
+            mount("tmp", "/tmp", false),
+            mount("home", "/home/runner", false),
+            mount("jwks", JWKS_DIR, true),
+        ]),
+        ..Default::default()
+    };
+    let empty = |name: &str| Volume {
+        name: name.into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Default::default()
+    };
+    let pod = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".into()),
+        automount_service_account_token: Some(false),
+        enable_service_links: Some(false),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUNNER_UID),
+            run_as_group: Some(RUNNER_UID),
+            fs_group: Some(RUNNER_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volumes: Some(vec![
+            empty("workspace"),
+            empty("tmp"),
+            empty("home"),
+            Volume {
+                name: "jwks".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: config.jwks_config_map.clone(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
+        node_selector: (!spec.node_selector.is_empty()).then(|| spec.node_selector.clone()),
+        tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
+        priority_class_name: spec.priority_class_name.clone(),
+        termination_grace_period_seconds: Some(15),
+        ..Default::default()
+    };
+    let deadline = spec
+        .timeout_seconds
+        .map(|t| i64::from(t) + i64::from(spec.linger_seconds) + DEADLINE_SLACK_SECS);
+    Job {
+        metadata: ObjectMeta {
+            name: Some(job_name(&name)),
+            namespace: session.namespace(),
+            labels: Some(labels(&name)),
+            annotations: Some(BTreeMap::from([(
+                SPEC_HASH_ANNOTATION.to_string(),
+                spec_hash(session),
+            )])),
+            owner_references: session.controller_owner_ref(&()).map(|r| vec![r]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            backoff_limit: Some(0),
+            active_deadline_seconds: deadline,
+            ttl_seconds_after_finished: Some(spec.ttl_seconds_after_finished as i32),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels(&name)), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{CodeSource, CommandSessionSpec, SecretEnvVar};
+
+    pub(crate) fn session(name: &str, spec: serde_json::Value) -> CommandSession {
+        let spec: CommandSessionSpec = serde_json::from_value(spec).unwrap();
+        let mut cs = CommandSession::new(name, spec);
+        cs.metadata.namespace = Some("team-a".into());
+        cs.metadata.uid = Some("uid-1".into());
+        cs.metadata.generation = Some(1);
+        cs
+    }
+
+    #[test]
+    fn the_runner_pod_is_locked_down() {
+        let job = desired_job(
+            &session("s1", serde_json::json!({"command": "npm test"})),
+            &OperatorConfig::default(),
+        );
+        let spec = job.spec.as_ref().unwrap();
+        assert_eq!(spec.backoff_limit, Some(0));
+        assert_eq!(spec.ttl_seconds_after_finished, Some(3600));
+        assert_eq!(spec.active_deadline_seconds, None, "no timeout, no backstop deadline");
+        let pod = spec.template.spec.as_ref().unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+        let c = &pod.containers[0];
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        assert_eq!(sc.allow_privilege_escalation, Some(false));
+        assert_eq!(sc.run_as_non_root, Some(true));
+        assert_eq!(
+            sc.capabilities.as_ref().unwrap().drop.as_deref(),
+            Some(&["ALL".to_string()][..])
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        let mounts: Vec<_> =
+            c.volume_mounts.as_ref().unwrap().iter().map(|m| m.mount_path.as_str()).collect();
+        assert!(
+            mounts.contains(&"/workspace")
+                && mounts.contains(&"/tmp")
+                && mounts.contains(&"/etc/cliscale/jwks")
+        );
+        let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+        assert_eq!((owner.kind.as_str(), owner.controller), ("CommandSession", Some(true)));
+        assert_eq!(job.metadata.labels.as_ref().unwrap()[COMPONENT_LABEL], "runner");
+        assert_eq!(pod_labels(&job)[SESSION_LABEL], "s1");
+    }
+
+    fn pod_labels(job: &Job) -> BTreeMap<String, String> {
+        job.spec.as_ref().unwrap().template.metadata.as_ref().unwrap().labels.clone().unwrap()
+    }
+
+    fn env_of(job: &Job) -> Vec<EnvVar> {
+        job.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap()
+    }
+
+    #[test]
+    fn secrets_arrive_only_as_secret_key_refs() {
+        let mut cs = session(
+            "s1",
+            serde_json::json!({"command": "agent", "prompt": "fix it", "timeoutSeconds": 600,
+            "env": [{"name": "MODE", "value": "ci"}, {"name": "CLISCALE_RUNNER_COMMAND", "value": "evil"}],
+            "envFromSecrets": [{"name": "API_TOKEN", "secretName": "agent-keys", "key": "token"}]}),
+        );
+        cs.spec.code = Some(CodeSource {
+            url: "https://github.com/o/r/tree/main/app".into(),
+            checksum_sha256: None,
+        });
+        let job = desired_job(&cs, &OperatorConfig::default());
+        let env = env_of(&job);
+        let secret = env.iter().find(|e| e.name == "API_TOKEN").unwrap();
+        assert!(secret.value.is_none());
+        let key = secret.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
+        assert_eq!((key.name.as_str(), key.key.as_str()), ("agent-keys", "token"));
+        let commands: Vec<_> = env.iter().filter(|e| e.name == "CLISCALE_RUNNER_COMMAND").collect();
+        assert_eq!(commands.len(), 1, "a user variable cannot override the runner's own");
+        assert_eq!(commands[0].value.as_deref(), Some("agent"));
+        assert!(env.iter().any(|e| e.name == "CLISCALE_RUNNER_PROMPT" && e.value.as_deref() == Some("fix it")));
+        assert!(
+            env.iter()
+                .any(|e| e.name == "CLISCALE_RUNNER_TIMEOUT" && e.value.as_deref() == Some("600s"))
+        );
+        assert_eq!(job.spec.unwrap().active_deadline_seconds, Some(600 + 30 + DEADLINE_SLACK_SECS));
+        let _ =
+            SecretEnvVar { name: String::new(), secret_name: String::new(), key: String::new() };
+    }
+
+    #[test]
+    fn job_names_fit_and_are_stable() {
+        assert_eq!(job_name("short"), "cs-short");
+        let long = "x".repeat(80);
+        let name = job_name(&long);
+        assert!(name.len() <= 63, "{name}");
+        assert_eq!(name, job_name(&long));
+        assert_ne!(name, job_name(&"y".repeat(80)));
+    }
+
+    #[test]
+    fn the_spec_hash_follows_the_spec() {
+        let a = session("s1", serde_json::json!({"command": "a"}));
+        let b = session("s1", serde_json::json!({"command": "b"}));
+        assert_eq!(spec_hash(&a), spec_hash(&a.clone()));
+        assert_ne!(spec_hash(&a), spec_hash(&b));
+    }
+}

@@ -1,0 +1,16 @@
+//! cliscale's Kubernetes operator. Work in progress: the CommandSession types and their CRD.
+
+pub mod crd;
+
+use kube::CustomResourceExt;
+
+/// The CRD manifest, as committed in crds/commandsession.yaml.
+pub fn crd_yaml() -> String {
+    let header = "# Generated from operator/src/crd.rs by `cargo run -p cliscale-operator --bin \
+                  cliscale-crdgen`. Do not edit.\n";
+    format!(
+        "{header}{}",
+        serde_norway::to_string(&crd::CommandSession::crd()).expect("a CRD serializes")
+    )
+}
+pub mod desired;
