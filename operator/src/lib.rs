@@ -14,3 +14,4 @@ pub fn crd_yaml() -> String {
     )
 }
 pub mod desired;
+pub mod status;

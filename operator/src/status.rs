@@ -1,0 +1,397 @@
+//! A CommandSession's status, derived from what is observed of its Job and Pod: a pure
+//! function. Waiting states (scheduling, image pulls) are reported, never acted on.
+
+use cliscale_core::phase::finished_phase;
+use cliscale_core::{SessionPhase, TerminalReason};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::ResourceExt;
+
+use crate::crd::{CommandSession, CommandSessionStatus};
+use crate::desired::{RUNNER_PORT, SPEC_HASH_ANNOTATION, spec_hash};
+
+/// Everything the status is derived from.
+pub struct Observed<'a> {
+    pub session: &'a CommandSession,
+    pub job: Option<&'a Job>,
+    pub pod: Option<&'a Pod>,
+    pub now: Time,
+}
+
+fn condition(
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: &str,
+    generation: i64,
+    now: &Time,
+    previous: &[Condition],
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    // The transition time only moves when the status does.
+    let since = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: reason.into(),
+        message: message.into(),
+        observed_generation: Some(generation),
+        last_transition_time: since,
+    }
+}
+
+/// How a terminated runner container ended: the runner's own exit codes carry their reason.
+fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32) {
+    use cliscale_core::TerminalReason as R;
+    let reason = match (t.reason.as_deref(), t.exit_code) {
+        (Some("OOMKilled"), _) => R::OomKilled,
+        (_, 120) => R::ConfigInvalid,
+        (_, 121) => R::FetchFailed,
+        (_, 122) => R::ChecksumMismatch,
+        (_, 123) => R::InstallFailed,
+        (_, 124) => R::DeadlineExceeded,
+        (_, 125) => R::SpawnFailed,
+        _ => R::Exited,
+    };
+    (reason, t.exit_code)
+}
+
+/// A waiting runner's typed reason and message, if it waits for something worth showing.
+fn waiting(pod: &Pod) -> Option<(TerminalReason, String)> {
+    let status = pod.status.as_ref()?;
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    {
+        return Some((
+            TerminalReason::Unschedulable,
+            c.message.clone().unwrap_or_else(|| "no node fits".into()),
+        ));
+    }
+    let w = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .find_map(|c| c.state.as_ref()?.waiting.as_ref())?;
+    match w.reason.as_deref() {
+        Some(r @ ("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")) => Some((
+            TerminalReason::ImagePullFailed,
+            format!("{r}: {}", w.message.clone().unwrap_or_default()),
+        )),
+        _ => None,
+    }
+}
+
+/// The status the session should have now.
+pub fn derive_status(o: &Observed) -> CommandSessionStatus {
+    let session = o.session;
+    let previous = session.status.clone().unwrap_or_default();
+    let generation = session.metadata.generation.unwrap_or(0);
+    let mut status =
+        CommandSessionStatus { observed_generation: Some(generation), ..previous.clone() };
+
+    // A finished session stays as it ended.
+    if previous.phase.is_some_and(SessionPhase::is_finished) {
+        return status;
+    }
+    let mut conditions = Vec::new();
+    if let Some(job) = o.job {
+        status.job_name = job.metadata.name.clone();
+        let made_from = job.annotations().get(SPEC_HASH_ANNOTATION).cloned().unwrap_or_default();
+        let changed = made_from != spec_hash(session);
+        conditions.push(condition(
+            "SpecChangeRejected",
+            changed,
+            if changed { "SpecChangedAfterStart" } else { "SpecMatchesJob" },
+            if changed {
+                "the spec changed after the session started; the change is not applied"
+            } else {
+                ""
+            },
+            generation,
+            &o.now,
+            &previous.conditions,
+        ));
+    }
+    let finish = |status: &mut CommandSessionStatus,
+                  reason: TerminalReason,
+                  code: Option<i32>,
+                  message: String| {
+        status.phase = Some(finished_phase(reason, code));
+        status.reason = Some(reason);
+        status.exit_code = code;
+        status.message = Some(message);
+        status.completion_time = Some(o.now.clone());
+    };
+
+    if session.metadata.deletion_timestamp.is_some() {
+        let code = status.exit_code;
+        finish(&mut status, TerminalReason::DeletedByUser, code, "the session was deleted".into());
+    } else if let Some(pod) = o.pod {
+        status.pod_name = pod.metadata.name.clone();
+        let pod_status = pod.status.clone().unwrap_or_default();
+        status.pod_ip = pod_status.pod_ip.clone();
+        status.runner_address = pod_status.pod_ip.as_ref().map(|ip| format!("{ip}:{RUNNER_PORT}"));
+        if status.start_time.is_none() {
+            status.start_time = pod_status.start_time.clone();
+        }
+        let container = pod_status.container_statuses.iter().flatten().find(|c| c.name == "runner");
+        let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
+        let ready = container.is_some_and(|c| c.ready);
+        match (pod_status.phase.as_deref(), ended) {
+            (_, Some(t)) if matches!(pod_status.phase.as_deref(), Some("Succeeded" | "Failed")) => {
+                let (reason, code) = terminated(t);
+                let message =
+                    t.message.clone().unwrap_or_else(|| format!("exited with code {code}"));
+                finish(&mut status, reason, Some(code), message);
+            }
+            (Some("Failed"), None) if pod_status.reason.as_deref() == Some("Evicted") => {
+                finish(
+                    &mut status,
+                    TerminalReason::Evicted,
+                    None,
+                    pod_status.message.clone().unwrap_or_default(),
+                );
+            }
+            (Some("Failed"), None) => {
+                finish(
+                    &mut status,
+                    TerminalReason::RunnerLost,
+                    None,
+                    pod_status.message.clone().unwrap_or_else(|| "the pod failed".into()),
+                );
+            }
+            (Some("Running"), _) => {
+                status.phase =
+                    Some(if ready { SessionPhase::Running } else { SessionPhase::Starting });
+                status.reason = None;
+                status.message = None;
+            }
+            _ => {
+                // Pending: scheduling or pulling; visible, never fatal by itself.
+                status.phase = Some(SessionPhase::Pending);
+                match waiting(pod) {
+                    Some((reason, message)) => {
+                        status.reason = Some(reason);
+                        status.message = Some(message);
+                    }
+                    None => {
+                        status.reason = None;
+                        status.message = Some("waiting for the runner pod to start".into());
+                    }
+                }
+            }
+        }
+        conditions.push(condition(
+            "Ready",
+            ready && status.phase == Some(SessionPhase::Running),
+            if ready { "RunnerReady" } else { "RunnerNotReady" },
+            "",
+            generation,
+            &o.now,
+            &previous.conditions,
+        ));
+    } else if let Some(job) = o.job {
+        let failed =
+            job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
+                cs.iter().find(|c| c.type_ == "Failed" && c.status == "True").cloned()
+            });
+        match failed {
+            Some(c) if c.reason.as_deref() == Some("DeadlineExceeded") => {
+                finish(
+                    &mut status,
+                    TerminalReason::DeadlineExceeded,
+                    None,
+                    "the Job's deadline passed".into(),
+                );
+            }
+            Some(c) => {
+                finish(&mut status, TerminalReason::RunnerLost, None, c.message.unwrap_or_default())
+            }
+            None => {
+                status.phase = Some(SessionPhase::Pending);
+                status.message = Some("the Job exists; no pod yet".into());
+            }
+        }
+    } else {
+        status.phase = Some(SessionPhase::Pending);
+        status.message = Some("accepted; creating the Job".into());
+    }
+    status.conditions = conditions;
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::{OperatorConfig, desired_job};
+    use k8s_openapi::jiff::Timestamp;
+    use serde_json::json;
+
+    fn session() -> CommandSession {
+        let mut cs =
+            CommandSession::new("s1", serde_json::from_value(json!({"command": "make"})).unwrap());
+        cs.metadata.namespace = Some("team".into());
+        cs.metadata.uid = Some("u".into());
+        cs.metadata.generation = Some(2);
+        cs
+    }
+
+    fn now() -> Time {
+        Time(Timestamp::from_second(1_800_000_000).unwrap())
+    }
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({ "metadata": { "name": "cs-s1-abc" }, "status": status }))
+            .unwrap()
+    }
+
+    fn derive(cs: &CommandSession, job: Option<&Job>, pod: Option<&Pod>) -> CommandSessionStatus {
+        derive_status(&Observed { session: cs, job, pod, now: now() })
+    }
+
+    fn terminated_pod(phase: &str, code: i32, reason: &str) -> Pod {
+        pod(
+            json!({ "phase": phase, "podIP": "10.0.0.7", "containerStatuses": [{ "name": "runner", "ready": false,
+            "image": "i", "imageID": "", "restartCount": 0,
+            "state": { "terminated": { "exitCode": code, "reason": reason } } }] }),
+        )
+    }
+
+    #[test]
+    fn the_life_of_a_session() {
+        let cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        assert_eq!(derive(&cs, None, None).phase, Some(SessionPhase::Pending));
+        assert_eq!(derive(&cs, Some(&job), None).phase, Some(SessionPhase::Pending));
+        let starting = pod(
+            json!({ "phase": "Running", "podIP": "10.0.0.7", "containerStatuses": [{ "name": "runner",
+            "ready": false, "image": "i", "imageID": "", "restartCount": 0, "state": { "running": {} } }] }),
+        );
+        let s = derive(&cs, Some(&job), Some(&starting));
+        assert_eq!(s.phase, Some(SessionPhase::Starting));
+        assert_eq!(s.runner_address.as_deref(), Some("10.0.0.7:7681"));
+        let running = pod(
+            json!({ "phase": "Running", "podIP": "10.0.0.7", "containerStatuses": [{ "name": "runner",
+            "ready": true, "image": "i", "imageID": "", "restartCount": 0, "state": { "running": {} } }] }),
+        );
+        let s = derive(&cs, Some(&job), Some(&running));
+        assert_eq!(s.phase, Some(SessionPhase::Running));
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "True");
+        assert_eq!(s.observed_generation, Some(2));
+        let s = derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error")));
+        assert_eq!(
+            (s.phase, s.reason, s.exit_code),
+            (Some(SessionPhase::Failed), Some(TerminalReason::Exited), Some(3))
+        );
+        assert_eq!(s.completion_time, Some(now()));
+    }
+
+    #[test]
+    fn every_ending_has_its_typed_reason() {
+        let cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        let cases = [
+            (
+                terminated_pod("Succeeded", 0, "Completed"),
+                SessionPhase::Succeeded,
+                TerminalReason::Exited,
+            ),
+            (
+                terminated_pod("Failed", 137, "OOMKilled"),
+                SessionPhase::Lost,
+                TerminalReason::OomKilled,
+            ),
+            (
+                terminated_pod("Failed", 124, "Error"),
+                SessionPhase::TimedOut,
+                TerminalReason::DeadlineExceeded,
+            ),
+            (
+                terminated_pod("Failed", 121, "Error"),
+                SessionPhase::Failed,
+                TerminalReason::FetchFailed,
+            ),
+            (
+                terminated_pod("Failed", 122, "Error"),
+                SessionPhase::Failed,
+                TerminalReason::ChecksumMismatch,
+            ),
+            (
+                terminated_pod("Failed", 123, "Error"),
+                SessionPhase::Failed,
+                TerminalReason::InstallFailed,
+            ),
+            (
+                pod(json!({ "phase": "Failed", "reason": "Evicted", "message": "node pressure" })),
+                SessionPhase::Lost,
+                TerminalReason::Evicted,
+            ),
+        ];
+        for (p, phase, reason) in cases {
+            let s = derive(&cs, Some(&job), Some(&p));
+            assert_eq!((s.phase, s.reason), (Some(phase), Some(reason)), "{p:?}");
+        }
+        let mut deadline_job = job.clone();
+        deadline_job.status = serde_json::from_value(json!({ "conditions": [{ "type": "Failed", "status": "True", "reason": "DeadlineExceeded" }] })).unwrap();
+        let s = derive(&cs, Some(&deadline_job), None);
+        assert_eq!(
+            (s.phase, s.reason),
+            (Some(SessionPhase::TimedOut), Some(TerminalReason::DeadlineExceeded))
+        );
+        let mut deleted = cs.clone();
+        deleted.metadata.deletion_timestamp = Some(now());
+        let s = derive(&deleted, Some(&job), None);
+        assert_eq!(
+            (s.phase, s.reason),
+            (Some(SessionPhase::Cancelled), Some(TerminalReason::DeletedByUser))
+        );
+    }
+
+    #[test]
+    fn waiting_states_are_visible_and_not_fatal() {
+        let cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        let pulling = pod(
+            json!({ "phase": "Pending", "containerStatuses": [{ "name": "runner", "ready": false, "image": "i",
+            "imageID": "", "restartCount": 0, "state": { "waiting": { "reason": "ImagePullBackOff", "message": "not found" } } }] }),
+        );
+        let s = derive(&cs, Some(&job), Some(&pulling));
+        assert_eq!(
+            (s.phase, s.reason),
+            (Some(SessionPhase::Pending), Some(TerminalReason::ImagePullFailed))
+        );
+        assert!(s.message.unwrap().contains("ImagePullBackOff"));
+        let unschedulable = pod(
+            json!({ "phase": "Pending", "conditions": [{ "type": "PodScheduled", "status": "False",
+            "reason": "Unschedulable", "message": "0/3 nodes are available" }] }),
+        );
+        let s = derive(&cs, Some(&job), Some(&unschedulable));
+        assert_eq!(
+            (s.phase, s.reason),
+            (Some(SessionPhase::Pending), Some(TerminalReason::Unschedulable))
+        );
+    }
+
+    #[test]
+    fn a_finished_session_never_changes_and_spec_changes_are_surfaced() {
+        let mut cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        cs.status = Some(derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error"))));
+        let later = derive(&cs, Some(&job), Some(&terminated_pod("Succeeded", 0, "Completed")));
+        assert_eq!(later.exit_code, Some(3));
+        let mut changed = session();
+        changed.spec.command = "something else".into();
+        let s = derive(&changed, Some(&job), None);
+        let c = s.conditions.iter().find(|c| c.type_ == "SpecChangeRejected").unwrap();
+        assert_eq!(c.status, "True");
+    }
+}
