@@ -226,6 +226,17 @@ fn base_url(state: &ApiState, headers: &HeaderMap, peer: Option<IpAddr>) -> Resu
     Ok(format!("{proto}://{host}"))
 }
 
+/// What a client needs to open a session's terminal.
+fn terminal_links(base: &str, id: &str, token: &str) -> serde_json::Value {
+    json!({
+        "sessionId": id,
+        "wsUrl": format!("/ws/{id}"),
+        "token": token,
+        // The token rides in the fragment: browsers never send it to a server or a log.
+        "terminalUrl": format!("{base}/t/{id}#token={token}"),
+    })
+}
+
 fn sign_token(
     state: &ApiState,
     caller: &Caller,
@@ -298,14 +309,8 @@ async fn create_session(
     state.executor.start(record).await?;
     state.metrics.sessions_created.inc();
     let token = sign_token(&state, &caller, &id, TokenScope::Interact)?;
-    let body = json!({
-        "sessionId": id,
-        "wsUrl": format!("/ws/{id}"),
-        "token": token,
-        // The token rides in the fragment: browsers never send it to a server or a log.
-        "terminalUrl": format!("{base}/t/{id}#token={token}"),
-        "phase": "Pending",
-    });
+    let mut body = terminal_links(&base, &id, &token);
+    body["phase"] = json!("Pending");
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
@@ -443,14 +448,9 @@ async fn mint_token(
     }
     let base = base_url(&state, &headers, peer)?;
     let token = sign_token(&state, &caller, &session.id, scope)?;
-    let body = json!({
-        "sessionId": session.id,
-        "scope": scope,
-        "token": token,
-        "wsUrl": format!("/ws/{}", session.id),
-        "terminalUrl": format!("{base}/t/{}#token={token}", session.id),
-        "expiresInSeconds": state.config.token_ttl.as_secs(),
-    });
+    let mut body = terminal_links(&base, &session.id, &token);
+    body["scope"] = json!(scope);
+    body["expiresInSeconds"] = json!(state.config.token_ttl.as_secs());
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 

@@ -215,10 +215,13 @@ pub async fn open_terminal(url: &str) -> Result<Ws, (u16, String)> {
     }
 }
 
-/// Reads until the final status; returns (output, final status JSON, reconnect token if any).
-pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<String>) {
-    let mut out = Vec::new();
-    let mut reconnect = None;
+/// One frame from the gateway: output bytes, or a control message.
+enum Frame {
+    Output(Vec<u8>),
+    Control(serde_json::Value),
+}
+
+async fn next_frame(ws: &mut Ws) -> Frame {
     loop {
         let message = tokio::time::timeout(HANG_GUARD, ws.next())
             .await
@@ -227,21 +230,34 @@ pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<St
             .unwrap();
         match message {
             Message::Binary(frame) => {
-                let (_, data) = cliscale_core::protocol::decode_output(&frame).unwrap();
-                out.extend_from_slice(data);
+                return Frame::Output(
+                    cliscale_core::protocol::decode_output(&frame).unwrap().1.to_vec(),
+                );
             }
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "reconnect" {
-                    reconnect = v["token"].as_str().map(String::from);
-                }
-                let finished = ["Succeeded", "Failed", "TimedOut", "Cancelled", "Lost"];
-                if v["type"] == "status" && finished.iter().any(|p| v["phase"] == *p) {
-                    return (out, v, reconnect);
-                }
-            }
+            Message::Text(t) => return Frame::Control(serde_json::from_str(&t).unwrap()),
             Message::Close(frame) => panic!("closed early: {frame:?}"),
             _ => {}
+        }
+    }
+}
+
+/// Reads until the final status; returns (output, final status JSON, reconnect token if any).
+pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<String>) {
+    let mut out = Vec::new();
+    let mut reconnect = None;
+    let finished = ["Succeeded", "Failed", "TimedOut", "Cancelled", "Lost"];
+    loop {
+        match next_frame(ws).await {
+            Frame::Output(data) => out.extend_from_slice(&data),
+            Frame::Control(v) if v["type"] == "reconnect" => {
+                reconnect = v["token"].as_str().map(String::from)
+            }
+            Frame::Control(v)
+                if v["type"] == "status" && finished.iter().any(|p| v["phase"] == *p) =>
+            {
+                return (out, v, reconnect);
+            }
+            Frame::Control(_) => {}
         }
     }
 }
@@ -251,23 +267,12 @@ pub async fn read_until(ws: &mut Ws, needle: &str) -> (Vec<u8>, Option<String>) 
     let mut out = Vec::new();
     let mut reconnect = None;
     while !String::from_utf8_lossy(&out).contains(needle) {
-        let message = tokio::time::timeout(HANG_GUARD, ws.next())
-            .await
-            .expect("hang guard")
-            .expect("stream open")
-            .unwrap();
-        match message {
-            Message::Binary(frame) => {
-                out.extend_from_slice(cliscale_core::protocol::decode_output(&frame).unwrap().1)
+        match next_frame(ws).await {
+            Frame::Output(data) => out.extend_from_slice(&data),
+            Frame::Control(v) if v["type"] == "reconnect" => {
+                reconnect = v["token"].as_str().map(String::from)
             }
-            Message::Text(t) => {
-                let v: serde_json::Value = serde_json::from_str(&t).unwrap();
-                if v["type"] == "reconnect" {
-                    reconnect = v["token"].as_str().map(String::from);
-                }
-            }
-            Message::Close(frame) => panic!("closed before {needle:?}: {frame:?}"),
-            _ => {}
+            Frame::Control(_) => {}
         }
     }
     (out, reconnect)
