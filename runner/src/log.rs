@@ -129,8 +129,8 @@ impl OutputLog {
         if first.len() >= max {
             return LogRead::Data { offset, data: first.slice(..max) };
         }
-        let next_is_small = w.chunks.get(index + 1).is_some();
-        if !next_is_small {
+        let more_chunks = w.chunks.get(index + 1).is_some();
+        if !more_chunks {
             return LogRead::Data { offset, data: first };
         }
         // Coalesce small chunks (a PTY yields at most a few KiB per read) into one frame.
