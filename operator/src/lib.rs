@@ -13,5 +13,6 @@ pub fn crd_yaml() -> String {
         serde_norway::to_string(&crd::CommandSession::crd()).expect("a CRD serializes")
     )
 }
+pub mod controller;
 pub mod desired;
 pub mod status;

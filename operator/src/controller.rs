@@ -1,0 +1,125 @@
+//! The reconciler: keeps each CommandSession's Job in place (server-side apply, one field
+//! manager) and its status true to the Job and Pod observed. Decisions are the pure functions
+//! of `desired` and `status`; this file only reads, applies and writes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+
+use crate::crd::CommandSession;
+use crate::desired::{OperatorConfig, SESSION_LABEL, desired_job, job_name};
+use crate::status::{Observed, derive_status};
+
+/// The one field manager of every server-side apply.
+pub const FIELD_MANAGER: &str = "cliscale-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the Kubernetes API failed: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0} has no namespace")]
+    NoNamespace(String),
+}
+
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+}
+
+fn now() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// Seconds until a finished session's TTL runs out (0 when it has), or `None` while it runs.
+pub fn ttl_remaining(session: &CommandSession, now: &Time) -> Option<Duration> {
+    let status = session.status.as_ref()?;
+    if !status.phase?.is_finished() {
+        return None;
+    }
+    let done = status.completion_time.as_ref()?.0.as_second();
+    let expires = done + i64::from(session.spec.ttl_seconds_after_finished);
+    Some(Duration::from_secs((expires - now.0.as_second()).max(0) as u64))
+}
+
+pub async fn reconcile(session: Arc<CommandSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = session.name_any();
+    let ns = session.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let sessions: Api<CommandSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let now = now();
+
+    if ttl_remaining(&session, &now) == Some(Duration::ZERO) {
+        tracing::info!(session = %name, "TTL passed; deleting the session");
+        sessions.delete(&name, &DeleteParams::background()).await?;
+        return Ok(Action::await_change());
+    }
+    let finished = session.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished());
+    let deleting = session.metadata.deletion_timestamp.is_some();
+    // The Job is made once. A later spec change is surfaced in status, never half-applied.
+    let job = match jobs.get_opt(&job_name(&name)).await? {
+        Some(job) => Some(job),
+        None if !finished && !deleting => {
+            let params = PatchParams::apply(FIELD_MANAGER).force();
+            let desired = desired_job(&session, &ctx.config);
+            Some(jobs.patch(&job_name(&name), &params, &Patch::Apply(&desired)).await?)
+        }
+        None => None,
+    };
+    let selector = ListParams::default().labels(&format!("{SESSION_LABEL}={name}"));
+    let pod = pods.list(&selector).await?.items.into_iter().next();
+    let status = derive_status(&Observed {
+        session: &session,
+        job: job.as_ref(),
+        pod: pod.as_ref(),
+        now: now.clone(),
+    });
+    if session.status.as_ref() != Some(&status) {
+        let patch = serde_json::json!({ "status": status });
+        sessions.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    }
+    Ok(match ttl_remaining(&CommandSession { status: Some(status), ..(*session).clone() }, &now) {
+        Some(left) => Action::requeue(left.max(Duration::from_secs(1))),
+        None => Action::await_change(),
+    })
+}
+
+pub fn error_policy(_session: Arc<CommandSession>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(%error, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    ctx: Arc<Context>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let sessions: Api<CommandSession> = Api::all(ctx.client.clone());
+    let jobs: Api<Job> = Api::all(ctx.client.clone());
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    // Only runner pods (those carrying the session label) are watched.
+    let runner_pods = watcher::Config::default().labels(SESSION_LABEL);
+    Controller::new(sessions, watcher::Config::default())
+        .owns(jobs, watcher::Config::default())
+        .watches(pods, runner_pods, |pod| {
+            let session = pod.labels().get(SESSION_LABEL)?.clone();
+            Some(ObjectRef::<CommandSession>::new(&session).within(&pod.namespace()?))
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "controller event");
+            }
+        })
+        .await;
+}
