@@ -33,6 +33,18 @@ pub enum Error {
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
+    pub metrics: crate::metrics::OperatorMetrics,
+}
+
+impl Error {
+    /// A label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube(kube::Error::Api(_)) => "api",
+            Self::Kube(_) => "client",
+            Self::NoNamespace(_) => "no_namespace",
+        }
+    }
 }
 
 fn now() -> Time {
@@ -51,6 +63,13 @@ pub fn ttl_remaining(session: &CommandSession, now: &Time) -> Option<Duration> {
 }
 
 pub async fn reconcile(session: Arc<CommandSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_inner(session, &ctx).await;
+    ctx.metrics.record(started.elapsed(), result.as_ref().err().map(Error::kind));
+    result
+}
+
+async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<Action, Error> {
     let name = session.name_any();
     let ns = session.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let sessions: Api<CommandSession> = Api::namespaced(ctx.client.clone(), &ns);

@@ -15,4 +15,5 @@ pub fn crd_yaml() -> String {
 }
 pub mod controller;
 pub mod desired;
+pub mod metrics;
 pub mod status;

@@ -28,7 +28,11 @@ fn pod(session: &str, status: Value) -> Value {
 
 fn start(api: &Arc<FakeApi>) -> tokio::sync::oneshot::Sender<()> {
     let client = kube::Client::new(api.router(), "default");
-    let ctx = Arc::new(Context { client, config: OperatorConfig::default() });
+    let ctx = Arc::new(Context {
+        client,
+        config: OperatorConfig::default(),
+        metrics: Default::default(),
+    });
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(run(ctx, async move {
         let _ = stopped.await;
