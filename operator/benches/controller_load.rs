@@ -1,0 +1,81 @@
+//! 1,000 CommandSessions created at once against the in-memory API server: how long until
+//! every one has its Job and a status, and what the operator process' memory grew by.
+//! `cargo bench -p cliscale-operator --bench controller_load` prints the figures.
+
+#[path = "../tests/fake_api/mod.rs"]
+mod fake_api;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use cliscale_operator::controller::{Context, run};
+use cliscale_operator::desired::OperatorConfig;
+use serde_json::json;
+
+const SESSIONS: usize = 1000;
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("controller_load: bench");
+        return;
+    }
+    cliscale_core::tls::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let api = fake_api::FakeApi::new();
+        let client = kube::Client::new(api.router(), "default");
+        let ctx = Arc::new(Context {
+            client,
+            config: OperatorConfig::default(),
+            metrics: Default::default(),
+        });
+        let metrics = ctx.clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(run(ctx, async move {
+            let _ = stopped.await;
+        }));
+        let before = rss_kib();
+        let started = Instant::now();
+        for i in 0..SESSIONS {
+            api.put(
+                "commandsessions",
+                json!({ "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                        "metadata": { "name": format!("load-{i}"), "namespace": "team" },
+                        "spec": { "command": "true" } }),
+            );
+        }
+        api.wait_until("every session has a Job and a status", |a| {
+            a.count("jobs") == SESSIONS
+                && (0..SESSIONS).all(|i| {
+                    a.get("commandsessions", "team", &format!("load-{i}"))
+                        .is_some_and(|o| o["status"]["phase"] == "Pending")
+                })
+        })
+        .await;
+        let took = started.elapsed();
+        let grown = rss_kib().saturating_sub(before);
+        println!("| figure | value |");
+        println!("|---|---|");
+        println!("| sessions created at once | {SESSIONS} |");
+        println!("| time until every one has its Job and status | {:.2} s |", took.as_secs_f64());
+        println!("| reconciles run | {} |", metrics.metrics.reconciles.get());
+        println!(
+            "| memory growth (operator + in-memory API server, one process) | {:.1} MiB |",
+            grown as f64 / 1024.0
+        );
+        let _ = stop.send(());
+    });
+}
