@@ -142,7 +142,7 @@ impl LocalExecutor {
                 })
                 .collect()
         };
-        let all = futures_wait(receivers);
+        let all = wait_until_finished(receivers);
         let _ = tokio::time::timeout(self.config.grace_period + Duration::from_secs(2), all).await;
     }
 
@@ -298,7 +298,7 @@ fn terminate(pid: u32) {
 }
 
 /// Waits until every receiver's runner has finished.
-async fn futures_wait(receivers: Vec<watch::Receiver<RunnerState>>) {
+async fn wait_until_finished(receivers: Vec<watch::Receiver<RunnerState>>) {
     for mut rx in receivers {
         let _ = rx.wait_for(|s| s.phase.is_finished()).await;
     }

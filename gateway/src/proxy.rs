@@ -10,7 +10,6 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use cliscale_core::token::{SessionClaims, TokenError, TokenScope};
 use futures_util::{SinkExt, StreamExt};
-use serde::Deserialize;
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use crate::jwks::VerifyError;
@@ -22,7 +21,7 @@ const MAX_RUNNER_FRAME: usize = 1024 * 1024;
 type Upstream =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Default)]
 pub struct WsQuery {
     token: Option<String>,
     since: Option<u64>,
