@@ -25,6 +25,17 @@ pub enum SessionPhase {
 }
 
 impl SessionPhase {
+    pub const ALL: [SessionPhase; 8] = [
+        Self::Pending,
+        Self::Starting,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+        Self::Lost,
+    ];
+
     /// True once the session can no longer change phase.
     pub fn is_finished(self) -> bool {
         matches!(

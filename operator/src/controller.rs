@@ -11,13 +11,14 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 
 use crate::crd::CommandSession;
 use crate::desired::{OperatorConfig, SESSION_LABEL, desired_job, job_name};
-use crate::status::{Observed, derive_status};
+use crate::status::{Observed, derive_status, transition};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "cliscale-operator";
@@ -34,6 +35,34 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub metrics: crate::metrics::OperatorMetrics,
+    /// Publishes Kubernetes Events for status transitions.
+    pub recorder: Recorder,
+    /// The controller's cache of sessions while this replica leads (for the by-phase gauges).
+    pub sessions: std::sync::Mutex<Option<Store<CommandSession>>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig) -> Self {
+        let reporter =
+            Reporter { controller: FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            metrics: Default::default(),
+            sessions: Default::default(),
+        }
+    }
+
+    /// The metrics text, with the by-phase gauges counted from the cache now.
+    pub fn render_metrics(&self) -> String {
+        if let Some(store) = self.sessions.lock().expect("not poisoned").as_ref() {
+            self.metrics.set_phases(
+                store.state().iter().map(|s| s.status.as_ref().and_then(|st| st.phase)),
+            );
+        }
+        self.metrics.render()
+    }
 }
 
 impl Error {
@@ -102,9 +131,28 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         pod: pod.as_ref(),
         now: now.clone(),
     });
+    // A cancelled session's Job goes; the runner gets SIGTERM as its pod is deleted.
+    if status.reason == Some(cliscale_core::TerminalReason::Cancelled)
+        && job.as_ref().is_some_and(|j| j.metadata.deletion_timestamp.is_none())
+    {
+        jobs.delete(&job_name(&name), &DeleteParams::background()).await?;
+    }
     if session.status.as_ref() != Some(&status) {
         let patch = serde_json::json!({ "status": status });
         sessions.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        if let Some(t) = transition(session.status.as_ref(), &status) {
+            let event = KubeEvent {
+                type_: if t.warning { EventType::Warning } else { EventType::Normal },
+                reason: t.reason,
+                note: Some(t.note),
+                action: "Reconcile".into(),
+                secondary: None,
+            };
+            // An Event is a courtesy: failing to record one must not fail the reconcile.
+            if let Err(error) = ctx.recorder.publish(&event, &session.object_ref(&())).await {
+                tracing::warn!(session = %name, %error, "could not record an Event");
+            }
+        }
     }
     Ok(match ttl_remaining(&CommandSession { status: Some(status), ..(*session).clone() }, &now) {
         Some(left) => Action::requeue(left.max(Duration::from_secs(1))),
@@ -127,7 +175,9 @@ pub async fn run(
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     // Only runner pods (those carrying the session label) are watched.
     let runner_pods = watcher::Config::default().labels(SESSION_LABEL);
-    Controller::new(sessions, watcher::Config::default())
+    let controller = Controller::new(sessions, watcher::Config::default());
+    *ctx.sessions.lock().expect("not poisoned") = Some(controller.store());
+    controller
         .owns(jobs, watcher::Config::default())
         .watches(pods, runner_pods, |pod| {
             let session = pod.labels().get(SESSION_LABEL)?.clone();

@@ -25,6 +25,9 @@ pub const COMPONENT_LABEL: &str = "cliscale.dev/component";
 pub const SESSION_LABEL: &str = "cliscale.dev/session";
 /// Annotation holding a hash of the spec the Job was made from.
 pub const SPEC_HASH_ANNOTATION: &str = "cliscale.dev/spec-hash";
+/// Set (to any value) on a CommandSession to cancel it: the Job is deleted, the session ends
+/// `Cancelled`. The REST API's DELETE sets it; `kubectl annotate` works too.
+pub const CANCEL_ANNOTATION: &str = "cliscale.dev/cancel-requested";
 const JWKS_DIR: &str = "/etc/cliscale/jwks";
 /// Slack on top of the session's own timeout before Kubernetes' backstop deadline, so image
 /// pulls and scheduling never kill a session early (the runner enforces the real timeout).

@@ -1,4 +1,5 @@
-//! cliscale's Kubernetes operator. Work in progress: the CommandSession types and their CRD.
+//! cliscale's Kubernetes operator: the CommandSession CRD, the reconciler that turns sessions
+//! into runner Jobs (with leader election), and the REST API's cluster executor.
 
 pub mod crd;
 
@@ -13,7 +14,9 @@ pub fn crd_yaml() -> String {
         serde_norway::to_string(&crd::CommandSession::crd()).expect("a CRD serializes")
     )
 }
+pub mod cluster_api;
 pub mod controller;
 pub mod desired;
+pub mod leader;
 pub mod metrics;
 pub mod status;

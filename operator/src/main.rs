@@ -52,7 +52,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         default_resources: defaults.default_resources,
     };
     let client = kube::Client::try_default().await?;
-    let ctx = Arc::new(Context { client, config, metrics: Default::default() });
+    let ctx = Arc::new(Context::new(client, config));
     let metrics_ctx = ctx.clone();
     let app = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))

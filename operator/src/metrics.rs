@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -13,11 +14,20 @@ pub struct KindLabel {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabel {
+    pub phase: &'static str,
+}
+
 pub struct OperatorMetrics {
     registry: Registry,
     pub reconciles: Counter,
     pub failures: Family<KindLabel, Counter>,
     pub duration: Histogram,
+    /// Sessions by phase, as this replica's cache sees them (set while it leads).
+    pub sessions: Family<PhaseLabel, Gauge>,
+    /// 1 while this replica holds the leader Lease.
+    pub leader: Gauge,
 }
 
 impl Default for OperatorMetrics {
@@ -33,7 +43,11 @@ impl Default for OperatorMetrics {
             failures.clone(),
         );
         registry.register("reconcile_duration_seconds", "Time per reconcile", duration.clone());
-        Self { registry, reconciles, failures, duration }
+        let sessions = Family::<PhaseLabel, Gauge>::default();
+        registry.register("sessions", "CommandSessions by phase", sessions.clone());
+        let leader = Gauge::default();
+        registry.register("leader", "1 while this replica leads", leader.clone());
+        Self { registry, reconciles, failures, duration, sessions, leader }
     }
 }
 
@@ -43,6 +57,22 @@ impl OperatorMetrics {
         self.duration.observe(took.as_secs_f64());
         if let Some(kind) = failure {
             self.failures.get_or_create(&KindLabel { kind }).inc();
+        }
+    }
+
+    /// Sets the by-phase gauges from a count of every phase (unset phases count as Pending).
+    pub fn set_phases(&self, phases: impl Iterator<Item = Option<cliscale_core::SessionPhase>>) {
+        let mut counts = std::collections::BTreeMap::<&'static str, i64>::new();
+        for phase in cliscale_core::SessionPhase::ALL {
+            counts.insert(phase.as_str(), 0);
+        }
+        for phase in phases {
+            *counts
+                .entry(phase.unwrap_or(cliscale_core::SessionPhase::Pending).as_str())
+                .or_default() += 1;
+        }
+        for (phase, n) in counts {
+            self.sessions.get_or_create(&PhaseLabel { phase }).set(n);
         }
     }
 

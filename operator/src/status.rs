@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::crd::{CommandSession, CommandSessionStatus};
-use crate::desired::{RUNNER_PORT, SPEC_HASH_ANNOTATION, spec_hash};
+use crate::desired::{CANCEL_ANNOTATION, RUNNER_PORT, SPEC_HASH_ANNOTATION, spec_hash};
 
 /// Everything the status is derived from.
 pub struct Observed<'a> {
@@ -89,6 +89,52 @@ fn waiting(pod: &Pod) -> Option<(TerminalReason, String)> {
     }
 }
 
+/// A Kubernetes Event worth recording for a status change: (warning?, reason, note).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    pub warning: bool,
+    pub reason: String,
+    pub note: String,
+}
+
+/// The Event for going from `old` to `new`, if the phase or waiting reason changed. Pure.
+pub fn transition(
+    old: Option<&CommandSessionStatus>,
+    new: &CommandSessionStatus,
+) -> Option<Transition> {
+    let before = old.map(|s| (s.phase, s.reason));
+    let after = (new.phase, new.reason);
+    let phase = new.phase?;
+    if before == Some(after) {
+        return None;
+    }
+    let warning = match phase {
+        SessionPhase::Failed | SessionPhase::TimedOut | SessionPhase::Lost => true,
+        SessionPhase::Pending => new.reason.is_some(),
+        _ => false,
+    };
+    let mut note = format!("phase {}", phase.as_str());
+    if let Some(reason) = new.reason {
+        note.push_str(&format!(", reason {}", reason.as_str()));
+    }
+    if let Some(code) = new.exit_code {
+        note.push_str(&format!(", exit code {code}"));
+    }
+    if let Some(message) = new.message.as_deref().filter(|m| !m.is_empty()) {
+        note.push_str(": ");
+        note.push_str(message);
+    }
+    // Events carry at most 1 kB of note.
+    if note.len() > 1000 {
+        let mut cut = 1000;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+    }
+    Some(Transition { warning, reason: phase.as_str().to_owned(), note })
+}
+
 /// The status the session should have now.
 pub fn derive_status(o: &Observed) -> CommandSessionStatus {
     let session = o.session;
@@ -134,6 +180,9 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
     if session.metadata.deletion_timestamp.is_some() {
         let code = status.exit_code;
         finish(&mut status, TerminalReason::DeletedByUser, code, "the session was deleted".into());
+    } else if session.annotations().contains_key(CANCEL_ANNOTATION) {
+        let code = status.exit_code;
+        finish(&mut status, TerminalReason::Cancelled, code, "cancelled by a user".into());
     } else if let Some(pod) = o.pod {
         status.pod_name = pod.metadata.name.clone();
         let pod_status = pod.status.clone().unwrap_or_default();
@@ -393,5 +442,42 @@ mod tests {
         let s = derive(&changed, Some(&job), None);
         let c = s.conditions.iter().find(|c| c.type_ == "SpecChangeRejected").unwrap();
         assert_eq!(c.status, "True");
+    }
+
+    #[test]
+    fn a_cancel_annotation_ends_the_session_cancelled() {
+        let mut cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        cs.metadata.annotations =
+            Some([(CANCEL_ANNOTATION.to_string(), "true".to_string())].into());
+        let s = derive(&cs, Some(&job), None);
+        assert_eq!(
+            (s.phase, s.reason),
+            (Some(SessionPhase::Cancelled), Some(TerminalReason::Cancelled))
+        );
+        assert_eq!(s.completion_time, Some(now()));
+    }
+
+    #[test]
+    fn transitions_make_one_event_each_and_warnings_for_bad_ends() {
+        let cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        let pending = derive(&cs, Some(&job), None);
+        let first = transition(None, &pending).unwrap();
+        assert_eq!((first.reason.as_str(), first.warning), ("Pending", false));
+        assert_eq!(transition(Some(&pending), &pending), None, "no change, no event");
+        let pulling = pod(json!({ "phase": "Pending", "containerStatuses": [{ "name": "runner",
+            "ready": false, "image": "i", "imageID": "", "restartCount": 0,
+            "state": { "waiting": { "reason": "ImagePullBackOff", "message": "nope" } } }] }));
+        let waiting = derive(&cs, Some(&job), Some(&pulling));
+        let t = transition(Some(&pending), &waiting).unwrap();
+        assert!(t.warning && t.note.contains("ImagePullFailed"), "{t:?}");
+        let failed = derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error")));
+        let t = transition(Some(&waiting), &failed).unwrap();
+        assert_eq!((t.reason.as_str(), t.warning), ("Failed", true));
+        assert!(t.note.contains("exit code 3"), "{t:?}");
+        let mut long = failed.clone();
+        long.message = Some("é".repeat(2000));
+        assert!(transition(Some(&waiting), &long).unwrap().note.len() <= 1000);
     }
 }

@@ -28,11 +28,7 @@ fn pod(session: &str, status: Value) -> Value {
 
 fn start(api: &Arc<FakeApi>) -> tokio::sync::oneshot::Sender<()> {
     let client = kube::Client::new(api.router(), "default");
-    let ctx = Arc::new(Context {
-        client,
-        config: OperatorConfig::default(),
-        metrics: Default::default(),
-    });
+    let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(run(ctx, async move {
         let _ = stopped.await;
@@ -102,4 +98,104 @@ async fn deleting_a_session_takes_its_job_and_pod_with_it() {
     assert!(api.get("jobs", "team", "cs-s2").is_none());
     assert!(api.get("pods", "team", "cs-s2-x1").is_none());
     stop.send(()).unwrap();
+}
+
+fn running_pod(session: &str) -> Value {
+    pod(
+        session,
+        json!({ "phase": "Running", "podIP": "10.1.2.3", "containerStatuses": [{
+        "name": "runner", "ready": true, "image": "runner", "imageID": "", "restartCount": 0, "state": { "running": {} } }] }),
+    )
+}
+
+fn event_reasons(api: &FakeApi) -> Vec<String> {
+    api.list("events").iter().map(|e| e["reason"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transitions_are_recorded_as_kubernetes_events() {
+    let api = FakeApi::new();
+    let stop = start(&api);
+    api.put("commandsessions", session("s3", 3600));
+    api.wait_until("a Pending event", |a| event_reasons(a).contains(&"Pending".into())).await;
+    api.put("pods", running_pod("s3"));
+    api.wait_until("a Running event", |a| event_reasons(a).contains(&"Running".into())).await;
+    let running = api.list("events").into_iter().find(|e| e["reason"] == "Running").unwrap();
+    assert_eq!(running["type"], "Normal");
+    assert_eq!(running["regarding"]["name"], "s3");
+    assert_eq!(running["reportingController"], "cliscale-operator");
+    stop.send(()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cancel_annotation_deletes_the_job_and_ends_the_session_cancelled() {
+    let api = FakeApi::new();
+    let stop = start(&api);
+    api.put("commandsessions", session("s4", 3600));
+    api.put("pods", running_pod("s4"));
+    api.wait_until("Running", |a| status_of(a, "s4")["phase"] == "Running").await;
+    let mut cs = api.get("commandsessions", "team", "s4").unwrap();
+    cs["metadata"]["annotations"] = json!({ "cliscale.dev/cancel-requested": "1" });
+    api.put("commandsessions", cs);
+    api.wait_until("Cancelled and the Job gone", |a| {
+        status_of(a, "s4")["phase"] == "Cancelled" && a.get("jobs", "team", "cs-s4").is_none()
+    })
+    .await;
+    assert_eq!(status_of(&api, "s4")["reason"], "Cancelled");
+    assert!(api.get("commandsessions", "team", "s4").is_some(), "the record stays until its TTL");
+    stop.send(()).unwrap();
+}
+
+fn replica(
+    api: &Arc<FakeApi>,
+    identity: &str,
+) -> (Arc<Context>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    use cliscale_operator::leader::{LeaderConfig, run_when_leading};
+    let client = kube::Client::new(api.router(), "default");
+    let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
+    let config = LeaderConfig {
+        lease_name: "cliscale-operator".into(),
+        namespace: "cliscale".into(),
+        identity: identity.into(),
+        lease_seconds: 3,
+        renew_grace_seconds: 1,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(run_when_leading(ctx.clone(), config, async move {
+        let _ = stopped.await;
+    }));
+    let task = tokio::spawn(async move { task.await.unwrap().expect("leader loop") });
+    (ctx, stop, task)
+}
+
+fn holder(api: &FakeApi) -> Value {
+    api.get("leases", "cliscale", "cliscale-operator")
+        .map(|l| l["spec"]["holderIdentity"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_lease_holder_reconciles_and_a_standby_takes_over_on_shutdown() {
+    let api = FakeApi::new();
+    let (a, stop_a, task_a) = replica(&api, "replica-a");
+    api.wait_until("replica-a holds the Lease", |x| holder(x) == "replica-a").await;
+    let (b, stop_b, task_b) = replica(&api, "replica-b");
+    api.put("commandsessions", session("l1", 3600));
+    api.wait_until("l1 reconciled", |x| status_of(x, "l1")["phase"] == "Pending").await;
+    assert!(a.metrics.render().contains("cliscale_operator_leader 1"));
+    assert!(b.metrics.render().contains("cliscale_operator_reconciles_total 0"));
+    assert!(b.metrics.render().contains("cliscale_operator_leader 0"));
+    assert!(a.render_metrics().contains(r#"cliscale_operator_sessions{phase="Pending"} 1"#));
+
+    // A graceful shutdown releases the Lease; the standby takes over and reconciles.
+    stop_a.send(()).unwrap();
+    task_a.await.unwrap();
+    api.wait_until("replica-b holds the Lease", |x| holder(x) == "replica-b").await;
+    api.put("commandsessions", session("l2", 3600));
+    api.wait_until("l2 reconciled by b", |x| status_of(x, "l2")["phase"] == "Pending").await;
+    assert!(!b.metrics.render().contains("cliscale_operator_reconciles_total 0"));
+    assert_eq!(api.count("jobs"), 2, "one Job per session, never two");
+    stop_b.send(()).unwrap();
+    task_b.await.unwrap();
+    assert_eq!(holder(&api), Value::Null, "released on shutdown");
 }

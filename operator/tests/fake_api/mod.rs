@@ -1,6 +1,6 @@
 //! An in-memory Kubernetes API server, enough for kube-runtime's Controller: list, streamed
 //! watch (with history, so nothing falls between a list and its watch), create, server-side
-//! apply, merge patches of /status, delete with owner-reference garbage collection, and a
+//! apply (with field-ownership conflicts), merge patches, delete with owner-reference garbage collection, and a
 //! resourceVersion that only moves when an object really changes.
 #![allow(dead_code)]
 
@@ -24,6 +24,27 @@ struct Store {
     objects: BTreeMap<Key, Value>,
     history: Vec<(u64, String, Value)>,
     applies: BTreeMap<String, u32>,
+    /// Server-side apply field ownership: (object, leaf path) -> field manager.
+    owners: BTreeMap<(Key, String), String>,
+}
+
+/// The leaf paths of an applied configuration (identity fields excluded), with their values.
+fn leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (k, v) in map {
+                let path = format!("{prefix}/{k}");
+                if matches!(
+                    path.as_str(),
+                    "/apiVersion" | "/kind" | "/metadata/name" | "/metadata/namespace"
+                ) {
+                    continue;
+                }
+                leaves(v, &path, out);
+            }
+        }
+        other => out.push((prefix.to_owned(), other.clone())),
+    }
 }
 
 pub struct FakeApi {
@@ -178,6 +199,11 @@ impl FakeApi {
             .cloned()
     }
 
+    pub fn list(&self, collection: &str) -> Vec<Value> {
+        let s = self.store.lock().unwrap();
+        s.objects.iter().filter(|(k, _)| k.0 == collection).map(|(_, o)| o.clone()).collect()
+    }
+
     pub fn count(&self, collection: &str) -> usize {
         self.store.lock().unwrap().objects.keys().filter(|k| k.0 == collection).count()
     }
@@ -206,6 +232,8 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
     };
     let q = query(&req);
     let method = req.method().clone();
+    let content_type =
+        req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body: Bytes = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
     match (method, name) {
         (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
@@ -297,8 +325,37 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                 merge(&mut obj["status"], &patch["status"]);
                 return axum::Json(api.put(&collection, obj)).into_response();
             }
-            // Server-side apply: the applied configuration becomes (or updates) the object.
-            *api.store.lock().unwrap().applies.entry(collection.clone()).or_default() += 1;
+            // Field ownership, as the real server keeps it: an unforced apply may not change a
+            // field another manager owns (409 Conflict); every patch with a field manager
+            // takes over the fields it sets.
+            let is_apply = content_type.starts_with("application/apply-patch");
+            let key: Key = (collection.clone(), ns.clone(), name.clone());
+            if let Some(manager) = q.get("fieldManager") {
+                let mut touched = Vec::new();
+                leaves(&patch, "", &mut touched);
+                let mut s = api.store.lock().unwrap();
+                let forced = q.get("force").is_some_and(|f| f == "true");
+                if is_apply && !forced {
+                    let current = existing.clone().unwrap_or(Value::Null);
+                    let conflict = touched.iter().any(|(path, value)| {
+                        s.owners.get(&(key.clone(), path.clone())).is_some_and(|m| m != manager)
+                            && current.pointer(path).unwrap_or(&Value::Null) != value
+                    });
+                    if conflict {
+                        return status_error(StatusCode::CONFLICT, "Conflict");
+                    }
+                }
+                for (path, value) in touched {
+                    if value.is_null() {
+                        s.owners.remove(&(key.clone(), path));
+                    } else {
+                        s.owners.insert((key.clone(), path), manager.clone());
+                    }
+                }
+            }
+            if is_apply {
+                *api.store.lock().unwrap().applies.entry(collection.clone()).or_default() += 1;
+            }
             let mut obj =
                 existing.unwrap_or_else(|| json!({"metadata": {"name": name, "namespace": ns}}));
             let mut applied = patch;

@@ -1,0 +1,305 @@
+//! The REST API on a cluster: sessions become CommandSessions (server-side apply, returning at
+//! once), and the API's store is kept as a projection of the CommandSessions in the sessions
+//! namespace, so sessions made with `kubectl apply` are listed and get tokens too.
+//! The translations are pure functions; the executor and the mirror only do the I/O.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+
+use cliscale_api::executor::{BoxFuture, Executor};
+use cliscale_api::model::{SessionRecord, SessionSpec};
+use cliscale_api::store::{StatusUpdate, Store, now};
+use cliscale_api::{ApiError, Result as ApiResult};
+use cliscale_core::{SessionPhase, TerminalReason};
+use futures_util::StreamExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+
+use crate::crd::{CommandSession, CommandSessionSpec, CommandSessionStatus};
+use crate::desired::CANCEL_ANNOTATION;
+
+/// Which API key created a session; absent on sessions made with kubectl.
+pub const OWNER_ANNOTATION: &str = "cliscale.dev/owner";
+/// Owner recorded for sessions made outside the API (visible to admins).
+pub const KUBECTL_OWNER: &str = "kubernetes";
+/// The API's field manager (the reconciler has its own).
+pub const API_FIELD_MANAGER: &str = "cliscale-api";
+
+/// The CommandSession for a session created through the API. Pure.
+pub fn resource_for(record: &SessionRecord, namespace: &str) -> CommandSession {
+    let spec = &record.spec;
+    let code = spec
+        .code_url
+        .as_ref()
+        .map(|url| serde_json::json!({ "url": url, "checksumSha256": spec.code_checksum_sha256 }));
+    let env: Vec<_> = spec
+        .env
+        .iter()
+        .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
+        .collect();
+    let spec_json = serde_json::json!({
+        "command": spec.command,
+        "code": code,
+        "installCommand": spec.install_cmd,
+        "prompt": spec.prompt,
+        "env": env,
+        "cols": spec.cols,
+        "rows": spec.rows,
+        "timeoutSeconds": spec.timeout_seconds,
+        "ttlSecondsAfterFinished": spec.ttl_seconds,
+    });
+    let spec: CommandSessionSpec =
+        serde_json::from_value(strip_nulls(spec_json)).expect("a validated spec fits the CRD");
+    let mut cs = CommandSession::new(&record.id, spec);
+    cs.metadata.namespace = Some(namespace.to_owned());
+    cs.metadata.annotations =
+        Some(BTreeMap::from([(OWNER_ANNOTATION.into(), record.owner.clone())]));
+    cs
+}
+
+fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => serde_json::Value::Object(
+            map.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, strip_nulls(v)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The API's view of a CommandSession's spec (secret refs are not part of it). Pure.
+pub fn spec_from_resource(spec: &CommandSessionSpec) -> SessionSpec {
+    SessionSpec {
+        code_url: spec.code.as_ref().map(|c| c.url.clone()),
+        code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
+        command: spec.command.clone(),
+        prompt: spec.prompt.clone(),
+        install_cmd: spec.install_command.clone(),
+        env: spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
+        cols: spec.cols,
+        rows: spec.rows,
+        timeout_seconds: spec.timeout_seconds.map(u64::from),
+        ttl_seconds: u64::from(spec.ttl_seconds_after_finished),
+    }
+}
+
+/// The store update that mirrors a CommandSession's status. Pure.
+pub fn status_update(status: Option<&CommandSessionStatus>) -> StatusUpdate {
+    let Some(status) = status else {
+        return StatusUpdate { phase: Some(SessionPhase::Pending), ..Default::default() };
+    };
+    StatusUpdate {
+        phase: Some(status.phase.unwrap_or(SessionPhase::Pending)),
+        exit_code: status.exit_code.map(i64::from),
+        reason: status.reason,
+        message: status.message.clone(),
+        runner_addr: status.runner_address.clone(),
+    }
+}
+
+fn kube_failed(what: &str, e: kube::Error) -> ApiError {
+    ApiError::Internal(format!("{what}: the Kubernetes API failed: {e}"))
+}
+
+/// Runs API sessions as CommandSessions in one namespace.
+pub struct ClusterExecutor {
+    pub sessions: Api<CommandSession>,
+    pub namespace: String,
+}
+
+impl ClusterExecutor {
+    pub fn new(client: Client, namespace: &str) -> Self {
+        Self { sessions: Api::namespaced(client, namespace), namespace: namespace.to_owned() }
+    }
+}
+
+impl Executor for ClusterExecutor {
+    fn start(&self, session: SessionRecord) -> BoxFuture<'_, ApiResult<()>> {
+        Box::pin(async move {
+            let cs = resource_for(&session, &self.namespace);
+            let params = PatchParams::apply(API_FIELD_MANAGER);
+            self.sessions
+                .patch(&session.id, &params, &Patch::Apply(&cs))
+                .await
+                .map_err(|e| kube_failed("creating the CommandSession", e))?;
+            Ok(())
+        })
+    }
+
+    fn cancel(&self, session_id: &str) -> BoxFuture<'_, ApiResult<()>> {
+        let id = session_id.to_owned();
+        Box::pin(async move {
+            let patch = serde_json::json!({
+                "metadata": { "annotations": { CANCEL_ANNOTATION: now().to_string() } }
+            });
+            match self.sessions.patch(&id, &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => Ok(()),
+                // Already gone: the mirror records how it ended.
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(kube_failed("cancelling the CommandSession", e)),
+            }
+        })
+    }
+}
+
+/// Brings the store's row for `cs` up to date, creating it for sessions made with kubectl.
+pub async fn mirror_one(store: &Store, cs: &CommandSession) -> ApiResult<()> {
+    let id = cs.name_any();
+    if store.get_session(&id).await?.is_none() {
+        let owner =
+            cs.annotations().get(OWNER_ANNOTATION).cloned().unwrap_or_else(|| KUBECTL_OWNER.into());
+        store.insert_session(&id, &owner, &spec_from_resource(&cs.spec)).await?;
+        store.append_event(&id, "created", &format!("as CommandSession by {owner}")).await?;
+    }
+    store.update_status(&id, &status_update(cs.status.as_ref())).await?;
+    Ok(())
+}
+
+/// Records that a CommandSession was deleted: an unfinished session was cancelled; a finished
+/// one reached its TTL, so its row goes too.
+pub async fn mirror_deleted(store: &Store, name: &str) -> ApiResult<()> {
+    let Some(row) = store.get_session(name).await? else { return Ok(()) };
+    if row.phase.is_finished() {
+        store.delete_session(name).await
+    } else {
+        let update = StatusUpdate {
+            phase: Some(SessionPhase::Cancelled),
+            reason: Some(TerminalReason::DeletedByUser),
+            message: Some("the CommandSession was deleted".into()),
+            ..Default::default()
+        };
+        store.update_status(name, &update).await.map(|_| ())
+    }
+}
+
+/// Keeps the store a projection of the CommandSessions in `namespace` until `shutdown`.
+/// After every (re)list, unfinished rows whose CommandSession is gone become `Lost`.
+pub async fn run_mirror(
+    client: Client,
+    namespace: String,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) {
+    let api: Api<CommandSession> = Api::namespaced(client, &namespace);
+    let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut listed = HashSet::new();
+    let mut list_started = now();
+    loop {
+        let event = tokio::select! {
+            _ = &mut shutdown => return,
+            event = events.next() => event,
+        };
+        let result = match event {
+            None => return,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "watching CommandSessions failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                Ok(())
+            }
+            Some(Ok(Event::Init)) => {
+                listed.clear();
+                list_started = now();
+                Ok(())
+            }
+            Some(Ok(Event::InitApply(cs))) => {
+                listed.insert(cs.name_any());
+                mirror_one(&store, &cs).await
+            }
+            Some(Ok(Event::InitDone)) => mark_vanished(&store, &listed, list_started).await,
+            Some(Ok(Event::Apply(cs))) => mirror_one(&store, &cs).await,
+            Some(Ok(Event::Delete(cs))) => mirror_deleted(&store, &cs.name_any()).await,
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not mirror a CommandSession into the store");
+        }
+    }
+}
+
+async fn mark_vanished(
+    store: &Store,
+    listed: &HashSet<String>,
+    list_started: i64,
+) -> ApiResult<()> {
+    for row in store.unfinished_sessions().await? {
+        // A row the API made moments ago may not have its CommandSession listed yet.
+        if listed.contains(&row.id) || row.created_at > list_started - 30 {
+            continue;
+        }
+        let update = StatusUpdate {
+            phase: Some(SessionPhase::Lost),
+            reason: Some(TerminalReason::RunnerLost),
+            message: Some("its CommandSession is gone".into()),
+            ..Default::default()
+        };
+        store.update_status(&row.id, &update).await?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cliscale_api::model::{CreateSessionRequest, validate_create};
+
+    fn record() -> SessionRecord {
+        let spec = validate_create(CreateSessionRequest {
+            command: "claude".into(),
+            code_url: Some("https://github.com/o/r/tree/main/app".into()),
+            env: Some(BTreeMap::from([("MODE".into(), "ci".into())])),
+            timeout_seconds: Some(600),
+            ..Default::default()
+        })
+        .unwrap();
+        SessionRecord {
+            id: "0b6f0f5e-3c1a-4f7e-9a51-2f3b1d2c4e5f".into(),
+            owner: "key1".into(),
+            spec,
+            phase: SessionPhase::Pending,
+            exit_code: None,
+            reason: None,
+            message: None,
+            runner_addr: None,
+            created_at: 1,
+            started_at: None,
+            finished_at: None,
+            updated_at: 1,
+        }
+    }
+
+    #[test]
+    fn an_api_session_round_trips_through_its_command_session() {
+        let r = record();
+        let cs = resource_for(&r, "sessions");
+        assert_eq!(cs.name_any(), r.id);
+        assert_eq!(cs.namespace().as_deref(), Some("sessions"));
+        assert_eq!(cs.annotations().get(OWNER_ANNOTATION).map(String::as_str), Some("key1"));
+        assert_eq!(cs.spec.timeout_seconds, Some(600));
+        assert_eq!(spec_from_resource(&cs.spec), r.spec);
+    }
+
+    #[test]
+    fn a_status_mirrors_phase_reason_exit_code_and_address() {
+        assert_eq!(status_update(None).phase, Some(SessionPhase::Pending));
+        let status = CommandSessionStatus {
+            phase: Some(SessionPhase::Failed),
+            reason: Some(TerminalReason::Exited),
+            exit_code: Some(3),
+            runner_address: Some("10.0.0.7:7681".into()),
+            ..Default::default()
+        };
+        let u = status_update(Some(&status));
+        assert_eq!(
+            (u.phase, u.reason, u.exit_code, u.runner_addr.as_deref()),
+            (
+                Some(SessionPhase::Failed),
+                Some(TerminalReason::Exited),
+                Some(3),
+                Some("10.0.0.7:7681")
+            )
+        );
+    }
+}
