@@ -37,11 +37,7 @@ fn main() {
     rt.block_on(async {
         let api = fake_api::FakeApi::new();
         let client = kube::Client::new(api.router(), "default");
-        let ctx = Arc::new(Context {
-            client,
-            config: OperatorConfig::default(),
-            metrics: Default::default(),
-        });
+        let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
         let metrics = ctx.clone();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(run(ctx, async move {
