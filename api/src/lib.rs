@@ -2,6 +2,7 @@
 //! store. The same code serves local mode (`cliscale up`, SQLite, local executor) and the
 //! cluster (PostgreSQL, CommandSession executor).
 
+pub mod bootstrap;
 pub mod error;
 pub mod executor;
 pub mod keys;
@@ -9,8 +10,10 @@ pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod process;
 pub mod routes;
 pub mod signing;
 pub mod store;
+pub mod testing;
 
 pub use error::{ApiError, Result};

@@ -20,8 +20,22 @@ fn kid_for(der: &[u8]) -> String {
 }
 
 fn load(path: &Path) -> Result<SessionSigningKey> {
-    let der = std::fs::read(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ApiError::Internal(format!("reading signing key {}: {e}", path.display())))?;
+    // PEM ("PRIVATE KEY", as Helm's genPrivateKey "ed25519" writes it) or raw PKCS#8 DER.
+    let der = if bytes.starts_with(b"-----BEGIN") {
+        let (label, der) = pem_rfc7468::decode_vec(&bytes)
+            .map_err(|e| ApiError::Internal(format!("signing key {}: {e}", path.display())))?;
+        if label != "PRIVATE KEY" {
+            return Err(ApiError::Internal(format!(
+                "signing key {}: expected a PKCS#8 \"PRIVATE KEY\", found {label:?}",
+                path.display()
+            )));
+        }
+        der
+    } else {
+        bytes
+    };
     SessionSigningKey::from_pkcs8_der(kid_for(&der), &der)
         .map_err(|e| ApiError::Internal(format!("signing key {}: {e}", path.display())))
 }
@@ -87,5 +101,24 @@ mod tests {
         assert_eq!(first.jwks(), again.jwks());
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_pem_key_loads_with_the_same_kid_as_its_der_and_other_pem_labels_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let der_path = dir.path().join("k.der");
+        let from_der = KeyRing::load_or_generate(&der_path).unwrap();
+        let der = std::fs::read(&der_path).unwrap();
+        let pem =
+            pem_rfc7468::encode_string("PRIVATE KEY", pem_rfc7468::LineEnding::LF, &der).unwrap();
+        let pem_path = dir.path().join("k.pem");
+        std::fs::write(&pem_path, pem).unwrap();
+        let from_pem = KeyRing::from_files(&[&pem_path]).unwrap();
+        assert_eq!(from_pem.active().kid(), from_der.active().kid());
+        let cert =
+            pem_rfc7468::encode_string("CERTIFICATE", pem_rfc7468::LineEnding::LF, &der).unwrap();
+        std::fs::write(&pem_path, cert).unwrap();
+        let err = KeyRing::from_files(&[&pem_path]).err().unwrap().to_string();
+        assert!(err.contains("CERTIFICATE"), "{err}");
     }
 }

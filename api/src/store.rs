@@ -184,12 +184,33 @@ impl Store {
     // --- sessions -------------------------------------------------------------------------
 
     pub async fn insert_session(&self, id: &str, owner: &str, spec: &SessionSpec) -> Result<()> {
+        self.insert_session_with(id, owner, spec, "").await.map(|_| ())
+    }
+
+    /// Inserts the session unless its id exists (idempotent, for several writers mirroring the
+    /// same source). Returns whether it was inserted.
+    pub async fn insert_session_if_absent(
+        &self,
+        id: &str,
+        owner: &str,
+        spec: &SessionSpec,
+    ) -> Result<bool> {
+        self.insert_session_with(id, owner, spec, " ON CONFLICT (id) DO NOTHING").await
+    }
+
+    async fn insert_session_with(
+        &self,
+        id: &str,
+        owner: &str,
+        spec: &SessionSpec,
+        on_conflict: &str,
+    ) -> Result<bool> {
         let t = now();
         let spec = serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-        sqlx::query(
+        let done = sqlx::query(&format!(
             "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
+             VALUES ($1, $2, $3, $4, $5, $6){on_conflict}"
+        ))
         .bind(id)
         .bind(owner)
         .bind(spec)
@@ -198,7 +219,7 @@ impl Store {
         .bind(t)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(done.rows_affected() == 1)
     }
 
     pub async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>> {

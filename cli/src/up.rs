@@ -7,17 +7,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use cliscale_api::executor::Executor;
-use cliscale_api::keys::{self, Role};
 use cliscale_api::local::{LocalConfig, LocalExecutor};
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
-use cliscale_api::store::{ApiKeyRecord, Store, now};
-use cliscale_core::token::{SessionClaims, TERMINAL_AUDIENCE, new_claims};
+use cliscale_api::store::Store;
+use cliscale_core::token::TERMINAL_AUDIENCE;
+use cliscale_gateway::backends::{KeyRingIssuer, StoreLedger};
 use cliscale_gateway::{
-    BoxFuture, Gateway, GatewayConfig, JtiLedger, JwksCache, JwksSource, ReconnectIssuer,
-    ResolveError, RunnerResolver,
+    BoxFuture, Gateway, GatewayConfig, JwksCache, JwksSource, ResolveError, RunnerResolver,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -64,17 +63,6 @@ pub struct UpArgs {
     pub gc_interval: Duration,
 }
 
-struct StoreLedger(Store);
-
-impl JtiLedger for StoreLedger {
-    fn consume(&self, jti: &str, expires_at: i64) -> BoxFuture<'_, Result<bool, String>> {
-        let jti = jti.to_owned();
-        Box::pin(
-            async move { self.0.consume_jti(&jti, expires_at).await.map_err(|e| e.to_string()) },
-        )
-    }
-}
-
 struct LocalResolver {
     executor: Arc<LocalExecutor>,
     store: Store,
@@ -107,25 +95,6 @@ impl RunnerResolver for LocalResolver {
     }
 }
 
-struct KeyRingIssuer {
-    keys: Arc<KeyRing>,
-    ttl: Duration,
-}
-
-impl ReconnectIssuer for KeyRingIssuer {
-    fn issue(&self, previous: &SessionClaims) -> Option<String> {
-        let claims = new_claims(
-            &previous.iss,
-            TERMINAL_AUDIENCE,
-            &previous.sub,
-            &previous.sid,
-            previous.scope,
-            self.ttl.as_secs(),
-        );
-        self.keys.active().sign(&claims).ok()
-    }
-}
-
 fn default_data_dir() -> PathBuf {
     std::env::var_os("XDG_DATA_HOME")
         .map(PathBuf::from)
@@ -141,40 +110,6 @@ fn runner_bin(explicit: Option<PathBuf>) -> PathBuf {
             sibling.exists().then_some(sibling)
         })
         .unwrap_or_else(|| PathBuf::from("cliscale-runner"))
-}
-
-/// Makes sure an admin key exists: `CLISCALE_API_KEY` if set, else a fresh one on first start.
-/// Returns the key to print, if one was made.
-async fn bootstrap_key(store: &Store) -> anyhow::Result<Option<String>> {
-    if let Ok(chosen) = std::env::var("CLISCALE_API_KEY") {
-        let key = keys::from_full(&chosen)
-            .context("CLISCALE_API_KEY must look like csk_<16 hex>_<secret of 32+ characters>")?;
-        match store.get_api_key(&key.id).await? {
-            Some(existing) if existing.secret_hash == key.secret_hash => {}
-            Some(_) => bail!("CLISCALE_API_KEY's id is already taken by another key"),
-            None => {
-                store.insert_api_key(&admin_record(&key, "bootstrap (CLISCALE_API_KEY)")).await?;
-            }
-        }
-        return Ok(None);
-    }
-    if store.count_api_keys().await? > 0 {
-        return Ok(None);
-    }
-    let key = keys::generate();
-    store.insert_api_key(&admin_record(&key, "bootstrap admin")).await?;
-    Ok(Some(key.full))
-}
-
-fn admin_record(key: &keys::NewKey, name: &str) -> ApiKeyRecord {
-    ApiKeyRecord {
-        id: key.id.clone(),
-        name: name.into(),
-        role: Role::Admin,
-        secret_hash: key.secret_hash.clone(),
-        created_at: now(),
-        revoked_at: None,
-    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -258,7 +193,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     });
     let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api));
 
-    let printed_key = bootstrap_key(&store).await?;
+    let chosen = std::env::var("CLISCALE_API_KEY").ok();
+    let printed_key = cliscale_api::bootstrap::ensure_admin_key(&store, chosen.as_deref()).await?;
     let public = args.public_url.clone().unwrap_or_else(|| local_base.clone());
     println!("cliscale is up: {public}");
     println!("listening on {local_base}");
@@ -272,13 +208,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     );
 
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        tracing::info!("shutting down: stopping runners");
+        cliscale_api::process::shutdown_signal().await;
+        tracing::info!("stopping runners");
     };
     axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)

@@ -4,6 +4,8 @@
 //! session to runner are behind traits, backed by SQL and the executor (or the cluster).
 
 pub mod assets;
+pub mod backends;
+pub mod cluster;
 pub mod jwks;
 mod proxy;
 

@@ -1,12 +1,104 @@
-//! cliscale-gateway on a cluster needs the operator's session resolver, which is still to be
-//! built. In local mode the gateway runs inside `cliscale up`. This binary refuses to run
-//! rather than pretend.
+//! cliscale-gateway on a cluster: verifies terminal tokens against the API's JWKS, consumes each
+//! JTI once in PostgreSQL, finds runners through a watch-backed cache of CommandSessions and
+//! proxies the terminal. Stateless: run as many replicas as the load needs.
+//! (Locally the same gateway runs inside `cliscale up`.)
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::routing::get;
+use clap::Parser;
+use cliscale_api::signing::KeyRing;
+use cliscale_api::store::Store;
+use cliscale_core::token::TERMINAL_AUDIENCE;
+use cliscale_gateway::backends::{KeyRingIssuer, StoreLedger};
+use cliscale_gateway::cluster::ReflectorResolver;
+use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, JwksSource, ReconnectIssuer};
+
+#[derive(Parser)]
+#[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "CLISCALE_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// The API's JWKS (the operator service).
+    #[arg(long, env = "CLISCALE_JWKS_URL")]
+    jwks_url: String,
+    /// Expected token issuer.
+    #[arg(long, env = "CLISCALE_ISSUER", default_value = "cliscale")]
+    issuer: String,
+    /// PostgreSQL URL of the API's database (used JTIs are recorded there).
+    #[arg(long, env = "CLISCALE_DATABASE_URL")]
+    database_url: String,
+    /// Namespace whose CommandSessions the gateway serves.
+    #[arg(long, env = "CLISCALE_SESSIONS_NAMESPACE")]
+    sessions_namespace: String,
+    /// Signing key files (PEM or PKCS#8 DER) for one-time reconnect tokens; without them, a
+    /// dropped terminal needs a fresh token from the API.
+    #[arg(long, env = "CLISCALE_SIGNING_KEY_FILES", value_delimiter = ',')]
+    signing_key_file: Vec<PathBuf>,
+    /// How long a connection waits for a starting runner.
+    #[arg(long, env = "CLISCALE_READY_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
+    ready_wait: Duration,
+    /// How long the JWKS is cached.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    jwks_ttl: Duration,
+}
 
 fn main() {
-    eprintln!(
-        "cliscale-gateway {}: the cluster gateway needs the operator (not built yet); \
-         use `cliscale up` for local mode",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+    let args = Args::parse();
+    cliscale_api::process::init_json_logs();
+    cliscale_api::process::run_server("cliscale-gateway", serve(args));
+}
+
+async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&args.database_url).await?;
+    let client = kube::Client::try_default().await?;
+    let resolver = Arc::new(ReflectorResolver::spawn(client, &args.sessions_namespace));
+    let reissuer = if args.signing_key_file.is_empty() {
+        None
+    } else {
+        let keys = Arc::new(KeyRing::from_files(&args.signing_key_file)?);
+        Some(Arc::new(KeyRingIssuer { keys, ttl: Duration::from_secs(600) })
+            as Arc<dyn ReconnectIssuer>)
+    };
+    let gateway = Arc::new(Gateway {
+        jwks: JwksCache::new(
+            JwksSource::Url { client: reqwest::Client::new(), url: args.jwks_url.clone() },
+            vec![TERMINAL_AUDIENCE.to_string()],
+            Some(args.issuer.clone()),
+            args.jwks_ttl,
+        ),
+        ledger: Arc::new(StoreLedger(store.clone())),
+        resolver: resolver.clone(),
+        reissuer,
+        config: GatewayConfig { ready_wait: args.ready_wait, ..Default::default() },
+        metrics: Default::default(),
+    });
+    let metrics = gateway.clone();
+    let app = cliscale_gateway::router(gateway)
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let (store, resolver) = (store.clone(), resolver.clone());
+                async move {
+                    let cache =
+                        tokio::time::timeout(Duration::from_secs(1), resolver.ready()).await;
+                    match (store.ping().await, cache) {
+                        (Ok(()), Ok(true)) => (axum::http::StatusCode::OK, "ready"),
+                        _ => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+                    }
+                }
+            }),
+        )
+        .route("/metrics", get(move || async move { metrics.metrics.render() }));
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(listen = %args.listen, namespace = %args.sessions_namespace, "gateway up");
+    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(cliscale_api::process::shutdown_signal())
+        .await?;
+    Ok(())
 }

@@ -148,10 +148,10 @@ impl Executor for ClusterExecutor {
 /// Brings the store's row for `cs` up to date, creating it for sessions made with kubectl.
 pub async fn mirror_one(store: &Store, cs: &CommandSession) -> ApiResult<()> {
     let id = cs.name_any();
-    if store.get_session(&id).await?.is_none() {
-        let owner =
-            cs.annotations().get(OWNER_ANNOTATION).cloned().unwrap_or_else(|| KUBECTL_OWNER.into());
-        store.insert_session(&id, &owner, &spec_from_resource(&cs.spec)).await?;
+    let owner =
+        cs.annotations().get(OWNER_ANNOTATION).cloned().unwrap_or_else(|| KUBECTL_OWNER.into());
+    // Every API replica mirrors; the insert is idempotent so they never collide.
+    if store.insert_session_if_absent(&id, &owner, &spec_from_resource(&cs.spec)).await? {
         store.append_event(&id, "created", &format!("as CommandSession by {owner}")).await?;
     }
     store.update_status(&id, &status_update(cs.status.as_ref())).await?;

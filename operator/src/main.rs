@@ -1,19 +1,28 @@
-//! cliscale-operator: reconciles CommandSessions into runner Jobs (docs/operator.md).
-//! One replica for now: leader election is still to come.
+//! cliscale-operator (docs/operator.md): on every replica, the REST API (PostgreSQL store,
+//! sessions as CommandSessions) and the store mirror; on the replica holding the Lease, the
+//! reconciler that turns CommandSessions into runner Jobs.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::routing::get;
 use clap::Parser;
-use cliscale_operator::controller::{Context, run};
+use cliscale_api::executor::Executor;
+use cliscale_api::routes::{ApiConfig, ApiState};
+use cliscale_api::signing::KeyRing;
+use cliscale_api::store::Store;
+use cliscale_operator::cluster_api::{ClusterExecutor, run_mirror};
+use cliscale_operator::controller::Context;
 use cliscale_operator::desired::OperatorConfig;
+use cliscale_operator::leader::{LeaderConfig, run_when_leading};
 
 #[derive(Parser)]
 #[command(
     name = "cliscale-operator",
     version,
-    about = "Reconciles CommandSessions into runner Jobs"
+    about = "Reconciles CommandSessions into runner Jobs and serves the REST API"
 )]
 struct Args {
     /// Image of the runner, unless a session names its own.
@@ -22,29 +31,67 @@ struct Args {
     /// ConfigMap holding jwks.json, mounted into every runner.
     #[arg(long, env = "CLISCALE_JWKS_CONFIG_MAP")]
     jwks_config_map: Option<String>,
-    /// Address of /healthz and /metrics.
+    /// Address of /healthz and the reconciler's /metrics.
     #[arg(long, env = "CLISCALE_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
+    /// Address of the REST API (/api, /.well-known/jwks.json, /openapi.json, /metrics).
+    #[arg(long, env = "CLISCALE_API_LISTEN", default_value = "0.0.0.0:8080")]
+    api_listen: SocketAddr,
+    /// PostgreSQL URL: API keys, used JTIs and the session event log.
+    #[arg(long, env = "CLISCALE_DATABASE_URL")]
+    database_url: String,
+    /// Apply the database migrations and exit (the chart's pre-install/upgrade hook).
+    #[arg(long)]
+    migrate_only: bool,
+    /// Namespace where API sessions are created and whose CommandSessions the API lists.
+    #[arg(long, env = "CLISCALE_SESSIONS_NAMESPACE")]
+    sessions_namespace: Option<String>,
+    /// Signing key files (PEM or PKCS#8 DER), comma-separated; the first signs, all are
+    /// published in the JWKS.
+    #[arg(long, env = "CLISCALE_SIGNING_KEY_FILES", value_delimiter = ',')]
+    signing_key_file: Vec<PathBuf>,
+    /// Base of the URLs handed out (default: from each request's Host or trusted forwarded
+    /// headers).
+    #[arg(long, env = "CLISCALE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Lifetime of terminal tokens.
+    #[arg(long, env = "CLISCALE_TOKEN_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    token_ttl: Duration,
+    /// Requests per minute per API key (and per address for unauthenticated requests).
+    #[arg(long, env = "CLISCALE_RATE_PER_MINUTE", default_value_t = 600)]
+    rate_per_minute: u32,
+    /// Proxies whose X-Forwarded-* headers are trusted (CIDRs, comma-separated).
+    #[arg(long, env = "CLISCALE_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "CLISCALE_LEASE_NAME", default_value = "cliscale-operator")]
+    lease_name: String,
+    /// Namespace of the Lease (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pod_namespace: String,
+    /// This replica's identity in the Lease (default: the pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
 }
 
 fn main() {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("CLISCALE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .json()
-        .init();
-    cliscale_core::tls::install_crypto_provider();
-    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-    if let Err(e) = runtime.block_on(serve(args)) {
-        tracing::error!(error = %e, "cliscale-operator failed");
-        std::process::exit(1);
-    }
+    cliscale_api::process::init_json_logs();
+    cliscale_api::process::run_server("cliscale-operator", serve(args));
 }
 
 async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let store = Store::connect(&args.database_url).await?;
+    if args.migrate_only {
+        tracing::info!("migrations applied");
+        return Ok(());
+    }
+    let chosen = std::env::var("CLISCALE_API_KEY").ok().filter(|k| !k.is_empty());
+    if let Some(key) = cliscale_api::bootstrap::ensure_admin_key(&store, chosen.as_deref()).await? {
+        // Only when the deployer gave no key: shown once, in the first replica's log.
+        tracing::warn!(key = %key, "generated the bootstrap admin API key; store it now");
+    }
+    let keys = Arc::new(KeyRing::from_files(&args.signing_key_file)?);
     let defaults = OperatorConfig::default();
     let config = OperatorConfig {
         runner_image: args.runner_image.unwrap_or(defaults.runner_image),
@@ -52,22 +99,62 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         default_resources: defaults.default_resources,
     };
     let client = kube::Client::try_default().await?;
-    let ctx = Arc::new(Context::new(client, config));
-    let metrics_ctx = ctx.clone();
-    let app = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(move || async move { metrics_ctx.metrics.render() }));
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+    let namespace = args.sessions_namespace.clone().unwrap_or_else(|| args.pod_namespace.clone());
+    let ctx = Arc::new(Context::new(client.clone(), config));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
         }
-        tracing::info!("shutting down after the reconciles in flight");
     };
-    run(ctx, shutdown).await;
+
+    let api = ApiState::new(
+        store.clone(),
+        keys,
+        Arc::new(ClusterExecutor::new(client.clone(), &namespace)) as Arc<dyn Executor>,
+        ApiConfig {
+            public_url: args.public_url,
+            token_ttl: args.token_ttl,
+            issuer: "cliscale".into(),
+            rate_per_minute: args.rate_per_minute,
+            trusted_proxies: args.trusted_proxies,
+        },
+    );
+    let api_app = cliscale_api::routes::router(api);
+    let api_listener = tokio::net::TcpListener::bind(args.api_listen).await?;
+    let api_server = tokio::spawn(
+        axum::serve(api_listener, api_app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(stopped())
+            .into_future(),
+    );
+    let mirror = tokio::spawn(run_mirror(client.clone(), namespace.clone(), store, stopped()));
+
+    let metrics_ctx = ctx.clone();
+    let ops = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(move || async move { metrics_ctx.render_metrics() }));
+    let ops_listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tokio::spawn(async move { axum::serve(ops_listener, ops).await });
+
+    let identity =
+        args.identity.unwrap_or_else(|| format!("cliscale-operator-{}", std::process::id()));
+    let leader = LeaderConfig {
+        lease_name: args.lease_name,
+        namespace: args.pod_namespace,
+        identity,
+        lease_seconds: 15,
+        renew_grace_seconds: 5,
+    };
+    tracing::info!(api = %args.api_listen, sessions_namespace = %namespace, "operator up");
+    tokio::spawn(async move {
+        cliscale_api::process::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    let leading = run_when_leading(ctx, leader, stopped()).await;
+    let _ = api_server.await;
+    let _ = mirror.await;
+    leading?;
     Ok(())
 }

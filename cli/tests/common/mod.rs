@@ -18,34 +18,7 @@ pub enum Backend {
     Postgres,
 }
 
-/// A fresh PostgreSQL database for one test, on the server CI starts
-/// (`CLISCALE_TEST_POSTGRES_URL`, an admin URL such as postgres://u:p@127.0.0.1/postgres).
-pub async fn fresh_postgres() -> Option<String> {
-    let Ok(admin) = std::env::var("CLISCALE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set CLISCALE_TEST_POSTGRES_URL: the PostgreSQL tests may not be skipped there"
-        );
-        eprintln!(
-            "SKIPPED: CLISCALE_TEST_POSTGRES_URL is not set, so this PostgreSQL test did not run"
-        );
-        return None;
-    };
-    let name = format!("cliscale_test_{}", hex(rand::random::<u64>()));
-    sqlx::any::install_default_drivers();
-    let mut conn =
-        <sqlx::AnyConnection as sqlx::Connection>::connect(&admin).await.expect("admin connection");
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&mut conn)
-        .await
-        .expect("create database");
-    let (base, _) = admin.rsplit_once('/').expect("URL with a database");
-    Some(format!("{base}/{name}"))
-}
-
-fn hex(n: u64) -> String {
-    format!("{n:016x}")
-}
+pub use cliscale_api::testing::fresh_postgres;
 
 pub struct Stack {
     pub child: Child,

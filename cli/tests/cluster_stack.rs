@@ -1,0 +1,289 @@
+//! The cluster configuration end to end, with everything real except the Kubernetes API server
+//! (the in-memory one of the operator's tests): the REST API with the cluster executor and the
+//! store mirror, the reconciler, the gateway resolving runners through its reflector, and a
+//! real `cliscale-runner` started with the environment of the Job the operator made, as the
+//! kubelet would. Runs on SQLite and on PostgreSQL.
+
+mod common;
+#[path = "../../operator/tests/fake_api/mod.rs"]
+mod fake_api;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cliscale_api::executor::Executor;
+use cliscale_api::routes::{ApiConfig, ApiState};
+use cliscale_api::signing::KeyRing;
+use cliscale_api::store::Store;
+use cliscale_core::token::TERMINAL_AUDIENCE;
+use cliscale_gateway::backends::StoreLedger;
+use cliscale_gateway::cluster::ReflectorResolver;
+use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, JwksSource};
+use cliscale_operator::cluster_api::{ClusterExecutor, run_mirror};
+use cliscale_operator::controller::{Context, run};
+use cliscale_operator::desired::OperatorConfig;
+use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
+use fake_api::FakeApi;
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+const NS: &str = "sessions";
+
+struct Cluster {
+    api: Arc<FakeApi>,
+    base: String,
+    http: reqwest::Client,
+    dir: tempfile::TempDir,
+    store: Store,
+    runners: Vec<Child>,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.runners {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    async fn start(database_url: Option<String>) -> Cluster {
+        cliscale_core::tls::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let url = database_url.unwrap_or_else(|| {
+            format!("sqlite://{}?mode=rwc", dir.path().join("api.db").display())
+        });
+        let store = Store::connect(&url).await.unwrap();
+        cliscale_api::bootstrap::ensure_admin_key(&store, Some(ADMIN_KEY)).await.unwrap();
+        let keys = Arc::new(KeyRing::load_or_generate(&dir.path().join("key.der")).unwrap());
+        std::fs::write(dir.path().join("jwks.json"), keys.jwks()).unwrap();
+
+        let api = FakeApi::new();
+        let client = kube::Client::new(api.router(), "default");
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|s| *s).await;
+            }
+        };
+        let ctx = Arc::new(Context::new(client.clone(), OperatorConfig::default()));
+        tokio::spawn(run(ctx, stopped()));
+        tokio::spawn(run_mirror(client.clone(), NS.into(), store.clone(), stopped()));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let api_state = ApiState::new(
+            store.clone(),
+            keys,
+            Arc::new(ClusterExecutor::new(client.clone(), NS)) as Arc<dyn Executor>,
+            ApiConfig::default(),
+        );
+        let gateway = Arc::new(Gateway {
+            jwks: JwksCache::new(
+                JwksSource::Url {
+                    client: reqwest::Client::new(),
+                    url: format!("{base}/.well-known/jwks.json"),
+                },
+                vec![TERMINAL_AUDIENCE.to_string()],
+                Some("cliscale".into()),
+                Duration::from_secs(300),
+            ),
+            ledger: Arc::new(StoreLedger(store.clone())),
+            resolver: Arc::new(ReflectorResolver::spawn(client, NS)),
+            reissuer: None,
+            config: GatewayConfig { ready_wait: Duration::from_secs(20), ..Default::default() },
+            metrics: Default::default(),
+        });
+        let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api_state));
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(stopped())
+                .await
+        });
+        Cluster {
+            api,
+            base,
+            http: reqwest::Client::new(),
+            dir,
+            store,
+            runners: Vec::new(),
+            _stop: stop,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req =
+            self.http.request(method, format!("{}{path}", self.base)).bearer_auth(ADMIN_KEY);
+        if let Some(body) = body {
+            req = req.header("content-type", "application/json").body(body.to_string());
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.unwrap();
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    /// Waits for the API to report `phase` (the store follows the CommandSession's status).
+    async fn wait_for_phase(&self, sid: &str, phase: &str) -> Value {
+        let path = format!("/api/sessions/{sid}");
+        let wait = async {
+            loop {
+                let (status, body) = self.call(reqwest::Method::GET, &path, None).await;
+                if status == 200 && body["phase"] == phase {
+                    return body;
+                }
+                // The store has no change feed to wait on; re-read at a short interval.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(HANG_GUARD, wait).await.unwrap_or_else(|_| panic!("never {phase}"))
+    }
+
+    /// Plays the kubelet: runs the runner with the Job's environment on a loopback address of
+    /// its own (port 7681 as in a pod), then reports the pod Running and Ready.
+    async fn run_pod(&mut self, sid: &str) {
+        let job_name = format!("cs-{sid}");
+        self.api.wait_until("the Job exists", |a| a.get("jobs", NS, &job_name).is_some()).await;
+        let job = self.api.get("jobs", NS, &job_name).unwrap();
+        let container = &job["spec"]["template"]["spec"]["containers"][0];
+        let ip = format!(
+            "127.{}.{}.{}",
+            rand::random::<u8>() % 200 + 20,
+            rand::random::<u8>(),
+            rand::random::<u8>() % 250 + 2
+        );
+        let work = self.dir.path().join(sid);
+        let mut cmd = Command::new(common::runner_bin());
+        cmd.env_clear().env("PATH", std::env::var("PATH").unwrap());
+        for var in container["env"].as_array().unwrap() {
+            if let Some(value) = var["value"].as_str() {
+                cmd.env(var["name"].as_str().unwrap(), value);
+            }
+        }
+        // What the pod's mounts and network namespace would provide.
+        cmd.env("CLISCALE_RUNNER_LISTEN", format!("{ip}:7681"))
+            .env("CLISCALE_RUNNER_JWKS_FILE", self.dir.path().join("jwks.json"))
+            .env("CLISCALE_RUNNER_WORK_DIR", &work)
+            .env("HOME", self.dir.path())
+            .env("CLISCALE_RUNNER_LINGER", "30s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        self.runners.push(cmd.spawn().unwrap());
+        // Readiness as the probe sees it: the runner's /readyz answers.
+        let ready = format!("http://{ip}:7681/readyz");
+        let probe = async {
+            while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(HANG_GUARD, probe).await.expect("the runner became ready");
+        self.api.put(
+            "pods",
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": { "name": format!("{job_name}-x"), "namespace": NS,
+                              "labels": { "cliscale.dev/session": sid } },
+                "spec": { "containers": [{ "name": "runner", "image": "runner" }] },
+                "status": { "phase": "Running", "podIP": ip, "containerStatuses": [{
+                    "name": "runner", "ready": true, "image": "runner", "imageID": "",
+                    "restartCount": 0, "state": { "running": {} } }] }
+            }),
+        );
+    }
+
+    fn ws_url(&self, sid: &str, token: &str) -> String {
+        format!("{}/ws/{sid}?token={token}", self.base.replacen("http", "ws", 1))
+    }
+}
+
+async fn scenario(database_url: Option<String>) {
+    let mut c = Cluster::start(database_url).await;
+
+    // Through the REST API: a CommandSession appears at once, owned by the caller's key.
+    let (status, created) = c
+        .call(
+            reqwest::Method::POST,
+            "/api/sessions",
+            Some(json!({ "command": "echo cluster-ready; read line; echo got-$line; exit 3" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let sid = created["sessionId"].as_str().unwrap().to_owned();
+    let cs = c.api.get("commandsessions", NS, &sid).expect("a CommandSession");
+    assert_eq!(cs["metadata"]["annotations"]["cliscale.dev/owner"], ADMIN_KEY[4..20]);
+
+    // Before the runner is up the gateway waits; once the pod is Ready it proxies.
+    let url = c.ws_url(&sid, created["token"].as_str().unwrap());
+    let pod = c.run_pod(&sid);
+    let (ws, ()) = tokio::join!(open_terminal(&url), pod);
+    let mut ws = ws.expect("the gateway proxied the terminal");
+    read_until(&mut ws, "cluster-ready").await;
+    ws.send(Message::Binary(b"typed\r".to_vec().into())).await.unwrap();
+    let (out, last, _) = read_session(&mut ws).await;
+    assert!(String::from_utf8_lossy(&out).contains("got-typed"));
+    assert_eq!(last["exitCode"], 3);
+    // The same token again is a replay, refused before any upgrade.
+    assert_eq!(open_terminal(&url).await.err().map(|e| e.0), Some(401));
+
+    // Sessions made with kubectl are listed and get tokens too.
+    c.api.put(
+        "commandsessions",
+        json!({ "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                "metadata": { "name": "by-kubectl", "namespace": NS },
+                "spec": { "command": "sleep 600" } }),
+    );
+    c.wait_for_phase("by-kubectl", "Pending").await;
+    let (status, list) = c.call(reqwest::Method::GET, "/api/sessions", None).await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> =
+        list["items"].as_array().unwrap().iter().filter_map(|s| s["sessionId"].as_str()).collect();
+    assert!(ids.contains(&"by-kubectl") && ids.contains(&sid.as_str()), "{list}");
+    let (status, minted) = c
+        .call(
+            reqwest::Method::POST,
+            "/api/sessions/by-kubectl/tokens",
+            Some(json!({"scope": "view"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    assert!(minted["token"].as_str().is_some_and(|t| t.split('.').count() == 3));
+
+    // Cancel through the API: the annotation, the Job deleted, the session Cancelled.
+    c.run_pod("by-kubectl").await;
+    c.wait_for_phase("by-kubectl", "Running").await;
+    let (status, _) = c.call(reqwest::Method::DELETE, "/api/sessions/by-kubectl", None).await;
+    assert_eq!(status, 202);
+    let cancelled = c.wait_for_phase("by-kubectl", "Cancelled").await;
+    assert_eq!(cancelled["reason"], "Cancelled");
+    assert!(c.api.get("jobs", NS, "cs-by-kubectl").is_none());
+
+    // `kubectl delete` of a running session: recorded as deleted by a user.
+    c.api.put(
+        "commandsessions",
+        json!({ "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                "metadata": { "name": "deleted", "namespace": NS }, "spec": { "command": "sleep 600" } }),
+    );
+    c.wait_for_phase("deleted", "Pending").await;
+    c.api.remove("commandsessions", NS, "deleted");
+    let gone = c.wait_for_phase("deleted", "Cancelled").await;
+    assert_eq!(gone["reason"], "DeletedByUser");
+    let events = c.store.events("deleted").await.unwrap();
+    assert!(events.iter().any(|e| e.1 == "created"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_stack_on_sqlite() {
+    scenario(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cluster_stack_on_postgres() {
+    let Some(url) = fresh_postgres().await else { return };
+    scenario(Some(url)).await;
+}

@@ -1,0 +1,44 @@
+//! The gateway's backends over the API's store and signing keys, shared by `cliscale up` and
+//! the cluster gateway: the JTI ledger is the store's atomic consume; reconnect tokens are
+//! signed with the API's active key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cliscale_api::signing::KeyRing;
+use cliscale_api::store::Store;
+use cliscale_core::token::{SessionClaims, TERMINAL_AUDIENCE, new_claims};
+
+use crate::{BoxFuture, JtiLedger, ReconnectIssuer};
+
+/// Consumed JTIs in the API's database (SQLite locally, PostgreSQL on a cluster).
+pub struct StoreLedger(pub Store);
+
+impl JtiLedger for StoreLedger {
+    fn consume(&self, jti: &str, expires_at: i64) -> BoxFuture<'_, Result<bool, String>> {
+        let jti = jti.to_owned();
+        Box::pin(
+            async move { self.0.consume_jti(&jti, expires_at).await.map_err(|e| e.to_string()) },
+        )
+    }
+}
+
+/// Signs the one-time reconnect token handed over a live connection.
+pub struct KeyRingIssuer {
+    pub keys: Arc<KeyRing>,
+    pub ttl: Duration,
+}
+
+impl ReconnectIssuer for KeyRingIssuer {
+    fn issue(&self, previous: &SessionClaims) -> Option<String> {
+        let claims = new_claims(
+            &previous.iss,
+            TERMINAL_AUDIENCE,
+            &previous.sub,
+            &previous.sid,
+            previous.scope,
+            self.ttl.as_secs(),
+        );
+        self.keys.active().sign(&claims).ok()
+    }
+}
