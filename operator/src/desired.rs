@@ -40,6 +40,8 @@ pub struct OperatorConfig {
     /// ConfigMap holding `jwks.json`, the public keys terminal tokens are checked against.
     pub jwks_config_map: String,
     pub default_resources: ResourceRequirements,
+    /// Timeout of sessions that set none (`None`: they run until they exit).
+    pub default_timeout_seconds: Option<u32>,
 }
 
 impl Default for OperatorConfig {
@@ -58,6 +60,7 @@ impl Default for OperatorConfig {
                 limits: Some(quantities("2", "2Gi")),
                 ..Default::default()
             },
+            default_timeout_seconds: None,
         }
     }
 }
@@ -118,7 +121,8 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
     if let Some(prompt) = &spec.prompt {
         env_vars.push(env("CLISCALE_RUNNER_PROMPT", prompt.clone()));
     }
-    if let Some(timeout) = spec.timeout_seconds {
+    let timeout = spec.timeout_seconds.or(config.default_timeout_seconds);
+    if let Some(timeout) = timeout {
         env_vars.push(env("CLISCALE_RUNNER_TIMEOUT", format!("{timeout}s")));
     }
     // User variables come after ours and may not override them (CLISCALE_* is refused).
@@ -238,9 +242,8 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
         termination_grace_period_seconds: Some(15),
         ..Default::default()
     };
-    let deadline = spec
-        .timeout_seconds
-        .map(|t| i64::from(t) + i64::from(spec.linger_seconds) + DEADLINE_SLACK_SECS);
+    let deadline =
+        timeout.map(|t| i64::from(t) + i64::from(spec.linger_seconds) + DEADLINE_SLACK_SECS);
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(&name)),

@@ -31,6 +31,13 @@ struct Args {
     /// ConfigMap holding jwks.json, mounted into every runner.
     #[arg(long, env = "CLISCALE_JWKS_CONFIG_MAP")]
     jwks_config_map: Option<String>,
+    /// Resources of runner containers whose session names none, as JSON
+    /// (`{"requests":{"cpu":"100m"},"limits":{"memory":"2Gi"}}`).
+    #[arg(long, env = "CLISCALE_RUNNER_RESOURCES")]
+    runner_resources: Option<String>,
+    /// Timeout (seconds) of sessions that set none.
+    #[arg(long, env = "CLISCALE_RUNNER_DEFAULT_TIMEOUT_SECONDS")]
+    runner_default_timeout_seconds: Option<u32>,
     /// Address of /healthz and the reconciler's /metrics.
     #[arg(long, env = "CLISCALE_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
@@ -96,10 +103,16 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let config = OperatorConfig {
         runner_image: args.runner_image.unwrap_or(defaults.runner_image),
         jwks_config_map: args.jwks_config_map.unwrap_or(defaults.jwks_config_map),
-        default_resources: defaults.default_resources,
+        default_resources: match &args.runner_resources {
+            Some(json) => serde_json::from_str(json)
+                .map_err(|e| format!("CLISCALE_RUNNER_RESOURCES is not valid resources: {e}"))?,
+            None => defaults.default_resources,
+        },
+        default_timeout_seconds: args.runner_default_timeout_seconds,
     };
     let client = kube::Client::try_default().await?;
     let namespace = args.sessions_namespace.clone().unwrap_or_else(|| args.pod_namespace.clone());
+    publish_jwks(&client, &namespace, &config.jwks_config_map, &keys.jwks()).await?;
     let ctx = Arc::new(Context::new(client.clone(), config));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -156,5 +169,25 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = api_server.await;
     let _ = mirror.await;
     leading?;
+    Ok(())
+}
+
+/// Writes the terminal-token public keys into the ConfigMap every runner mounts, so runners
+/// verify the tokens the API signs (server-side apply: every replica writes the same content).
+async fn publish_jwks(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    jwks: &str,
+) -> Result<(), kube::Error> {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), namespace);
+    let map = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": { "name": name, "labels": { "app.kubernetes.io/part-of": "cliscale" } },
+        "data": { "jwks.json": jwks }
+    });
+    let params = kube::api::PatchParams::apply("cliscale-operator").force();
+    api.patch(name, &params, &kube::api::Patch::Apply(&map)).await?;
     Ok(())
 }
