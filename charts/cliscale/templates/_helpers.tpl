@@ -1,0 +1,70 @@
+{{- define "cliscale.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "cliscale.labels" -}}
+app.kubernetes.io/name: cliscale
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{/* Selector labels of one component: (dict "root" $ "component" "gateway") */}}
+{{- define "cliscale.selector" -}}
+app.kubernetes.io/name: cliscale
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+cliscale.dev/component: {{ .component }}
+{{- end -}}
+
+{{- define "cliscale.image" -}}
+{{- printf "%s/%s:%s" .root.Values.image.repository .component (.root.Values.image.tag | default .root.Chart.AppVersion) -}}
+{{- end -}}
+
+{{- define "cliscale.sessionsNamespace" -}}
+{{- .Values.sessionsNamespace | default .Release.Namespace -}}
+{{- end -}}
+
+{{- define "cliscale.apiKeySecret" -}}
+{{- .Values.apiKey.existingSecret | default (printf "%s-api-key" (include "cliscale.fullname" .)) -}}
+{{- end -}}
+
+{{- define "cliscale.signingKeySecret" -}}
+{{- .Values.signingKey.existingSecret | default (printf "%s-signing-key" (include "cliscale.fullname" .)) -}}
+{{- end -}}
+
+{{- define "cliscale.databaseSecret" -}}
+{{- .Values.database.existingSecret | default (printf "%s-database" (include "cliscale.fullname" .)) -}}
+{{- end -}}
+
+{{/* The restricted Pod Security Standard, for every pod of the chart. */}}
+{{- define "cliscale.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "cliscale.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "cliscale.podAnnotations" -}}
+{{- if .root.Values.metrics.annotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
+{{- end -}}
