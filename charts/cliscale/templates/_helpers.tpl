@@ -21,8 +21,10 @@ app.kubernetes.io/instance: {{ .root.Release.Name }}
 cliscale.dev/component: {{ .component }}
 {{- end -}}
 
+{{/* <operator|gateway|runner>.image if set (skaffold sets it), else <repository>/<component>:<tag>. */}}
 {{- define "cliscale.image" -}}
-{{- printf "%s/%s:%s" .root.Values.image.repository .component (.root.Values.image.tag | default .root.Chart.AppVersion) -}}
+{{- $own := (index .root.Values .component).image | default "" -}}
+{{- $own | default (printf "%s/%s:%s" .root.Values.image.repository .component (.root.Values.image.tag | default .root.Chart.AppVersion)) -}}
 {{- end -}}
 
 {{- define "cliscale.sessionsNamespace" -}}
