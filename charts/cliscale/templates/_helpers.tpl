@@ -70,3 +70,7 @@ prometheus.io/port: {{ .port | quote }}
 prometheus.io/path: /metrics
 {{- end }}
 {{- end -}}
+
+{{- define "cliscale.signingKeyFiles" -}}
+/etc/cliscale/signing/signing.pem{{ if .Values.signingKey.publishPrevious }},/etc/cliscale/signing/previous.pem{{ end }}
+{{- end -}}
