@@ -43,6 +43,8 @@ pub struct ApiConfig {
     pub rate_per_minute: u32,
     /// Proxies whose X-Forwarded-For / -Proto / -Host are believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// TTL after finishing of sessions whose request names none.
+    pub default_ttl_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -53,6 +55,7 @@ impl Default for ApiConfig {
             issuer: "cliscale".into(),
             rate_per_minute: 600,
             trusted_proxies: Vec::new(),
+            default_ttl_secs: crate::model::DEFAULT_TTL_SECS,
         }
     }
 }
@@ -296,7 +299,8 @@ async fn create_session(
     JsonBody(request): JsonBody<CreateSessionRequest>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
-    let spec = validate_create(request)?;
+    let ttl_seconds = request.ttl_seconds.or(Some(state.config.default_ttl_secs));
+    let spec = validate_create(CreateSessionRequest { ttl_seconds, ..request })?;
     let base = base_url(&state, &headers, peer)?;
     let id = uuid::Uuid::new_v4().to_string();
     state.store.insert_session(&id, &caller.key_id, &spec).await?;

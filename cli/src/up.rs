@@ -170,6 +170,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             issuer: "cliscale".into(),
             rate_per_minute: args.rate_per_minute,
             trusted_proxies: args.trusted_proxies.clone(),
+            ..Default::default()
         },
     );
     let gateway = Arc::new(Gateway {

@@ -81,7 +81,7 @@ impl Cluster {
         let api_state = ApiState::new(
             store.clone(),
             keys,
-            Arc::new(ClusterExecutor::new(client.clone(), NS)) as Arc<dyn Executor>,
+            Arc::new(ClusterExecutor::new(client.clone(), NS, 30)) as Arc<dyn Executor>,
             ApiConfig::default(),
         );
         let gateway = Arc::new(Gateway {

@@ -27,7 +27,11 @@ pub const KUBECTL_OWNER: &str = "kubernetes";
 pub const API_FIELD_MANAGER: &str = "cliscale-api";
 
 /// The CommandSession for a session created through the API. Pure.
-pub fn resource_for(record: &SessionRecord, namespace: &str) -> CommandSession {
+pub fn resource_for(
+    record: &SessionRecord,
+    namespace: &str,
+    linger_seconds: u32,
+) -> CommandSession {
     let spec = &record.spec;
     let code = spec
         .code_url
@@ -48,6 +52,7 @@ pub fn resource_for(record: &SessionRecord, namespace: &str) -> CommandSession {
         "rows": spec.rows,
         "timeoutSeconds": spec.timeout_seconds,
         "ttlSecondsAfterFinished": spec.ttl_seconds,
+        "lingerSeconds": linger_seconds,
     });
     let spec: CommandSessionSpec =
         serde_json::from_value(strip_nulls(spec_json)).expect("a validated spec fits the CRD");
@@ -108,18 +113,24 @@ fn kube_failed(what: &str, e: kube::Error) -> ApiError {
 pub struct ClusterExecutor {
     pub sessions: Api<CommandSession>,
     pub namespace: String,
+    /// How long terminals stay open after the command exits.
+    pub linger_seconds: u32,
 }
 
 impl ClusterExecutor {
-    pub fn new(client: Client, namespace: &str) -> Self {
-        Self { sessions: Api::namespaced(client, namespace), namespace: namespace.to_owned() }
+    pub fn new(client: Client, namespace: &str, linger_seconds: u32) -> Self {
+        Self {
+            sessions: Api::namespaced(client, namespace),
+            namespace: namespace.to_owned(),
+            linger_seconds,
+        }
     }
 }
 
 impl Executor for ClusterExecutor {
     fn start(&self, session: SessionRecord) -> BoxFuture<'_, ApiResult<()>> {
         Box::pin(async move {
-            let cs = resource_for(&session, &self.namespace);
+            let cs = resource_for(&session, &self.namespace, self.linger_seconds);
             let params = PatchParams::apply(API_FIELD_MANAGER);
             self.sessions
                 .patch(&session.id, &params, &Patch::Apply(&cs))
@@ -273,7 +284,8 @@ mod tests {
     #[test]
     fn an_api_session_round_trips_through_its_command_session() {
         let r = record();
-        let cs = resource_for(&r, "sessions");
+        let cs = resource_for(&r, "sessions", 45);
+        assert_eq!(cs.spec.linger_seconds, 45);
         assert_eq!(cs.name_any(), r.id);
         assert_eq!(cs.namespace().as_deref(), Some("sessions"));
         assert_eq!(cs.annotations().get(OWNER_ANNOTATION).map(String::as_str), Some("key1"));

@@ -38,6 +38,12 @@ struct Args {
     /// Timeout (seconds) of sessions that set none.
     #[arg(long, env = "CLISCALE_RUNNER_DEFAULT_TIMEOUT_SECONDS")]
     runner_default_timeout_seconds: Option<u32>,
+    /// TTL after finishing (seconds) of API sessions that name none.
+    #[arg(long, env = "CLISCALE_SESSION_TTL_SECONDS", default_value_t = 3600)]
+    session_ttl_seconds: u64,
+    /// Seconds API sessions keep their terminal open after the command exits.
+    #[arg(long, env = "CLISCALE_SESSION_LINGER_SECONDS", default_value_t = 30)]
+    session_linger_seconds: u32,
     /// Address of /healthz and the reconciler's /metrics.
     #[arg(long, env = "CLISCALE_OPERATOR_LISTEN", default_value = "0.0.0.0:8081")]
     listen: SocketAddr,
@@ -126,13 +132,15 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let api = ApiState::new(
         store.clone(),
         keys,
-        Arc::new(ClusterExecutor::new(client.clone(), &namespace)) as Arc<dyn Executor>,
+        Arc::new(ClusterExecutor::new(client.clone(), &namespace, args.session_linger_seconds))
+            as Arc<dyn Executor>,
         ApiConfig {
             public_url: args.public_url,
             token_ttl: args.token_ttl,
             issuer: "cliscale".into(),
             rate_per_minute: args.rate_per_minute,
             trusted_proxies: args.trusted_proxies,
+            default_ttl_secs: args.session_ttl_seconds,
         },
     );
     let api_app = cliscale_api::routes::router(api);

@@ -193,7 +193,15 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over_on_shutdown()
     api.wait_until("replica-b holds the Lease", |x| holder(x) == "replica-b").await;
     api.put("commandsessions", session("l2", 3600));
     api.wait_until("l2 reconciled by b", |x| status_of(x, "l2")["phase"] == "Pending").await;
-    assert!(!b.metrics.render().contains("cliscale_operator_reconciles_total 0"));
+    // The counter is bumped as the reconcile returns, just after its status write: wait for it.
+    let counted = async {
+        while b.metrics.render().contains("cliscale_operator_reconciles_total 0") {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), counted)
+        .await
+        .expect("replica-b counted its reconciles");
     assert_eq!(api.count("jobs"), 2, "one Job per session, never two");
     stop_b.send(()).unwrap();
     task_b.await.unwrap();
