@@ -39,6 +39,8 @@ pub struct Context {
     pub recorder: Recorder,
     /// The controller's cache of sessions while this replica leads (for the by-phase gauges).
     pub sessions: std::sync::Mutex<Option<Store<CommandSession>>>,
+    /// Consecutive failed reconciles per session, for the error policy's backoff.
+    pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<CommandSession>, u32>>,
 }
 
 impl Context {
@@ -51,6 +53,7 @@ impl Context {
             config,
             metrics: Default::default(),
             sessions: Default::default(),
+            failures: Default::default(),
         }
     }
 
@@ -93,8 +96,12 @@ pub fn ttl_remaining(session: &CommandSession, now: &Time) -> Option<Duration> {
 
 pub async fn reconcile(session: Arc<CommandSession>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
+    let key = ObjectRef::from_obj(&*session);
     let result = reconcile_inner(session, &ctx).await;
     ctx.metrics.record(started.elapsed(), result.as_ref().err().map(Error::kind));
+    if result.is_ok() {
+        ctx.failures.lock().expect("not poisoned").remove(&key);
+    }
     result
 }
 
@@ -160,9 +167,36 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
     })
 }
 
-pub fn error_policy(_session: Arc<CommandSession>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(%error, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(5))
+/// Retry delay after `failures` consecutive failures of one session: 1 s doubling to 5 min,
+/// so a broken session or an unavailable API server is not hammered. Pure.
+pub fn backoff_delay(failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(16);
+    Duration::from_secs((1u64 << exponent).min(300))
+}
+
+pub fn error_policy(session: Arc<CommandSession>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = {
+        let mut map = ctx.failures.lock().expect("not poisoned");
+        let n = map.entry(ObjectRef::from_obj(&*session)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff_delay(failures);
+    tracing::warn!(session = %session.name_any(), %error, failures, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {
+        let delays: Vec<u64> = (1..=10).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
+        assert_eq!(backoff_delay(0), Duration::from_secs(1));
+    }
 }
 
 /// Runs the controller until `shutdown` resolves.

@@ -27,13 +27,18 @@ fn pod(session: &str, status: Value) -> Value {
 }
 
 fn start(api: &Arc<FakeApi>) -> tokio::sync::oneshot::Sender<()> {
+    start_with(api).1
+}
+
+fn start_with(api: &Arc<FakeApi>) -> (Arc<Context>, tokio::sync::oneshot::Sender<()>) {
     let client = kube::Client::new(api.router(), "default");
     let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
+    let handle = ctx.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(run(ctx, async move {
         let _ = stopped.await;
     }));
-    stop
+    (handle, stop)
 }
 
 fn status_of(api: &FakeApi, name: &str) -> Value {
@@ -206,4 +211,24 @@ async fn only_the_lease_holder_reconciles_and_a_standby_takes_over_on_shutdown()
     stop_b.send(()).unwrap();
     task_b.await.unwrap();
     assert_eq!(holder(&api), Value::Null, "released on shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_reconciles_back_off_and_recover() {
+    let api = FakeApi::new();
+    api.fail_writes("jobs", 2);
+    let (ctx, stop) = start_with(&api);
+    api.put("commandsessions", session("f1", 3600));
+    api.wait_until("the Job exists after two failures", |a| {
+        a.get("jobs", "team", "cs-f1").is_some()
+    })
+    .await;
+    let metrics = ctx.metrics.render();
+    assert!(
+        metrics.contains(r#"cliscale_operator_reconcile_failures_total{kind="api"} 2"#),
+        "{metrics}"
+    );
+    api.wait_until("status Pending", |a| status_of(a, "f1")["phase"] == "Pending").await;
+    assert_eq!(api.count("jobs"), 1);
+    stop.send(()).unwrap();
 }

@@ -24,6 +24,8 @@ struct Store {
     objects: BTreeMap<Key, Value>,
     history: Vec<(u64, String, Value)>,
     applies: BTreeMap<String, u32>,
+    /// Writes (POST/PATCH) to refuse with 500 per collection: fault injection.
+    failing_writes: BTreeMap<String, u32>,
     /// Server-side apply field ownership: (object, leaf path) -> field manager.
     owners: BTreeMap<(Key, String), String>,
 }
@@ -199,6 +201,11 @@ impl FakeApi {
             .cloned()
     }
 
+    /// The next `n` writes to `collection` fail with 500 Internal Server Error.
+    pub fn fail_writes(&self, collection: &str, n: u32) {
+        self.store.lock().unwrap().failing_writes.insert(collection.to_owned(), n);
+    }
+
     pub fn list(&self, collection: &str) -> Vec<Value> {
         let s = self.store.lock().unwrap();
         s.objects.iter().filter(|(k, _)| k.0 == collection).map(|(_, o)| o.clone()).collect()
@@ -235,6 +242,13 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
     let content_type =
         req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
     let body: Bytes = axum::body::to_bytes(req.into_body(), usize::MAX).await.unwrap_or_default();
+    if matches!(method, Method::POST | Method::PATCH) && !status {
+        let mut s = api.store.lock().unwrap();
+        if let Some(left) = s.failing_writes.get_mut(&collection).filter(|n| **n > 0) {
+            *left -= 1;
+            return status_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+        }
+    }
     match (method, name) {
         (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
