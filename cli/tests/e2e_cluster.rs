@@ -1,8 +1,10 @@
 //! The real-cluster suite (kind or k3d): installs the chart, creates a session through the REST
 //! API and one with `kubectl apply`, and attaches a terminal to each through the gateway.
 //!
-//! It needs `CLISCALE_E2E_KUBECONFIG` (and `helm` and `kubectl` on PATH, and the three images
-//! loaded into the cluster, see docs/install.md). It is `#[ignore]`d so that a plain
+//! It needs `CLISCALE_E2E_KUBECONFIG`, `CLISCALE_E2E_DATABASE_URL` (PostgreSQL reachable from
+//! the cluster), `helm` and `kubectl` on PATH, and the three images loaded into the cluster as
+//! `$CLISCALE_E2E_IMAGE_REPOSITORY/{operator,gateway,runner}:$CLISCALE_E2E_IMAGE_TAG`
+//! (default `cliscale/…:dev`; see docs/install.md). It is `#[ignore]`d so that a plain
 //! `cargo test` reports it as ignored, never as passed; run it with
 //! `CLISCALE_E2E_KUBECONFIG=~/.kube/config cargo test -p cliscale --test e2e_cluster -- --ignored`.
 //! Run without a kubeconfig, it prints that it skipped and fails nothing.
@@ -102,6 +104,10 @@ async fn post(url: &str, body: Value) -> Value {
 async fn chart_install_sessions_both_ways_and_terminals() {
     let Some(kc) = kubeconfig() else { return };
     let tag = std::env::var("CLISCALE_E2E_IMAGE_TAG").unwrap_or_else(|_| "dev".into());
+    let repository =
+        std::env::var("CLISCALE_E2E_IMAGE_REPOSITORY").unwrap_or_else(|_| "cliscale".into());
+    let database = std::env::var("CLISCALE_E2E_DATABASE_URL")
+        .expect("CLISCALE_E2E_DATABASE_URL: a PostgreSQL URL reachable from inside the cluster");
     run(&kc, "kubectl", &["apply", "-f", "../crds/commandsession.yaml"]);
     run(
         &kc,
