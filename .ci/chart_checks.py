@@ -7,8 +7,12 @@
    Kubernetes OpenAPI schemas of the oldest and newest supported versions (1.33, 1.37: the range k8s-openapi 0.29 covers) (kubernetes-validate);
 3. values.schema.json rejects bad values;
 4. policy: every pod meets the restricted Pod Security Standard; runner NetworkPolicies admit
-   only gateway pods on the runner port; RBAC grants nothing beyond the documented verbs.
+   only gateway pods on the runner port; RBAC grants nothing beyond the documented verbs;
+5. the Dockerfiles (which cannot be built here): every base image pinned to a version, the
+   final stage running as a numeric non-root user, no secrets passed as build arguments or
+   environment.
 """
+import re
 import copy
 import json
 import pathlib
@@ -173,7 +177,34 @@ def validate_objects(label, docs):
                 fail(f"{label} {path} {doc['kind']} on Kubernetes {version}: {e.message}")
 
 
+def check_dockerfiles():
+    files = sorted((ROOT / "docker").glob("Dockerfile.*"))
+    if len(files) != 3:
+        fail(f"expected the operator, gateway and runner Dockerfiles, found {files}")
+    for f in files:
+        text = f.read_text()
+        froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+        for image in froms:
+            name = image.split("@")[0]
+            tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else ""
+            if not tag or tag == "latest":
+                fail(f"{f.name}: base {image} is not pinned to a version")
+        final = text[text.rfind("\nFROM "):]
+        users = re.findall(r"^USER\s+(\S+)", final, re.M)
+        if not users or not re.fullmatch(r"[1-9][0-9]*(:[1-9][0-9]*)?", users[-1]):
+            fail(f"{f.name}: the final stage must end as a numeric non-root USER, found {users}")
+        if re.search(r"^(ARG|ENV)\s+\S*(SECRET|TOKEN|PASSWORD|API_KEY)", text, re.M | re.I):
+            fail(f"{f.name}: a secret-looking ARG or ENV")
+        if "--mount=type=secret" in text:
+            fail(f"{f.name}: build secrets are not expected")
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for needed in ("target", ".git"):
+        if needed not in ignored:
+            fail(f".dockerignore should exclude {needed}")
+
+
 def main():
+    check_dockerfiles()
     report = helm.lint(str(CHART), strict=True)
     for m in report.get("messages", []):
         if m["severity"] >= 2:
