@@ -13,6 +13,7 @@ use cliscale_api::{ApiError, Result as ApiResult};
 use cliscale_core::{SessionPhase, TerminalReason};
 use futures_util::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 
@@ -195,7 +196,9 @@ pub async fn run_mirror(
     shutdown: impl Future<Output = ()>,
 ) {
     let api: Api<CommandSession> = Api::namespaced(client, &namespace);
-    let mut events = std::pin::pin!(watcher::watcher(api, watcher::Config::default()));
+    // Backoff on watch errors (API server restarts, expired resource versions) is the watcher's.
+    let mut events =
+        std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
     let mut shutdown = std::pin::pin!(shutdown);
     let mut listed = HashSet::new();
     let mut list_started = now();
@@ -208,7 +211,6 @@ pub async fn run_mirror(
             None => return,
             Some(Err(error)) => {
                 tracing::warn!(%error, "watching CommandSessions failed; retrying");
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 Ok(())
             }
             Some(Ok(Event::Init)) => {
