@@ -186,19 +186,6 @@ pub fn error_policy(session: Arc<CommandSession>, error: &Error, ctx: Arc<Contex
     Action::requeue(delay)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {
-        let delays: Vec<u64> = (1..=10).map(|n| backoff_delay(n).as_secs()).collect();
-        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
-        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
-        assert_eq!(backoff_delay(0), Duration::from_secs(1));
-    }
-}
-
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     ctx: Arc<Context>,
@@ -225,4 +212,17 @@ pub async fn run(
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {
+        let delays: Vec<u64> = (1..=10).map(|n| backoff_delay(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
+        assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
+        assert_eq!(backoff_delay(0), Duration::from_secs(1));
+    }
 }
