@@ -277,6 +277,54 @@ async fn scenario(database_url: Option<String>) {
     assert!(events.iter().any(|e| e.1 == "created"), "{events:?}");
 }
 
+/// After a (re)list, an unfinished session whose CommandSession is gone (deleted while no
+/// mirror watched) is marked Lost; one whose CommandSession exists is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_marks_sessions_without_a_command_session_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("api.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    let spec = cliscale_api::model::validate_create(cliscale_api::model::CreateSessionRequest {
+        command: "bash".into(),
+        ..Default::default()
+    })
+    .unwrap();
+    store.insert_session("vanished", "k", &spec).await.unwrap();
+    store.insert_session("present", "k", &spec).await.unwrap();
+    let api = FakeApi::new();
+    api.put(
+        "commandsessions",
+        json!({ "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                "metadata": { "name": "present", "namespace": NS }, "spec": { "command": "bash" } }),
+    );
+    let client = kube::Client::new(api.router(), "default");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(cliscale_operator::cluster_api::run_mirror_with_grace(
+        client,
+        NS.into(),
+        store.clone(),
+        -1,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let wait = async {
+        loop {
+            let row = store.get_session("vanished").await.unwrap().unwrap();
+            if row.phase == cliscale_core::SessionPhase::Lost {
+                return row;
+            }
+            // The store has no change feed to wait on; re-read at a short interval.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let lost = tokio::time::timeout(HANG_GUARD, wait).await.expect("marked Lost");
+    assert_eq!(lost.reason, Some(cliscale_core::TerminalReason::RunnerLost));
+    let present = store.get_session("present").await.unwrap().unwrap();
+    assert_eq!(present.phase, cliscale_core::SessionPhase::Pending);
+    stop.send(()).unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cluster_stack_on_sqlite() {
     scenario(None).await;

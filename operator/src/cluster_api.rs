@@ -187,12 +187,28 @@ pub async fn mirror_deleted(store: &Store, name: &str) -> ApiResult<()> {
     }
 }
 
+/// How old a store row must be before a relist that misses its CommandSession marks it `Lost`:
+/// a row the API made moments ago may not have its CommandSession listed yet.
+pub const VANISHED_GRACE_SECS: i64 = 30;
+
 /// Keeps the store a projection of the CommandSessions in `namespace` until `shutdown`.
 /// After every (re)list, unfinished rows whose CommandSession is gone become `Lost`.
 pub async fn run_mirror(
     client: Client,
     namespace: String,
     store: Store,
+    shutdown: impl Future<Output = ()>,
+) {
+    run_mirror_with_grace(client, namespace, store, VANISHED_GRACE_SECS, shutdown).await
+}
+
+/// [`run_mirror`] with the grace of [`VANISHED_GRACE_SECS`] chosen (tests pass -1, so rows
+/// made in the same second as the list count too).
+pub async fn run_mirror_with_grace(
+    client: Client,
+    namespace: String,
+    store: Store,
+    grace_secs: i64,
     shutdown: impl Future<Output = ()>,
 ) {
     let api: Api<CommandSession> = Api::namespaced(client, &namespace);
@@ -222,7 +238,9 @@ pub async fn run_mirror(
                 listed.insert(cs.name_any());
                 mirror_one(&store, &cs).await
             }
-            Some(Ok(Event::InitDone)) => mark_vanished(&store, &listed, list_started).await,
+            Some(Ok(Event::InitDone)) => {
+                mark_vanished(&store, &listed, list_started - grace_secs).await
+            }
             Some(Ok(Event::Apply(cs))) => mirror_one(&store, &cs).await,
             Some(Ok(Event::Delete(cs))) => mirror_deleted(&store, &cs.name_any()).await,
         };
@@ -232,14 +250,10 @@ pub async fn run_mirror(
     }
 }
 
-async fn mark_vanished(
-    store: &Store,
-    listed: &HashSet<String>,
-    list_started: i64,
-) -> ApiResult<()> {
+/// Marks `Lost` the unfinished rows made before `made_before` that the list did not return.
+async fn mark_vanished(store: &Store, listed: &HashSet<String>, made_before: i64) -> ApiResult<()> {
     for row in store.unfinished_sessions().await? {
-        // A row the API made moments ago may not have its CommandSession listed yet.
-        if listed.contains(&row.id) || row.created_at > list_started - 30 {
+        if listed.contains(&row.id) || row.created_at > made_before {
             continue;
         }
         let update = StatusUpdate {
