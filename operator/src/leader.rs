@@ -1,6 +1,7 @@
 //! Leader election through a coordination.k8s.io Lease, so several operator replicas are safe:
 //! only the holder of the Lease runs the reconciler; the others wait, and take over when the
-//! holder stops renewing (crash) or releases the Lease (graceful shutdown).
+//! holder stops renewing (crash) or releases the Lease (graceful shutdown); a standby looks
+//! again when the holder's lease would expire.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -32,7 +33,7 @@ pub enum LeaderError {
 }
 
 /// Runs the reconciler whenever this replica holds the Lease, until `shutdown` resolves; then
-/// stops reconciling and releases the Lease so another replica takes over at once.
+/// stops reconciling and releases the Lease for another replica to take.
 pub async fn run_when_leading(
     ctx: Arc<Context>,
     config: LeaderConfig,

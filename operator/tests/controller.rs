@@ -162,8 +162,10 @@ fn replica(
         lease_name: "cliscale-operator".into(),
         namespace: "cliscale".into(),
         identity: identity.into(),
-        lease_seconds: 3,
-        renew_grace_seconds: 1,
+        // Long enough that a loaded CI machine never misses a renewal; a standby checks again
+        // when the holder's lease would expire, so takeover takes up to this long.
+        lease_seconds: 6,
+        renew_grace_seconds: 2,
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(run_when_leading(ctx.clone(), config, async move {
