@@ -13,6 +13,7 @@
    environment.
 """
 import re
+import base64
 import copy
 import json
 import pathlib
@@ -246,6 +247,18 @@ def main():
             ing = [d for _, d in docs if d["kind"] == "Ingress"]
             if not ing or not ing[0]["spec"].get("tls"):
                 fail("production: no TLS on the ingress")
+
+    # Generated secrets have the shapes the binaries accept: the API key csk_<16 hex>_<32+>,
+    # the signing key an Ed25519 PKCS#8 PEM (as genPrivateKey "ed25519" writes it).
+    secrets = {d["metadata"]["name"]: d for _, d in render(value_sets["default"]) if d["kind"] == "Secret"}
+    key = base64.b64decode(secrets["cs-cliscale-api-key"]["data"]["key"]).decode()
+    if not re.fullmatch(r"csk_[0-9a-f]{16}_[A-Za-z0-9]{32,}", key):
+        fail(f"generated API key has the wrong shape: {key[:24]}...")
+    pem = base64.b64decode(secrets["cs-cliscale-signing-key"]["data"]["signing.pem"])
+    described = subprocess.run(["openssl", "pkey", "-noout", "-text"], input=pem,
+                               capture_output=True)
+    if described.returncode != 0 or b"ED25519" not in described.stdout.upper():
+        fail("generated signing key is not an Ed25519 private key")
 
     # The values schema refuses bad values (each must fail validation).
     base = value_sets["default"]
