@@ -99,10 +99,18 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("migrations applied");
         return Ok(());
     }
-    let chosen = std::env::var("CLISCALE_API_KEY").ok().filter(|k| !k.is_empty());
-    if let Some(key) = cliscale_api::bootstrap::ensure_admin_key(&store, chosen.as_deref()).await? {
-        // Only when the deployer gave no key: shown once, in the first replica's log.
-        tracing::warn!(key = %key, "generated the bootstrap admin API key; store it now");
+    // On a cluster the bootstrap key comes from a Secret (the chart makes one): a generated
+    // key would have to be printed into the pod's logs, which is no place for a secret.
+    match std::env::var("CLISCALE_API_KEY").ok().filter(|k| !k.is_empty()) {
+        Some(chosen) => {
+            cliscale_api::bootstrap::ensure_admin_key(&store, Some(&chosen)).await?;
+        }
+        None if store.count_api_keys().await? == 0 => {
+            return Err("no API keys exist: set CLISCALE_API_KEY (from a Secret) to the \
+                        bootstrap admin key"
+                .into());
+        }
+        None => {}
     }
     let keys = Arc::new(KeyRing::from_files(&args.signing_key_file)?);
     let defaults = OperatorConfig::default();
