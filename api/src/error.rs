@@ -67,6 +67,15 @@ impl ApiError {
     }
 }
 
+/// Every error's JSON body.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
+pub struct ErrorBody {
+    /// Stable machine-readable code (docs/api.md lists them).
+    pub error: &'static str,
+    pub message: String,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -79,7 +88,7 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = serde_json::json!({ "error": self.code(), "message": message });
+        let body = ErrorBody { error: self.code(), message };
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::TooManyRequests { retry_after_secs } = self {
             response.headers_mut().insert(

@@ -19,12 +19,14 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::error::{ApiError, Result};
 use crate::executor::Executor;
 use crate::keys::{self, Role};
-use crate::model::{CreateSessionRequest, SessionRecord, SessionView, validate_create};
+use crate::model::{
+    CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
+    SessionRecord, SessionView, TokenMinted, validate_create,
+};
 use crate::signing::KeyRing;
 use crate::store::{ApiKeyRecord, SessionQuery, Store, now};
 
@@ -229,15 +231,10 @@ fn base_url(state: &ApiState, headers: &HeaderMap, peer: Option<IpAddr>) -> Resu
     Ok(format!("{proto}://{host}"))
 }
 
-/// What a client needs to open a session's terminal.
-fn terminal_links(base: &str, id: &str, token: &str) -> serde_json::Value {
-    json!({
-        "sessionId": id,
-        "wsUrl": format!("/ws/{id}"),
-        "token": token,
-        // The token rides in the fragment: browsers never send it to a server or a log.
-        "terminalUrl": format!("{base}/t/{id}#token={token}"),
-    })
+/// What a client needs to open a session's terminal: (wsUrl, terminalUrl).
+fn terminal_links(base: &str, id: &str, token: &str) -> (String, String) {
+    // The token rides in the fragment: browsers never send it to a server or a log.
+    (format!("/ws/{id}"), format!("{base}/t/{id}#token={token}"))
 }
 
 fn sign_token(
@@ -291,7 +288,12 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 
 // --- sessions -----------------------------------------------------------------------------
 
-async fn create_session(
+#[utoipa::path(post, path = "/api/sessions", tag = "sessions",
+    summary = "Create a session (returns at once)",
+    request_body = CreateSessionRequest,
+    responses((status = 201, description = "Created", body = SessionCreated),
+        (status = 403, description = "This role may not create sessions", body = crate::error::ErrorBody)))]
+pub(crate) async fn create_session(
     State(state): State<AppState>,
     Peer(peer): Peer,
     headers: HeaderMap,
@@ -313,12 +315,22 @@ async fn create_session(
     state.executor.start(record).await?;
     state.metrics.sessions_created.inc();
     let token = sign_token(&state, &caller, &id, TokenScope::Interact)?;
-    let mut body = terminal_links(&base, &id, &token);
-    body["phase"] = json!("Pending");
+    let (ws_url, terminal_url) = terminal_links(&base, &id, &token);
+    let body = SessionCreated {
+        session_id: id,
+        ws_url,
+        token,
+        terminal_url,
+        phase: cliscale_core::SessionPhase::Pending,
+    };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
-async fn get_session(
+#[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", summary = "Get a session",
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, description = "The session", body = SessionView),
+        (status = 404, description = "No such session (or not yours)", body = crate::error::ErrorBody)))]
+pub(crate) async fn get_session(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -326,14 +338,22 @@ async fn get_session(
     Ok(axum::Json(SessionView::from(&visible_session(&state, &caller, &id).await?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct ListParams {
+#[into_params(parameter_in = Query)]
+pub(crate) struct ListParams {
+    /// Only sessions in this phase.
     phase: Option<String>,
+    /// Only sessions of this API key id (admins; operators see only their own anyway).
     owner: Option<String>,
+    /// Created at or after (RFC 3339 or Unix seconds).
     created_after: Option<String>,
+    /// Created before (RFC 3339 or Unix seconds).
     created_before: Option<String>,
+    /// Page size, 1 to 200 (default 50).
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// `nextCursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -365,11 +385,14 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
     Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
-async fn list_sessions(
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions",
+    summary = "List sessions, newest first", params(ListParams),
+    responses((status = 200, description = "A page", body = SessionPage)))]
+pub(crate) async fn list_sessions(
     State(state): State<AppState>,
     caller: Caller,
     params: std::result::Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<serde_json::Value>> {
+) -> Result<axum::Json<SessionPage>> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let phase = params
@@ -412,10 +435,15 @@ async fn list_sessions(
     records.truncate(limit as usize);
     let next = more.then(|| records.last().map(encode_cursor)).flatten();
     let items: Vec<SessionView> = records.iter().map(SessionView::from).collect();
-    Ok(axum::Json(json!({ "items": items, "nextCursor": next })))
+    Ok(axum::Json(SessionPage { items, next_cursor: next }))
 }
 
-async fn cancel_session(
+#[utoipa::path(delete, path = "/api/sessions/{id}", tag = "sessions", summary = "Cancel a session",
+    params(("id" = String, Path, description = "Session id")),
+    responses((status = 202, description = "Cancelling", body = SessionView),
+        (status = 200, description = "Already finished", body = SessionView),
+        (status = 404, description = "No such session", body = crate::error::ErrorBody)))]
+pub(crate) async fn cancel_session(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -431,13 +459,21 @@ async fn cancel_session(
     Ok((StatusCode::ACCEPTED, axum::Json(SessionView::from(&session))).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct MintRequest {
+#[schema(as = MintToken)]
+pub(crate) struct MintRequest {
+    /// interact (default) or view.
     scope: Option<TokenScope>,
 }
 
-async fn mint_token(
+#[utoipa::path(post, path = "/api/sessions/{id}/tokens", tag = "sessions",
+    summary = "Mint a one-time terminal token",
+    params(("id" = String, Path, description = "Session id")), request_body = MintRequest,
+    responses((status = 201, description = "Minted", body = TokenMinted),
+        (status = 403, description = "Viewers may only mint view tokens", body = crate::error::ErrorBody),
+        (status = 404, description = "No such session", body = crate::error::ErrorBody)))]
+pub(crate) async fn mint_token(
     State(state): State<AppState>,
     Peer(peer): Peer,
     headers: HeaderMap,
@@ -452,46 +488,64 @@ async fn mint_token(
     }
     let base = base_url(&state, &headers, peer)?;
     let token = sign_token(&state, &caller, &session.id, scope)?;
-    let mut body = terminal_links(&base, &session.id, &token);
-    body["scope"] = json!(scope);
-    body["expiresInSeconds"] = json!(state.config.token_ttl.as_secs());
+    let (ws_url, terminal_url) = terminal_links(&base, &session.id, &token);
+    let body = TokenMinted {
+        session_id: session.id,
+        ws_url,
+        token,
+        terminal_url,
+        scope,
+        expires_in_seconds: state.config.token_ttl.as_secs(),
+    };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
-async fn session_events(
+#[utoipa::path(get, path = "/api/sessions/{id}/events", tag = "sessions",
+    summary = "The session's event log", params(("id" = String, Path, description = "Session id")),
+    responses((status = 200, description = "Events, oldest first", body = EventPage),
+        (status = 404, description = "No such session", body = crate::error::ErrorBody)))]
+pub(crate) async fn session_events(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<axum::Json<serde_json::Value>> {
+) -> Result<axum::Json<EventPage>> {
     visible_session(&state, &caller, &id).await?;
     let events = state.store.events(&id).await?;
-    let items: Vec<_> = events
+    let items = events
         .into_iter()
-        .map(|(at, kind, message)| json!({ "at": crate::model::rfc3339(at), "kind": kind, "message": message }))
+        .map(|(at, kind, message)| EventView { at: crate::model::rfc3339(at), kind, message })
         .collect();
-    Ok(axum::Json(json!({ "items": items })))
+    Ok(axum::Json(EventPage { items }))
 }
 
 // --- API keys -----------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateKeyRequest {
+#[schema(as = CreateKey)]
+pub(crate) struct CreateKeyRequest {
+    /// 1 to 128 characters.
+    #[schema(max_length = 128)]
     name: String,
     role: Role,
 }
 
-fn key_view(k: &ApiKeyRecord) -> serde_json::Value {
-    json!({
-        "id": k.id,
-        "name": k.name,
-        "role": k.role,
-        "createdAt": crate::model::rfc3339(k.created_at),
-        "revokedAt": k.revoked_at.map(crate::model::rfc3339),
-    })
+fn key_view(k: &ApiKeyRecord) -> KeyView {
+    KeyView {
+        id: k.id.clone(),
+        name: k.name.clone(),
+        role: k.role,
+        created_at: crate::model::rfc3339(k.created_at),
+        revoked_at: k.revoked_at.map(crate::model::rfc3339),
+        key: None,
+    }
 }
 
-async fn create_key(
+#[utoipa::path(post, path = "/api/keys", tag = "keys", summary = "Create an API key (admin)",
+    request_body = CreateKeyRequest,
+    responses((status = 201, description = "Created; the key is shown only here", body = KeyView),
+        (status = 403, description = "Admins only", body = crate::error::ErrorBody)))]
+pub(crate) async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
     JsonBody(request): JsonBody<CreateKeyRequest>,
@@ -510,21 +564,27 @@ async fn create_key(
         revoked_at: None,
     };
     state.store.insert_api_key(&record).await?;
-    let mut body = key_view(&record);
-    body["key"] = json!(new.full);
+    let body = KeyView { key: Some(new.full), ..key_view(&record) };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
-async fn list_keys(
+#[utoipa::path(get, path = "/api/keys", tag = "keys", summary = "List API keys (admin)",
+    responses((status = 200, description = "Keys, without secrets", body = KeyPage),
+        (status = 403, description = "Admins only", body = crate::error::ErrorBody)))]
+pub(crate) async fn list_keys(
     State(state): State<AppState>,
     caller: Caller,
-) -> Result<axum::Json<serde_json::Value>> {
+) -> Result<axum::Json<KeyPage>> {
     require(&caller, &[Role::Admin])?;
     let keys = state.store.list_api_keys().await?;
-    Ok(axum::Json(json!({ "items": keys.iter().map(key_view).collect::<Vec<_>>() })))
+    Ok(axum::Json(KeyPage { items: keys.iter().map(key_view).collect() }))
 }
 
-async fn revoke_key(
+#[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", summary = "Revoke an API key (admin)",
+    params(("id" = String, Path, description = "Key id")),
+    responses((status = 204, description = "Revoked"),
+        (status = 404, description = "No such key", body = crate::error::ErrorBody)))]
+pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -539,7 +599,10 @@ async fn revoke_key(
 
 // --- public endpoints ---------------------------------------------------------------------
 
-async fn jwks(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "public", security(()),
+    summary = "Public keys of terminal tokens (JWKS)",
+    responses((status = 200, description = "JWKS", content_type = "application/json")))]
+pub(crate) async fn jwks(State(state): State<AppState>) -> Response {
     state.metrics.jwks_served.inc();
     (
         [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "max-age=300")],
@@ -548,12 +611,19 @@ async fn jwks(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
+#[utoipa::path(get, path = "/readyz", tag = "public", security(()),
+    summary = "Readiness (database reachable)",
+    responses((status = 200, description = "ready", content_type = "text/plain"),
+        (status = 500, description = "Not ready", body = crate::error::ErrorBody)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
     state.store.ping().await?;
     Ok("ready")
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, path = "/metrics", tag = "public", security(()), summary = "Prometheus metrics",
+    responses((status = 200, description = "OpenMetrics text",
+        content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
         state.metrics.render(),

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 /// Where a session is in its life. See DESIGN.md, "Session lifecycle".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum SessionPhase {
     /// Accepted, no runner yet.
     Pending,
@@ -68,6 +69,7 @@ impl std::fmt::Display for SessionPhase {
 /// separate message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TerminalReason {
     /// The command exited by itself; see `exitCode`.
     Exited,

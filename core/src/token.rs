@@ -26,6 +26,7 @@ pub const LEEWAY_SECS: u64 = 30;
 /// What a terminal token lets its holder do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TokenScope {
     /// Read output, send input and resize.
     Interact,
