@@ -43,12 +43,23 @@ impl Up {
         cliscale_core::tls::install_crypto_provider();
         let data = tempfile::tempdir().unwrap();
         let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cliscale"));
+        let runner = bin.with_file_name("cliscale-runner");
+        if !runner.exists() {
+            // `cargo bench -p cliscale` builds only this package's binaries; the runner is
+            // another package's, so build it (release, same target directory) first.
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let built = Command::new(cargo)
+                .args(["build", "--release", "--locked", "-p", "cliscale-runner"])
+                .status()
+                .expect("running cargo to build cliscale-runner");
+            assert!(built.success() && runner.exists(), "could not build {}", runner.display());
+        }
         let mut child = Command::new(&bin)
             .args(["up", "--listen", "127.0.0.1:0", "--rate-per-minute", "1000000"])
             .arg("--data-dir")
             .arg(data.path())
             .arg("--runner-bin")
-            .arg(bin.with_file_name("cliscale-runner"))
+            .arg(&runner)
             .env("CLISCALE_API_KEY", KEY)
             .env("CLISCALE_LOG", "warn")
             .stdout(Stdio::piped())
