@@ -58,7 +58,7 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
     let child = cmd.spawn(pts).map_err(spawn_err)?;
     let pid = child.id().map(|p| p as i32).ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
     let (mut read_half, mut write_half) = pty.into_split();
-    let log_for_echo = log.clone();
+    let echo_log = log.clone();
 
     let reader = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -77,7 +77,6 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
     });
 
     let (input, mut input_rx) = mpsc::channel::<PtyInput>(256);
-    let echo_log = log_for_echo;
     tokio::spawn(async move {
         while let Some(message) = input_rx.recv().await {
             match message {
