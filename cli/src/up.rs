@@ -13,10 +13,9 @@ use cliscale_api::local::{LocalConfig, LocalExecutor};
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
-use cliscale_core::token::TERMINAL_AUDIENCE;
 use cliscale_gateway::backends::{KeyRingIssuer, StoreLedger};
 use cliscale_gateway::{
-    BoxFuture, Gateway, GatewayConfig, JwksCache, JwksSource, ResolveError, RunnerResolver,
+    BoxFuture, Gateway, GatewayConfig, JwksCache, ResolveError, RunnerResolver,
 };
 
 #[derive(Debug, Clone, clap::Args)]
@@ -174,13 +173,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     );
     let gateway = Arc::new(Gateway {
-        jwks: JwksCache::new(
-            JwksSource::Url {
-                client: reqwest::Client::new(),
-                url: format!("{local_base}/.well-known/jwks.json"),
-            },
-            vec![TERMINAL_AUDIENCE.to_string()],
-            Some("cliscale".into()),
+        jwks: JwksCache::terminal_tokens_from(
+            format!("{local_base}/.well-known/jwks.json"),
+            "cliscale",
             Duration::from_secs(300),
         ),
         ledger: Arc::new(StoreLedger(store.clone())),

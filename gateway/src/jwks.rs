@@ -59,6 +59,17 @@ impl JwksCache {
         }
     }
 
+    /// The gateway's cache: terminal-audience tokens from `issuer`, checked against the key
+    /// set the API publishes at `url`.
+    pub fn terminal_tokens_from(url: String, issuer: &str, ttl: Duration) -> Self {
+        Self::new(
+            JwksSource::Url { client: reqwest::Client::new(), url },
+            vec![cliscale_core::token::TERMINAL_AUDIENCE.to_string()],
+            Some(issuer.to_owned()),
+            ttl,
+        )
+    }
+
     /// How many times the key set has been fetched.
     pub fn fetch_count(&self) -> u64 {
         self.fetches.load(Ordering::Relaxed)

@@ -12,10 +12,9 @@ use axum::routing::get;
 use clap::Parser;
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
-use cliscale_core::token::TERMINAL_AUDIENCE;
 use cliscale_gateway::backends::{KeyRingIssuer, StoreLedger};
 use cliscale_gateway::cluster::ReflectorResolver;
-use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, JwksSource, ReconnectIssuer};
+use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, ReconnectIssuer};
 
 #[derive(Parser)]
 #[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]
@@ -65,12 +64,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             as Arc<dyn ReconnectIssuer>)
     };
     let gateway = Arc::new(Gateway {
-        jwks: JwksCache::new(
-            JwksSource::Url { client: reqwest::Client::new(), url: args.jwks_url.clone() },
-            vec![TERMINAL_AUDIENCE.to_string()],
-            Some(args.issuer.clone()),
-            args.jwks_ttl,
-        ),
+        jwks: JwksCache::terminal_tokens_from(args.jwks_url.clone(), &args.issuer, args.jwks_ttl),
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: resolver.clone(),
         reissuer,
