@@ -74,8 +74,9 @@ fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|v| !v.trim().is_empty())
 }
 
-/// Checks a create request and turns it into a spec. Pure.
-pub fn validate_create(req: CreateSessionRequest) -> Result<SessionSpec> {
+/// Checks a create request and turns it into a spec, with `default_ttl_secs` for a request that
+/// names no TTL. Pure.
+pub fn validate_create(req: CreateSessionRequest, default_ttl_secs: u64) -> Result<SessionSpec> {
     if req.command.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_field", "command must not be empty"));
     }
@@ -142,7 +143,7 @@ pub fn validate_create(req: CreateSessionRequest) -> Result<SessionSpec> {
             format!("timeout_seconds must be 1..={MAX_TIMEOUT_SECS}"),
         ));
     }
-    let ttl_seconds = req.ttl_seconds.unwrap_or(DEFAULT_TTL_SECS);
+    let ttl_seconds = req.ttl_seconds.unwrap_or(default_ttl_secs);
     if ttl_seconds > MAX_TTL_SECS {
         return Err(ApiError::bad_request(
             "invalid_ttl",
@@ -314,8 +315,15 @@ mod tests {
 
     #[test]
     fn a_minimal_request_gets_defaults() {
-        let spec = validate_create(req("echo hi")).unwrap();
+        let spec = validate_create(req("echo hi"), DEFAULT_TTL_SECS).unwrap();
         assert_eq!((spec.cols, spec.rows, spec.ttl_seconds), (80, 24, DEFAULT_TTL_SECS));
+    }
+
+    #[test]
+    fn the_configured_default_ttl_applies_only_when_the_request_names_none() {
+        assert_eq!(validate_create(req("x"), 120).unwrap().ttl_seconds, 120);
+        let named = CreateSessionRequest { ttl_seconds: Some(7), ..req("x") };
+        assert_eq!(validate_create(named, 120).unwrap().ttl_seconds, 7);
     }
 
     #[test]
@@ -350,7 +358,7 @@ mod tests {
             (CreateSessionRequest { ttl_seconds: Some(u64::MAX), ..req("x") }, "invalid_ttl"),
         ];
         for (request, code) in cases {
-            assert_eq!(validate_create(request).unwrap_err().code(), code);
+            assert_eq!(validate_create(request, DEFAULT_TTL_SECS).unwrap_err().code(), code);
         }
     }
 }

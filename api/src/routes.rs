@@ -301,8 +301,7 @@ pub(crate) async fn create_session(
     JsonBody(request): JsonBody<CreateSessionRequest>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
-    let ttl_seconds = request.ttl_seconds.or(Some(state.config.default_ttl_secs));
-    let spec = validate_create(CreateSessionRequest { ttl_seconds, ..request })?;
+    let spec = validate_create(request, state.config.default_ttl_secs)?;
     let base = base_url(&state, &headers, peer)?;
     let id = uuid::Uuid::new_v4().to_string();
     state.store.insert_session(&id, &caller.key_id, &spec).await?;

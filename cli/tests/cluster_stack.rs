@@ -17,10 +17,9 @@ use cliscale_api::executor::Executor;
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
-use cliscale_core::token::TERMINAL_AUDIENCE;
 use cliscale_gateway::backends::StoreLedger;
 use cliscale_gateway::cluster::ReflectorResolver;
-use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, JwksSource};
+use cliscale_gateway::{Gateway, GatewayConfig, JwksCache};
 use cliscale_operator::cluster_api::{ClusterExecutor, run_mirror};
 use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
@@ -85,13 +84,9 @@ impl Cluster {
             ApiConfig::default(),
         );
         let gateway = Arc::new(Gateway {
-            jwks: JwksCache::new(
-                JwksSource::Url {
-                    client: reqwest::Client::new(),
-                    url: format!("{base}/.well-known/jwks.json"),
-                },
-                vec![TERMINAL_AUDIENCE.to_string()],
-                Some("cliscale".into()),
+            jwks: JwksCache::terminal_tokens_from(
+                format!("{base}/.well-known/jwks.json"),
+                "cliscale",
                 Duration::from_secs(300),
             ),
             ledger: Arc::new(StoreLedger(store.clone())),
@@ -284,10 +279,10 @@ async fn a_relist_marks_sessions_without_a_command_session_lost() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}?mode=rwc", dir.path().join("api.db").display());
     let store = Store::connect(&url).await.unwrap();
-    let spec = cliscale_api::model::validate_create(cliscale_api::model::CreateSessionRequest {
-        command: "bash".into(),
-        ..Default::default()
-    })
+    let spec = cliscale_api::model::validate_create(
+        cliscale_api::model::CreateSessionRequest { command: "bash".into(), ..Default::default() },
+        3600,
+    )
     .unwrap();
     store.insert_session("vanished", "k", &spec).await.unwrap();
     store.insert_session("present", "k", &spec).await.unwrap();

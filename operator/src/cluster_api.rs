@@ -273,13 +273,16 @@ mod tests {
     use cliscale_api::model::{CreateSessionRequest, validate_create};
 
     fn record() -> SessionRecord {
-        let spec = validate_create(CreateSessionRequest {
-            command: "claude".into(),
-            code_url: Some("https://github.com/o/r/tree/main/app".into()),
-            env: Some(BTreeMap::from([("MODE".into(), "ci".into())])),
-            timeout_seconds: Some(600),
-            ..Default::default()
-        })
+        let spec = validate_create(
+            CreateSessionRequest {
+                command: "claude".into(),
+                code_url: Some("https://github.com/o/r/tree/main/app".into()),
+                env: Some(BTreeMap::from([("MODE".into(), "ci".into())])),
+                timeout_seconds: Some(600),
+                ..Default::default()
+            },
+            3600,
+        )
         .unwrap();
         SessionRecord {
             id: "0b6f0f5e-3c1a-4f7e-9a51-2f3b1d2c4e5f".into(),
