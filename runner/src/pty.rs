@@ -113,6 +113,8 @@ const ECHO_SPIN: Duration = Duration::from_micros(250);
 async fn spin_for_echo(log: &OutputLog, before: u64) {
     let started = std::time::Instant::now();
     while log.end() == before && started.elapsed() < ECHO_SPIN {
+        // Let the command run first if it shares this CPU (spinning would only delay its echo).
+        std::thread::yield_now();
         // Each yield lets the scheduler poll the I/O driver without blocking.
         tokio::task::yield_now().await;
     }
