@@ -185,16 +185,28 @@ async fn throughput(url: &str) -> f64 {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+    procfs::process::Process::new(pid as i32).unwrap().status().unwrap().vmrss.unwrap()
+}
+
+/// User + system CPU time of a process.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = procfs::process::Process::new(pid as i32).unwrap().stat().unwrap();
+    Duration::from_micros((stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second())
+}
+
+/// Ticks the machine's CPUs spent busy and idle so far (all CPUs together).
+fn machine_ticks() -> (u64, u64) {
+    use procfs::CurrentSI;
+    let t = procfs::KernelStats::current().unwrap().total;
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let busy = t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0);
+    (busy, idle)
+}
+
+/// Share of the machine's CPU time that was busy between two `machine_ticks` readings.
+fn busy_share((busy0, idle0): (u64, u64), (busy1, idle1): (u64, u64)) -> f64 {
+    let busy = (busy1 - busy0) as f64;
+    busy / (busy + (idle1 - idle0) as f64)
 }
 
 fn pct(samples: &mut [Duration], p: f64) -> f64 {
@@ -252,14 +264,24 @@ async fn run() {
 
     // Throughput: a fresh session per run, each printing the same payload once.
     let (mut tp_direct, mut tp_gateway) = (Vec::new(), Vec::new());
+    // CPU of the `cliscale up` process during each kind of run: the relay's cost per MB.
+    let (mut up_cpu_direct, mut up_cpu_gateway) = (Duration::ZERO, Duration::ZERO);
+    // How busy the whole machine was: on a saturated machine every extra hop costs throughput.
+    let (mut busy_direct, mut busy_gateway) = (Vec::new(), Vec::new());
     let command = format!("stty -echo; printf R; read -r go; cat '{}'", payload.display());
     for _ in 0..ROUNDS {
         let (a, token_a) = up.session(&command).await;
         let addr_a = up.runner_addr(&a).await;
+        let (cpu_before, machine_before) = (cpu_time(up.child.id()), machine_ticks());
         tp_direct.push(throughput(&direct_url(&addr_a, &token_a)).await);
+        up_cpu_direct += cpu_time(up.child.id()) - cpu_before;
+        busy_direct.push(busy_share(machine_before, machine_ticks()));
         let (b, token_b) = up.session(&command).await;
         up.runner_addr(&b).await;
+        let (cpu_before, machine_before) = (cpu_time(up.child.id()), machine_ticks());
         tp_gateway.push(throughput(&up.gateway_url(&b, &token_b)).await);
+        up_cpu_gateway += cpu_time(up.child.id()) - cpu_before;
+        busy_gateway.push(busy_share(machine_before, machine_ticks()));
     }
 
     // Connects per second: token verification, JTI consumption, runner connection, upgrade.
@@ -311,6 +333,18 @@ async fn run() {
     println!(
         "| throughput ({PAYLOAD_MB} MB, median of {ROUNDS}) | {td:.1} MB/s | {tg:.1} MB/s | {:.2}x | >= 0.95x |",
         tg / td
+    );
+    let mb = (ROUNDS * PAYLOAD_MB) as f64 * 1.048_576;
+    println!(
+        "| `cliscale up` CPU per MB relayed (gateway runs; direct runs: {:.2} ms/MB) | - | {:.2} ms/MB | - | - |",
+        up_cpu_direct.as_secs_f64() * 1e3 / mb,
+        up_cpu_gateway.as_secs_f64() * 1e3 / mb
+    );
+    println!(
+        "| machine CPU busy during the throughput runs (median, {} CPUs) | {:.0} % | {:.0} % | - | - |",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        median(&mut busy_direct) * 100.0,
+        median(&mut busy_gateway) * 100.0
     );
     println!(
         "| gateway memory per idle connection ({IDLE}) | - | {per_connection:.1} KiB | - | <= 40 KiB |"

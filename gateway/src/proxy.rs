@@ -9,7 +9,7 @@ use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use cliscale_core::token::{SessionClaims, TokenError, TokenScope};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
 use crate::jwks::VerifyError;
@@ -246,6 +246,19 @@ fn close(code: u16, reason: &str) -> ws::Message {
     ws::Message::Close(Some(CloseFrame { code, reason: reason.into() }))
 }
 
+/// Most runner frames (64 KiB each at most) forwarded before one flush to the client.
+const RELAY_BURST_FRAMES: usize = 8;
+
+/// How a burst of runner frames ended.
+enum Burst {
+    /// Both connections stay open.
+    Open,
+    /// The runner closed the WebSocket; its close frame was forwarded.
+    Closed,
+    ClientGone,
+    RunnerLost,
+}
+
 async fn relay(
     gateway: Arc<Gateway>,
     client: WebSocket,
@@ -297,19 +310,39 @@ async fn relay(
                 }
             }
             from_runner = up_rx.next() => {
-                match from_runner {
-                    Some(Ok(message)) => {
-                        let closing = matches!(message, tungstenite::Message::Close(_));
-                        if let Some(message) = to_client(message)
-                            && client_tx.send(message).await.is_err()
-                        {
-                            break;
-                        }
-                        if closing {
+                // Forward this frame and those already read behind it, then flush once: one
+                // write to the client per burst instead of one per frame.
+                let mut incoming = from_runner;
+                let mut forwarded = 0;
+                let outcome = loop {
+                    let Some(Ok(message)) = incoming else { break Burst::RunnerLost };
+                    let closing = matches!(message, tungstenite::Message::Close(_));
+                    if let Some(message) = to_client(message)
+                        && client_tx.feed(message).await.is_err()
+                    {
+                        break Burst::ClientGone;
+                    }
+                    if closing {
+                        break Burst::Closed;
+                    }
+                    forwarded += 1;
+                    match up_rx.next().now_or_never() {
+                        Some(next) if forwarded < RELAY_BURST_FRAMES => incoming = next,
+                        _ => break Burst::Open,
+                    }
+                };
+                match outcome {
+                    Burst::Open => {
+                        if client_tx.flush().await.is_err() {
                             break;
                         }
                     }
-                    _ => {
+                    Burst::Closed => {
+                        let _ = client_tx.flush().await;
+                        break;
+                    }
+                    Burst::ClientGone => break,
+                    Burst::RunnerLost => {
                         let _ = client_tx.send(close(1011, "runner connection lost")).await;
                         break;
                     }

@@ -15,16 +15,7 @@ use serde_json::json;
 const SESSIONS: usize = 1000;
 
 fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+    procfs::process::Process::myself().unwrap().status().unwrap().vmrss.unwrap()
 }
 
 fn main() {

@@ -148,20 +148,15 @@ impl Drop for Runner {
 
 /// User + system CPU time of a process.
 fn cpu_time(pid: i32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).unwrap().unwrap() as u64;
-    Duration::from_micros(ticks * 1_000_000 / hz)
+    let stat = procfs::process::Process::new(pid).unwrap().stat().unwrap();
+    Duration::from_micros((stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second())
 }
 
 /// Anonymous resident memory (heap, stacks, buffers) in KiB. Not VmRSS: that also counts the
 /// binary's and libc's code pages, which fault in (shared, file-backed) the first time a code
 /// path runs and made one client look like 100+ KiB in some runs.
 fn rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("RssAnon:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    procfs::process::Process::new(pid).unwrap().status().unwrap().rssanon.unwrap()
 }
 
 fn make_payload(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
