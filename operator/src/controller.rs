@@ -174,12 +174,27 @@ pub fn backoff_delay(failures: u32) -> Duration {
     Duration::from_secs((1u64 << exponent).min(300))
 }
 
+/// Counts one more failure of `key` and returns its consecutive failures. Sessions that no
+/// longer `exist` lose their count: a session deleted while failing is never reconciled again,
+/// so nothing else would remove it.
+pub fn record_failure<K: std::hash::Hash + Eq + Clone>(
+    failures: &mut std::collections::HashMap<K, u32>,
+    key: &K,
+    exists: impl Fn(&K) -> bool,
+) -> u32 {
+    failures.retain(|k, _| k == key || exists(k));
+    let n = failures.entry(key.clone()).or_insert(0);
+    *n += 1;
+    *n
+}
+
 pub fn error_policy(session: Arc<CommandSession>, error: &Error, ctx: Arc<Context>) -> Action {
     let failures = {
+        let cache = ctx.sessions.lock().expect("not poisoned").clone();
         let mut map = ctx.failures.lock().expect("not poisoned");
-        let n = map.entry(ObjectRef::from_obj(&*session)).or_insert(0);
-        *n += 1;
-        *n
+        record_failure(&mut map, &ObjectRef::from_obj(&*session), |k| {
+            cache.as_ref().is_none_or(|store| store.get(k).is_some())
+        })
     };
     let delay = backoff_delay(failures);
     tracing::warn!(session = %session.name_any(), %error, failures, ?delay, "reconcile failed; retrying");
@@ -217,6 +232,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failure_counts_are_consecutive_and_forget_deleted_sessions() {
+        let mut failures = std::collections::HashMap::new();
+        let live = |k: &&str| *k != "deleted";
+        assert_eq!(record_failure(&mut failures, &"deleted", live), 1);
+        assert_eq!(record_failure(&mut failures, &"a", |_| true), 1);
+        assert_eq!(record_failure(&mut failures, &"a", |_| true), 2);
+        // "deleted" is gone from the cache: the next failure of anyone drops its count.
+        assert_eq!(record_failure(&mut failures, &"b", live), 1);
+        assert_eq!(failures.len(), 2);
+        assert!(!failures.contains_key("deleted"));
+        assert_eq!(failures["a"], 2);
+    }
 
     #[test]
     fn backoff_doubles_from_one_second_and_stops_at_five_minutes() {
