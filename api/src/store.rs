@@ -47,7 +47,7 @@ pub struct SessionQuery {
 }
 
 /// A change of a session's observed state.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusUpdate {
     pub phase: Option<SessionPhase>,
     pub exit_code: Option<i64>,

@@ -3,7 +3,7 @@
 //! namespace, so sessions made with `kubectl apply` are listed and get tokens too.
 //! The translations are pure functions; the executor and the mirror only do the I/O.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
 use cliscale_api::executor::{BoxFuture, Executor};
@@ -158,15 +158,38 @@ impl Executor for ClusterExecutor {
 }
 
 /// Brings the store's row for `cs` up to date, creating it for sessions made with kubectl.
-pub async fn mirror_one(store: &Store, cs: &CommandSession) -> ApiResult<()> {
+/// What one replica's mirror last wrote per CommandSession, so that a watch event which changes
+/// nothing the store keeps (a label or annotation edit, a resync) costs no SQL.
+pub type Mirrored = HashMap<String, StatusUpdate>;
+
+/// Brings the store's row for `cs` up to date: made if absent, status written if it changed
+/// since this mirror last wrote it.
+pub async fn mirror_one(
+    store: &Store,
+    cs: &CommandSession,
+    mirrored: &mut Mirrored,
+) -> ApiResult<()> {
     let id = cs.name_any();
-    let owner =
-        cs.annotations().get(OWNER_ANNOTATION).cloned().unwrap_or_else(|| KUBECTL_OWNER.into());
-    // Every API replica mirrors; the insert is idempotent so they never collide.
-    if store.insert_session_if_absent(&id, &owner, &spec_from_resource(&cs.spec)).await? {
-        store.append_event(&id, "created", &format!("as CommandSession by {owner}")).await?;
+    let update = status_update(cs.status.as_ref());
+    match mirrored.get(&id) {
+        Some(last) if *last == update => return Ok(()),
+        Some(_) => {}
+        None => {
+            let owner = cs
+                .annotations()
+                .get(OWNER_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| KUBECTL_OWNER.into());
+            // Every API replica mirrors; the insert is idempotent so they never collide.
+            if store.insert_session_if_absent(&id, &owner, &spec_from_resource(&cs.spec)).await? {
+                store
+                    .append_event(&id, "created", &format!("as CommandSession by {owner}"))
+                    .await?;
+            }
+        }
     }
-    store.update_status(&id, &status_update(cs.status.as_ref())).await?;
+    store.update_status(&id, &update).await?;
+    mirrored.insert(id, update);
     Ok(())
 }
 
@@ -218,6 +241,7 @@ pub async fn run_mirror_with_grace(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut listed = HashSet::new();
     let mut list_started = now();
+    let mut mirrored = Mirrored::new();
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => return,
@@ -230,19 +254,24 @@ pub async fn run_mirror_with_grace(
                 Ok(())
             }
             Some(Ok(Event::Init)) => {
+                // A relist checks every row again, made and written afresh.
                 listed.clear();
+                mirrored.clear();
                 list_started = now();
                 Ok(())
             }
             Some(Ok(Event::InitApply(cs))) => {
                 listed.insert(cs.name_any());
-                mirror_one(&store, &cs).await
+                mirror_one(&store, &cs, &mut mirrored).await
             }
             Some(Ok(Event::InitDone)) => {
                 mark_vanished(&store, &listed, list_started - grace_secs).await
             }
-            Some(Ok(Event::Apply(cs))) => mirror_one(&store, &cs).await,
-            Some(Ok(Event::Delete(cs))) => mirror_deleted(&store, &cs.name_any()).await,
+            Some(Ok(Event::Apply(cs))) => mirror_one(&store, &cs, &mut mirrored).await,
+            Some(Ok(Event::Delete(cs))) => {
+                mirrored.remove(&cs.name_any());
+                mirror_deleted(&store, &cs.name_any()).await
+            }
         };
         if let Err(error) = result {
             tracing::warn!(%error, "could not mirror a CommandSession into the store");
@@ -332,5 +361,43 @@ mod tests {
                 Some("10.0.0.7:7681")
             )
         );
+    }
+
+    #[tokio::test]
+    async fn the_mirror_makes_a_row_once_and_writes_a_status_only_when_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("mirror.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let mut cs = resource_for(&record(), "sessions", 30);
+        let id = cs.name_any();
+        let mut mirrored = Mirrored::new();
+        mirror_one(&store, &cs, &mut mirrored).await.unwrap();
+        let row = store.get_session(&id).await.unwrap().unwrap();
+        assert_eq!((row.phase, row.owner.as_str()), (SessionPhase::Pending, "key1"));
+
+        // The row changes behind the mirror's back; an event that changes no status (here a
+        // label edit) must not touch the store, so the change stays.
+        let running = StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() };
+        store.update_status(&id, &running).await.unwrap();
+        cs.metadata.labels = Some(BTreeMap::from([("team".into(), "a".into())]));
+        mirror_one(&store, &cs, &mut mirrored).await.unwrap();
+        assert_eq!(store.get_session(&id).await.unwrap().unwrap().phase, SessionPhase::Running);
+
+        // A status change is written.
+        cs.status = Some(CommandSessionStatus {
+            phase: Some(SessionPhase::Failed),
+            reason: Some(TerminalReason::Exited),
+            exit_code: Some(3),
+            ..Default::default()
+        });
+        mirror_one(&store, &cs, &mut mirrored).await.unwrap();
+        let row = store.get_session(&id).await.unwrap().unwrap();
+        assert_eq!((row.phase, row.exit_code), (SessionPhase::Failed, Some(3)));
+
+        // A relist starts from an empty cache: everything is checked again, but the row is not
+        // made twice.
+        mirror_one(&store, &cs, &mut Mirrored::new()).await.unwrap();
+        let events = store.events(&id).await.unwrap();
+        assert_eq!(events.iter().filter(|(_, kind, _)| kind == "created").count(), 1);
     }
 }
