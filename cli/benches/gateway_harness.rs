@@ -5,15 +5,18 @@
 //! added echo latency, added time to first output byte, throughput ratio, gateway memory per
 //! idle connection at 1,000 connections, and connects per second (token verification + JTI).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-const KEY: &str = "csk_00000000000000bb_bench-admin-secret-0123456789abcdefghij";
+// The integration tests' launcher of `cliscale up`.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{ADMIN_KEY, Backend, Stack};
+
 const ROUNDS: usize = 5;
 const ECHOES: usize = 400;
 const FIRST_BYTE_SAMPLES: usize = 100;
@@ -24,113 +27,61 @@ const PAYLOAD_MB: usize = 48;
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-struct Up {
-    child: Child,
-    base: String,
-    data: tempfile::TempDir,
-    http: reqwest::Client,
+/// The release `cliscale up`, with rate limits out of the way of the load.
+async fn start_up() -> Stack {
+    let runner =
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_cliscale")).with_file_name("cliscale-runner");
+    if !runner.exists() {
+        // `cargo bench -p cliscale` builds only this package's binaries; the runner is another
+        // package's, so build it (release, same target directory) first.
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let built = Command::new(cargo)
+            .args(["build", "--release", "--locked", "-p", "cliscale-runner"])
+            .status()
+            .expect("running cargo to build cliscale-runner");
+        assert!(built.success() && runner.exists(), "could not build {}", runner.display());
+    }
+    Stack::start(Backend::Sqlite, &["--rate-per-minute", "1000000"]).await.unwrap()
 }
 
-impl Drop for Up {
-    fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
-        let _ = self.child.wait();
+/// A new session running `command`: its id and first terminal token.
+async fn session(up: &Stack, command: &str) -> (String, String) {
+    let created = up.create(ADMIN_KEY, json!({ "command": command })).await;
+    (
+        created["sessionId"].as_str().unwrap().to_owned(),
+        created["token"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn token(up: &Stack, sid: &str) -> String {
+    let path = format!("/api/sessions/{sid}/tokens");
+    let (status, body) =
+        up.call("POST", &path, Some(ADMIN_KEY), Some(json!({ "scope": "interact" }))).await;
+    assert_eq!(status, 201, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+/// The runner's own address, for the direct measurements (read from the store).
+async fn runner_addr(up: &Stack, sid: &str) -> String {
+    let url = format!("sqlite://{}", up.data.path().join("cliscale.db").display());
+    sqlx::any::install_default_drivers();
+    loop {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+        let row: (Option<String>, String) =
+            sqlx::query_as("SELECT runner_addr, phase FROM sessions WHERE id = $1")
+                .bind(sid)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        if let (Some(addr), "Running") = (row.0, row.1.as_str()) {
+            return addr;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
-impl Up {
-    fn start() -> Up {
-        cliscale_core::tls::install_crypto_provider();
-        let data = tempfile::tempdir().unwrap();
-        let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_cliscale"));
-        let runner = bin.with_file_name("cliscale-runner");
-        if !runner.exists() {
-            // `cargo bench -p cliscale` builds only this package's binaries; the runner is
-            // another package's, so build it (release, same target directory) first.
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let built = Command::new(cargo)
-                .args(["build", "--release", "--locked", "-p", "cliscale-runner"])
-                .status()
-                .expect("running cargo to build cliscale-runner");
-            assert!(built.success() && runner.exists(), "could not build {}", runner.display());
-        }
-        let mut child = Command::new(&bin)
-            .args(["up", "--listen", "127.0.0.1:0", "--rate-per-minute", "1000000"])
-            .arg("--data-dir")
-            .arg(data.path())
-            .arg("--runner-bin")
-            .arg(&runner)
-            .env("CLISCALE_API_KEY", KEY)
-            .env("CLISCALE_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let base = loop {
-            let line = lines.next().expect("cliscale up exited").unwrap();
-            if let Some(base) = line.strip_prefix("listening on ") {
-                break base.to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Up { child, base, data, http: reqwest::Client::new() }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> Value {
-        let text = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(KEY)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    async fn session(&self, command: &str) -> (String, String) {
-        let created = self.post("/api/sessions", json!({ "command": command })).await;
-        (
-            created["sessionId"].as_str().unwrap().to_owned(),
-            created["token"].as_str().unwrap().to_owned(),
-        )
-    }
-
-    async fn token(&self, sid: &str) -> String {
-        self.post(&format!("/api/sessions/{sid}/tokens"), json!({ "scope": "interact" })).await["token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
-    }
-
-    /// The runner's own address, for the direct measurements (read from the store).
-    async fn runner_addr(&self, sid: &str) -> String {
-        let url = format!("sqlite://{}", self.data.path().join("cliscale.db").display());
-        sqlx::any::install_default_drivers();
-        loop {
-            let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
-            let row: (Option<String>, String) =
-                sqlx::query_as("SELECT runner_addr, phase FROM sessions WHERE id = $1")
-                    .bind(sid)
-                    .fetch_one(&mut conn)
-                    .await
-                    .unwrap();
-            if let (Some(addr), "Running") = (row.0, row.1.as_str()) {
-                return addr;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    fn gateway_url(&self, sid: &str, token: &str) -> String {
-        format!("{}/ws/{sid}?token={token}", self.base.replace("http://", "ws://"))
-    }
+fn gateway_url(up: &Stack, sid: &str, token: &str) -> String {
+    up.ws_url(sid, &format!("token={token}"))
 }
 
 fn direct_url(addr: &str, token: &str) -> String {
@@ -229,7 +180,7 @@ fn main() {
 }
 
 async fn run() {
-    let up = Up::start();
+    let up = start_up().await;
     let dir = tempfile::tempdir().unwrap();
     let payload = dir.path().join("payload.b64");
     let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n";
@@ -237,14 +188,14 @@ async fn run() {
 
     // Echo and first byte: two identical cat sessions (every client of a session sees all of
     // its output), one reached directly and one through the gateway, in alternating rounds.
-    let (sid, _) = up.session("stty raw -echo; printf R; exec cat").await;
-    let addr = up.runner_addr(&sid).await;
-    let direct_token = up.token(&sid).await;
+    let (sid, _) = session(&up, "stty raw -echo; printf R; exec cat").await;
+    let addr = runner_addr(&up, &sid).await;
+    let direct_token = token(&up, &sid).await;
     let mut direct = connect(&direct_url(&addr, &direct_token)).await;
     assert_eq!(next_output(&mut direct).await.unwrap(), b"R");
-    let (via_sid, via_token) = up.session("stty raw -echo; printf R; exec cat").await;
-    up.runner_addr(&via_sid).await;
-    let mut via = connect(&up.gateway_url(&via_sid, &via_token)).await;
+    let (via_sid, via_token) = session(&up, "stty raw -echo; printf R; exec cat").await;
+    runner_addr(&up, &via_sid).await;
+    let mut via = connect(&gateway_url(&up, &via_sid, &via_token)).await;
     assert_eq!(next_output(&mut via).await.unwrap(), b"R");
     let (mut echo_direct, mut echo_gateway) = (Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
@@ -254,12 +205,12 @@ async fn run() {
     drop((direct, via));
     let mut gateway_tokens = Vec::new();
     for _ in 0..FIRST_BYTE_SAMPLES {
-        gateway_tokens.push(up.token(&sid).await);
+        gateway_tokens.push(token(&up, &sid).await);
     }
     let (mut fb_direct, mut fb_gateway) = (Vec::new(), Vec::new());
     for token in &gateway_tokens {
         fb_direct.push(first_byte(&direct_url(&addr, &direct_token)).await);
-        fb_gateway.push(first_byte(&up.gateway_url(&sid, token)).await);
+        fb_gateway.push(first_byte(&gateway_url(&up, &sid, token)).await);
     }
 
     // Throughput: a fresh session per run, each printing the same payload once.
@@ -270,16 +221,16 @@ async fn run() {
     let (mut busy_direct, mut busy_gateway) = (Vec::new(), Vec::new());
     let command = format!("stty -echo; printf R; read -r go; cat '{}'", payload.display());
     for _ in 0..ROUNDS {
-        let (a, token_a) = up.session(&command).await;
-        let addr_a = up.runner_addr(&a).await;
+        let (a, token_a) = session(&up, &command).await;
+        let addr_a = runner_addr(&up, &a).await;
         let (cpu_before, machine_before) = (cpu_time(up.child.id()), machine_ticks());
         tp_direct.push(throughput(&direct_url(&addr_a, &token_a)).await);
         up_cpu_direct += cpu_time(up.child.id()) - cpu_before;
         busy_direct.push(busy_share(machine_before, machine_ticks()));
-        let (b, token_b) = up.session(&command).await;
-        up.runner_addr(&b).await;
+        let (b, token_b) = session(&up, &command).await;
+        runner_addr(&up, &b).await;
         let (cpu_before, machine_before) = (cpu_time(up.child.id()), machine_ticks());
-        tp_gateway.push(throughput(&up.gateway_url(&b, &token_b)).await);
+        tp_gateway.push(throughput(&gateway_url(&up, &b, &token_b)).await);
         up_cpu_gateway += cpu_time(up.child.id()) - cpu_before;
         busy_gateway.push(busy_share(machine_before, machine_ticks()));
     }
@@ -287,26 +238,26 @@ async fn run() {
     // Connects per second: token verification, JTI consumption, runner connection, upgrade.
     let mut connect_tokens = Vec::new();
     for _ in 0..CONNECTS {
-        connect_tokens.push(up.token(&sid).await);
+        connect_tokens.push(token(&up, &sid).await);
     }
     let t = Instant::now();
     for token in &connect_tokens {
-        let mut ws = connect(&up.gateway_url(&sid, token)).await;
+        let mut ws = connect(&gateway_url(&up, &sid, token)).await;
         let _ = ws.close(None).await;
     }
     let connects_per_sec = CONNECTS as f64 / t.elapsed().as_secs_f64();
 
     // Memory per idle connection through the gateway.
-    let (idle_sid, _) = up.session("read -r x").await;
-    up.runner_addr(&idle_sid).await;
+    let (idle_sid, _) = session(&up, "read -r x").await;
+    runner_addr(&up, &idle_sid).await;
     let mut idle_tokens = Vec::new();
     for _ in 0..IDLE {
-        idle_tokens.push(up.token(&idle_sid).await);
+        idle_tokens.push(token(&up, &idle_sid).await);
     }
     let before = rss_kib(up.child.id());
     let mut idle = Vec::with_capacity(IDLE);
     for token in &idle_tokens {
-        let mut ws = connect(&up.gateway_url(&idle_sid, token)).await;
+        let mut ws = connect(&gateway_url(&up, &idle_sid, token)).await;
         ws.next().await.unwrap().unwrap(); // the reconnect token: the connection is set up
         idle.push(ws);
     }
