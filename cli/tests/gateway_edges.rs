@@ -5,7 +5,8 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 
-use common::{ADMIN_KEY, Backend, Stack, open_terminal};
+use common::{ADMIN_KEY, Backend, Stack, open_terminal, read_session, read_until};
+use futures_util::SinkExt;
 use serde_json::json;
 
 /// The stack's own signing key, to mint tokens the way the API does.
@@ -205,4 +206,38 @@ async fn stopping_cliscale_up_sends_sigterm_to_its_runners() {
     let status = stack.child.wait().unwrap();
     assert!(status.success(), "cliscale up exits cleanly on Ctrl-C: {status}");
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "got-sigterm");
+}
+
+/// Output that piles up in the gateway while a browser is not reading comes out whole and in
+/// order once it reads: the relay forwards the runner's frames in bursts (at most 8 per flush),
+/// and a frame taken from the runner beyond a burst must never be dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_piled_up_behind_a_late_reader_arrives_whole_and_in_order() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    // About 13 MB: some 200 frames of 64 KiB, more than the sockets between runner, gateway and
+    // browser hold, and less than the runner's 16 MiB log window.
+    let command = "stty -echo; seq 1 1500000; echo DONE; read -r x";
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let late_url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let mut late = open_terminal(&late_url).await.unwrap();
+    // While another terminal reads everything, the first reads nothing: its runner frames pile
+    // up in the gateway's connection to the runner.
+    let key = signing_key(&stack);
+    let mut watcher =
+        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+    let (seen, _) = read_until(&mut watcher, "DONE\r\n").await;
+    let mut expected: Vec<u8> =
+        (1..=1_500_000).flat_map(|i| format!("{i}\r\n").into_bytes()).collect();
+    expected.extend_from_slice(b"DONE\r\n");
+    assert!(seen.ends_with(&expected), "the watcher's copy differs");
+
+    let (out, _) = read_until(&mut late, "DONE\r\n").await;
+    assert_eq!(out.len(), expected.len(), "the late reader got {} bytes", out.len());
+    assert!(out == expected, "the late reader's copy differs from the command's output");
+    late.send(tokio_tungstenite::tungstenite::Message::Binary(b"\r".to_vec().into()))
+        .await
+        .unwrap();
+    let (_, status, _) = read_session(&mut late).await;
+    assert_eq!(status["phase"], "Succeeded", "{status}");
 }

@@ -326,9 +326,14 @@ async fn relay(
                         break Burst::Closed;
                     }
                     forwarded += 1;
+                    // Poll for another frame only while the burst has room: a frame taken from
+                    // the stream must be forwarded.
+                    if forwarded == RELAY_BURST_FRAMES {
+                        break Burst::Open;
+                    }
                     match up_rx.next().now_or_never() {
-                        Some(next) if forwarded < RELAY_BURST_FRAMES => incoming = next,
-                        _ => break Burst::Open,
+                        Some(next) => incoming = next,
+                        None => break Burst::Open,
                     }
                 };
                 match outcome {

@@ -188,9 +188,9 @@ pub async fn open_terminal(url: &str) -> Result<Ws, (u16, String)> {
     }
 }
 
-/// One frame from the gateway: output bytes, or a control message.
+/// One frame from the gateway: output bytes at their log offset, or a control message.
 enum Frame {
-    Output(Vec<u8>),
+    Output(u64, Vec<u8>),
     Control(serde_json::Value),
 }
 
@@ -203,9 +203,8 @@ async fn next_frame(ws: &mut Ws) -> Frame {
             .unwrap();
         match message {
             Message::Binary(frame) => {
-                return Frame::Output(
-                    cliscale_core::protocol::decode_output(&frame).unwrap().1.to_vec(),
-                );
+                let (offset, data) = cliscale_core::protocol::decode_output(&frame).unwrap();
+                return Frame::Output(offset, data.to_vec());
             }
             Message::Text(t) => return Frame::Control(serde_json::from_str(&t).unwrap()),
             Message::Close(frame) => panic!("closed early: {frame:?}"),
@@ -214,14 +213,41 @@ async fn next_frame(ws: &mut Ws) -> Frame {
     }
 }
 
+/// Checks that output frames follow each other without a hole: each starts where the last
+/// ended, unless a `gap` message said where the log resumes. A relay that loses a frame fails.
+#[derive(Default)]
+struct Contiguity(Option<u64>);
+
+impl Contiguity {
+    fn output(&mut self, offset: u64, len: usize) {
+        if let Some(expected) = self.0 {
+            assert_eq!(
+                offset, expected,
+                "output frame at {offset}, expected {expected}: lost bytes"
+            );
+        }
+        self.0 = Some(offset + len as u64);
+    }
+
+    fn control(&mut self, v: &serde_json::Value) {
+        if v["type"] == "gap" {
+            self.0 = v["to"].as_u64();
+        }
+    }
+}
+
 /// Reads until the final status; returns (output, final status JSON, reconnect token if any).
 pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<String>) {
     let mut out = Vec::new();
     let mut reconnect = None;
+    let mut contiguity = Contiguity::default();
     let finished = ["Succeeded", "Failed", "TimedOut", "Cancelled", "Lost"];
     loop {
         match next_frame(ws).await {
-            Frame::Output(data) => out.extend_from_slice(&data),
+            Frame::Output(offset, data) => {
+                contiguity.output(offset, data.len());
+                out.extend_from_slice(&data)
+            }
             Frame::Control(v) if v["type"] == "reconnect" => {
                 reconnect = v["token"].as_str().map(String::from)
             }
@@ -230,7 +256,7 @@ pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<St
             {
                 return (out, v, reconnect);
             }
-            Frame::Control(_) => {}
+            Frame::Control(v) => contiguity.control(&v),
         }
     }
 }
@@ -239,13 +265,22 @@ pub async fn read_session(ws: &mut Ws) -> (Vec<u8>, serde_json::Value, Option<St
 pub async fn read_until(ws: &mut Ws, needle: &str) -> (Vec<u8>, Option<String>) {
     let mut out = Vec::new();
     let mut reconnect = None;
-    while !String::from_utf8_lossy(&out).contains(needle) {
+    let mut contiguity = Contiguity::default();
+    let needle = needle.as_bytes();
+    let mut found = false;
+    while !found {
         match next_frame(ws).await {
-            Frame::Output(data) => out.extend_from_slice(&data),
+            Frame::Output(offset, data) => {
+                contiguity.output(offset, data.len());
+                // Search only the new bytes (and the needle's length before them).
+                let from = out.len().saturating_sub(needle.len());
+                out.extend_from_slice(&data);
+                found = out[from..].windows(needle.len()).any(|w| w == needle);
+            }
             Frame::Control(v) if v["type"] == "reconnect" => {
                 reconnect = v["token"].as_str().map(String::from)
             }
-            Frame::Control(_) => {}
+            Frame::Control(v) => contiguity.control(&v),
         }
     }
     (out, reconnect)
