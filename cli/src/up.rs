@@ -207,9 +207,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         cliscale_api::process::shutdown_signal().await;
         tracing::info!("stopping runners");
     };
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        cliscale_gateway::without_nagle(listener),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     executor.shutdown().await;
     Ok(())
 }

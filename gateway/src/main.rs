@@ -91,8 +91,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .route("/metrics", get(move || async move { metrics.metrics.render() }));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, namespace = %args.sessions_namespace, "gateway up");
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(cliscale_api::process::shutdown_signal())
-        .await?;
+    axum::serve(
+        cliscale_gateway::without_nagle(listener),
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(cliscale_api::process::shutdown_signal())
+    .await?;
     Ok(())
 }
