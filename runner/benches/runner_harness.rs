@@ -460,13 +460,20 @@ fn main() {
         let mut raw = RawEcho::start(pinned.map(|p| p.server));
         println!("echo runner pid {}, raw cat pid {}", runner.pid(), raw.child.id());
         let blocks = rounds.parse::<usize>().unwrap_or(20_000).div_ceil(1000);
-        let client = |f: &mut dyn FnMut() -> Vec<Duration>| match pinned {
-            Some(p) => on_cpu(p.client, f),
-            None => f(),
-        };
+        // `CLISCALE_BENCH_TYPING=1`: blocks of typing-pace keys instead of back-to-back echoes.
+        let typing = std::env::var("CLISCALE_BENCH_TYPING").is_ok();
         for _ in 0..blocks {
-            let mut samples = client(&mut || runner_echo(&mut ws, 1000));
-            let mut raw_samples = client(&mut || raw.rounds(1000));
+            let mut measure = || {
+                if typing {
+                    typing_phase(&mut raw, &mut ws)
+                } else {
+                    (raw.rounds(1000), runner_echo(&mut ws, 1000))
+                }
+            };
+            let (mut raw_samples, mut samples) = match pinned {
+                Some(p) => on_cpu(p.client, measure),
+                None => measure(),
+            };
             println!(
                 "echo p50 {:?}, raw echo p50 {:?}",
                 percentile(&mut samples, 0.5),
