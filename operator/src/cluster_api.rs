@@ -157,7 +157,6 @@ impl Executor for ClusterExecutor {
     }
 }
 
-/// Brings the store's row for `cs` up to date, creating it for sessions made with kubectl.
 /// What one replica's mirror last wrote per CommandSession, so that a watch event which changes
 /// nothing the store keeps (a label or annotation edit, a resync) costs no SQL.
 pub type Mirrored = HashMap<String, StatusUpdate>;
