@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::{self, Message};
 
 const PAYLOAD_MB: usize = 64;
 const ECHO_ROUNDS: usize = 3000;
-/// Unmeasured echoes first, for the raw limit and the runner alike: this VM's CPUs poll before
-/// they halt (the `haltpoll` cpuidle governor), adapting the window to recent wake-ups, and
-/// back-to-back echoes take about 2,000 round trips to reach a steady state.
+/// Unmeasured echoes first, for the raw limit and the runner alike: back-to-back echoes take
+/// about 2,000 round trips to reach a steady state on this VM. Its guest CPUs never poll when
+/// idle (`guest_halt_poll_ns` is 0), so the adaptation is presumably the host's halt polling.
 const ECHO_WARMUP: usize = 3000;
 const ECHO_BLOCK: usize = 500;
 const TYPED_KEYS: usize = 300;
