@@ -32,8 +32,6 @@ impl Default for ApiMetrics {
 
 impl ApiMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("String write");
-        out
+        cliscale_core::metrics::render(&self.registry)
     }
 }

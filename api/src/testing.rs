@@ -1,16 +1,24 @@
 //! Test support shared by the workspace's integration tests (not used by the binaries).
 
+/// Reports a test that cannot run on this machine for want of `requirement`: a loud `SKIPPED`
+/// note, so a skip never passes for a pass. Under CI (the `CI` variable set) it fails instead,
+/// because `.ci/run` installs and starts everything the tests need.
+pub fn skip_unless_ci(requirement: &str, note: &str) {
+    assert!(
+        std::env::var("CI").is_err(),
+        "CI must provide {requirement}: the tests that need it may not be skipped there"
+    );
+    eprintln!("SKIPPED: {note}");
+}
+
 /// A fresh PostgreSQL database for one test, on the server CI starts
 /// (`CLISCALE_TEST_POSTGRES_URL`, an admin URL such as postgres://u:p@127.0.0.1/postgres).
 /// Without that variable the test is skipped loudly, except under CI, where it fails.
 pub async fn fresh_postgres() -> Option<String> {
     let Ok(admin) = std::env::var("CLISCALE_TEST_POSTGRES_URL") else {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI must set CLISCALE_TEST_POSTGRES_URL: the PostgreSQL tests may not be skipped there"
-        );
-        eprintln!(
-            "SKIPPED: CLISCALE_TEST_POSTGRES_URL is not set, so this PostgreSQL test did not run"
+        skip_unless_ci(
+            "CLISCALE_TEST_POSTGRES_URL",
+            "CLISCALE_TEST_POSTGRES_URL is not set, so this PostgreSQL test did not run",
         );
         return None;
     };

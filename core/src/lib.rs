@@ -1,8 +1,10 @@
 //! Types shared by every cliscale component: the session phase model, the terminal wire
-//! protocol spoken between browser, gateway and runner, and the session tokens that guard it.
+//! protocol spoken between browser, gateway and runner, the session tokens that guard it, and
+//! how metrics are rendered.
 //!
 //! Everything here is pure: no sockets, no processes, no files.
 
+pub mod metrics;
 pub mod phase;
 pub mod protocol;
 pub mod tls;

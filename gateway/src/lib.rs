@@ -113,9 +113,7 @@ impl Default for GatewayMetrics {
 
 impl GatewayMetrics {
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("String write");
-        out
+        cliscale_core::metrics::render(&self.registry)
     }
 }
 

@@ -77,8 +77,6 @@ impl OperatorMetrics {
     }
 
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("String write");
-        out
+        cliscale_core::metrics::render(&self.registry)
     }
 }

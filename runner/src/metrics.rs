@@ -82,10 +82,7 @@ impl Metrics {
     /// The metrics in Prometheus' text format.
     pub fn render(&self) -> String {
         self.heap_in_use.set(heap_in_use_bytes() as i64);
-        let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
-            .expect("writing to a String cannot fail");
-        out
+        cliscale_core::metrics::render(&self.registry)
     }
 }
 
