@@ -204,6 +204,35 @@ async fn resize_reaches_the_program() {
     assert!(String::from_utf8_lossy(&out).contains("43 132"), "{}", String::from_utf8_lossy(&out));
 }
 
+#[tokio::test]
+async fn input_the_program_is_not_reading_yet_waits_for_room_and_arrives_whole() {
+    // Far more than the PTY's input buffers hold, so the runner's writes meet a full PTY and
+    // must wait for the program to read instead of failing or dropping bytes.
+    const SIZE: usize = 512 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    // Raw mode: no echo, no line editing; every byte reaches the program as sent.
+    let command = format!(
+        "stty raw -echo; printf R; read -r _ < '{}'; head -c {SIZE} | sha256sum",
+        gate.display()
+    );
+    let r = runner(&command).start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.read_until(b"R").await;
+    let input: Vec<u8> = (0..SIZE).map(|i| b'a' + (i % 26) as u8).collect();
+    for chunk in input.chunks(16 * 1024) {
+        c.send_input(chunk).await;
+    }
+    // Only now does the program start reading its terminal.
+    tokio::fs::write(&gate, b"go\n").await.unwrap();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&input))
+    };
+    c.read_until(format!("{digest}  -").as_bytes()).await;
+}
+
 /// Runs `command` after the client has attached (it waits for one keypress), with no linger.
 async fn finished(command: &str, extra: &[&str]) -> (i32, cliscale_core::protocol::SessionStatus) {
     let command = format!("read -r _go; {command}");
