@@ -8,6 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use cliscale_core::stats::{median, median_interval};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -170,31 +171,6 @@ fn busy_share((busy0, idle0): (u64, u64), (busy1, idle1): (u64, u64)) -> f64 {
 fn pct(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();
     samples[((samples.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
-/// A distribution-free 95 % confidence interval of the median of `sorted` (ascending): the
-/// order statistics k and n+1-k, with k the largest rank whose binomial tail stays within 2.5 %.
-fn median_interval(sorted: &[f64]) -> (f64, f64) {
-    let n = sorted.len();
-    let (mut tail, mut k) = (0.0, 0);
-    let mut choose = 1.0; // C(n, i), built up one term at a time
-    for i in 0..n {
-        let next = tail + choose / 2f64.powi(n as i32);
-        if next > 0.025 {
-            break;
-        }
-        (tail, k) = (next, i + 1);
-        choose = choose * (n - i) as f64 / (i + 1) as f64;
-    }
-    match k {
-        0 => (sorted[0], sorted[n - 1]),
-        k => (sorted[k - 1], sorted[n - k]),
-    }
 }
 
 fn main() {

@@ -1,12 +1,13 @@
 //! Types shared by every cliscale component: the session phase model, the terminal wire
-//! protocol spoken between browser, gateway and runner, the session tokens that guard it, and
-//! how metrics are rendered.
+//! protocol spoken between browser, gateway and runner, the session tokens that guard it, how
+//! metrics are rendered, and the order statistics the benchmark harnesses report.
 //!
 //! Everything here is pure: no sockets, no processes, no files.
 
 pub mod metrics;
 pub mod phase;
 pub mod protocol;
+pub mod stats;
 pub mod tls;
 pub mod token;
 

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use cliscale_core::protocol::decode_output;
+use cliscale_core::stats::{median, median_interval};
 use cliscale_core::token::{
     SessionSigningKey, TERMINAL_AUDIENCE, TokenScope, jwks_json, new_claims,
 };
@@ -436,14 +437,28 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples[((samples.len() - 1) as f64 * p).round() as usize]
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         println!("runner_harness: bench");
+        return;
+    }
+    if let Ok(rounds) = std::env::var("CLISCALE_BENCH_THROUGHPUT_ONLY") {
+        // A/B aid: only throughput rounds, each printed, with the median round ratio and its
+        // interval (single rounds scatter by ±10 % on this VM).
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (payload, _) = make_payload(dir.path());
+        let mut ratios = Vec::new();
+        for round in 0..rounds.parse::<usize>().unwrap_or(15) {
+            let (raw, raw_bytes) = raw_pty_throughput(&payload);
+            let (ws, ws_bytes, _) = rt.block_on(runner_throughput(&payload));
+            assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
+            println!("round {round}: raw {raw:.1} MB/s, runner {ws:.1} MB/s, {:.2}x", ws / raw);
+            ratios.push(ws / raw);
+        }
+        let ratio = median(&mut ratios);
+        let (low, high) = median_interval(&ratios);
+        println!("median round ratio {ratio:.2}x, 95 % interval {low:.2}-{high:.2}x");
         return;
     }
     if let Ok(rounds) = std::env::var("CLISCALE_BENCH_ECHO_ONLY") {

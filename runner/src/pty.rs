@@ -1,12 +1,17 @@
 //! The command, hosted in a real PTY as the leader of its own session and process group.
 
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncReadExt, Interest, ReadBuf};
 use tokio::sync::mpsc;
 
 use crate::error::{Result, RunnerError};
@@ -57,7 +62,11 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
     cmd = cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(&spec.dir);
     let child = cmd.spawn(pts).map_err(spawn_err)?;
     let pid = child.id().map(|p| p as i32).ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
-    let (mut read_half, mut write_half) = pty.into_split();
+    // Taken out of the runtime (`into` deregisters it): the halves below pick their own interest.
+    let master: OwnedFd = pty.into();
+    let io_err = |e: io::Error| RunnerError::Spawn(format!("PTY master: {e}"));
+    let writer = PtyWriter(master.try_clone().map_err(io_err)?);
+    let mut reader = PtyReader(register(master, Interest::READABLE).map_err(io_err)?);
     let echo_log = log.clone();
 
     let reader = tokio::spawn(async move {
@@ -66,7 +75,7 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(64 * 1024);
             }
-            match read_half.read_buf(&mut buf).await {
+            match reader.read_buf(&mut buf).await {
                 // EIO means every slave fd is closed: the PTY's end of output.
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
@@ -82,7 +91,7 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
             match message {
                 PtyInput::Data(data) => {
                     let before = echo_log.end();
-                    if write_half.write_all(&data).await.is_err() {
+                    if writer.write_all(&data).await.is_err() {
                         break;
                     }
                     if data.len() <= ECHO_SPIN_MAX_INPUT {
@@ -90,7 +99,7 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
                     }
                 }
                 PtyInput::Resize { cols, rows } => {
-                    if let Err(e) = write_half.resize(pty_process::Size::new(rows, cols)) {
+                    if let Err(e) = writer.resize(cols, rows) {
                         tracing::warn!(error = %e, "resize failed");
                     }
                 }
@@ -99,6 +108,80 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
     });
 
     Ok(PtyProcess { child, pid, reader, input })
+}
+
+/// Registers a descriptor this process owns with the runtime for `interest` only.
+fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the `AsyncFd` takes ownership of the `OwnedFd`, so the descriptor stays open and
+    // refers to the same file for the registration's whole lifetime.
+    Ok(unsafe { AsyncFd::register_with_interest(fd, interest) }?)
+}
+
+/// The PTY master's read side, registered with the runtime for readability only.
+///
+/// Not for writability as well: the program reading its input wakes the master's write queue,
+/// `epoll_wait` then polls the master, and the kernel's PTY poll waits, in uninterruptible
+/// sleep, for the PTY's pending buffer work whenever no output is ready yet. Mid-echo that
+/// puts the runner's thread (and on a VM its idle CPU) to sleep just before the echo arrives,
+/// and waking it again cost more than the echo itself (docs/benchmarks.md, session 4).
+struct PtyReader(AsyncFd<OwnedFd>);
+
+impl AsyncRead for PtyReader {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            // SAFETY: `rustix::io::read` only writes into the slice; nothing is de-initialised.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let read = guard.try_io(|fd| {
+                let (filled, _) = rustix::io::read(fd.get_ref(), unfilled)?;
+                Ok(filled.len())
+            });
+            match read {
+                Ok(Ok(n)) => {
+                    // SAFETY: the read initialised the first `n` bytes of the unfilled part.
+                    unsafe { buf.assume_init(n) };
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                // Readiness was stale and is now cleared: wait for the next edge.
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The PTY master's write side: input goes straight to the non-blocking descriptor, which is
+/// registered with the runtime (for writability) only while the program leaves no room.
+struct PtyWriter(OwnedFd);
+
+impl PtyWriter {
+    async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            match rustix::io::write(&self.0, data) {
+                Ok(n) => data = &data[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::AGAIN) => {
+                    // Registration polls the descriptor at once, so room that appeared since
+                    // the failed write is not missed.
+                    let waiter = register(self.0.try_clone()?, Interest::WRITABLE)?;
+                    drop(waiter.writable().await?);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
+        let size =
+            rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        Ok(rustix::termios::tcsetwinsize(&self.0, size)?)
+    }
 }
 
 /// Keystroke-sized input (at most this many bytes) is followed by a short spin for its echo.
