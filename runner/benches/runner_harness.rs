@@ -15,7 +15,7 @@ use cliscale_core::stats::{median, median_interval};
 use cliscale_core::token::{
     SessionSigningKey, TERMINAL_AUDIENCE, TokenScope, jwks_json, new_claims,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::{self, Message};
 
 const PAYLOAD_MB: usize = 64;
@@ -102,17 +102,6 @@ impl Runner {
     }
 
     /// Attaches and waits until the command runs (input before that is refused).
-    async fn attach_running(&self) -> Ws {
-        let mut ws = self.attach().await;
-        loop {
-            if let Message::Text(t) = ws.next().await.unwrap().unwrap()
-                && t.contains("\"phase\":\"Running\"")
-            {
-                return ws;
-            }
-        }
-    }
-
     /// A blocking client, attached once the command runs: the same kind of reader as the raw
     /// limit's, so the echo ratio compares the runner's path with the PTY's and not an async
     /// client's extra `epoll_wait` per keystroke.
@@ -310,29 +299,24 @@ impl Drop for RawEcho {
     }
 }
 
-async fn next_output(ws: &mut Ws) -> Option<Vec<u8>> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Binary(frame)) => return Some(decode_output(&frame).unwrap().1.to_vec()),
-            Ok(Message::Text(t)) if t.contains("\"exitCode\":0") => return None,
-            Ok(_) => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
-
-async fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration) {
+/// Output throughput to one WebSocket client: a blocking client that counts each frame's
+/// payload without copying it, the same kind of lean reader as the raw limit's.
+fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration) {
     let runner =
         Runner::start(&format!("stty -echo; printf R; read -r go; cat '{}'", file.display()), None);
-    let mut ws = runner.attach_running().await;
+    let mut ws = runner.attach_blocking();
     // Echo is off once "R" arrives, so the Enter below adds no bytes to the output.
-    assert_eq!(next_output(&mut ws).await.unwrap(), b"R");
+    assert_eq!(next_output_blocking(&mut ws), b"R");
     let cpu_before = cpu_time(runner.pid());
     let start = Instant::now();
-    ws.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(b"\r".to_vec().into())).unwrap();
     let mut total = 0u64;
-    while let Some(data) = next_output(&mut ws).await {
-        total += data.len() as u64;
+    loop {
+        match ws.read().unwrap() {
+            Message::Binary(frame) => total += decode_output(&frame).unwrap().1.len() as u64,
+            Message::Text(t) if t.contains("\"exitCode\":0") => break,
+            _ => {}
+        }
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_time(runner.pid()) - cpu_before;
@@ -445,13 +429,12 @@ fn main() {
     if let Ok(rounds) = std::env::var("CLISCALE_BENCH_THROUGHPUT_ONLY") {
         // A/B aid: only throughput rounds, each printed, with the median round ratio and its
         // interval (single rounds scatter by ±10 % on this VM).
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (payload, _) = make_payload(dir.path());
         let mut ratios = Vec::new();
         for round in 0..rounds.parse::<usize>().unwrap_or(15) {
             let (raw, raw_bytes) = raw_pty_throughput(&payload);
-            let (ws, ws_bytes, _) = rt.block_on(runner_throughput(&payload));
+            let (ws, ws_bytes, _) = runner_throughput(&payload);
             assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
             println!("round {round}: raw {raw:.1} MB/s, runner {ws:.1} MB/s, {:.2}x", ws / raw);
             ratios.push(ws / raw);
@@ -520,7 +503,7 @@ fn main() {
     for _ in 0..ROUNDS {
         let (mbs, raw_bytes) = raw_pty_throughput(&payload);
         raw_mbs.push(mbs);
-        let (mbs, ws_bytes, cpu) = rt.block_on(runner_throughput(&payload));
+        let (mbs, ws_bytes, cpu) = runner_throughput(&payload);
         assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
         ws_mbs.push(mbs);
         cpu_per_mb.push(cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6));
