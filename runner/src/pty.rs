@@ -163,6 +163,8 @@ impl PtyWriter {
     async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             match rustix::io::write(&self.0, data) {
+                // A PTY never accepts nothing without saying why; never loop on it.
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
                 Err(rustix::io::Errno::INTR) => {}
                 Err(rustix::io::Errno::AGAIN) => {
