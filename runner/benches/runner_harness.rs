@@ -101,7 +101,6 @@ impl Runner {
         line.rsplit(' ').next().unwrap().parse().unwrap()
     }
 
-    /// Attaches and waits until the command runs (input before that is refused).
     /// A blocking client, attached once the command runs: the same kind of reader as the raw
     /// limit's, so the echo ratio compares the runner's path with the PTY's and not an async
     /// client's extra `epoll_wait` per keystroke.
