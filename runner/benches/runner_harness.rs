@@ -322,6 +322,40 @@ fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration) {
     (total as f64 / secs / 1e6, total, cpu)
 }
 
+/// Throughput figures of alternating raw and runner rounds (see `throughput_rounds`).
+struct ThroughputRounds {
+    /// MB/s of the raw limit and of the runner, per round.
+    raw: Vec<f64>,
+    runner: Vec<f64>,
+    /// Runner over raw, per round.
+    ratio: Vec<f64>,
+    /// The runner's CPU per MB delivered, per round.
+    cpu_per_mb: Vec<f64>,
+}
+
+/// Raw limit and runner alternate round by round, so drift in a shared machine hits both.
+fn throughput_rounds(payload: &std::path::Path, rounds: usize, verbose: bool) -> ThroughputRounds {
+    let mut tp = ThroughputRounds {
+        raw: Vec::new(),
+        runner: Vec::new(),
+        ratio: Vec::new(),
+        cpu_per_mb: Vec::new(),
+    };
+    for round in 0..rounds {
+        let (raw, raw_bytes) = raw_pty_throughput(payload);
+        let (ws, ws_bytes, cpu) = runner_throughput(payload);
+        assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
+        if verbose {
+            println!("round {round}: raw {raw:.1} MB/s, runner {ws:.1} MB/s, {:.2}x", ws / raw);
+        }
+        tp.raw.push(raw);
+        tp.runner.push(ws);
+        tp.ratio.push(ws / raw);
+        tp.cpu_per_mb.push(cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6));
+    }
+    tp
+}
+
 /// A runner hosting `cat` in raw mode, attached and ready for echo rounds.
 fn echo_runner(cpu: Option<usize>) -> (Runner, BlockingWs) {
     let runner = Runner::start("stty raw -echo; printf R; exec cat", cpu);
@@ -430,16 +464,9 @@ fn main() {
         // interval (single rounds scatter by ±10 % on this VM).
         let dir = tempfile::tempdir().unwrap();
         let (payload, _) = make_payload(dir.path());
-        let mut ratios = Vec::new();
-        for round in 0..rounds.parse::<usize>().unwrap_or(15) {
-            let (raw, raw_bytes) = raw_pty_throughput(&payload);
-            let (ws, ws_bytes, _) = runner_throughput(&payload);
-            assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
-            println!("round {round}: raw {raw:.1} MB/s, runner {ws:.1} MB/s, {:.2}x", ws / raw);
-            ratios.push(ws / raw);
-        }
-        let ratio = median(&mut ratios);
-        let (low, high) = median_interval(&ratios);
+        let mut tp = throughput_rounds(&payload, rounds.parse().unwrap_or(15), true);
+        let ratio = median(&mut tp.ratio);
+        let (low, high) = median_interval(&tp.ratio);
         println!("median round ratio {ratio:.2}x, 95 % interval {low:.2}-{high:.2}x");
         return;
     }
@@ -497,16 +524,8 @@ fn main() {
         payload_len / 1_000_000
     );
 
-    // Raw limit and runner alternate round by round, so drift in a shared machine hits both.
-    let (mut raw_mbs, mut ws_mbs, mut cpu_per_mb) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..ROUNDS {
-        let (mbs, raw_bytes) = raw_pty_throughput(&payload);
-        raw_mbs.push(mbs);
-        let (mbs, ws_bytes, cpu) = runner_throughput(&payload);
-        assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
-        ws_mbs.push(mbs);
-        cpu_per_mb.push(cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6));
-    }
+    let ThroughputRounds { raw: mut raw_mbs, runner: mut ws_mbs, mut cpu_per_mb, .. } =
+        throughput_rounds(&payload, ROUNDS, false);
     // Echo in its own phase, once where the scheduler places the processes and once pinned.
     let (runner_for_echo, mut echo_ws) = echo_runner(None);
     let echo_cpu_before = cpu_time(runner_for_echo.pid());
