@@ -291,6 +291,61 @@ impl RawEcho {
     }
 }
 
+/// The network's own limit: one byte sent over loopback TCP to a thread that sends it back,
+/// with `TCP_NODELAY` on both ends like the runner's sockets. Every web terminal pays this round
+/// trip on top of the PTY's echo, so PTY echo plus this is the floor for any of them.
+struct TcpEcho {
+    stream: std::net::TcpStream,
+}
+
+impl TcpEcho {
+    fn start(cpu: Option<usize>) -> TcpEcho {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            if let Some(cpu) = cpu {
+                let me = nix::unistd::Pid::from_raw(0);
+                nix::sched::sched_setaffinity(me, &cpu_set(cpu)).unwrap();
+            }
+            let (mut peer, _) = listener.accept().unwrap();
+            peer.set_nodelay(true).unwrap();
+            let mut b = [0u8; 64];
+            // Ends when the harness drops its end.
+            while let Ok(n @ 1..) = peer.read(&mut b) {
+                if peer.write_all(&b[..n]).is_err() {
+                    break;
+                }
+            }
+        });
+        let stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_nodelay(true).unwrap();
+        TcpEcho { stream }
+    }
+
+    fn rounds(&mut self, rounds: usize) -> Vec<Duration> {
+        let mut b = [0u8; 1];
+        (0..rounds)
+            .map(|_| {
+                let t = Instant::now();
+                self.stream.write_all(b"x").unwrap();
+                self.stream.read_exact(&mut b).unwrap();
+                t.elapsed()
+            })
+            .collect()
+    }
+}
+
+/// Echo round trips of the three paths, measured in the same phase.
+#[derive(Default)]
+struct EchoSamples {
+    /// The raw limit: PTY echo with no runner and no network.
+    pty: Vec<Duration>,
+    /// A loopback TCP round trip with no PTY.
+    tcp: Vec<Duration>,
+    /// Through the runner's WebSocket.
+    runner: Vec<Duration>,
+}
+
 impl Drop for RawEcho {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -300,7 +355,7 @@ impl Drop for RawEcho {
 
 /// Output throughput to one WebSocket client: a blocking client that counts each frame's
 /// payload without copying it, the same kind of lean reader as the raw limit's.
-fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration) {
+fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration, u64) {
     let runner =
         Runner::start(&format!("stty -echo; printf R; read -r go; cat '{}'", file.display()), None);
     let mut ws = runner.attach_blocking();
@@ -309,17 +364,20 @@ fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration) {
     let cpu_before = cpu_time(runner.pid());
     let start = Instant::now();
     ws.send(Message::Binary(b"\r".to_vec().into())).unwrap();
-    let mut total = 0u64;
+    let (mut total, mut frames) = (0u64, 0u64);
     loop {
         match ws.read().unwrap() {
-            Message::Binary(frame) => total += decode_output(&frame).unwrap().1.len() as u64,
+            Message::Binary(frame) => {
+                total += decode_output(&frame).unwrap().1.len() as u64;
+                frames += 1;
+            }
             Message::Text(t) if t.contains("\"exitCode\":0") => break,
             _ => {}
         }
     }
     let secs = start.elapsed().as_secs_f64();
     let cpu = cpu_time(runner.pid()) - cpu_before;
-    (total as f64 / secs / 1e6, total, cpu)
+    (total as f64 / secs / 1e6, total, cpu, frames)
 }
 
 /// Throughput figures of alternating raw and runner rounds (see `throughput_rounds`).
@@ -343,15 +401,21 @@ fn throughput_rounds(payload: &std::path::Path, rounds: usize, verbose: bool) ->
     };
     for round in 0..rounds {
         let (raw, raw_bytes) = raw_pty_throughput(payload);
-        let (ws, ws_bytes, cpu) = runner_throughput(payload);
+        let (ws, ws_bytes, cpu, frames) = runner_throughput(payload);
         assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
+        let cpu_per_mb = cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6);
         if verbose {
-            println!("round {round}: raw {raw:.1} MB/s, runner {ws:.1} MB/s, {:.2}x", ws / raw);
+            println!(
+                "round {round}: raw {raw:.1} MB/s, runner {ws:.1} MB/s, {:.2}x \
+                 ({frames} frames of {:.1} KiB on average, runner CPU {cpu_per_mb:.2} ms/MB)",
+                ws / raw,
+                ws_bytes as f64 / frames as f64 / 1024.0
+            );
         }
         tp.raw.push(raw);
         tp.runner.push(ws);
         tp.ratio.push(ws / raw);
-        tp.cpu_per_mb.push(cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6));
+        tp.cpu_per_mb.push(cpu_per_mb);
     }
     tp
 }
@@ -384,29 +448,33 @@ fn runner_echo(ws: &mut BlockingWs, rounds: usize) -> Vec<Duration> {
     samples
 }
 
-/// Warms both paths up, then measures them in alternating blocks so drift hits both.
-fn echo_phase(raw: &mut RawEcho, ws: &mut BlockingWs) -> (Vec<Duration>, Vec<Duration>) {
+/// Warms the paths up, then measures them in alternating blocks so drift hits all of them.
+fn echo_phase(raw: &mut RawEcho, tcp: &mut TcpEcho, ws: &mut BlockingWs) -> EchoSamples {
     raw.rounds(ECHO_WARMUP);
+    tcp.rounds(ECHO_WARMUP);
     runner_echo(ws, ECHO_WARMUP);
-    let (mut raw_samples, mut ws_samples) = (Vec::new(), Vec::new());
+    let mut samples = EchoSamples::default();
     for _ in 0..ECHO_ROUNDS / ECHO_BLOCK {
-        raw_samples.extend(raw.rounds(ECHO_BLOCK));
-        ws_samples.extend(runner_echo(ws, ECHO_BLOCK));
+        samples.pty.extend(raw.rounds(ECHO_BLOCK));
+        samples.tcp.extend(tcp.rounds(ECHO_BLOCK));
+        samples.runner.extend(runner_echo(ws, ECHO_BLOCK));
     }
-    (raw_samples, ws_samples)
+    samples
 }
 
 /// Keys typed one at a time with a pause between them, alternating between the two paths, as a
 /// typist sends them: every echo then starts from idle CPUs, which back-to-back rounds never do.
-fn typing_phase(raw: &mut RawEcho, ws: &mut BlockingWs) -> (Vec<Duration>, Vec<Duration>) {
-    let (mut raw_samples, mut ws_samples) = (Vec::new(), Vec::new());
+fn typing_phase(raw: &mut RawEcho, tcp: &mut TcpEcho, ws: &mut BlockingWs) -> EchoSamples {
+    let mut samples = EchoSamples::default();
     for _ in 0..TYPED_KEYS {
         std::thread::sleep(TYPING_PAUSE);
-        raw_samples.extend(raw.rounds(1));
+        samples.pty.extend(raw.rounds(1));
         std::thread::sleep(TYPING_PAUSE);
-        ws_samples.extend(runner_echo(ws, 1));
+        samples.tcp.extend(tcp.rounds(1));
+        std::thread::sleep(TYPING_PAUSE);
+        samples.runner.extend(runner_echo(ws, 1));
     }
-    (raw_samples, ws_samples)
+    samples
 }
 
 /// Memory per idle client at 1, 50 and 200 clients, two ways: growth of the runner's heap in
@@ -482,6 +550,7 @@ fn main() {
         }
         let (runner, mut ws) = echo_runner(pinned.map(|p| p.server));
         let mut raw = RawEcho::start(pinned.map(|p| p.server));
+        let mut tcp = TcpEcho::start(pinned.map(|p| p.server));
         println!("echo runner pid {}, raw cat pid {}", runner.pid(), raw.child.id());
         let blocks = rounds.parse::<usize>().unwrap_or(20_000).div_ceil(1000);
         // `CLISCALE_BENCH_TYPING=1`: blocks of typing-pace keys instead of back-to-back echoes.
@@ -489,19 +558,24 @@ fn main() {
         for _ in 0..blocks {
             let mut measure = || {
                 if typing {
-                    typing_phase(&mut raw, &mut ws)
+                    typing_phase(&mut raw, &mut tcp, &mut ws)
                 } else {
-                    (raw.rounds(1000), runner_echo(&mut ws, 1000))
+                    EchoSamples {
+                        pty: raw.rounds(1000),
+                        tcp: tcp.rounds(1000),
+                        runner: runner_echo(&mut ws, 1000),
+                    }
                 }
             };
-            let (mut raw_samples, mut samples) = match pinned {
+            let mut samples = match pinned {
                 Some(p) => on_cpu(p.client, measure),
                 None => measure(),
             };
             println!(
-                "echo p50 {:?}, raw echo p50 {:?}",
-                percentile(&mut samples, 0.5),
-                percentile(&mut raw_samples, 0.5)
+                "echo p50 {:?}, raw echo p50 {:?}, loopback TCP round trip p50 {:?}",
+                percentile(&mut samples.runner, 0.5),
+                percentile(&mut samples.pty, 0.5),
+                percentile(&mut samples.tcp, 0.5)
             );
         }
         return;
@@ -530,15 +604,19 @@ fn main() {
     let (runner_for_echo, mut echo_ws) = echo_runner(None);
     let echo_cpu_before = cpu_time(runner_for_echo.pid());
     let mut raw = RawEcho::start(None);
-    let (mut raw_echo, mut ws_echo) = echo_phase(&mut raw, &mut echo_ws);
+    let mut tcp = TcpEcho::start(None);
+    let mut echo = echo_phase(&mut raw, &mut tcp, &mut echo_ws);
     let echo_cpu = cpu_time(runner_for_echo.pid()) - echo_cpu_before;
-    let (mut raw_typed, mut ws_typed) = typing_phase(&mut raw, &mut echo_ws);
+    let mut typed = typing_phase(&mut raw, &mut tcp, &mut echo_ws);
     let echo_cpu_us = echo_cpu.as_secs_f64() * 1e6 / (ECHO_WARMUP + ECHO_ROUNDS) as f64;
     let pinned = pinned_placement();
     let mut pinned_echo = pinned.map(|p| {
         let (_runner, mut ws) = echo_runner(Some(p.server));
         let mut raw = RawEcho::start(Some(p.server));
-        on_cpu(p.client, || (echo_phase(&mut raw, &mut ws), typing_phase(&mut raw, &mut ws)))
+        let mut tcp = TcpEcho::start(Some(p.server));
+        on_cpu(p.client, || {
+            (echo_phase(&mut raw, &mut tcp, &mut ws), typing_phase(&mut raw, &mut tcp, &mut ws))
+        })
     });
     let memory = rt.block_on(idle_client_memory());
 
@@ -552,21 +630,30 @@ fn main() {
         "| throughput, PTY -> 1 WebSocket client (median) | {raw_mbs:.1} MB/s | {ws_mbs:.1} MB/s | {:.2}x | >= 0.9x |",
         ws_mbs / raw_mbs
     );
-    let echo_rows = |placement: &str, raw: &mut Vec<Duration>, ws: &mut Vec<Duration>| {
+    let echo_rows = |placement: &str, samples: &mut EchoSamples| {
         for (label, p, target) in [("p50", 0.5, "<= 1.5x"), ("p99", 0.99, "-")] {
-            let (raw, ws) = (us(percentile(raw, p)), us(percentile(ws, p)));
+            let (raw, ws) =
+                (us(percentile(&mut samples.pty, p)), us(percentile(&mut samples.runner, p)));
             println!(
                 "| keystroke echo {label}, {placement} | {raw:.1} us | {ws:.1} us | {:.2}x | {target} |",
                 ws / raw
             );
         }
+        // What no web terminal can beat: the PTY's echo plus the network's own round trip.
+        let (raw, tcp) =
+            (us(percentile(&mut samples.pty, 0.5)), us(percentile(&mut samples.tcp, 0.5)));
+        println!(
+            "| floor: echo p50 + loopback TCP round trip p50 ({tcp:.1} us), {placement} | {raw:.1} us | {:.1} us | {:.2}x | - |",
+            raw + tcp,
+            (raw + tcp) / raw
+        );
     };
-    echo_rows("back to back, scheduler's placement", &mut raw_echo, &mut ws_echo);
-    echo_rows("typing pace, scheduler's placement", &mut raw_typed, &mut ws_typed);
-    if let (Some(p), Some(((raw, ws), (raw_typed, ws_typed)))) = (pinned, &mut pinned_echo) {
+    echo_rows("back to back, scheduler's placement", &mut echo);
+    echo_rows("typing pace, scheduler's placement", &mut typed);
+    if let (Some(p), Some((echo, typed))) = (pinned, &mut pinned_echo) {
         let placement = format!("client CPU {}, session CPU {}", p.client, p.server);
-        echo_rows(&format!("back to back, {placement}"), raw, ws);
-        echo_rows(&format!("typing pace, {placement}"), raw_typed, ws_typed);
+        echo_rows(&format!("back to back, {placement}"), echo);
+        echo_rows(&format!("typing pace, {placement}"), typed);
     }
     println!("| runner CPU per keystroke echo | - | {echo_cpu_us:.1} us | - | - |");
     println!(

@@ -136,12 +136,21 @@ impl AsyncRead for PtyReader {
             let mut guard = ready!(self.0.poll_read_ready(cx))?;
             // SAFETY: `rustix::io::read` only writes into the slice; nothing is de-initialised.
             let unfilled = unsafe { buf.unfilled_mut() };
+            let room = unfilled.len();
             let read = guard.try_io(|fd| {
                 let (filled, _) = rustix::io::read(fd.get_ref(), unfilled)?;
                 Ok(filled.len())
             });
             match read {
                 Ok(Ok(n)) => {
+                    // A short read emptied the line discipline's buffer (it holds at most
+                    // 4 KiB). Reading again now would sleep in the kernel until its worker
+                    // refills it; waiting for the next readiness event instead lets the runtime
+                    // send what was read while the worker refills. Safe: every refill wakes the
+                    // PTY's wait queue, so a new edge always follows (docs/benchmarks.md).
+                    if n > 0 && n < room {
+                        guard.clear_ready();
+                    }
                     // SAFETY: the read initialised the first `n` bytes of the unfilled part.
                     unsafe { buf.assume_init(n) };
                     buf.advance(n);
