@@ -261,6 +261,19 @@ fn pin_command(cmd: &mut Command, cpu: usize) {
     }
 }
 
+/// Round trips of one byte written to `echo` and read back.
+fn echo_rounds(echo: &mut (impl Read + Write), rounds: usize) -> Vec<Duration> {
+    let mut b = [0u8; 1];
+    (0..rounds)
+        .map(|_| {
+            let t = Instant::now();
+            echo.write_all(b"x").unwrap();
+            echo.read_exact(&mut b).unwrap();
+            t.elapsed()
+        })
+        .collect()
+}
+
 /// The raw echo limit: one byte written to a PTY master and read back from `cat` in raw mode.
 struct RawEcho {
     master: std::fs::File,
@@ -279,15 +292,7 @@ impl RawEcho {
     }
 
     fn rounds(&mut self, rounds: usize) -> Vec<Duration> {
-        let mut b = [0u8; 1];
-        (0..rounds)
-            .map(|_| {
-                let t = Instant::now();
-                self.master.write_all(b"x").unwrap();
-                self.master.read_exact(&mut b).unwrap();
-                t.elapsed()
-            })
-            .collect()
+        echo_rounds(&mut self.master, rounds)
     }
 }
 
@@ -323,15 +328,7 @@ impl TcpEcho {
     }
 
     fn rounds(&mut self, rounds: usize) -> Vec<Duration> {
-        let mut b = [0u8; 1];
-        (0..rounds)
-            .map(|_| {
-                let t = Instant::now();
-                self.stream.write_all(b"x").unwrap();
-                self.stream.read_exact(&mut b).unwrap();
-                t.elapsed()
-            })
-            .collect()
+        echo_rounds(&mut self.stream, rounds)
     }
 }
 
