@@ -67,7 +67,6 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
     let io_err = |e: io::Error| RunnerError::Spawn(format!("PTY master: {e}"));
     let writer = PtyWriter(master.try_clone().map_err(io_err)?);
     let mut reader = PtyReader(register(master, Interest::READABLE).map_err(io_err)?);
-    let echo_log = log.clone();
 
     let reader = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -90,12 +89,8 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
         while let Some(message) = input_rx.recv().await {
             match message {
                 PtyInput::Data(data) => {
-                    let before = echo_log.end();
                     if writer.write_all(&data).await.is_err() {
                         break;
-                    }
-                    if data.len() <= ECHO_SPIN_MAX_INPUT {
-                        spin_for_echo(&echo_log, before).await;
                     }
                 }
                 PtyInput::Resize { cols, rows } => {
@@ -192,25 +187,6 @@ impl PtyWriter {
         let size =
             rustix::termios::Winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
         Ok(rustix::termios::tcsetwinsize(&self.0, size)?)
-    }
-}
-
-/// Keystroke-sized input (at most this many bytes) is followed by a short spin for its echo.
-const ECHO_SPIN_MAX_INPUT: usize = 16;
-/// How long to spin: a little longer than a program's echo takes on a busy node.
-const ECHO_SPIN: Duration = Duration::from_micros(250);
-
-/// Keeps the runtime polling (non-blocking) for a moment after a keystroke instead of letting the
-/// thread sleep in `epoll_wait`: the echo then comes back without a process wake-up, which is
-/// most of a keystroke's latency on a virtual machine. Costs at most `ECHO_SPIN` of CPU per
-/// keystroke (a typist: well under 1 % of a core).
-async fn spin_for_echo(log: &OutputLog, before: u64) {
-    let started = std::time::Instant::now();
-    while log.end() == before && started.elapsed() < ECHO_SPIN {
-        // Let the command run first if it shares this CPU (spinning would only delay its echo).
-        std::thread::yield_now();
-        // Each yield lets the scheduler poll the I/O driver without blocking.
-        tokio::task::yield_now().await;
     }
 }
 
