@@ -66,7 +66,10 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
     let master: OwnedFd = pty.into();
     let io_err = |e: io::Error| RunnerError::Spawn(format!("PTY master: {e}"));
     let writer = PtyWriter(master.try_clone().map_err(io_err)?);
-    let mut reader = PtyReader(register(master, Interest::READABLE).map_err(io_err)?);
+    let mut reader = PtyReader {
+        fd: register(master, Interest::READABLE).map_err(io_err)?,
+        read_since_yield: 0,
+    };
 
     let reader = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
@@ -119,7 +122,18 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
 /// sleep, for the PTY's pending buffer work whenever no output is ready yet. Mid-echo that
 /// puts the runner's thread (and on a VM its idle CPU) to sleep just before the echo arrives,
 /// and waking it again cost more than the echo itself (docs/benchmarks.md, session 4).
-struct PtyReader(AsyncFd<OwnedFd>);
+struct PtyReader {
+    fd: AsyncFd<OwnedFd>,
+    /// Bytes read since the reader last gave the runtime a turn (see `READ_BATCH`).
+    read_since_yield: usize,
+}
+
+/// After a short read the reader keeps reading (sleeping in the kernel while the PTY's worker
+/// refills its 4 KiB) until this much is read, then waits for readiness instead, so the runtime
+/// sends the batch as one frame while the worker refills. A frame per read overlapped every
+/// refill but gave the same throughput for more CPU and five times the messages on every hop
+/// after the runner (docs/benchmarks.md, session 5).
+const READ_BATCH: usize = 16 * 1024;
 
 impl AsyncRead for PtyReader {
     fn poll_read(
@@ -127,8 +141,9 @@ impl AsyncRead for PtyReader {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.0.poll_read_ready(cx))?;
+            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
             // SAFETY: `rustix::io::read` only writes into the slice; nothing is de-initialised.
             let unfilled = unsafe { buf.unfilled_mut() };
             let room = unfilled.len();
@@ -138,12 +153,12 @@ impl AsyncRead for PtyReader {
             });
             match read {
                 Ok(Ok(n)) => {
-                    // A short read emptied the line discipline's buffer (it holds at most
-                    // 4 KiB). Reading again now would sleep in the kernel until its worker
-                    // refills it; waiting for the next readiness event instead lets the runtime
-                    // send what was read while the worker refills. Safe: every refill wakes the
-                    // PTY's wait queue, so a new edge always follows (docs/benchmarks.md).
-                    if n > 0 && n < room {
+                    // A short read emptied the line discipline's buffer. Once a batch is read,
+                    // wait for the next readiness event rather than for the refill. Safe: every
+                    // refill wakes the PTY's wait queue, so a new edge always follows.
+                    this.read_since_yield += n;
+                    if n > 0 && n < room && this.read_since_yield >= READ_BATCH {
+                        this.read_since_yield = 0;
                         guard.clear_ready();
                     }
                     // SAFETY: the read initialised the first `n` bytes of the unfilled part.
@@ -153,7 +168,10 @@ impl AsyncRead for PtyReader {
                 }
                 Ok(Err(e)) => return Poll::Ready(Err(e)),
                 // Readiness was stale and is now cleared: wait for the next edge.
-                Err(_would_block) => continue,
+                Err(_would_block) => {
+                    this.read_since_yield = 0;
+                    continue;
+                }
             }
         }
     }
