@@ -41,8 +41,14 @@ struct Runner {
 }
 
 impl Runner {
-    /// Starts a runner hosting `command`, on CPU `cpu` when given.
+    /// Starts a runner hosting `command`, on CPU `cpu` when given, with its stdout tee off.
     fn start(command: &str, cpu: Option<usize>) -> Runner {
+        Runner::start_teeing(command, cpu, false)
+    }
+
+    /// Like `start`; with `tee`, the runner copies the output to its stdout, a file here (as in
+    /// local mode; on Kubernetes it is the container runtime's pipe).
+    fn start_teeing(command: &str, cpu: Option<usize>, tee: bool) -> Runner {
         let dir = tempfile::tempdir().unwrap();
         let key = SessionSigningKey::generate("bench");
         let jwks = dir.path().join("jwks.json");
@@ -51,15 +57,21 @@ impl Runner {
         if let Some(cpu) = cpu {
             pin_command(&mut runner, cpu);
         }
+        let stdout = if tee {
+            Stdio::from(std::fs::File::create(dir.path().join("stdout.log")).unwrap())
+        } else {
+            Stdio::null()
+        };
         let mut child = runner
-            .args(["--session-id", "bench", "--listen", "127.0.0.1:0", "--tee-stdout", "false"])
+            .args(["--session-id", "bench", "--listen", "127.0.0.1:0"])
+            .args(["--tee-stdout", if tee { "true" } else { "false" }])
             .args(["--linger", "30s", "--command", command])
             .arg("--jwks-file")
             .arg(&jwks)
             .arg("--work-dir")
             .arg(dir.path().join("w"))
             .env("CLISCALE_LOG", "warn,cliscale_runner::session=info")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -352,9 +364,9 @@ impl Drop for RawEcho {
 
 /// Output throughput to one WebSocket client: a blocking client that counts each frame's
 /// payload without copying it, the same kind of lean reader as the raw limit's.
-fn runner_throughput(file: &std::path::Path) -> (f64, u64, Duration, u64) {
-    let runner =
-        Runner::start(&format!("stty -echo; printf R; read -r go; cat '{}'", file.display()), None);
+fn runner_throughput(file: &std::path::Path, tee: bool) -> (f64, u64, Duration, u64) {
+    let command = format!("stty -echo; printf R; read -r go; cat '{}'", file.display());
+    let runner = Runner::start_teeing(&command, None, tee);
     let mut ws = runner.attach_blocking();
     // Echo is off once "R" arrives, so the Enter below adds no bytes to the output.
     assert_eq!(next_output_blocking(&mut ws), b"R");
@@ -389,7 +401,12 @@ struct ThroughputRounds {
 }
 
 /// Raw limit and runner alternate round by round, so drift in a shared machine hits both.
-fn throughput_rounds(payload: &std::path::Path, rounds: usize, verbose: bool) -> ThroughputRounds {
+fn throughput_rounds(
+    payload: &std::path::Path,
+    rounds: usize,
+    tee: bool,
+    verbose: bool,
+) -> ThroughputRounds {
     let mut tp = ThroughputRounds {
         raw: Vec::new(),
         runner: Vec::new(),
@@ -398,7 +415,7 @@ fn throughput_rounds(payload: &std::path::Path, rounds: usize, verbose: bool) ->
     };
     for round in 0..rounds {
         let (raw, raw_bytes) = raw_pty_throughput(payload);
-        let (ws, ws_bytes, cpu, frames) = runner_throughput(payload);
+        let (ws, ws_bytes, cpu, frames) = runner_throughput(payload, tee);
         assert_eq!(raw_bytes, ws_bytes, "both paths must move the same bytes");
         let cpu_per_mb = cpu.as_secs_f64() * 1000.0 / (ws_bytes as f64 / 1e6);
         if verbose {
@@ -529,7 +546,9 @@ fn main() {
         // interval (single rounds scatter by ±10 % on this VM).
         let dir = tempfile::tempdir().unwrap();
         let (payload, _) = make_payload(dir.path());
-        let mut tp = throughput_rounds(&payload, rounds.parse().unwrap_or(15), true);
+        // `CLISCALE_BENCH_TEE=1`: with the runner's stdout tee on.
+        let tee = std::env::var("CLISCALE_BENCH_TEE").is_ok();
+        let mut tp = throughput_rounds(&payload, rounds.parse().unwrap_or(15), tee, true);
         let ratio = median(&mut tp.ratio);
         let (low, high) = median_interval(&tp.ratio);
         println!("median round ratio {ratio:.2}x, 95 % interval {low:.2}-{high:.2}x");
@@ -596,7 +615,9 @@ fn main() {
     );
 
     let ThroughputRounds { raw: mut raw_mbs, runner: mut ws_mbs, mut cpu_per_mb, .. } =
-        throughput_rounds(&payload, ROUNDS, false);
+        throughput_rounds(&payload, ROUNDS, false, false);
+    // The same with the runner's stdout tee on, as a session runs by default.
+    let mut teeing = throughput_rounds(&payload, ROUNDS, true, false);
     // Echo in its own phase, once where the scheduler places the processes and once pinned.
     let (runner_for_echo, mut echo_ws) = echo_runner(None);
     let echo_cpu_before = cpu_time(runner_for_echo.pid());
@@ -627,6 +648,11 @@ fn main() {
         "| throughput, PTY -> 1 WebSocket client (median) | {raw_mbs:.1} MB/s | {ws_mbs:.1} MB/s | {:.2}x | >= 0.9x |",
         ws_mbs / raw_mbs
     );
+    let (tee_raw_mbs, tee_ws_mbs) = (median(&mut teeing.raw), median(&mut teeing.runner));
+    println!(
+        "| throughput, stdout tee on (to a file) as well (median) | {tee_raw_mbs:.1} MB/s | {tee_ws_mbs:.1} MB/s | {:.2}x | >= 0.9x |",
+        tee_ws_mbs / tee_raw_mbs
+    );
     let echo_rows = |placement: &str, samples: &mut EchoSamples| {
         for (label, p, target) in [("p50", 0.5, "<= 1.5x"), ("p99", 0.99, "-")] {
             let (raw, ws) =
@@ -655,6 +681,10 @@ fn main() {
     println!("| runner CPU per keystroke echo | - | {echo_cpu_us:.1} us | - | - |");
     println!(
         "| runner CPU per MB of output (median) | - | {cpu_ms_per_mb:.2} ms/MB | - | <= 10 ms/MB |"
+    );
+    println!(
+        "| runner CPU per MB of output, stdout tee on (median) | - | {:.2} ms/MB | - | <= 10 ms/MB |",
+        median(&mut teeing.cpu_per_mb)
     );
     for (n, heap, rss) in memory {
         println!(
