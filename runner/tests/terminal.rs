@@ -319,3 +319,31 @@ async fn a_slow_client_does_not_block_a_fast_one() {
     assert!(slow_out.len() < SIZE);
     assert!(out.ends_with(&slow_out[slow_out.len() - 1024..]));
 }
+
+#[tokio::test]
+async fn output_that_pauses_after_a_full_read_batch_arrives_without_more_output() {
+    // The PTY reader stops reading after a 16 KiB batch until the PTY signals again; output
+    // that then pauses (the program waits for input) must still arrive in full, at once.
+    let dir = tempfile::tempdir().unwrap();
+    for (i, size) in [16 * 1024, 16 * 1024 + 1, 3 * 16 * 1024 + 1234].into_iter().enumerate() {
+        let data = common::pseudo_random(size, 0xba7c + i as u64);
+        let file = dir.path().join(format!("out-{i}.bin"));
+        std::fs::write(&file, &data).unwrap();
+        let command = format!(
+            "stty raw -echo; cat '{}'; printf '<end>'; head -c 1 >/dev/null",
+            file.display()
+        );
+        let r = runner(&command).start();
+        let mut c = r.attach(TokenScope::Interact, 0).await;
+        let out = tokio::time::timeout(std::time::Duration::from_secs(20), c.read_until(b"<end>"))
+            .await
+            .unwrap_or_else(|_| panic!("{size} bytes then a pause: the tail never arrived"));
+        let mut expected = data;
+        expected.extend_from_slice(b"<end>");
+        assert_eq!(out.len(), expected.len(), "{size} bytes then a pause");
+        assert!(out == expected, "{size} bytes then a pause arrived altered");
+        c.send_input(b"x").await;
+        let (_, _, status) = c.read_to_end_any().await;
+        assert_eq!(status.exit_code, Some(0));
+    }
+}
