@@ -308,6 +308,13 @@ impl RawEcho {
     }
 }
 
+impl Drop for RawEcho {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The network's own limit: one byte sent over loopback TCP to a thread that sends it back,
 /// with `TCP_NODELAY` on both ends like the runner's sockets. Every web terminal pays this round
 /// trip on top of the PTY's echo, so PTY echo plus this is the floor for any of them.
@@ -353,13 +360,6 @@ struct EchoSamples {
     tcp: Vec<Duration>,
     /// Through the runner's WebSocket.
     runner: Vec<Duration>,
-}
-
-impl Drop for RawEcho {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Output throughput to one WebSocket client: a blocking client that counts each frame's
@@ -476,7 +476,7 @@ fn echo_phase(raw: &mut RawEcho, tcp: &mut TcpEcho, ws: &mut BlockingWs) -> Echo
     samples
 }
 
-/// Keys typed one at a time with a pause between them, alternating between the two paths, as a
+/// Keys typed one at a time with a pause before each, alternating between the three paths, as a
 /// typist sends them: every echo then starts from idle CPUs, which back-to-back rounds never do.
 fn typing_phase(raw: &mut RawEcho, tcp: &mut TcpEcho, ws: &mut BlockingWs) -> EchoSamples {
     let mut samples = EchoSamples::default();
