@@ -182,6 +182,83 @@ async fn download_failures_have_their_own_exit_code_and_message() {
     assert_eq!(code, 120, "a bad URL is bad configuration: {err}");
 }
 
+/// A server that reads each request's head, answers with `reply` (possibly nothing), then
+/// holds the connection open without another byte.
+async fn stalling_server(reply: &'static [u8]) -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            let mut socket = tokio::io::BufReader::new(socket);
+            let mut line = String::new();
+            while socket.read_line(&mut line).await.is_ok_and(|n| n > 0) && line != "\r\n" {
+                line.clear();
+            }
+            let _ = socket.get_mut().write_all(reply).await;
+            held.push(socket);
+        }
+    });
+    base
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_that_stalls_is_cut_off_at_its_time_limit() {
+    let silent = stalling_server(b"").await;
+    // Headers and the first bytes of a body, then nothing: the limit covers the whole body.
+    let trickle = stalling_server(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\nContent-Length: 100000\r\n\r\nPK",
+    )
+    .await;
+    for base in [silent, trickle] {
+        let url = format!("{base}/code.zip");
+        let started = std::time::Instant::now();
+        let (code, _, err) = run_to_end(
+            runner("echo should-not-run")
+                .args(["--code-url", &url, "--download-timeout", "1s"])
+                .args(ALLOW_LOOPBACK),
+        );
+        assert_eq!(code, 121, "{url}: {err}");
+        assert!(err.contains("took longer than the download time limit of 1s"), "{url}: {err}");
+        assert!(started.elapsed() < common::HANG_GUARD / 2, "the limit did not cut it off");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_that_fails_or_overruns_exits_123_and_the_command_never_runs() {
+    let (code, out, err) =
+        run_to_end(runner("echo should-not-run").args(["--install-cmd", "echo building; exit 7"]));
+    assert_eq!(code, 123, "{err}");
+    assert!(out.contains("building"), "install output belongs in the session log: {out}");
+    assert!(err.contains("exited with exit status: 7"), "{err}");
+    assert!(!out.contains("should-not-run"));
+
+    // An install that runs past its limit is killed with everything it started.
+    let builder = runner("echo should-not-run").args([
+        "--install-cmd",
+        "sleep 600 & echo $! > background.pid; echo started; wait",
+        "--install-timeout",
+        "1s",
+    ]);
+    let mut r = builder.args(["--linger", "0s"]).capture_stdout().start();
+    let code = r.wait();
+    let err = r.stderr_text();
+    assert_eq!(code, 123, "{err}");
+    assert!(err.contains("ran past 1s"), "{err}");
+    let pid: i32 = std::fs::read_to_string(r.work_dir().join("w/background.pid"))
+        .expect("the install wrote its child's pid")
+        .trim()
+        .parse()
+        .unwrap();
+    // Killed by the runner, so the sleep is gone (or a zombie awaiting its reaper) by now.
+    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        state.is_empty() || state.split_whitespace().nth(2) == Some("Z"),
+        "the install's background child survived: {state}"
+    );
+}
+
 fn git(dir: &std::path::Path, args: &[&str]) {
     let status = Command::new("git")
         .args([

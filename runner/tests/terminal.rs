@@ -347,3 +347,60 @@ async fn output_that_pauses_after_a_full_read_batch_arrives_without_more_output(
         assert_eq!(status.exit_code, Some(0));
     }
 }
+
+#[tokio::test]
+async fn secrets_reach_the_command_only_through_its_environment() {
+    const SECRET: &str = "tok-9f1c2a7e-do-not-log";
+    // Each step prints its own argv (the runner must not have put the secret there), whether
+    // the secret arrived, and how many of the runner's own settings leaked into its env.
+    let report = |step: &str| {
+        format!(
+            "tr '\\0' ' ' < /proc/$$/cmdline; echo; echo \"{step} sees ${{#DEPLOY_TOKEN}} bytes, \
+             $(env | grep -c '^CLISCALE_RUNNER_') runner settings\""
+        )
+    };
+    let mut r = runner(&report("command"))
+        .args(["--install-cmd", &report("install"), "--linger", "0s"])
+        .env("DEPLOY_TOKEN", SECRET)
+        .env("CLISCALE_RUNNER_GRACE_PERIOD", "5s")
+        // The runner's own logs at their most verbose.
+        .env("CLISCALE_LOG", "trace")
+        .capture_stdout()
+        .start();
+    assert_eq!(r.wait(), 0, "{}", r.stderr_text());
+    let mut out = String::new();
+    r.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let len = SECRET.len();
+    assert!(out.contains(&format!("install sees {len} bytes, 0 runner settings")), "{out}");
+    assert!(out.contains(&format!("command sees {len} bytes, 0 runner settings")), "{out}");
+    assert!(!out.contains(SECRET), "a process's argv carried the secret: {out}");
+    let logs = r.stderr_text();
+    assert!(logs.contains("command started"), "the runner logged: {logs}");
+    assert!(!logs.contains(SECRET), "the runner's own logs carry the secret");
+}
+
+#[tokio::test]
+async fn the_runner_lingers_for_late_viewers_and_a_stop_signal_ends_the_linger() {
+    let mut r = runner("echo finished-early; exit 3").args(["--linger", "10m"]).start();
+    let mut first = r.attach(TokenScope::View, 0).await;
+    let (_, _, status) = first.read_to_end(0).await;
+    assert_eq!(status.exit_code, Some(3));
+    first.close().await;
+
+    // The command is gone; a viewer arriving now still gets the whole log and the ending.
+    let mut late = r.attach(TokenScope::View, 0).await;
+    match late.next().await {
+        Event::Hello { status, .. } => assert_eq!(status.phase, SessionPhase::Failed),
+        other => panic!("expected hello, got {other:?}"),
+    }
+    let (out, gaps, status) = late.read_to_end(0).await;
+    assert!(String::from_utf8_lossy(&out).contains("finished-early"));
+    assert!(gaps.is_empty());
+    assert_eq!((status.exit_code, status.reason), (Some(3), Some(TerminalReason::Exited)));
+    assert!(r.child.try_wait().unwrap().is_none(), "the runner left before its linger ended");
+
+    // Kubernetes deleting the pod mid-linger: the runner leaves at once, with the command's code.
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(r.wait(), 3);
+    assert!(r.stderr_text().contains("stop signal during linger"));
+}

@@ -18,6 +18,7 @@ pub struct Downloader {
     client: reqwest::Client,
     policy: Arc<AddressPolicy>,
     max_bytes: u64,
+    timeout: Duration,
 }
 
 impl Downloader {
@@ -46,7 +47,7 @@ impl Downloader {
             .user_agent(concat!("cliscale-runner/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| RunnerError::Config(format!("building HTTP client: {e}")))?;
-        Ok(Self { client, policy, max_bytes })
+        Ok(Self { client, policy, max_bytes, timeout })
     }
 
     /// Streams `url` into `file`, returning the file rewound to its start and the body's
@@ -58,11 +59,16 @@ impl Downloader {
     ) -> Result<(std::fs::File, String)> {
         check_literal_host(&self.policy, url)?;
         let fail = |message: String| RunnerError::Download { url: url.to_string(), message };
+        // The limit covers connecting, the headers and the whole body; say which limit it was.
+        let failed = |e: reqwest::Error| match e.is_timeout() {
+            true => fail(format!("took longer than the download time limit of {:?}", self.timeout)),
+            false => fail(error_chain(&e)),
+        };
         let response = self.client.get(url.clone()).send().await.map_err(|e| {
             // A guard refusal surfaces as a connect error; report it as what it is.
             match find_blocked(&e) {
                 Some(blocked) => blocked,
-                None => fail(error_chain(&e)),
+                None => failed(e),
             }
         })?;
         let status = response.status();
@@ -78,7 +84,7 @@ impl Downloader {
         let mut total: u64 = 0;
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| fail(error_chain(&e)))?;
+            let chunk = chunk.map_err(failed)?;
             total += chunk.len() as u64;
             if total > self.max_bytes {
                 return Err(too_large());

@@ -55,6 +55,7 @@ pub struct Runner {
 
 pub struct RunnerBuilder {
     args: Vec<String>,
+    env: Vec<(String, String)>,
     stdout: bool,
 }
 
@@ -66,6 +67,12 @@ impl RunnerBuilder {
 
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
         self.args.extend(a.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable of the runner process (as a pod spec would).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -87,6 +94,7 @@ impl RunnerBuilder {
             .arg(work.path().join("w"))
             .args(["--tee-stdout", if self.stdout { "true" } else { "false" }])
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(if self.stdout { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped());
@@ -115,7 +123,7 @@ impl RunnerBuilder {
 }
 
 pub fn runner(command: &str) -> RunnerBuilder {
-    RunnerBuilder { args: vec!["--command".into(), command.into()], stdout: false }
+    RunnerBuilder { args: vec!["--command".into(), command.into()], env: Vec::new(), stdout: false }
 }
 
 impl Runner {
