@@ -404,3 +404,18 @@ async fn the_runner_lingers_for_late_viewers_and_a_stop_signal_ends_the_linger()
     assert_eq!(r.wait(), 3);
     assert!(r.stderr_text().contains("stop signal during linger"));
 }
+
+#[tokio::test]
+async fn the_command_sees_its_terminal_type_prompt_and_session_id() {
+    let prompt = "fix the flaky test; then run \"cargo test\" -- don't push";
+    let r = runner(
+        "printf '[%s] [%s] [%s] [%s]\\n' \"$TERM\" \"$COLORTERM\" \"$CLISCALE_SESSION_ID\" \"$CLISCALE_PROMPT\"",
+    )
+    .args(["--term", "screen-256color", "--prompt", prompt])
+    .start();
+    let mut c = r.attach(TokenScope::View, 0).await;
+    let (out, _, status) = c.read_to_end(0).await;
+    assert_eq!(status.exit_code, Some(0));
+    let expected = format!("[screen-256color] [truecolor] [{}] [{prompt}]\r\n", common::SESSION);
+    assert_eq!(String::from_utf8_lossy(&out), expected);
+}
