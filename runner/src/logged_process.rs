@@ -2,11 +2,12 @@
 //! session's output log as they arrive.
 
 use std::process::ExitStatus;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
-use tokio::process::Command;
+use tokio::process::{ChildStderr, ChildStdout, Command};
 
 use crate::log::OutputLog;
 
@@ -18,8 +19,18 @@ pub enum Outcome {
     SpawnFailed(std::io::Error),
 }
 
-/// Runs `cmd` to completion (or until `timeout`), teeing its output into `log`.
-pub async fn run_logged(mut cmd: Command, log: &OutputLog, timeout: Duration) -> Outcome {
+/// How long the output of a process that has exited may take to reach the log before the
+/// session moves on. Output still arriving after that (from a background process the helper
+/// started, such as a database for the command) keeps flowing into the log.
+const OUTPUT_SETTLE: Duration = Duration::from_millis(500);
+
+/// Runs `cmd` until it exits (or until `timeout`), teeing its output into `log`.
+///
+/// It waits for the process, not for its pipes: an install command may leave a service
+/// running in the background that still holds them open, and the session must not wait for
+/// that service to end. Its output keeps reaching the log until it closes the pipes or the log
+/// closes.
+pub async fn run_logged(mut cmd: Command, log: &Arc<OutputLog>, timeout: Duration) -> Outcome {
     cmd.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -32,11 +43,8 @@ pub async fn run_logged(mut cmd: Command, log: &OutputLog, timeout: Duration) ->
     };
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
-    let run = async {
-        tokio::join!(pump(stdout, log), pump(stderr, log));
-        child.wait().await
-    };
-    match tokio::time::timeout(timeout, run).await {
+    let mut pumps = tokio::spawn(pump_both(stdout, stderr, log.clone()));
+    let outcome = match tokio::time::timeout(timeout, child.wait()).await {
         Ok(Ok(status)) => Outcome::Exited(status),
         Ok(Err(e)) => Outcome::SpawnFailed(e),
         Err(_) => {
@@ -48,7 +56,16 @@ pub async fn run_logged(mut cmd: Command, log: &OutputLog, timeout: Duration) ->
             }
             Outcome::TimedOut
         }
-    }
+    };
+    // What the process wrote before it exited is already in the pipes: let it land in the log
+    // before anything that follows. Past the settle time the pumps carry on by themselves.
+    let _ = tokio::time::timeout(OUTPUT_SETTLE, &mut pumps).await;
+    outcome
+}
+
+/// Copies both pipes into the log until each is closed by every process holding it.
+async fn pump_both(stdout: ChildStdout, stderr: ChildStderr, log: Arc<OutputLog>) {
+    tokio::join!(pump(stdout, &log), pump(stderr, &log));
 }
 
 async fn pump(mut from: impl AsyncRead + Unpin, log: &OutputLog) {

@@ -261,7 +261,7 @@ fn runner_env_vars() -> Vec<String> {
 }
 
 /// Fetches the code and runs the install command; returns the directory to run in.
-async fn prepare(config: &RunnerConfig, log: &OutputLog) -> Result<PathBuf> {
+async fn prepare(config: &RunnerConfig, log: &Arc<OutputLog>) -> Result<PathBuf> {
     let dir = match &config.source {
         Some(source) => source::fetch(&config.fetch, source, &config.work_dir, log).await?,
         None => {

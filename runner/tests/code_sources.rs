@@ -259,6 +259,26 @@ async fn an_install_that_fails_or_overruns_exits_123_and_the_command_never_runs(
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_the_install_leaves_running_does_not_hold_up_the_command() {
+    use cliscale_core::token::TokenScope;
+    // The install starts a background job that keeps the install's stdout open and speaks only
+    // once the command has started (the command opens the FIFO it waits on). Waiting for the
+    // install's pipes to close would deadlock until the install timeout (exit 123).
+    let install =
+        "mkfifo started; (read -r _ < started; echo background-said-$((6*7))) & echo installed";
+    let r = runner("echo go > started; read -r x; echo command-done")
+        .args(["--install-cmd", install, "--install-timeout", "60s"])
+        .start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    let seen = c.read_until(b"background-said-42").await;
+    assert!(String::from_utf8_lossy(&seen).contains("installed"));
+    c.send_input(b"\r").await;
+    let (rest, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.exit_code, Some(0), "{}", r.stderr_text());
+    assert!(String::from_utf8_lossy(&rest).contains("command-done"));
+}
+
 fn git(dir: &std::path::Path, args: &[&str]) {
     let status = Command::new("git")
         .args([

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::process::Command;
@@ -77,7 +78,7 @@ pub async fn clone(
     dest: &Path,
     policy: &AddressPolicy,
     timeout: Duration,
-    log: &OutputLog,
+    log: &Arc<OutputLog>,
 ) -> Result<()> {
     // Shallow first; the dumb HTTP transport cannot do shallow clones, so fall back to full.
     for shallow in [true, false] {

@@ -173,7 +173,7 @@ pub async fn fetch(
     cfg: &FetchConfig,
     source: &CodeSource,
     work_dir: &Path,
-    log: &OutputLog,
+    log: &Arc<OutputLog>,
 ) -> Result<PathBuf> {
     tokio::fs::create_dir_all(work_dir)
         .await

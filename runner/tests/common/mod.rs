@@ -192,10 +192,13 @@ impl Client {
     }
 
     pub async fn next(&mut self) -> Event {
+        // One deadline for the whole call: the runner's pings, skipped below, must not keep a
+        // stuck test waiting forever.
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
         loop {
-            let message = tokio::time::timeout(HANG_GUARD, self.ws.next())
+            let message = tokio::time::timeout_at(deadline, self.ws.next())
                 .await
-                .expect("runner sent nothing (hang guard)");
+                .expect("runner sent nothing but pings (hang guard)");
             match message {
                 None => {
                     return Event::Closed { code: None, reason: String::new() };
