@@ -3,20 +3,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Command;
 
-use common::{FixtureServer, runner};
+use common::{FixtureServer, run_to_end, runner};
 use sha2::{Digest, Sha256};
-
-/// Runs a runner to completion and returns (exit code, stdout, stderr).
-fn run_to_end(builder: common::RunnerBuilder) -> (i32, String, String) {
-    let mut r = builder.args(["--linger", "0s"]).capture_stdout().start();
-    let code = r.wait();
-    let mut out = String::new();
-    r.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    (code, out, r.stderr_text())
-}
 
 fn zip_bytes(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
     let mut buf = std::io::Cursor::new(Vec::new());

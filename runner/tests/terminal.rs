@@ -4,7 +4,7 @@ mod common;
 
 use cliscale_core::token::TokenScope;
 use cliscale_core::{SessionPhase, TerminalReason};
-use common::{Event, runner};
+use common::{Event, run_to_end, runner};
 use std::io::Read;
 
 #[tokio::test]
@@ -359,22 +359,19 @@ async fn secrets_reach_the_command_only_through_its_environment() {
              $(env | grep -c '^CLISCALE_RUNNER_') runner settings\""
         )
     };
-    let mut r = runner(&report("command"))
-        .args(["--install-cmd", &report("install"), "--linger", "0s"])
-        .env("DEPLOY_TOKEN", SECRET)
-        .env("CLISCALE_RUNNER_GRACE_PERIOD", "5s")
-        // The runner's own logs at their most verbose.
-        .env("CLISCALE_LOG", "trace")
-        .capture_stdout()
-        .start();
-    assert_eq!(r.wait(), 0, "{}", r.stderr_text());
-    let mut out = String::new();
-    r.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let (code, out, logs) = run_to_end(
+        runner(&report("command"))
+            .args(["--install-cmd", &report("install")])
+            .env("DEPLOY_TOKEN", SECRET)
+            .env("CLISCALE_RUNNER_GRACE_PERIOD", "5s")
+            // The runner's own logs at their most verbose.
+            .env("CLISCALE_LOG", "trace"),
+    );
+    assert_eq!(code, 0, "{logs}");
     let len = SECRET.len();
     assert!(out.contains(&format!("install sees {len} bytes, 0 runner settings")), "{out}");
     assert!(out.contains(&format!("command sees {len} bytes, 0 runner settings")), "{out}");
     assert!(!out.contains(SECRET), "a process's argv carried the secret: {out}");
-    let logs = r.stderr_text();
     assert!(logs.contains("command started"), "the runner logged: {logs}");
     assert!(!logs.contains(SECRET), "the runner's own logs carry the secret");
 }

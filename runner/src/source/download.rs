@@ -60,9 +60,12 @@ impl Downloader {
         check_literal_host(&self.policy, url)?;
         let fail = |message: String| RunnerError::Download { url: url.to_string(), message };
         // The limit covers connecting, the headers and the whole body; say which limit it was.
-        let failed = |e: reqwest::Error| match e.is_timeout() {
-            true => fail(format!("took longer than the download time limit of {:?}", self.timeout)),
-            false => fail(error_chain(&e)),
+        let failed = |e: reqwest::Error| {
+            if e.is_timeout() {
+                fail(format!("took longer than the download time limit of {:?}", self.timeout))
+            } else {
+                fail(error_chain(&e))
+            }
         };
         let response = self.client.get(url.clone()).send().await.map_err(|e| {
             // A guard refusal surfaces as a connect error; report it as what it is.

@@ -1,7 +1,7 @@
 //! Test harness: starts the real `cliscale-runner` binary and talks to it over real sockets.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -120,6 +120,15 @@ impl RunnerBuilder {
         let addr = addr_rx.recv_timeout(HANG_GUARD).unwrap_or_default();
         Runner { child, addr, stderr, keys, work }
     }
+}
+
+/// Runs a runner to completion with no linger and returns (exit code, stdout, stderr).
+pub fn run_to_end(builder: RunnerBuilder) -> (i32, String, String) {
+    let mut r = builder.args(["--linger", "0s"]).capture_stdout().start();
+    let code = r.wait();
+    let mut out = String::new();
+    r.child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    (code, out, r.stderr_text())
 }
 
 pub fn runner(command: &str) -> RunnerBuilder {
