@@ -195,19 +195,30 @@ async fn stalling_server(reply: &'static [u8]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_download_that_stalls_is_cut_off_at_its_time_limit() {
+async fn a_fetch_that_stalls_is_cut_off_at_its_time_limit() {
     let silent = stalling_server(b"").await;
     // Headers and the first bytes of a body, then nothing: the limit covers the whole body.
     let trickle = stalling_server(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\nContent-Length: 100000\r\n\r\nPK",
     )
     .await;
-    for base in [silent, trickle] {
-        let url = format!("{base}/code.zip");
+    // Git's fetches have the same limit and say so in the same words: a clone, and the ref
+    // listing that resolves a GitHub tree URL.
+    let cases = [
+        (format!("{silent}/code.zip"), None),
+        (format!("{trickle}/code.zip"), None),
+        (format!("git+{silent}/acme/tools.git"), None),
+        (
+            "https://github.com/acme/tools/tree/feature/login/app".to_string(),
+            Some(["--github-git-base".to_string(), silent.clone()]),
+        ),
+    ];
+    for (url, extra) in cases {
         let started = std::time::Instant::now();
         let (code, _, err) = run_to_end(
             runner("echo should-not-run")
                 .args(["--code-url", &url, "--download-timeout", "1s"])
+                .args(extra.into_iter().flatten())
                 .args(ALLOW_LOOPBACK),
         );
         assert_eq!(code, 121, "{url}: {err}");

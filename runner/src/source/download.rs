@@ -62,7 +62,7 @@ impl Downloader {
         // The limit covers connecting, the headers and the whole body; say which limit it was.
         let failed = |e: reqwest::Error| {
             if e.is_timeout() {
-                fail(format!("took longer than the download time limit of {:?}", self.timeout))
+                fail(super::over_download_limit(self.timeout))
             } else {
                 fail(error_chain(&e))
             }

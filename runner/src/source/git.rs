@@ -47,7 +47,10 @@ pub async fn ls_remote_refs(
     cmd.kill_on_drop(true);
     let output = tokio::time::timeout(timeout, cmd.output())
         .await
-        .map_err(|_| RunnerError::Git { action: "ls-remote", message: "timed out".into() })?
+        .map_err(|_| RunnerError::Git {
+            action: "ls-remote",
+            message: super::over_download_limit(timeout),
+        })?
         .map_err(|e| RunnerError::Git { action: "ls-remote", message: e.to_string() })?;
     if !output.status.success() {
         return Err(RunnerError::Git {
@@ -80,6 +83,8 @@ pub async fn clone(
     timeout: Duration,
     log: &Arc<OutputLog>,
 ) -> Result<()> {
+    // One limit for the whole fetch, however many attempts it takes.
+    let deadline = tokio::time::Instant::now() + timeout;
     // Shallow first; the dumb HTTP transport cannot do shallow clones, so fall back to full.
     for shallow in [true, false] {
         let mut cmd = guarded_git(url, policy).await?;
@@ -91,7 +96,8 @@ pub async fn clone(
             cmd.args(["--branch", reference]);
         }
         cmd.arg("--").arg(url.as_str()).arg(dest);
-        match run_logged(cmd, log, timeout).await {
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match run_logged(cmd, log, remaining).await {
             Outcome::Exited(status) if status.success() => return Ok(()),
             Outcome::Exited(status) if shallow => {
                 tracing::info!(%status, "shallow clone failed; retrying with full history");
@@ -101,7 +107,10 @@ pub async fn clone(
                 return Err(RunnerError::Git { action: "clone", message: status.to_string() });
             }
             Outcome::TimedOut => {
-                return Err(RunnerError::Git { action: "clone", message: "timed out".into() });
+                return Err(RunnerError::Git {
+                    action: "clone",
+                    message: super::over_download_limit(timeout),
+                });
             }
             Outcome::SpawnFailed(e) => {
                 return Err(RunnerError::Git { action: "clone", message: e.to_string() });

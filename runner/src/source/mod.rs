@@ -35,6 +35,11 @@ fn unsupported(raw: &str, reason: impl Into<String>) -> RunnerError {
     RunnerError::UnsupportedUrl { url: raw.into(), reason: reason.into() }
 }
 
+/// How a fetch that overran `--download-timeout` is reported, whether over HTTP or git.
+fn over_download_limit(timeout: Duration) -> String {
+    format!("took longer than the download time limit of {timeout:?}")
+}
+
 /// Decides what kind of source a code URL names. Pure: no I/O.
 pub fn parse_code_url(raw: &str) -> Result<CodeSource> {
     let trimmed = raw.trim();
