@@ -208,7 +208,7 @@ enum Control {
 async fn serve_terminal(shared: Arc<Shared>, socket: WebSocket, read_only: bool, since: u64) {
     let gauge = shared.metrics.clients.get_or_create(&KindLabel { kind: "ws" }).clone();
     gauge.inc();
-    let (sink, stream) = socket.split();
+    let (mut sink, stream) = socket.split();
     let (control_tx, control_rx) = mpsc::channel::<Control>(16);
     let last_heard = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -220,14 +220,44 @@ async fn serve_terminal(shared: Arc<Shared>, socket: WebSocket, read_only: bool,
         last_heard.clone(),
         started,
     ));
-    let result =
-        write_client(&shared, sink, read_only, since, control_rx, last_heard, started).await;
-    reader.abort();
-    if let Err(reason) = result {
+    let ending =
+        write_client(&shared, &mut sink, read_only, since, control_rx, last_heard, started).await;
+    if let Some(reason) = ending.dropped {
         shared.metrics.clients_dropped.get_or_create(&ReasonLabel { reason }).inc();
         tracing::info!(reason, "dropped a client");
     }
+    if let Some(frame) = ending.close {
+        say_goodbye(&shared, &mut sink, frame).await;
+    }
+    reader.abort();
     gauge.dec();
+}
+
+/// How a terminal connection ends, as decided by its writer half.
+struct Ending {
+    /// Why the runner gave up on the client (a `clients_dropped` reason), if it did.
+    dropped: Option<&'static str>,
+    /// The close frame the client should get, if the connection can still carry one.
+    close: Option<CloseFrame>,
+}
+
+impl Ending {
+    fn closed_by_peer() -> Self {
+        Self { dropped: None, close: None }
+    }
+
+    fn dropped(reason: &'static str, code: u16, text: &'static str) -> Self {
+        Self { dropped: Some(reason), close: Some(CloseFrame { code, reason: text.into() }) }
+    }
+}
+
+/// Sends the close frame. It queues behind whatever output is already on its way, so a client
+/// that was too slow gets another stall timeout to read that and learn why it was dropped. The
+/// reader half keeps running meanwhile: it takes the client's reply, and no unread input turns
+/// the socket's close into a reset that would discard what the client has not read yet.
+async fn say_goodbye(shared: &Shared, sink: &mut Sink, frame: CloseFrame) {
+    let _ =
+        tokio::time::timeout(shared.stall_timeout, sink.send(Message::Close(Some(frame)))).await;
 }
 
 async fn read_client(
@@ -281,20 +311,30 @@ async fn read_client(
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 
+/// Why a send failed: the connection broke, or the client took nothing for the stall timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SendError {
+    Broken,
+    TooSlow,
+}
+
+impl From<SendError> for Ending {
+    fn from(error: SendError) -> Self {
+        match error {
+            SendError::Broken => Ending { dropped: Some("send_failed"), close: None },
+            SendError::TooSlow => {
+                Ending::dropped("too_slow", close_code::TOO_SLOW, "client too slow")
+            }
+        }
+    }
+}
+
 /// Sends one message, giving up on a client that cannot take it within the stall timeout.
-async fn send(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), &'static str> {
+async fn send(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), SendError> {
     match tokio::time::timeout(shared.stall_timeout, sink.send(message)).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err("send_failed"),
-        Err(_) => {
-            let frame = CloseFrame { code: close_code::TOO_SLOW, reason: "client too slow".into() };
-            let _ = tokio::time::timeout(
-                Duration::from_millis(100),
-                sink.send(Message::Close(Some(frame))),
-            )
-            .await;
-            Err("too_slow")
-        }
+        Ok(Err(_)) => Err(SendError::Broken),
+        Err(_) => Err(SendError::TooSlow),
     }
 }
 
@@ -304,13 +344,29 @@ fn json_message(message: &ServerMessage) -> Message {
 
 async fn write_client(
     shared: &Shared,
-    mut sink: Sink,
+    sink: &mut Sink,
+    read_only: bool,
+    since: u64,
+    control: mpsc::Receiver<Control>,
+    last_heard: Arc<AtomicU64>,
+    started: Instant,
+) -> Ending {
+    match stream_to_client(shared, sink, read_only, since, control, last_heard, started).await {
+        Ok(ending) => ending,
+        Err(error) => error.into(),
+    }
+}
+
+/// Streams the log, status changes, errors and pings to one client until the connection ends.
+async fn stream_to_client(
+    shared: &Shared,
+    sink: &mut Sink,
     read_only: bool,
     since: u64,
     mut control: mpsc::Receiver<Control>,
     last_heard: Arc<AtomicU64>,
     started: Instant,
-) -> Result<(), &'static str> {
+) -> Result<Ending, SendError> {
     let mut end_rx = shared.log.subscribe();
     let mut status_rx = shared.status.subscribe();
     let hello = ServerMessage::Hello {
@@ -325,7 +381,7 @@ async fn write_client(
         ServerMessage::Hello { status, .. } if status.phase.is_finished() => Some(status.clone()),
         _ => None,
     };
-    send(shared, &mut sink, json_message(&hello)).await?;
+    send(shared, sink, json_message(&hello)).await?;
     let mut cursor = since;
     let mut closing = false;
     let mut ping = tokio::time::interval(shared.ping_interval);
@@ -335,18 +391,17 @@ async fn write_client(
         match shared.log.read_since(cursor, MAX_OUTPUT_FRAME) {
             LogRead::Data { offset, data } => {
                 cursor = offset + data.len() as u64;
-                send(shared, &mut sink, Message::Binary(encode_output(offset, &data).into()))
-                    .await?;
+                send(shared, sink, Message::Binary(encode_output(offset, &data).into())).await?;
                 if let Ok(Control::Error { code, message }) = control.try_recv() {
                     let error = ServerMessage::Error { code: code.into(), message };
-                    send(shared, &mut sink, json_message(&error)).await?;
+                    send(shared, sink, json_message(&error)).await?;
                 }
                 continue;
             }
             LogRead::Gap { from, to } => {
                 shared.metrics.gaps.inc();
                 cursor = to;
-                send(shared, &mut sink, json_message(&ServerMessage::Gap { from, to })).await?;
+                send(shared, sink, json_message(&ServerMessage::Gap { from, to })).await?;
                 continue;
             }
             LogRead::UpToDate { .. } => {}
@@ -355,7 +410,7 @@ async fn write_client(
             pending_status = Some(status_rx.borrow_and_update().clone());
         }
         if let Some(status) = pending_status.take() {
-            send(shared, &mut sink, json_message(&ServerMessage::Status(status))).await?;
+            send(shared, sink, json_message(&ServerMessage::Status(status))).await?;
         }
         if closing {
             break;
@@ -370,28 +425,29 @@ async fn write_client(
             message = control.recv() => match message {
                 Some(Control::Error { code, message }) => {
                     let error = ServerMessage::Error { code: code.into(), message };
-                    send(shared, &mut sink, json_message(&error)).await?;
+                    send(shared, sink, json_message(&error)).await?;
                 }
                 // The reader ended: the client closed or its connection broke.
-                None => return Ok(()),
+                None => return Ok(Ending::closed_by_peer()),
             },
             _ = ping.tick() => {
                 let silent_ms = (started.elapsed().as_millis() as u64)
                     .saturating_sub(last_heard.load(Ordering::Relaxed));
                 if silent_ms > 3 * shared.ping_interval.as_millis() as u64 {
-                    let frame = CloseFrame { code: close_code::KEEPALIVE_TIMEOUT, reason: "keepalive timeout".into() };
-                    let _ = send(shared, &mut sink, Message::Close(Some(frame))).await;
-                    return Err("keepalive_timeout");
+                    return Ok(Ending::dropped(
+                        "keepalive_timeout",
+                        close_code::KEEPALIVE_TIMEOUT,
+                        "keepalive timeout",
+                    ));
                 }
-                send(shared, &mut sink, Message::Ping(Bytes::from_static(b"cliscale"))).await?;
+                send(shared, sink, Message::Ping(Bytes::from_static(b"cliscale"))).await?;
             }
             // Drain what is left, then close.
             _ = shared.shutdown.cancelled() => closing = true,
         }
     }
     let frame = CloseFrame { code: close_code::SESSION_ENDED, reason: "session ended".into() };
-    let _ = send(shared, &mut sink, Message::Close(Some(frame))).await;
-    Ok(())
+    Ok(Ending { dropped: None, close: Some(frame) })
 }
 
 async fn sse_handler(

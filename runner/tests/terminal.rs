@@ -416,3 +416,51 @@ async fn the_command_sees_its_terminal_type_prompt_and_session_id() {
     let expected = format!("[screen-256color] [truecolor] [{}] [{prompt}]\r\n", common::SESSION);
     assert_eq!(String::from_utf8_lossy(&out), expected);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_with_a_close_reason() {
+    const SIZE: usize = 32 * 1024 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.bin");
+    std::fs::write(&file, common::pseudo_random(SIZE, 11)).unwrap();
+    let command = format!(
+        "stty raw -echo; printf READY; dd bs=1 count=1 status=none >/dev/null; cat '{}'; \
+         dd bs=1 count=1 status=none >/dev/null",
+        file.display()
+    );
+    let r = runner(&command).args(["--client-stall-timeout", "1s"]).start();
+    // The stuck client attaches and then reads nothing while the output fills every buffer
+    // between it and the runner.
+    let mut stuck = r.attach(TokenScope::View, 0).await;
+    let mut fast = r.attach(TokenScope::Interact, 0).await;
+    let mut seen = fast.read_until(b"READY").await.len() as u64;
+    fast.send_input(b"g").await;
+    while seen < 5 + SIZE as u64 {
+        match fast.next().await {
+            common::Event::Output { data, .. } => seen += data.len() as u64,
+            other => panic!("the fast client was disturbed: {other:?}"),
+        }
+    }
+    // The runner gives up on the stuck client; the session and the fast client carry on.
+    let metrics_url = format!("http://{}/metrics", r.addr);
+    let dropped = r#"cliscale_runner_clients_dropped_total{reason="too_slow"} 1"#;
+    let deadline = std::time::Instant::now() + common::HANG_GUARD;
+    while !common::http_get(metrics_url.clone()).await.text().await.unwrap().contains(dropped) {
+        assert!(std::time::Instant::now() < deadline, "the stuck client was never dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // When it reads again it gets what was already on its way, then the reason.
+    let mut got = 0u64;
+    let (code, reason) = loop {
+        match stuck.next().await {
+            common::Event::Output { data, .. } => got += data.len() as u64,
+            common::Event::Closed { code, reason } => break (code, reason),
+            _ => {}
+        }
+    };
+    assert_eq!((code, reason.as_str()), (Some(4008), "client too slow"), "after {got} bytes");
+    assert!(got < SIZE as u64, "a stuck client cannot have been sent everything");
+    fast.send_input(b"x").await;
+    let (_, _, status) = fast.read_to_end_any().await;
+    assert_eq!(status.exit_code, Some(0));
+}
