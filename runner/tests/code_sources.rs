@@ -24,9 +24,19 @@ fn zip_bytes(entries: &[(&str, &[u8], u32)]) -> Vec<u8> {
 
 /// A tar.gz whose entries are written with raw names, so hostile paths can be expressed.
 fn tar_gz_bytes(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
+    let with_modes: Vec<_> = entries
+        .iter()
+        .map(|&(name, kind, body, link)| {
+            (name, kind, body, link, if kind == tar::EntryType::Directory { 0o755 } else { 0o644 })
+        })
+        .collect();
+    tar_gz_bytes_with_modes(&with_modes)
+}
+
+fn tar_gz_bytes_with_modes(entries: &[(&str, tar::EntryType, &[u8], &str, u32)]) -> Vec<u8> {
     let mut builder =
         tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
-    for (name, kind, body, link) in entries {
+    for (name, kind, body, link, mode) in entries {
         let mut header = tar::Header::new_old();
         header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
         if !link.is_empty() {
@@ -34,7 +44,7 @@ fn tar_gz_bytes(entries: &[(&str, tar::EntryType, &[u8], &str)]) -> Vec<u8> {
         }
         header.set_entry_type(*kind);
         header.set_size(body.len() as u64);
-        header.set_mode(if *kind == tar::EntryType::Directory { 0o755 } else { 0o644 });
+        header.set_mode(*mode);
         header.set_cksum();
         builder.append(&header, *body).unwrap();
     }
@@ -133,6 +143,76 @@ async fn zip_slip_and_escaping_symlinks_are_refused() {
         assert!(!r.work_dir().join("escaped.txt").exists(), "{url} wrote outside the work dir");
         assert!(!std::path::Path::new("/tmp/escaped-abs.txt").exists());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_links_must_stay_inside_and_archive_bombs_are_capped() {
+    use tar::EntryType::{Link, Regular, Symlink};
+    let fx = FixtureServer::start().await;
+    let refused = [
+        // A hard link to a file outside, absolute or relative.
+        (tar_gz_bytes(&[("stolen", Link, b"", "/etc/passwd")]), vec![], "has an absolute path"),
+        (
+            tar_gz_bytes(&[("stolen", Link, b"", "../../../../etc/passwd")]),
+            vec![],
+            "climbs out with '..'",
+        ),
+        // Through a symlink that points up: symlinks only exist once every file is written.
+        (
+            tar_gz_bytes(&[("esc", Symlink, b"", ".."), ("stolen", Link, b"", "esc/passwd")]),
+            vec![],
+            "is a hard link to esc/passwd, which is not an earlier file of the archive",
+        ),
+        // Too many entries, and too many bytes, whatever the compression ratio.
+        (
+            tar_gz_bytes(&[
+                ("a", Regular, b"1", ""),
+                ("b", Regular, b"2", ""),
+                ("c", Regular, b"3", ""),
+            ]),
+            vec!["--extract-max-entries", "2"],
+            "more than 2 entries",
+        ),
+        (
+            tar_gz_bytes(&[("zeros", Regular, &[0u8; 5000], "")]),
+            vec!["--extract-max-bytes", "4096"],
+            "unpacks to more than 4096 bytes",
+        ),
+    ];
+    for (i, (archive, flags, why)) in refused.into_iter().enumerate() {
+        let url = fx.put(&format!("refused-{i}.tar.gz"), &archive);
+        let (code, _, err) = run_to_end(
+            runner("echo should-not-run")
+                .args(["--code-url", &url])
+                .args(flags)
+                .args(ALLOW_LOOPBACK),
+        );
+        assert_eq!(code, 121, "archive {i}: {err}");
+        assert!(err.contains(why), "archive {i} should be refused for {why:?}: {err}");
+        assert!(!err.contains("should-not-run"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn set_id_bits_are_dropped_and_device_entries_skipped() {
+    use tar::EntryType::{Char, Fifo, Link, Regular};
+    let fx = FixtureServer::start().await;
+    let archive = tar_gz_bytes_with_modes(&[
+        ("proj/run.sh", Regular, b"#!/bin/sh\necho ran\n", "", 0o6755),
+        ("proj/copy.sh", Link, b"", "proj/run.sh", 0o644),
+        ("proj/pipe", Fifo, b"", "", 0o644),
+        ("proj/tty", Char, b"", "", 0o666),
+    ]);
+    let url = fx.put("special.tar.gz", &archive);
+    let (code, out, err) = run_to_end(
+        runner("stat -c 'mode=%a' run.sh; ./copy.sh; test ! -e pipe && test ! -e tty && echo no-devices")
+            .args(["--code-url", &url])
+            .args(ALLOW_LOOPBACK),
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("mode=755"), "set-id bits must go, execute bits stay: {out}");
+    assert!(out.contains("ran"), "a hard link inside the archive is kept: {out}");
+    assert!(out.contains("no-devices"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

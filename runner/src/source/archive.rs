@@ -5,6 +5,7 @@
 //! `..` are rejected outright (zip-slip), symlinks are created last and only if they resolve
 //! inside the work dir, and total size and entry count are capped (zip bombs).
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -60,6 +61,8 @@ struct Extractor {
     bytes: u64,
     entries: u64,
     symlinks: Vec<(PathBuf, PathBuf)>,
+    /// Regular files written so far: the only things a hard link may name.
+    files: HashSet<PathBuf>,
 }
 
 impl Extractor {
@@ -94,6 +97,7 @@ impl Extractor {
             )));
         }
         self.bytes += written;
+        self.files.insert(path.to_owned());
         out.flush().map_err(|e| io_in(path, e))?;
         if let Some(mode) = mode {
             use cap_std::fs::PermissionsExt;
@@ -154,7 +158,14 @@ pub fn extract_archive(
 ) -> Result<()> {
     let root = Dir::open_ambient_dir(dest, ambient_authority())
         .map_err(|e| RunnerError::io(format!("opening {}", dest.display()), e))?;
-    let mut ex = Extractor { root, limits, bytes: 0, entries: 0, symlinks: Vec::new() };
+    let mut ex = Extractor {
+        root,
+        limits,
+        bytes: 0,
+        entries: 0,
+        symlinks: Vec::new(),
+        files: HashSet::new(),
+    };
     match format {
         ArchiveFormat::TarGz => extract_tar(file, &mut ex, keep_prefix)?,
         ArchiveFormat::Zip => extract_zip(file, &mut ex, keep_prefix)?,
@@ -201,10 +212,20 @@ fn extract_tar(file: std::fs::File, ex: &mut Extractor, keep: &[String]) -> Resu
                 let Some(target) = safe_relative_path(&target)? else {
                     return Err(unsafe_entry(&path, "is a hard link to the root"));
                 };
+                // As tar itself writes them: a hard link names an earlier file of the archive.
+                // That also keeps it off anything reached through a (not yet created) symlink.
+                if !ex.files.contains(&target) {
+                    let why = format!(
+                        "is a hard link to {}, which is not an earlier file of the archive",
+                        target.display()
+                    );
+                    return Err(unsafe_entry(&path, &why));
+                }
                 if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
                     ex.dir(parent)?;
                 }
                 ex.root.hard_link(&target, &ex.root, &path).map_err(|e| io_in(&path, e))?;
+                ex.files.insert(path);
             }
             // Devices, FIFOs and the like have no place in source code.
             other => {
