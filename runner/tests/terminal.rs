@@ -295,9 +295,7 @@ async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
 #[tokio::test]
 async fn a_slow_client_does_not_block_a_fast_one() {
     const SIZE: usize = 48 * 1024 * 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.bin");
-    std::fs::write(&file, common::pseudo_random(SIZE, 7)).unwrap();
+    let (_dir, file) = common::random_file(SIZE, 7);
     let command = format!(
         "stty raw -echo; printf READY; dd bs=1 count=1 status=none >/dev/null; cat '{}'",
         file.display()
@@ -420,9 +418,7 @@ async fn the_command_sees_its_terminal_type_prompt_and_session_id() {
 #[tokio::test]
 async fn a_client_that_stops_reading_is_dropped_with_a_close_reason() {
     const SIZE: usize = 32 * 1024 * 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("big.bin");
-    std::fs::write(&file, common::pseudo_random(SIZE, 11)).unwrap();
+    let (_dir, file) = common::random_file(SIZE, 11);
     let command = format!(
         "stty raw -echo; printf READY; dd bs=1 count=1 status=none >/dev/null; cat '{}'; \
          dd bs=1 count=1 status=none >/dev/null",
@@ -463,4 +459,29 @@ async fn a_client_that_stops_reading_is_dropped_with_a_close_reason() {
     fast.send_input(b"x").await;
     let (_, _, status) = fast.read_to_end_any().await;
     assert_eq!(status.exit_code, Some(0));
+}
+
+#[tokio::test]
+async fn a_stdout_nobody_reads_never_holds_up_the_command_and_its_skip_is_noted() {
+    const SIZE: usize = 4 * 1024 * 1024;
+    let (_dir, file) = common::random_file(SIZE, 5);
+    let command = format!("stty raw -echo; cat '{}'; printf '<end>'", file.display());
+    // Nobody reads the runner's stdout until the session is over: the pipe fills at once.
+    let mut r = runner(&command).args(["--log-window-bytes", "65536"]).capture_stdout().start();
+    let mut c = r.attach(TokenScope::View, 0).await;
+    let (_, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.exit_code, Some(0), "the command ran to its end with stdout stuck");
+    // Now drain stdout and let the runner go.
+    let mut stdout = r.child.stdout.take().unwrap();
+    let drained = std::thread::spawn(move || {
+        let mut tee = Vec::new();
+        stdout.read_to_end(&mut tee).unwrap();
+        tee
+    });
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(r.wait(), 0);
+    let tee = drained.join().unwrap();
+    assert!(tee.len() < SIZE, "a 64 KiB window cannot have kept all {SIZE} bytes for stdout");
+    assert!(tee.ends_with(b"<end>"), "the tee catches up to the end once stdout moves");
+    assert!(r.stderr_text().contains("stdout fell behind; bytes skipped"), "{}", r.stderr_text());
 }

@@ -335,6 +335,15 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// A plain HTTP client (the process-wide TLS provider installed first, as the binaries do).
+/// A file of `len` pseudo-random bytes in a fresh temporary directory (kept alive by the
+/// returned guard), for commands that `cat` a known burst.
+pub fn random_file(len: usize, seed: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("random.bin");
+    std::fs::write(&file, pseudo_random(len, seed)).unwrap();
+    (dir, file)
+}
+
 pub fn http_client() -> reqwest::Client {
     cliscale_core::tls::install_crypto_provider();
     reqwest::Client::new()
