@@ -263,6 +263,39 @@ async fn raw_frame(sock: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
 }
 
 #[tokio::test]
+async fn an_idle_client_that_answers_pings_stays_connected() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let r = runner("read -r x; echo \"got $x\"").args(["--ping-interval", "100ms"]).start();
+    let token = r.keys.token(TokenScope::Interact);
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(r.ws_url(&format!("token={token}"))).await.unwrap();
+    // Idle for eight ping intervals, well past the three of silence that drop a client; the
+    // client library answers each ping as it reads.
+    let mut pings = 0;
+    while pings < 8 {
+        match tokio::time::timeout(common::HANG_GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Close(frame))) => panic!("dropped while answering pings: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+    ws.send(Message::Binary(b"still-here\r".to_vec().into())).await.unwrap();
+    let mut output = Vec::new();
+    while !String::from_utf8_lossy(&output).contains("got still-here") {
+        match tokio::time::timeout(common::HANG_GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Message::Binary(frame))) => {
+                output.extend_from_slice(cliscale_core::protocol::decode_output(&frame).unwrap().1)
+            }
+            Some(Ok(Message::Close(frame))) => panic!("dropped while answering pings: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
 async fn a_client_that_never_answers_pings_is_closed_with_a_reason() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let r = runner("read -r x").args(["--ping-interval", "100ms"]).start();
