@@ -328,3 +328,50 @@ async fn a_client_that_never_answers_pings_is_closed_with_a_reason() {
     }
     assert!(pings >= 2, "the server pinged before giving up ({pings})");
 }
+
+#[test]
+fn bad_configuration_exits_120_and_names_the_setting() {
+    let keys = common::Keys::new();
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("ran");
+    let garbled_jwks = dir.path().join("garbled.json");
+    std::fs::write(&garbled_jwks, "{\"keys\": [ not json").unwrap();
+    let checksum = "ab".repeat(32);
+    let cases: [(&[&str], &str); 10] = [
+        (&["--command", " "], "command must not be empty"),
+        (&["--session-id", "a b"], "session id must be 1-128 characters"),
+        (&["--cols", "0"], "terminal size"),
+        (&["--log-window-bytes", "1000"], "log window must be at least 65536 bytes"),
+        (&["--log-format", "xml"], "is not json or text"),
+        (&["--code-checksum-sha256", &checksum], "a code checksum was given without a code URL"),
+        (
+            &["--code-url", "https://example.com/a.zip", "--code-checksum-sha256", "xyz"],
+            "is not a SHA-256 hex digest",
+        ),
+        (&["--jwks-file", "/nonexistent/jwks.json"], "reading JWKS file /nonexistent/jwks.json"),
+        (&["--jwks-file", garbled_jwks.to_str().unwrap()], "invalid JWKS file"),
+        (&["--timeout", "forever"], "--timeout"),
+    ];
+    for (flags, expected) in cases {
+        // Valid settings first; the case's own flag overrides its namesake.
+        let mut settings = vec![
+            ("--session-id".to_string(), common::SESSION.to_string()),
+            ("--jwks-file".into(), keys.jwks_path.display().to_string()),
+            ("--command".into(), format!("touch '{}'", marker.display())),
+            ("--listen".into(), "127.0.0.1:0".into()),
+            ("--linger".into(), "0s".into()),
+        ];
+        for pair in flags.chunks(2) {
+            settings.retain(|(name, _)| name != pair[0]);
+            settings.push((pair[0].into(), pair[1].into()));
+        }
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_cliscale-runner"))
+            .args(settings.iter().flat_map(|(k, v)| [k, v]))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(120), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?} should say {expected:?}: {stderr}");
+        assert!(!marker.exists(), "{flags:?}: the command ran");
+    }
+}
