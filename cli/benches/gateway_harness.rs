@@ -265,7 +265,7 @@ async fn run() {
         // Investigation aid: only throughput pairs, each printed.
         let mut tp = throughput_pairs(&up, &payload, pairs.parse().unwrap_or(20), true).await;
         let ratio = median(&mut tp.tp_ratio);
-        let (low, high) = median_interval(&tp.tp_ratio);
+        let (low, high) = median_interval(&mut tp.tp_ratio);
         println!("median pair ratio {ratio:.2}x, 95 % interval {low:.2}-{high:.2}x");
         return;
     }
@@ -337,7 +337,7 @@ async fn run() {
     let (td, tg) = (median(&mut tp.tp_direct), median(&mut tp.tp_gateway));
     let ratio = median(&mut tp.tp_ratio);
     let (lowest, highest) = (tp.tp_ratio[0], tp.tp_ratio[THROUGHPUT_PAIRS - 1]);
-    let (ci_low, ci_high) = median_interval(&tp.tp_ratio);
+    let (ci_low, ci_high) = median_interval(&mut tp.tp_ratio);
     println!("| figure | direct to runner | through gateway | added / ratio | target |");
     println!("|---|---|---|---|---|");
     println!("| echo p50 | {d50:.0} us | {g50:.0} us | {:+.0} us | <= +100 us |", g50 - d50);

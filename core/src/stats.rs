@@ -7,10 +7,13 @@ pub fn median(values: &mut [f64]) -> f64 {
     values[values.len() / 2]
 }
 
-/// A distribution-free 95 % confidence interval of the median of `sorted` (ascending): the
-/// order statistics k and n+1-k, with k the largest rank whose binomial tail stays within
-/// 2.5 %. Fewer than six values give no such k, and the interval is their whole range.
-pub fn median_interval(sorted: &[f64]) -> (f64, f64) {
+/// A distribution-free 95 % confidence interval of the median of `values`: the order
+/// statistics k and n+1-k, with k the largest rank whose binomial tail stays within 2.5 %.
+/// Fewer than six values give no such k, and the interval is their whole range. Sorts them in
+/// place, like [`median`]: order statistics of unsorted values would be arbitrary ones.
+pub fn median_interval(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let sorted = &*values;
     let n = sorted.len();
     let (mut tail, mut k) = (0.0, 0);
     let mut choose = 1.0; // C(n, i), built up one term at a time
@@ -39,10 +42,19 @@ mod tests {
     #[test]
     fn the_interval_is_the_textbook_pair_of_order_statistics() {
         // Binomial tables: n = 25 gives ranks 8 and 18 (95.7 %), n = 9 gives 2 and 8 (96.1 %).
-        assert_eq!(median_interval(&ranks(25)), (8.0, 18.0));
-        assert_eq!(median_interval(&ranks(9)), (2.0, 8.0));
-        assert_eq!(median_interval(&ranks(6)), (1.0, 6.0));
-        assert_eq!(median_interval(&ranks(3)), (1.0, 3.0));
+        assert_eq!(median_interval(&mut ranks(25)), (8.0, 18.0));
+        assert_eq!(median_interval(&mut ranks(9)), (2.0, 8.0));
+        assert_eq!(median_interval(&mut ranks(6)), (1.0, 6.0));
+        assert_eq!(median_interval(&mut ranks(3)), (1.0, 3.0));
+    }
+
+    #[test]
+    fn the_interval_sorts_first() {
+        // Harness rounds arrive in the order they ran.
+        let mut shuffled = ranks(25);
+        shuffled.reverse();
+        shuffled.swap(3, 17);
+        assert_eq!(median_interval(&mut shuffled), (8.0, 18.0));
     }
 
     #[test]

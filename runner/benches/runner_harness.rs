@@ -556,7 +556,7 @@ fn main() {
         let tee = std::env::var("CLISCALE_BENCH_TEE").is_ok();
         let mut tp = throughput_rounds(&payload, rounds.parse().unwrap_or(15), tee, true);
         let ratio = median(&mut tp.ratio);
-        let (low, high) = median_interval(&tp.ratio);
+        let (low, high) = median_interval(&mut tp.ratio);
         println!("median round ratio {ratio:.2}x, 95 % interval {low:.2}-{high:.2}x");
         return;
     }
@@ -644,7 +644,7 @@ fn main() {
     let memory = rt.block_on(idle_client_memory());
 
     let ratio_row = |label: &str, tp: &mut ThroughputRounds| {
-        let (low, high) = median_interval(&tp.ratio);
+        let (low, high) = median_interval(&mut tp.ratio);
         println!(
             "| {label} (median round, 95 % interval {low:.2}-{high:.2}x) | {:.1} MB/s | {:.1} MB/s | {:.2}x | >= 0.9x |",
             median(&mut tp.raw),
