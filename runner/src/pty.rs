@@ -4,6 +4,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -12,7 +13,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncReadExt, Interest, ReadBuf};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::error::{Result, RunnerError};
 use crate::log::OutputLog;
@@ -22,6 +23,70 @@ use crate::log::OutputLog;
 pub enum PtyInput {
     Data(Bytes),
     Resize { cols: u16, rows: u16 },
+}
+
+/// Most input bytes queued for a program that is not reading them, across all clients. Past
+/// it, clients' input waits in their sockets (backpressure) rather than in the runner's
+/// memory. At least the largest client message (1 MiB), so every message fits.
+pub const INPUT_BUDGET: usize = 2 * 1024 * 1024;
+
+/// Most input messages queued (keystrokes are one message each).
+const INPUT_QUEUE: usize = 256;
+
+/// Why input could not be queued.
+#[derive(Debug)]
+pub enum QueueError {
+    /// The queue or its byte budget is full right now; here is the input back.
+    Full(PtyInput),
+    /// The PTY's input side is gone: the command has ended.
+    Closed,
+}
+
+/// The PTY's input queue, bounded in messages and in bytes.
+#[derive(Clone)]
+pub struct InputQueue {
+    tx: mpsc::Sender<(PtyInput, Option<OwnedSemaphorePermit>)>,
+    budget: Arc<Semaphore>,
+}
+
+fn permits(input: &PtyInput) -> Option<u32> {
+    match input {
+        PtyInput::Data(data) => Some(data.len().min(INPUT_BUDGET) as u32),
+        PtyInput::Resize { .. } => None,
+    }
+}
+
+impl InputQueue {
+    fn new() -> (Self, mpsc::Receiver<(PtyInput, Option<OwnedSemaphorePermit>)>) {
+        let (tx, rx) = mpsc::channel(INPUT_QUEUE);
+        (Self { tx, budget: Arc::new(Semaphore::new(INPUT_BUDGET)) }, rx)
+    }
+
+    /// Queues `input` if there is room now.
+    pub fn try_send(&self, input: PtyInput) -> std::result::Result<(), QueueError> {
+        let permit = match permits(&input) {
+            Some(n) => match self.budget.clone().try_acquire_many_owned(n) {
+                Ok(permit) => Some(permit),
+                Err(_) => return Err(QueueError::Full(input)),
+            },
+            None => None,
+        };
+        self.tx.try_send((input, permit)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full((input, _)) => QueueError::Full(input),
+            mpsc::error::TrySendError::Closed(_) => QueueError::Closed,
+        })
+    }
+
+    /// Queues `input`, waiting for room.
+    pub async fn send(&self, input: PtyInput) -> std::result::Result<(), QueueError> {
+        let permit = match permits(&input) {
+            Some(n) => Some(
+                self.budget.clone().acquire_many_owned(n).await.map_err(|_| QueueError::Closed)?,
+            ),
+            None => None,
+        };
+        self.tx.send((input, permit)).await.map_err(|_| QueueError::Closed)
+    }
 }
 
 /// How to start the command.
@@ -42,7 +107,7 @@ pub struct PtyProcess {
     pub pid: i32,
     /// Ends when the PTY reports end of output.
     pub reader: tokio::task::JoinHandle<()>,
-    pub input: mpsc::Sender<PtyInput>,
+    pub input: InputQueue,
 }
 
 /// The shell commands run under: bash when the image has it, else POSIX sh.
@@ -51,7 +116,7 @@ pub fn shell() -> &'static str {
 }
 
 /// Starts `spec` in a new PTY, with every byte it prints appended to `log`.
-pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyProcess> {
+pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
     let spawn_err = |e: pty_process::Error| RunnerError::Spawn(e.to_string());
     let (pty, pts) = pty_process::open().map_err(spawn_err)?;
     pty.resize(pty_process::Size::new(spec.rows, spec.cols)).map_err(spawn_err)?;
@@ -87,9 +152,10 @@ pub fn spawn(spec: &CommandSpec, log: std::sync::Arc<OutputLog>) -> Result<PtyPr
         }
     });
 
-    let (input, mut input_rx) = mpsc::channel::<PtyInput>(256);
+    let (input, mut input_rx) = InputQueue::new();
     tokio::spawn(async move {
-        while let Some(message) = input_rx.recv().await {
+        // The permit returns the input's bytes to the budget once they are in the PTY.
+        while let Some((message, _permit)) = input_rx.recv().await {
             match message {
                 PtyInput::Data(data) => {
                     if writer.write_all(&data).await.is_err() {
@@ -240,5 +306,50 @@ pub async fn stop(process: &mut PtyProcess, grace: Duration) -> std::process::Ex
                 std::os::unix::process::ExitStatusExt::from_raw(Signal::SIGKILL as i32)
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize) -> PtyInput {
+        PtyInput::Data(Bytes::from(vec![b'x'; len]))
+    }
+
+    #[tokio::test]
+    async fn queued_input_is_bounded_in_bytes_and_room_returns_as_it_is_written() {
+        let (queue, mut rx) = InputQueue::new();
+        let half = INPUT_BUDGET / 2;
+        assert!(queue.try_send(data(half)).is_ok());
+        assert!(queue.try_send(data(half)).is_ok());
+        // The budget is spent: even one byte waits, but a resize (no bytes) does not.
+        assert!(matches!(queue.try_send(data(1)), Err(QueueError::Full(PtyInput::Data(_)))));
+        assert!(queue.try_send(PtyInput::Resize { cols: 80, rows: 24 }).is_ok());
+        let waiting = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.send(data(half)).await.is_ok() }
+        });
+        // Writing the first message to the PTY (dropping its permit) makes room.
+        let (first, permit) = rx.recv().await.unwrap();
+        assert!(matches!(first, PtyInput::Data(d) if d.len() == half));
+        drop(permit);
+        assert!(waiting.await.unwrap(), "the waiting input was queued once room returned");
+        assert!(matches!(queue.try_send(data(1)), Err(QueueError::Full(_))));
+        // Once the PTY's side is gone, input is refused as such.
+        drop(rx);
+        assert!(matches!(
+            queue.try_send(PtyInput::Resize { cols: 1, rows: 1 }),
+            Err(QueueError::Closed)
+        ));
+    }
+
+    #[tokio::test]
+    async fn many_small_messages_are_bounded_by_count() {
+        let (queue, _rx) = InputQueue::new();
+        for _ in 0..INPUT_QUEUE {
+            assert!(queue.try_send(data(1)).is_ok());
+        }
+        assert!(matches!(queue.try_send(data(1)), Err(QueueError::Full(_))));
     }
 }

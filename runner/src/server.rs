@@ -27,7 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::log::{LogRead, OutputLog};
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
-use crate::pty::PtyInput;
+use crate::pty::{InputQueue, PtyInput, QueueError};
 
 /// Largest output frame sent to a client.
 pub const MAX_OUTPUT_FRAME: usize = 64 * 1024;
@@ -53,7 +53,7 @@ pub struct Shared {
     pub log: Arc<OutputLog>,
     pub status: watch::Sender<SessionStatus>,
     /// Set once the command runs in its PTY; readiness follows it.
-    pub input: OnceLock<mpsc::Sender<PtyInput>>,
+    pub input: OnceLock<InputQueue>,
     /// Cleared when the command exits: input is no longer accepted.
     pub accepting_input: AtomicBool,
     pub verifier: Arc<dyn TokenVerifier>,
@@ -303,11 +303,27 @@ async fn read_client(
         if let PtyInput::Data(data) = &input {
             shared.metrics.input_bytes.inc_by(data.len() as u64);
         }
-        if sender.send(input).await.is_err() {
-            break;
+        match sender.try_send(input) {
+            Ok(()) => {}
+            Err(QueueError::Closed) => break,
+            Err(QueueError::Full(input)) => {
+                // The program is not reading its input, and this client waits for it: its
+                // pongs queue behind its input, so its silence says nothing until the wait ends.
+                // (A client that is really gone still fails the writer's sends.)
+                last_heard.store(WAITING_ON_PROGRAM, Ordering::Relaxed);
+                let sent = sender.send(input).await;
+                last_heard.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if sent.is_err() {
+                    break;
+                }
+            }
         }
     }
 }
+
+/// `last_heard` while a client's reader waits for the program to take its input: a time in
+/// the future, so the keepalive finds no silence.
+const WAITING_ON_PROGRAM: u64 = u64::MAX;
 
 type Sink = futures_util::stream::SplitSink<WebSocket, Message>;
 

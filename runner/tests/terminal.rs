@@ -204,19 +204,26 @@ async fn resize_reaches_the_program() {
     assert!(String::from_utf8_lossy(&out).contains("43 132"), "{}", String::from_utf8_lossy(&out));
 }
 
+/// A command that prints `R`, reads nothing until a line is written to the returned FIFO, then
+/// prints the SHA-256 of the next `size` bytes of its input. Raw mode: no echo, no line
+/// editing; every byte reaches the program as sent.
+fn gated_input_digest(size: usize) -> (tempfile::TempDir, std::path::PathBuf, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let command = format!(
+        "stty raw -echo; printf R; read -r _ < '{}'; head -c {size} | sha256sum",
+        gate.display()
+    );
+    (dir, gate, command)
+}
+
 #[tokio::test]
 async fn input_the_program_is_not_reading_yet_waits_for_room_and_arrives_whole() {
     // Far more than the PTY's input buffers hold, so the runner's writes meet a full PTY and
     // must wait for the program to read instead of failing or dropping bytes.
     const SIZE: usize = 512 * 1024;
-    let dir = tempfile::tempdir().unwrap();
-    let gate = dir.path().join("gate");
-    nix::unistd::mkfifo(&gate, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    // Raw mode: no echo, no line editing; every byte reaches the program as sent.
-    let command = format!(
-        "stty raw -echo; printf R; read -r _ < '{}'; head -c {SIZE} | sha256sum",
-        gate.display()
-    );
+    let (_dir, gate, command) = gated_input_digest(SIZE);
     let r = runner(&command).start();
     let mut c = r.attach(TokenScope::Interact, 0).await;
     c.read_until(b"R").await;
@@ -484,4 +491,70 @@ async fn a_stdout_nobody_reads_never_holds_up_the_command_and_its_skip_is_noted(
     assert!(tee.len() < SIZE, "a 64 KiB window cannot have kept all {SIZE} bytes for stdout");
     assert!(tee.ends_with(b"<end>"), "the tee catches up to the end once stdout moves");
     assert!(r.stderr_text().contains("stdout fell behind; bytes skipped"), "{}", r.stderr_text());
+}
+
+/// The next output frame's bytes, or `None` for a ping; any end of the connection fails.
+async fn output_or_ping(
+    rx: &mut futures_util::stream::SplitStream<
+        tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    >,
+) -> Option<Vec<u8>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(common::HANG_GUARD, rx.next()).await.unwrap() {
+            Some(Ok(Message::Binary(frame))) => {
+                return Some(cliscale_core::protocol::decode_output(&frame).unwrap().1.to_vec());
+            }
+            Some(Ok(Message::Ping(_))) => return None,
+            Some(Ok(Message::Close(frame))) => panic!("closed while its input waited: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_whose_input_waits_for_the_program_is_not_taken_for_dead() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    // More input messages than the runner queues, for a program that does not read yet: the
+    // runner stops reading this client (backpressure), pongs included, for many ping intervals.
+    const SIZE: usize = 512 * 4096;
+    let (_dir, gate, command) = gated_input_digest(SIZE);
+    let r = runner(&command).args(["--ping-interval", "100ms"]).start();
+    let token = r.keys.token(TokenScope::Interact);
+    let (ws, _) =
+        tokio_tungstenite::connect_async(r.ws_url(&format!("token={token}"))).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let mut output = Vec::new();
+    while !output.contains(&b'R') {
+        output.extend(output_or_ping(&mut rx).await.unwrap_or_default());
+    }
+    let input: Vec<u8> = (0..SIZE).map(|i| b'a' + (i % 26) as u8).collect();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&input))
+    };
+    let sender = tokio::spawn(async move {
+        for chunk in input.chunks(4096) {
+            tx.send(Message::Binary(chunk.to_vec().into())).await.unwrap();
+        }
+        tx
+    });
+    // Eight ping intervals with the input held up: well past the three that drop a silent client.
+    let mut pings = 0;
+    while pings < 8 {
+        match output_or_ping(&mut rx).await {
+            Some(data) => output.extend(data),
+            None => pings += 1,
+        }
+    }
+    tokio::fs::write(&gate, b"go\n").await.unwrap();
+    while !String::from_utf8_lossy(&output).contains(&digest) {
+        output.extend(output_or_ping(&mut rx).await.unwrap_or_default());
+    }
+    drop(sender.await.unwrap());
 }
