@@ -40,7 +40,7 @@ pub struct UpArgs {
     #[arg(long)]
     pub signing_key_file: Vec<PathBuf>,
     /// Lifetime of terminal tokens.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = cliscale_core::args::positive_duration)]
     pub token_ttl: Duration,
     /// Requests per minute per API key (and per address for unauthenticated requests).
     #[arg(long, default_value_t = 600)]
@@ -51,6 +51,9 @@ pub struct UpArgs {
     /// How long a terminal connection waits for a starting runner.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub ready_wait: Duration,
+    /// How often the gateway pings each browser; one silent for three intervals is closed.
+    #[arg(long, default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
+    pub ping_interval: Duration,
     /// How long runners keep serving after their command ends.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub linger: Duration,
@@ -58,7 +61,7 @@ pub struct UpArgs {
     #[arg(long, default_value_t = false)]
     pub allow_private_code_urls: bool,
     /// How often expired sessions are deleted.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
     pub gc_interval: Duration,
 }
 
@@ -184,7 +187,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             keys: keys.clone(),
             ttl: Duration::from_secs(600),
         })),
-        config: GatewayConfig { ready_wait: args.ready_wait, ..Default::default() },
+        config: GatewayConfig {
+            ready_wait: args.ready_wait,
+            ping_interval: args.ping_interval,
+            ..Default::default()
+        },
         metrics: Default::default(),
     });
     let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api));

@@ -4,6 +4,7 @@
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
 
 use common::{ADMIN_KEY, Backend, Stack, open_terminal, read_session, read_until};
 use futures_util::SinkExt;
@@ -240,4 +241,84 @@ async fn output_piled_up_behind_a_late_reader_arrives_whole_and_in_order() {
         .unwrap();
     let (_, status, _) = read_session(&mut late).await;
     assert_eq!(status["phase"], "Succeeded", "{status}");
+}
+
+/// A paste into a command that is not reading its input holds the browser's frames up at the
+/// runner and, behind them, in the gateway; the browser's pongs wait in the same queue. Neither
+/// hop may take that wait for silence and drop the browser with its input half delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paste_waiting_for_a_busy_command_is_not_taken_for_a_silent_browser() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    const FRAME: usize = 512 * 1024;
+    const FRAMES: usize = 128; // 64 MiB: far more than the sockets and queues on the way hold.
+    let stack = Stack::start(Backend::Sqlite, &["--ping-interval", "100ms"]).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    assert!(Command::new("mkfifo").arg(&gate).status().unwrap().success());
+    let command = format!(
+        "stty raw -echo; printf R; read -r _ < '{}'; head -c {} | sha256sum",
+        gate.display(),
+        FRAME * FRAMES
+    );
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let mut ws = open_terminal(&url).await.unwrap();
+    read_until(&mut ws, "R").await;
+    let (mut tx, mut rx) = ws.split();
+    let frame: Vec<u8> = (0..FRAME).map(|i| b'a' + (i % 26) as u8).collect();
+    let sender = tokio::spawn({
+        let frame = frame.clone();
+        async move {
+            for _ in 0..FRAMES {
+                tx.send(Message::Binary(frame.clone().into())).await.unwrap();
+            }
+            tx
+        }
+    });
+    let digest = tokio::task::spawn_blocking(move || {
+        use sha2::Digest;
+        let mut hasher = sha2::Sha256::new();
+        for _ in 0..FRAMES {
+            hasher.update(&frame);
+        }
+        hex::encode(hasher.finalize())
+    });
+    // Ten gateway ping intervals pass with the paste held up; the time passing is what is
+    // under test, and the sender still being stuck afterwards shows the hold-up lasted.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert!(!sender.is_finished(), "the paste was not held up; the test proves nothing");
+    let digest = digest.await.unwrap();
+    std::fs::write(&gate, b"go\n").unwrap();
+    let mut output = Vec::new();
+    while !String::from_utf8_lossy(&output).contains(&digest) {
+        match tokio::time::timeout(common::HANG_GUARD, rx.next()).await.unwrap() {
+            Some(Ok(Message::Binary(data))) => {
+                output.extend_from_slice(cliscale_core::protocol::decode_output(&data).unwrap().1)
+            }
+            Some(Ok(Message::Close(frame))) => panic!("dropped mid-paste: {frame:?}"),
+            Some(Ok(_)) => {}
+            other => panic!("connection ended mid-paste: {other:?}"),
+        }
+    }
+    drop(sender.await.unwrap());
+}
+
+/// Intervals and limits of zero are refused when `cliscale up` starts: a zero interval used to
+/// panic the task that ran it (session GC stopped for good).
+#[test]
+fn zero_intervals_are_refused_at_startup() {
+    for flag in ["--ping-interval", "--gc-interval", "--token-ttl"] {
+        let data = tempfile::tempdir().unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_cliscale"))
+            .args(["up", "--listen", "127.0.0.1:0", flag, "0s"])
+            .arg("--data-dir")
+            .arg(data.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert!(stderr.contains(flag) && stderr.contains("must be more than zero"), "{stderr}");
+    }
 }

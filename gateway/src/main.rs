@@ -41,6 +41,9 @@ struct Args {
     /// How long a connection waits for a starting runner.
     #[arg(long, env = "CLISCALE_READY_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     ready_wait: Duration,
+    /// How often each browser is pinged; one silent for three intervals is closed.
+    #[arg(long, env = "CLISCALE_PING_INTERVAL", default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
+    ping_interval: Duration,
     /// How long the JWKS is cached.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     jwks_ttl: Duration,
@@ -68,7 +71,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: resolver.clone(),
         reissuer,
-        config: GatewayConfig { ready_wait: args.ready_wait, ..Default::default() },
+        config: GatewayConfig {
+            ready_wait: args.ready_wait,
+            ping_interval: args.ping_interval,
+            ..Default::default()
+        },
         metrics: Default::default(),
     });
     let metrics = gateway.clone();

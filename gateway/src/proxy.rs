@@ -299,11 +299,15 @@ async fn relay(
                     continue;
                 }
                 let closing = matches!(message, ws::Message::Close(_));
-                if let Some(message) = to_upstream(message)
-                    && up_tx.send(message).await.is_err()
-                {
-                    let _ = client_tx.send(close(1011, "runner connection lost")).await;
-                    break;
+                if let Some(message) = to_upstream(message) {
+                    if up_tx.send(message).await.is_err() {
+                        let _ = client_tx.send(close(1011, "runner connection lost")).await;
+                        break;
+                    }
+                    // The send waits while the program is not reading its input (a paste into
+                    // a busy command), and the browser's pongs wait behind it unread: that time
+                    // is not the browser's silence.
+                    last_heard = Instant::now();
                 }
                 if closing {
                     break;

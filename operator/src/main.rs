@@ -68,7 +68,7 @@ struct Args {
     #[arg(long, env = "CLISCALE_PUBLIC_URL")]
     public_url: Option<String>,
     /// Lifetime of terminal tokens.
-    #[arg(long, env = "CLISCALE_TOKEN_TTL", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLISCALE_TOKEN_TTL", default_value = "5m", value_parser = cliscale_core::args::positive_duration)]
     token_ttl: Duration,
     /// Requests per minute per API key (and per address for unauthenticated requests).
     #[arg(long, env = "CLISCALE_RATE_PER_MINUTE", default_value_t = 600)]

@@ -83,16 +83,16 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
     /// Stop the command after this long (exit code 124).
-    #[arg(long, env = "CLISCALE_RUNNER_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLISCALE_RUNNER_TIMEOUT", value_parser = cliscale_core::args::positive_duration)]
     pub timeout: Option<Duration>,
     /// Time limit of the install command.
-    #[arg(long, env = "CLISCALE_RUNNER_INSTALL_TIMEOUT", default_value = "15m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLISCALE_RUNNER_INSTALL_TIMEOUT", default_value = "15m", value_parser = cliscale_core::args::positive_duration)]
     pub install_timeout: Duration,
     /// Largest download accepted.
     #[arg(long, env = "CLISCALE_RUNNER_DOWNLOAD_MAX_BYTES", default_value_t = 512 * 1024 * 1024)]
     pub download_max_bytes: u64,
     /// Time limit of a download or clone.
-    #[arg(long, env = "CLISCALE_RUNNER_DOWNLOAD_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLISCALE_RUNNER_DOWNLOAD_TIMEOUT", default_value = "5m", value_parser = cliscale_core::args::positive_duration)]
     pub download_timeout: Duration,
     /// Largest total size an archive may unpack to.
     #[arg(long, env = "CLISCALE_RUNNER_EXTRACT_MAX_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
@@ -117,10 +117,10 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_GITHUB_GIT_BASE", default_value = "https://github.com")]
     pub github_git_base: Url,
     /// Interval of WebSocket pings; a client silent for three intervals is dropped.
-    #[arg(long, env = "CLISCALE_RUNNER_PING_INTERVAL", default_value = "20s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLISCALE_RUNNER_PING_INTERVAL", default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
     pub ping_interval: Duration,
     /// A client that cannot take a frame for this long is dropped.
-    #[arg(long, env = "CLISCALE_RUNNER_CLIENT_STALL_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CLISCALE_RUNNER_CLIENT_STALL_TIMEOUT", default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
     pub client_stall_timeout: Duration,
     /// Log format of the runner's own logs (on stderr): json or text.
     #[arg(long, env = "CLISCALE_RUNNER_LOG_FORMAT", default_value = "json")]

@@ -337,7 +337,7 @@ fn bad_configuration_exits_120_and_names_the_setting() {
     let garbled_jwks = dir.path().join("garbled.json");
     std::fs::write(&garbled_jwks, "{\"keys\": [ not json").unwrap();
     let checksum = "ab".repeat(32);
-    let cases: [(&[&str], &str); 10] = [
+    let cases: [(&[&str], &str); 12] = [
         (&["--command", " "], "command must not be empty"),
         (&["--session-id", "a b"], "session id must be 1-128 characters"),
         (&["--cols", "0"], "terminal size"),
@@ -351,6 +351,8 @@ fn bad_configuration_exits_120_and_names_the_setting() {
         (&["--jwks-file", "/nonexistent/jwks.json"], "reading JWKS file /nonexistent/jwks.json"),
         (&["--jwks-file", garbled_jwks.to_str().unwrap()], "invalid JWKS file"),
         (&["--timeout", "forever"], "--timeout"),
+        (&["--ping-interval", "0s"], "must be more than zero"),
+        (&["--client-stall-timeout", "0ms"], "must be more than zero"),
     ];
     for (flags, expected) in cases {
         // Valid settings first; the case's own flag overrides its namesake.
