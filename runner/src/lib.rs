@@ -9,6 +9,7 @@ pub mod logged_process;
 pub mod metrics;
 pub mod net_guard;
 pub mod pty;
+pub mod reaper;
 pub mod server;
 pub mod session;
 pub mod source;

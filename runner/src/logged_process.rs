@@ -41,6 +41,7 @@ pub async fn run_logged(mut cmd: Command, log: &Arc<OutputLog>, timeout: Duratio
         Ok(child) => child,
         Err(e) => return Outcome::SpawnFailed(e),
     };
+    let _managed = child.id().map(crate::reaper::Managed::new);
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let mut pumps = tokio::spawn(pump_both(stdout, stderr, log.clone()));

@@ -108,6 +108,8 @@ pub struct PtyProcess {
     /// Ends when the PTY reports end of output.
     pub reader: tokio::task::JoinHandle<()>,
     pub input: InputQueue,
+    /// Keeps the reaper off the command's exit status, which `child` collects.
+    _managed: crate::reaper::Managed,
 }
 
 /// The shell commands run under: bash when the image has it, else POSIX sh.
@@ -127,6 +129,7 @@ pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
     cmd = cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(&spec.dir);
     let child = cmd.spawn(pts).map_err(spawn_err)?;
     let pid = child.id().map(|p| p as i32).ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
+    let managed = crate::reaper::Managed::new(pid as u32);
     // Taken out of the runtime (`into` deregisters it): the halves below pick their own interest.
     let master: OwnedFd = pty.into();
     let io_err = |e: io::Error| RunnerError::Spawn(format!("PTY master: {e}"));
@@ -171,7 +174,7 @@ pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
         }
     });
 
-    Ok(PtyProcess { child, pid, reader, input })
+    Ok(PtyProcess { child, pid, reader, input, _managed: managed })
 }
 
 /// Registers a descriptor this process owns with the runtime for `interest` only.

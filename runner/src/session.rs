@@ -21,6 +21,7 @@ use crate::log::{LogRead, OutputLog};
 use crate::logged_process::{Outcome, run_logged};
 use crate::metrics::Metrics;
 use crate::pty::{self, CommandSpec};
+use crate::reaper;
 use crate::server::{self, Shared};
 use crate::source::{self, progress};
 
@@ -75,6 +76,9 @@ pub async fn run(config: RunnerConfig) -> i32 {
             return exit_code::RUNNER_FAILED;
         }
     };
+    // Before anything is spawned: every orphan of the session is ours to reap and to stop.
+    reaper::become_subreaper();
+    tokio::spawn(reaper::reap_orphans_forever());
     let log = Arc::new(OutputLog::new(args.log_window_bytes));
     let (status, _) = watch::channel(SessionStatus::new(SessionPhase::Starting));
     let shared = Arc::new(Shared {
@@ -112,6 +116,9 @@ pub async fn run(config: RunnerConfig) -> i32 {
     let tee = args.tee_stdout.then(|| tokio::spawn(tee_stdout(log.clone())));
 
     let code = drive(&config, &shared, &mut signals).await;
+    // The runner's own children are done: whatever the session left running stops now, while
+    // viewers see the end.
+    let leftovers = tokio::spawn(reaper::stop_leftovers(args.grace_period));
     let final_status = shared.status.borrow().clone();
     // The local executor reads this line to learn how the session ended.
     tracing::info!(
@@ -127,6 +134,7 @@ pub async fn run(config: RunnerConfig) -> i32 {
         _ = tokio::time::sleep(args.linger) => {}
         _ = signals.recv() => tracing::info!("stop signal during linger; exiting now"),
     }
+    let _ = leftovers.await;
     shared.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     shared.connections.close();

@@ -558,3 +558,66 @@ async fn a_client_whose_input_waits_for_the_program_is_not_taken_for_dead() {
     }
     drop(sender.await.unwrap());
 }
+
+/// The state letter and parent of a process, or `None` once it is gone (reaped).
+fn proc_state(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut rest = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.next()?.parse().ok()?))
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + common::HANG_GUARD;
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[tokio::test]
+async fn orphans_of_the_session_are_adopted_and_reaped_while_it_runs() {
+    // A job whose shell exits first: its parent becomes the runner, which must collect its
+    // exit status or it stays a zombie (in a pod the runner is PID 1, and nobody else would).
+    let mut r = runner("(sleep 1 & echo $! > orphan.pid); echo ready; read -r _")
+        .args(["--linger", "0s"])
+        .start();
+    let runner_pid = r.child.id() as i32;
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.read_until(b"ready").await;
+    let pid: i32 =
+        std::fs::read_to_string(r.work_dir().join("w/orphan.pid")).unwrap().trim().parse().unwrap();
+    wait_for("the orphan to be adopted", || match proc_state(pid) {
+        Some((_, parent)) => parent == runner_pid,
+        None => panic!("the orphan was gone before it was seen adopted"),
+    });
+    wait_for("the orphan to be reaped", || proc_state(pid).is_none());
+    c.send_input(b"\r").await;
+    let (_, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.exit_code, Some(0));
+    assert_eq!(r.wait(), 0);
+}
+
+#[tokio::test]
+async fn what_the_session_leaves_running_is_stopped_when_it_ends() {
+    // Three ways to outlive the command: a service the install started, a process in a new
+    // session (out of the command's process group), and one that ignores hang-up and SIGTERM.
+    let install = "sleep 600 >/dev/null 2>&1 & echo $! > service.pid";
+    let command = "setsid -f sh -c 'echo $$ > detached.pid; exec sleep 600' </dev/null >/dev/null 2>&1; \
+                   (trap '' HUP TERM; echo $BASHPID > stubborn.pid; exec sleep 600) >/dev/null 2>&1 & \
+                   while [ ! -s detached.pid ] || [ ! -s stubborn.pid ]; do sleep 0.05; done; echo left";
+    let mut r = runner(command)
+        .args(["--install-cmd", install, "--grace-period", "1s", "--linger", "0s"])
+        .start();
+    assert_eq!(r.wait(), 0, "{}", r.stderr_text());
+    assert!(r.stderr_text().contains("stopping processes the session left running"));
+    for name in ["service.pid", "detached.pid", "stubborn.pid"] {
+        let pid: i32 = std::fs::read_to_string(r.work_dir().join("w").join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .trim()
+            .parse()
+            .unwrap();
+        // Stopped and reaped before the runner exited: no such process any more.
+        assert_eq!(proc_state(pid), None, "{name}: {pid} outlived the session");
+    }
+}

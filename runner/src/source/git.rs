@@ -44,8 +44,14 @@ pub async fn ls_remote_refs(
 ) -> Result<HashSet<String>> {
     let mut cmd = guarded_git(url, policy).await?;
     cmd.args(["ls-remote", "--heads", "--tags", "--", url.as_str()]);
-    cmd.kill_on_drop(true);
-    let output = tokio::time::timeout(timeout, cmd.output())
+    cmd.kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd
+        .spawn()
+        .map_err(|e| RunnerError::Git { action: "ls-remote", message: e.to_string() })?;
+    let _managed = child.id().map(crate::reaper::Managed::new);
+    let output = tokio::time::timeout(timeout, child.wait_with_output())
         .await
         .map_err(|_| RunnerError::Git {
             action: "ls-remote",
