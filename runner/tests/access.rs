@@ -377,3 +377,19 @@ fn bad_configuration_exits_120_and_names_the_setting() {
         assert!(!marker.exists(), "{flags:?}: the command ran");
     }
 }
+
+#[test]
+fn a_listen_address_in_use_exits_125_and_names_it() {
+    let keys = common::Keys::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cliscale-runner"))
+        .args(["--session-id", common::SESSION, "--command", "true", "--listen", &addr])
+        .arg("--jwks-file")
+        .arg(&keys.jwks_path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert!(stderr.contains("cannot listen") && stderr.contains(&addr), "{stderr}");
+}
