@@ -54,6 +54,9 @@ pub struct UpArgs {
     /// How often the gateway pings each browser; one silent for three intervals is closed.
     #[arg(long, default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
     pub ping_interval: Duration,
+    /// A browser that takes no output for this long is closed (4008 "client too slow").
+    #[arg(long, default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
+    pub client_stall_timeout: Duration,
     /// How long runners keep serving after their command ends.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub linger: Duration,
@@ -190,6 +193,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         config: GatewayConfig {
             ready_wait: args.ready_wait,
             ping_interval: args.ping_interval,
+            stall_timeout: args.client_stall_timeout,
             ..Default::default()
         },
         metrics: Default::default(),

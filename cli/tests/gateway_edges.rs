@@ -322,3 +322,48 @@ fn zero_intervals_are_refused_at_startup() {
         assert!(stderr.contains(flag) && stderr.contains("must be more than zero"), "{stderr}");
     }
 }
+
+/// A browser that stops reading is dropped by the gateway after the stall timeout, with a close
+/// reason it gets once it reads again, and without disturbing the session or other viewers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_stops_reading_is_dropped_with_a_reason() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::start(Backend::Sqlite, &["--client-stall-timeout", "1s"]).await.unwrap();
+    // About 40 MB once a viewer asks: far more than the sockets on the way hold.
+    let command = "stty -echo; read -r _; seq 1 5000000; echo DONE";
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let mut stuck = open_terminal(&url).await.unwrap();
+    let key = signing_key(&stack);
+    let mut watcher =
+        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+    stuck.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
+    read_until(&mut watcher, "DONE\r\n").await;
+    // The watcher got everything; the stuck browser, reading nothing, is dropped.
+    let dropped = "cliscale_gateway_dropped_total{code=\"too_slow\"} 1";
+    let deadline = std::time::Instant::now() + common::HANG_GUARD;
+    loop {
+        let metrics = stack.http.get(stack.url("/gateway/metrics")).send().await.unwrap();
+        if metrics.text().await.unwrap().contains(dropped) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the stuck browser was never dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut got = 0usize;
+    let close = loop {
+        match tokio::time::timeout(common::HANG_GUARD, stuck.next()).await.unwrap() {
+            Some(Ok(Message::Binary(data))) => got += data.len(),
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame after {got} bytes: {other:?}"),
+        }
+    };
+    let close = close.expect("a close frame with a code");
+    assert_eq!((u16::from(close.code), close.reason.as_str()), (4008, "client too slow"));
+    // The session carries on to its end for everyone else.
+    let (_, status, _) = read_session(&mut watcher).await;
+    assert_eq!(status["phase"], "Succeeded", "{status}");
+}

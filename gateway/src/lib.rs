@@ -67,6 +67,8 @@ pub struct GatewayConfig {
     /// How long a connection waits for a starting runner before refusing with 503.
     pub ready_wait: Duration,
     pub ping_interval: Duration,
+    /// A browser that takes no output for this long is closed with 4008 "client too slow".
+    pub stall_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_message: usize,
 }
@@ -76,6 +78,7 @@ impl Default for GatewayConfig {
         Self {
             ready_wait: Duration::from_secs(30),
             ping_interval: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_message: 1024 * 1024,
         }
@@ -92,6 +95,8 @@ pub struct GatewayMetrics {
     pub connections: Gauge,
     pub accepted: Counter,
     pub refused: Family<CodeLabel, Counter>,
+    /// Browsers the gateway closed on its own account, by reason.
+    pub dropped: Family<CodeLabel, Counter>,
 }
 
 impl Default for GatewayMetrics {
@@ -107,7 +112,13 @@ impl Default for GatewayMetrics {
             "Terminal connections refused, by error code",
             refused.clone(),
         );
-        Self { registry, connections, accepted, refused }
+        let dropped = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "dropped",
+            "Terminal connections the gateway closed itself, by reason",
+            dropped.clone(),
+        );
+        Self { registry, connections, accepted, refused, dropped }
     }
 }
 

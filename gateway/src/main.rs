@@ -44,6 +44,9 @@ struct Args {
     /// How often each browser is pinged; one silent for three intervals is closed.
     #[arg(long, env = "CLISCALE_PING_INTERVAL", default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
     ping_interval: Duration,
+    /// A browser that takes no output for this long is closed (4008 "client too slow").
+    #[arg(long, env = "CLISCALE_CLIENT_STALL_TIMEOUT", default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
+    client_stall_timeout: Duration,
     /// How long the JWKS is cached.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     jwks_ttl: Duration,
@@ -74,6 +77,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config: GatewayConfig {
             ready_wait: args.ready_wait,
             ping_interval: args.ping_interval,
+            stall_timeout: args.client_stall_timeout,
             ..Default::default()
         },
         metrics: Default::default(),

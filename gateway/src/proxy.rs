@@ -2,7 +2,7 @@
 //! a JSON reason; then frames are proxied both ways, one in flight per direction.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Request, State};
@@ -257,6 +257,62 @@ enum Burst {
     Closed,
     ClientGone,
     RunnerLost,
+    /// The browser took none of the burst within the stall timeout.
+    ClientStalled,
+}
+
+type ClientTx = futures_util::stream::SplitSink<WebSocket, ws::Message>;
+type ClientRx = futures_util::stream::SplitStream<WebSocket>;
+
+/// Forwards `first` and the runner frames already read behind it (at most
+/// [`RELAY_BURST_FRAMES`]), then flushes them to the browser with one write.
+async fn forward_burst(
+    first: Option<Result<tungstenite::Message, tungstenite::Error>>,
+    up_rx: &mut futures_util::stream::SplitStream<Upstream>,
+    client_tx: &mut ClientTx,
+) -> Burst {
+    let mut incoming = first;
+    let mut forwarded = 0;
+    loop {
+        let Some(Ok(message)) = incoming else { return Burst::RunnerLost };
+        let closing = matches!(message, tungstenite::Message::Close(_));
+        if let Some(message) = to_client(message)
+            && client_tx.feed(message).await.is_err()
+        {
+            return Burst::ClientGone;
+        }
+        if closing {
+            let _ = client_tx.flush().await;
+            return Burst::Closed;
+        }
+        forwarded += 1;
+        // Poll for another frame only while the burst has room: a frame taken from the stream
+        // must be forwarded.
+        if forwarded == RELAY_BURST_FRAMES {
+            break;
+        }
+        match up_rx.next().now_or_never() {
+            Some(next) => incoming = next,
+            None => break,
+        }
+    }
+    if client_tx.flush().await.is_err() { Burst::ClientGone } else { Burst::Open }
+}
+
+/// Sends the close frame behind the output already on its way, giving the browser `wait` to
+/// read through it. Its frames are read meanwhile: unread input would turn the socket's close
+/// into a reset that discards what the browser has not read yet, the close frame included.
+async fn say_goodbye(
+    client_tx: &mut ClientTx,
+    client_rx: &mut ClientRx,
+    frame: ws::Message,
+    wait: Duration,
+) {
+    let send = async {
+        let _ = client_tx.send(frame).await;
+    };
+    let drain = async { while let Some(Ok(_)) = client_rx.next().await {} };
+    let _ = tokio::time::timeout(wait, async { tokio::join!(send, drain) }).await;
 }
 
 async fn relay(
@@ -315,44 +371,27 @@ async fn relay(
             }
             from_runner = up_rx.next() => {
                 // Forward this frame and those already read behind it, then flush once: one
-                // write to the client per burst instead of one per frame.
-                let mut incoming = from_runner;
-                let mut forwarded = 0;
-                let outcome = loop {
-                    let Some(Ok(message)) = incoming else { break Burst::RunnerLost };
-                    let closing = matches!(message, tungstenite::Message::Close(_));
-                    if let Some(message) = to_client(message)
-                        && client_tx.feed(message).await.is_err()
-                    {
-                        break Burst::ClientGone;
-                    }
-                    if closing {
-                        break Burst::Closed;
-                    }
-                    forwarded += 1;
-                    // Poll for another frame only while the burst has room: a frame taken from
-                    // the stream must be forwarded.
-                    if forwarded == RELAY_BURST_FRAMES {
-                        break Burst::Open;
-                    }
-                    match up_rx.next().now_or_never() {
-                        Some(next) => incoming = next,
-                        None => break Burst::Open,
-                    }
-                };
+                // write to the client per burst instead of one per frame. A browser that takes
+                // none of it for the stall timeout is dropped, like the runner drops a slow
+                // client, so a vanished one cannot hold the relay (and its buffers) for good.
+                let burst = forward_burst(from_runner, &mut up_rx, &mut client_tx);
+                let outcome = tokio::time::timeout(gateway.config.stall_timeout, burst)
+                    .await
+                    .unwrap_or(Burst::ClientStalled);
                 match outcome {
-                    Burst::Open => {
-                        if client_tx.flush().await.is_err() {
-                            break;
-                        }
-                    }
-                    Burst::Closed => {
-                        let _ = client_tx.flush().await;
-                        break;
-                    }
-                    Burst::ClientGone => break,
+                    Burst::Open => {}
+                    Burst::Closed | Burst::ClientGone => break,
                     Burst::RunnerLost => {
                         let _ = client_tx.send(close(1011, "runner connection lost")).await;
+                        break;
+                    }
+                    Burst::ClientStalled => {
+                        gateway.metrics.dropped.get_or_create(&CodeLabel { code: "too_slow" }).inc();
+                        tracing::info!("dropped a browser that took no output");
+                        let _ = up_tx.send(tungstenite::Message::Close(None)).await;
+                        let frame = close(4008, "client too slow");
+                        say_goodbye(&mut client_tx, &mut client_rx, frame, gateway.config.stall_timeout)
+                            .await;
                         break;
                     }
                 }
