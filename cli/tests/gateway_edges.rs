@@ -329,7 +329,9 @@ fn zero_intervals_are_refused_at_startup() {
 async fn a_browser_that_stops_reading_is_dropped_with_a_reason() {
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
-    let stack = Stack::start(Backend::Sqlite, &["--client-stall-timeout", "1s"]).await.unwrap();
+    // The stall timeout is also how long the close gets to go through: long enough for this
+    // client to read the megabytes in flight once it sees the drop, on a loaded machine.
+    let stack = Stack::start(Backend::Sqlite, &["--client-stall-timeout", "3s"]).await.unwrap();
     // About 40 MB once a viewer asks: far more than the sockets on the way hold.
     let command = "stty -echo; read -r _; seq 1 5000000; echo DONE";
     let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
