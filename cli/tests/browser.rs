@@ -251,3 +251,36 @@ async fn a_hostile_token_in_the_url_is_never_executed() {
         json!(0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paste_larger_than_one_message_arrives_whole() {
+    // Three times the largest message the gateway and the runner take.
+    const SIZE: usize = 3 * 1024 * 1024;
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let command = format!("stty raw -echo; printf 'paste> '; head -c {SIZE} | sha256sum");
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let Some(mut browser) = Browser::launch_or_skip().await else { return };
+    browser.open(created["terminalUrl"].as_str().unwrap()).await;
+    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    browser
+        .wait_until("(() => { const b = window.term.buffer.active; for (let i = 0; i < b.length; i++) \
+                      if (b.getLine(i).translateToString().includes('paste>')) return true; return false; })()")
+        .await;
+    browser
+        .eval(&format!(
+            "window.term.paste('abcdefghijklmnopqrstuvwxyz'.repeat({}).slice(0, {SIZE})); true",
+            SIZE / 26 + 1
+        ))
+        .await;
+    let expected: Vec<u8> = (0..SIZE).map(|i| b'a' + (i % 26) as u8).collect();
+    let digest = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&expected))
+    };
+    browser
+        .wait_until(&format!("(() => {{ const b = window.term.buffer.active; for (let i = 0; i < b.length; i++) \
+                      if (b.getLine(i).translateToString().includes('{digest}')) return true; return false; }})()"))
+        .await;
+    let done = stack.wait_for_phase(created["sessionId"].as_str().unwrap(), "Succeeded").await;
+    assert_eq!(done["exitCode"], 0);
+}

@@ -30,7 +30,13 @@
   function send(data) {
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(data);
   }
-  term.onData((d) => send(encoder.encode(d)));
+  // A paste arrives as one piece of any size; the gateway and the runner take messages of up
+  // to 1 MiB (a larger one closes the connection), so input goes out in slices.
+  const INPUT_SLICE = 64 * 1024;
+  term.onData((d) => {
+    const bytes = encoder.encode(d);
+    for (let i = 0; i < bytes.length; i += INPUT_SLICE) send(bytes.subarray(i, i + INPUT_SLICE));
+  });
   term.onResize(({ cols, rows }) => send(JSON.stringify({ type: "resize", cols, rows })));
   window.addEventListener("resize", () => fit.fit());
 
