@@ -386,12 +386,13 @@ async fn relay(
                         break;
                     }
                     Burst::ClientStalled => {
-                        gateway.metrics.dropped.get_or_create(&CodeLabel { code: "too_slow" }).inc();
+                        let too_slow = CodeLabel { code: "too_slow" };
+                        gateway.metrics.dropped.get_or_create(&too_slow).inc();
                         tracing::info!("dropped a browser that took no output");
                         let _ = up_tx.send(tungstenite::Message::Close(None)).await;
                         let frame = close(4008, "client too slow");
-                        say_goodbye(&mut client_tx, &mut client_rx, frame, gateway.config.stall_timeout)
-                            .await;
+                        let wait = gateway.config.stall_timeout;
+                        say_goodbye(&mut client_tx, &mut client_rx, frame, wait).await;
                         break;
                     }
                 }
