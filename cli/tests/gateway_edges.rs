@@ -369,3 +369,32 @@ async fn a_browser_that_stops_reading_is_dropped_with_a_reason() {
     let (_, status, _) = read_session(&mut watcher).await;
     assert_eq!(status["phase"], "Succeeded", "{status}");
 }
+
+/// A browser message over the gateway's limit closes that connection with 1009 (Message Too
+/// Big), as the runner does; nothing of it reaches the session, which carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_message_closes_only_that_connection_with_1009() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let command = "stty -echo; printf 'ready\\n'; read -r line; echo \"got ${#line}\"";
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let mut ws = open_terminal(&url).await.unwrap();
+    read_until(&mut ws, "ready").await;
+    let _ = ws.send(Message::Binary(vec![b'x'; 2 * 1024 * 1024].into())).await;
+    let close = loop {
+        match tokio::time::timeout(common::HANG_GUARD, ws.next()).await.unwrap() {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => {}
+            other => panic!("ended without a close frame: {other:?}"),
+        }
+    };
+    assert_eq!(close.map(|f| u16::from(f.code)), Some(1009));
+    let key = signing_key(&stack);
+    let mut viewer =
+        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+    let (seen, _) = read_until(&mut viewer, "ready").await;
+    assert!(!String::from_utf8_lossy(&seen).contains("got"), "part of the message got through");
+}

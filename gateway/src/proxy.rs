@@ -92,6 +92,9 @@ pub async fn ws_entry(
             let reconnect = gateway.reissuer.as_ref().and_then(|r| r.issue(&claims));
             upgrade
                 .max_message_size(gateway.config.max_message)
+                // Refuse an oversize frame at its header, not after buffering it (16 MiB by
+                // default, per connection).
+                .max_frame_size(gateway.config.max_message)
                 .read_buffer_size(4 * 1024)
                 .write_buffer_size(0)
                 .on_upgrade(move |client| relay(gateway, client, upstream, read_only, reconnect))
@@ -249,6 +252,13 @@ fn close(code: u16, reason: &str) -> ws::Message {
 /// Most runner frames (64 KiB each at most) forwarded before one flush to the client.
 const RELAY_BURST_FRAMES: usize = 8;
 
+/// Whether a browser's read failed on the message size limit.
+fn is_too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|inner| inner.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|inner| matches!(inner, tungstenite::Error::Capacity(_)))
+}
+
 /// How a burst of runner frames ended.
 enum Burst {
     /// Both connections stay open.
@@ -338,9 +348,20 @@ async fn relay(
     loop {
         tokio::select! {
             from_client = client_rx.next() => {
-                let Some(Ok(message)) = from_client else {
-                    let _ = up_tx.send(tungstenite::Message::Close(None)).await;
-                    break;
+                let message = match from_client {
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) if is_too_big(&error) => {
+                        // As at the runner: 1009, and nothing of the message goes on.
+                        let _ = up_tx.send(tungstenite::Message::Close(None)).await;
+                        let frame = close(1009, "message too big");
+                        let wait = Duration::from_secs(1);
+                        say_goodbye(&mut client_tx, &mut client_rx, frame, wait).await;
+                        break;
+                    }
+                    _ => {
+                        let _ = up_tx.send(tungstenite::Message::Close(None)).await;
+                        break;
+                    }
                 };
                 last_heard = Instant::now();
                 let is_input = matches!(message, ws::Message::Binary(_) | ws::Message::Text(_));
