@@ -120,18 +120,24 @@ pub async fn run(config: RunnerConfig) -> i32 {
     // viewers see the end.
     let leftovers = tokio::spawn(reaper::stop_leftovers(args.grace_period));
     let final_status = shared.status.borrow().clone();
+    // A runner told to stop (its pod deleted, `cliscale up` stopping, a cancel) leaves once
+    // the viewers have the final status; lingering would only hold up whoever asked.
+    let linger = match final_status.reason {
+        Some(TerminalReason::Cancelled) => Duration::ZERO,
+        _ => args.linger,
+    };
     // The local executor reads this line to learn how the session ended.
     tracing::info!(
         phase = final_status.phase.as_str(),
         exit_code = code,
         reason = final_status.reason.map(|r| r.as_str()),
         message = final_status.message.as_deref(),
-        linger = ?args.linger,
+        ?linger,
         "session finished"
     );
 
     tokio::select! {
-        _ = tokio::time::sleep(args.linger) => {}
+        _ = tokio::time::sleep(linger) => {}
         _ = signals.recv() => tracing::info!("stop signal during linger; exiting now"),
     }
     let _ = leftovers.await;

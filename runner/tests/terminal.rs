@@ -273,7 +273,8 @@ async fn exit_codes_and_signal_deaths_are_reported_and_returned() {
 async fn sigterm_reaches_the_process_group_and_cancels() {
     let mut r =
         runner("trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 0.05; done")
-            .args(["--linger", "0s", "--grace-period", "10s"])
+            // A runner told to stop does not linger: it would outlast the test's hang guard.
+            .args(["--linger", "600s", "--grace-period", "10s"])
             .start();
     let mut c = r.attach(TokenScope::View, 0).await;
     c.read_until(b"started").await;
