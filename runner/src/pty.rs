@@ -128,8 +128,9 @@ pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
     }
     cmd = cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(&spec.dir);
     let child = cmd.spawn(pts).map_err(spawn_err)?;
-    let pid = child.id().map(|p| p as i32).ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
-    let managed = crate::reaper::Managed::new(pid as u32);
+    let id = child.id().ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
+    let managed = crate::reaper::Managed::new(id);
+    let pid = id as i32;
     // Taken out of the runtime (`into` deregisters it): the halves below pick their own interest.
     let master: OwnedFd = pty.into();
     let io_err = |e: io::Error| RunnerError::Spawn(format!("PTY master: {e}"));

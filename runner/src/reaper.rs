@@ -89,20 +89,15 @@ fn descendants(table: &[ProcEntry], root: i32) -> Vec<ProcEntry> {
     found
 }
 
-/// Collects the exit status of every zombie child the runner does not wait for itself.
-/// Returns how many it reaped.
-fn reap_orphans() -> usize {
+/// Collects the exit status of every zombie child in `table` the runner does not wait for
+/// itself. Returns how many it reaped.
+fn reap_zombies(table: &[ProcEntry]) -> usize {
     let me = std::process::id() as i32;
-    let zombies: Vec<i32> = process_table()
-        .into_iter()
-        .filter(|&(_, ppid, zombie)| zombie && ppid == me)
-        .map(|(pid, _, _)| pid)
-        .collect();
     let managed = MANAGED.lock().expect("managed pids");
-    zombies
-        .into_iter()
-        .filter(|pid| !managed.contains(pid))
-        .filter(|&pid| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
+    table
+        .iter()
+        .filter(|&&(pid, ppid, zombie)| zombie && ppid == me && !managed.contains(&pid))
+        .filter(|&&(pid, _, _)| waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG)).is_ok())
         .count()
 }
 
@@ -114,7 +109,7 @@ pub async fn reap_orphans_forever() {
         return;
     };
     while child_exits.recv().await.is_some() {
-        let reaped = reap_orphans();
+        let reaped = reap_zombies(&process_table());
         if reaped > 0 {
             tracing::debug!(reaped, "reaped orphaned processes");
         }
@@ -134,9 +129,10 @@ pub async fn stop_leftovers(grace: Duration) -> usize {
     let alive = |table: &[ProcEntry]| -> Vec<i32> {
         descendants(table, me).into_iter().filter(|e| !e.2).map(|e| e.0).collect()
     };
-    let leftovers = alive(&process_table());
+    let table = process_table();
+    let leftovers = alive(&table);
     if leftovers.is_empty() {
-        reap_orphans();
+        reap_zombies(&table);
         return 0;
     }
     tracing::info!(count = leftovers.len(), "stopping processes the session left running");
@@ -145,8 +141,10 @@ pub async fn stop_leftovers(grace: Duration) -> usize {
     }
     let deadline = tokio::time::Instant::now() + grace;
     loop {
-        reap_orphans();
-        let remaining = alive(&process_table());
+        // One scan serves both: the zombies to reap and the processes still alive.
+        let table = process_table();
+        reap_zombies(&table);
+        let remaining = alive(&table);
         if remaining.is_empty() {
             break;
         }
