@@ -36,6 +36,15 @@ fn token(key: &cliscale_core::token::SessionSigningKey, sid: &str) -> String {
     key.sign(&claims).unwrap()
 }
 
+/// Creates a session running `command`; returns its id and the terminal URL its one-time
+/// token opens.
+async fn new_session(stack: &Stack, command: &str) -> (String, String) {
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let sid = created["sessionId"].as_str().unwrap().to_owned();
+    let url = stack.ws_url(&sid, &format!("token={}", created["token"].as_str().unwrap()));
+    (sid, url)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_key_set_is_fetched_once_across_a_thousand_connects() {
     let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
@@ -134,10 +143,8 @@ async fn an_unreachable_runner_is_a_clear_refusal_and_the_gateway_stays_up() {
     std::fs::set_permissions(&liar, std::fs::Permissions::from_mode(0o755)).unwrap();
     let stack =
         Stack::start(Backend::Sqlite, &["--runner-bin", liar.to_str().unwrap()]).await.unwrap();
-    let created = stack.create(ADMIN_KEY, json!({"command": "true"})).await;
-    let sid = created["sessionId"].as_str().unwrap();
-    stack.wait_for_phase(sid, "Starting").await;
-    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let (sid, url) = new_session(&stack, "true").await;
+    stack.wait_for_phase(&sid, "Starting").await;
     assert_eq!(open_terminal(&url).await.unwrap_err(), (502, "runner_unreachable".into()));
     let health = stack.http.get(stack.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
@@ -218,15 +225,13 @@ async fn output_piled_up_behind_a_late_reader_arrives_whole_and_in_order() {
     // About 13 MB: some 200 frames of 64 KiB, more than the sockets between runner, gateway and
     // browser hold, and less than the runner's 16 MiB log window.
     let command = "stty -echo; seq 1 1500000; echo DONE; read -r x";
-    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
-    let sid = created["sessionId"].as_str().unwrap();
-    let late_url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let (sid, late_url) = new_session(&stack, command).await;
     let mut late = open_terminal(&late_url).await.unwrap();
     // While another terminal reads everything, the first reads nothing: its runner frames pile
     // up in the gateway's connection to the runner.
     let key = signing_key(&stack);
     let mut watcher =
-        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+        open_terminal(&stack.ws_url(&sid, &format!("token={}", token(&key, &sid)))).await.unwrap();
     let (seen, _) = read_until(&mut watcher, "DONE\r\n").await;
     let mut expected: Vec<u8> =
         (1..=1_500_000).flat_map(|i| format!("{i}\r\n").into_bytes()).collect();
@@ -261,9 +266,7 @@ async fn a_paste_waiting_for_a_busy_command_is_not_taken_for_a_silent_browser() 
         gate.display(),
         FRAME * FRAMES
     );
-    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
-    let sid = created["sessionId"].as_str().unwrap();
-    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let (_, url) = new_session(&stack, &command).await;
     let mut ws = open_terminal(&url).await.unwrap();
     read_until(&mut ws, "R").await;
     let (mut tx, mut rx) = ws.split();
@@ -334,13 +337,11 @@ async fn a_browser_that_stops_reading_is_dropped_with_a_reason() {
     let stack = Stack::start(Backend::Sqlite, &["--client-stall-timeout", "3s"]).await.unwrap();
     // About 40 MB once a viewer asks: far more than the sockets on the way hold.
     let command = "stty -echo; read -r _; seq 1 5000000; echo DONE";
-    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
-    let sid = created["sessionId"].as_str().unwrap();
-    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let (sid, url) = new_session(&stack, command).await;
     let mut stuck = open_terminal(&url).await.unwrap();
     let key = signing_key(&stack);
     let mut watcher =
-        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+        open_terminal(&stack.ws_url(&sid, &format!("token={}", token(&key, &sid)))).await.unwrap();
     stuck.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
     read_until(&mut watcher, "DONE\r\n").await;
     // The watcher got everything; the stuck browser, reading nothing, is dropped.
@@ -378,9 +379,7 @@ async fn an_oversize_message_closes_only_that_connection_with_1009() {
     use tokio_tungstenite::tungstenite::Message;
     let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
     let command = "stty -echo; printf 'ready\\n'; read -r line; echo \"got ${#line}\"";
-    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
-    let sid = created["sessionId"].as_str().unwrap();
-    let url = stack.ws_url(sid, &format!("token={}", created["token"].as_str().unwrap()));
+    let (sid, url) = new_session(&stack, command).await;
     let mut ws = open_terminal(&url).await.unwrap();
     read_until(&mut ws, "ready").await;
     let _ = ws.send(Message::Binary(vec![b'x'; 2 * 1024 * 1024].into())).await;
@@ -394,7 +393,7 @@ async fn an_oversize_message_closes_only_that_connection_with_1009() {
     assert_eq!(close.map(|f| u16::from(f.code)), Some(1009));
     let key = signing_key(&stack);
     let mut viewer =
-        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+        open_terminal(&stack.ws_url(&sid, &format!("token={}", token(&key, &sid)))).await.unwrap();
     let (seen, _) = read_until(&mut viewer, "ready").await;
     assert!(!String::from_utf8_lossy(&seen).contains("got"), "part of the message got through");
 }
