@@ -67,14 +67,7 @@ impl ApiError {
     }
 }
 
-/// Every error's JSON body.
-#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
-#[schema(as = Error)]
-pub struct ErrorBody {
-    /// Stable machine-readable code (docs/api.md lists them).
-    pub error: &'static str,
-    pub message: String,
-}
+pub use cliscale_core::protocol::ErrorBody;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -88,7 +81,7 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = ErrorBody { error: self.code(), message };
+        let body = ErrorBody::new(self.code(), message);
         let mut response = (status, axum::Json(body)).into_response();
         if let Self::TooManyRequests { retry_after_secs } = self {
             response.headers_mut().insert(

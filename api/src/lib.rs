@@ -14,6 +14,5 @@ pub mod process;
 pub mod routes;
 pub mod signing;
 pub mod store;
-pub mod testing;
 
 pub use error::{ApiError, Result};

@@ -1,8 +1,9 @@
 //! The local executor: each session's `cliscale-runner` as a child process of `cliscale up`.
 //!
-//! It learns what happens from the runner's structured log lines on stderr ("listening",
-//! "command started", "session finished") and from the process' exit, and writes that into the
-//! store. Sessions found unfinished at start-up belonged to a previous process: they are `Lost`.
+//! It learns what happens from the runner's events (`cliscale_core::event`) on a pipe of their
+//! own, and from the process' exit when the runner could report nothing; it writes that into the
+//! store. The runner's own logs (stderr) are passed on to this process' log, never parsed.
+//! Sessions found unfinished at start-up belonged to a previous process: they are `Lost`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -11,13 +12,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::os::fd::AsRawFd;
+
+use cliscale_core::event::RunnerEvent;
+use cliscale_core::exit;
+use cliscale_core::launch::RunnerLaunch;
 use cliscale_core::{SessionPhase, TerminalReason};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
 
 use crate::error::{ApiError, Result};
 use crate::executor::{BoxFuture, Executor};
-use crate::model::{SessionRecord, phase_from_str, reason_from_str};
+use crate::model::SessionRecord;
 use crate::store::{StatusUpdate, Store, now};
 
 #[derive(Debug, Clone)]
@@ -57,23 +63,42 @@ pub struct LocalExecutor {
 
 /// How a runner ended when it did not say so itself: decided from its exit alone. Pure.
 pub fn outcome_from_exit(
-    code: Option<i32>,
+    status: std::process::ExitStatus,
     cancel_requested: bool,
 ) -> (SessionPhase, TerminalReason, Option<i64>) {
-    use cliscale_runner::exit_code as ec;
+    let code = status.code();
     let reason = match code {
         _ if cancel_requested => TerminalReason::Cancelled,
+        Some(code) => exit::reason_of(code),
+        // Killed by a signal before it could say anything.
         None => TerminalReason::RunnerLost,
-        Some(ec::CONFIG_INVALID) => TerminalReason::ConfigInvalid,
-        Some(ec::FETCH_FAILED) => TerminalReason::FetchFailed,
-        Some(ec::CHECKSUM_MISMATCH) => TerminalReason::ChecksumMismatch,
-        Some(ec::INSTALL_FAILED) => TerminalReason::InstallFailed,
-        Some(ec::DEADLINE_EXCEEDED) => TerminalReason::DeadlineExceeded,
-        Some(ec::RUNNER_FAILED) => TerminalReason::SpawnFailed,
-        Some(_) => TerminalReason::Exited,
     };
     let phase = cliscale_core::phase::finished_phase(reason, code);
     (phase, reason, code.map(i64::from))
+}
+
+/// The descriptor number the runner finds its event pipe at.
+const EVENTS_FD: i32 = 3;
+
+/// What a runner event changes in the store. Pure.
+pub fn update_for(event: RunnerEvent) -> StatusUpdate {
+    match event {
+        RunnerEvent::Listening { addr } => StatusUpdate {
+            phase: Some(SessionPhase::Starting),
+            runner_addr: Some(addr),
+            ..Default::default()
+        },
+        RunnerEvent::Started { .. } => {
+            StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() }
+        }
+        RunnerEvent::Finished(status) => StatusUpdate {
+            phase: Some(status.phase),
+            exit_code: status.exit_code.map(i64::from),
+            reason: status.reason,
+            message: status.message,
+            runner_addr: None,
+        },
+    }
 }
 
 impl LocalExecutor {
@@ -146,50 +171,70 @@ impl LocalExecutor {
         let _ = tokio::time::timeout(self.config.grace_period + Duration::from_secs(2), all).await;
     }
 
+    /// How this session's runner is launched. Pure.
+    pub fn runner_launch(&self, session: &SessionRecord) -> RunnerLaunch {
+        let spec = &session.spec;
+        let dir = self.config.sessions_dir.join(&session.id);
+        RunnerLaunch {
+            session_id: session.id.clone(),
+            command: spec.command.clone(),
+            code_url: spec.code.as_ref().map(|c| c.url.clone()),
+            code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
+            install_cmd: spec.install_command.clone(),
+            prompt: spec.prompt.clone(),
+            listen: Some("127.0.0.1:0".into()),
+            jwks_file: Some(self.config.jwks_path.display().to_string()),
+            work_dir: Some(dir.join("work").display().to_string()),
+            cols: spec.cols,
+            rows: spec.rows,
+            linger: Some(self.config.linger),
+            grace_period: Some(self.config.grace_period),
+            timeout: spec.timeout_seconds.map(|t| Duration::from_secs(t.into())),
+            allow_private_addresses: self.config.allow_private_code_urls,
+            log_format: Some("json".into()),
+            events_fd: Some(EVENTS_FD),
+            termination_log: None,
+        }
+    }
+
     fn launch(self: Arc<Self>, session: SessionRecord) -> Result<()> {
         let dir = self.config.sessions_dir.join(&session.id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
         let output = std::fs::File::create(dir.join("output.log"))
             .map_err(|e| ApiError::Internal(format!("creating output log: {e}")))?;
-        let spec = &session.spec;
+        let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+            .map_err(|e| ApiError::Internal(format!("creating the event pipe: {e}")))?;
         let mut cmd = tokio::process::Command::new(&self.config.runner_bin);
-        cmd.args(["--session-id", &session.id, "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .arg("--jwks-file")
-            .arg(&self.config.jwks_path)
-            .arg("--work-dir")
-            .arg(dir.join("work"))
-            .args(["--cols", &spec.cols.to_string(), "--rows", &spec.rows.to_string()])
-            .args(["--linger", &format!("{}ms", self.config.linger.as_millis())])
-            .args(["--grace-period", &format!("{}ms", self.config.grace_period.as_millis())]);
-        if let Some(t) = spec.timeout_seconds {
-            cmd.args(["--timeout", &format!("{t}s")]);
-        }
-        if self.config.allow_private_code_urls {
-            cmd.args(["--allow-private-addresses", "true"]);
-        }
-        // Everything of the session's own travels by environment, not argv (`ps` shows argv).
+        // Everything of the session's own travels by environment, not argv (`ps` shows argv);
+        // nothing of this process' own configuration reaches the runner.
         for (key, _) in std::env::vars_os() {
             if key.to_string_lossy().starts_with("CLISCALE_") {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("CLISCALE_LOG", "info").env("CLISCALE_RUNNER_COMMAND", &spec.command);
-        let optional = [
-            ("CLISCALE_RUNNER_CODE_URL", &spec.code_url),
-            ("CLISCALE_RUNNER_CODE_CHECKSUM_SHA256", &spec.code_checksum_sha256),
-            ("CLISCALE_RUNNER_INSTALL_CMD", &spec.install_cmd),
-            ("CLISCALE_RUNNER_PROMPT", &spec.prompt),
-        ];
-        for (key, value) in optional {
-            if let Some(value) = value {
-                cmd.env(key, value);
-            }
+        cmd.env("CLISCALE_LOG", "info").envs(self.runner_launch(&session).env());
+        cmd.envs(session.spec.env.iter().map(|e| (&e.name, &e.value)));
+        cmd.stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
+        let write_end = events_tx.as_raw_fd();
+        // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe. dup2 clears
+        // close-on-exec on the copy, so the runner (and only it) inherits the pipe at EVENTS_FD.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc_dup2(write_end, EVENTS_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
-        cmd.envs(&spec.env).stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| {
+        let spawned = cmd.spawn();
+        // The runner holds the write end now; ours must go, or the pipe never reports its end.
+        drop(events_tx);
+        let mut child = spawned.map_err(|e| {
             ApiError::Internal(format!("starting {}: {e}", self.config.runner_bin.display()))
         })?;
+        let events = tokio::net::unix::pipe::Receiver::from_owned_fd(events_rx)
+            .map_err(|e| ApiError::Internal(format!("reading the event pipe: {e}")))?;
         let pid = child.id().unwrap_or_default();
         let (state, _) =
             watch::channel(RunnerState { phase: SessionPhase::Pending, addr: None, exited: false });
@@ -199,76 +244,67 @@ impl LocalExecutor {
             RunnerHandle { pid, state: state.clone(), cancel_requested: cancel_requested.clone() },
         );
         let stderr = child.stderr.take().expect("stderr is piped");
+        tokio::spawn(pass_on_logs(session.id.clone(), stderr));
         let this = self.clone();
         let id = session.id.clone();
         tokio::spawn(async move {
-            let reported = this.follow_log(&id, stderr, &state).await;
-            let status = child.wait().await.ok();
+            let reported = this.follow_events(&id, events, &state).await;
+            let status = child.wait().await;
             state.send_modify(|s| s.exited = true);
-            if !reported {
-                let (phase, reason, exit_code) = outcome_from_exit(
-                    status.and_then(|s| s.code()),
-                    cancel_requested.load(Ordering::Acquire),
-                );
-                let message = format!(
-                    "the runner exited ({})",
-                    status.map(|s| s.to_string()).unwrap_or_default()
-                );
-                this.record(
-                    &id,
-                    &state,
-                    StatusUpdate {
+            if reported {
+                return;
+            }
+            let (update, how) = match status {
+                Ok(status) => {
+                    let (phase, reason, exit_code) =
+                        outcome_from_exit(status, cancel_requested.load(Ordering::Acquire));
+                    let update = StatusUpdate {
                         phase: Some(phase),
                         exit_code,
                         reason: Some(reason),
-                        message: Some(message),
+                        message: Some(format!(
+                            "the runner exited ({status}) without reporting how the session ended"
+                        )),
                         runner_addr: None,
-                    },
-                )
-                .await;
-            }
+                    };
+                    (update, status.to_string())
+                }
+                Err(e) => {
+                    let update = StatusUpdate {
+                        phase: Some(SessionPhase::Lost),
+                        reason: Some(TerminalReason::RunnerLost),
+                        message: Some(format!("lost track of the runner: {e}")),
+                        ..Default::default()
+                    };
+                    (update, e.to_string())
+                }
+            };
+            tracing::warn!(session_id = %id, runner = %how, "the runner ended without a final event");
+            this.record(&id, &state, update).await;
         });
         Ok(())
     }
 
-    /// Follows the runner's log lines; returns whether it reported the session's end.
-    async fn follow_log(
+    /// Follows the runner's events; returns whether it reported the session's end.
+    async fn follow_events(
         &self,
         id: &str,
-        stderr: tokio::process::ChildStderr,
+        events: tokio::net::unix::pipe::Receiver,
         state: &watch::Sender<RunnerState>,
     ) -> bool {
-        let mut lines = BufReader::new(stderr).lines();
+        let mut lines = BufReader::new(events).lines();
         let mut reported = false;
         while let Ok(Some(line)) = lines.next_line().await {
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
-            let update = match v["message"].as_str() {
-                Some("listening") => StatusUpdate {
-                    phase: Some(SessionPhase::Starting),
-                    runner_addr: v["addr"].as_str().map(String::from),
-                    ..Default::default()
-                },
-                Some("command started") => {
-                    StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() }
-                }
-                Some("session finished") => {
-                    reported = true;
-                    StatusUpdate {
-                        phase: v["phase"].as_str().and_then(phase_from_str),
-                        exit_code: v["exit_code"].as_i64(),
-                        reason: v["reason"].as_str().and_then(reason_from_str),
-                        message: v["message"].as_str().map(String::from),
-                        runner_addr: None,
-                    }
-                }
-                _ => {
-                    if v["level"] == "ERROR" {
-                        tracing::warn!(session_id = id, runner_log = %line, "runner error");
-                    }
-                    continue;
-                }
+            let Some(event) = RunnerEvent::parse(&line) else {
+                tracing::warn!(
+                    session_id = id,
+                    line,
+                    "the runner sent an event this version does not know"
+                );
+                continue;
             };
-            self.record(id, state, update).await;
+            reported |= matches!(event, RunnerEvent::Finished(_));
+            self.record(id, state, update_for(event)).await;
         }
         reported
     }
@@ -286,6 +322,29 @@ impl LocalExecutor {
         });
         if let Err(e) = self.store.update_status(id, &update).await {
             tracing::error!(session_id = id, error = %e, "could not record the session's status");
+        }
+    }
+}
+
+/// `dup2`, for the child between fork and exec.
+fn libc_dup2(from: i32, to: i32) -> i32 {
+    // SAFETY: plain system call on descriptors; no memory is touched.
+    unsafe { nix::libc::dup2(from, to) }
+}
+
+/// Passes the runner's own log lines on to this process' log, tagged with the session. They
+/// are for people; nothing is decided from them.
+async fn pass_on_logs(session_id: String, stderr: tokio::process::ChildStderr) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+            tracing::info!(%session_id, runner_log = %line, "runner");
+            continue;
+        };
+        if matches!(v["level"].as_str(), Some("ERROR" | "WARN")) {
+            tracing::warn!(%session_id, runner_log = %line, "runner");
+        } else {
+            tracing::debug!(%session_id, runner_log = %line, "runner");
         }
     }
 }
@@ -342,25 +401,48 @@ impl Executor for Arc<LocalExecutor> {
 mod tests {
     use super::*;
 
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::ExitStatus;
+
     #[test]
     fn runner_exit_codes_map_to_typed_reasons() {
         use SessionPhase as P;
         use TerminalReason as R;
+        let exited = |code: i32| ExitStatus::from_raw(code << 8);
         let cases = [
-            (Some(0), false, P::Succeeded, R::Exited),
-            (Some(3), false, P::Failed, R::Exited),
-            (Some(120), false, P::Failed, R::ConfigInvalid),
-            (Some(121), false, P::Failed, R::FetchFailed),
-            (Some(122), false, P::Failed, R::ChecksumMismatch),
-            (Some(123), false, P::Failed, R::InstallFailed),
-            (Some(124), false, P::TimedOut, R::DeadlineExceeded),
-            (Some(125), false, P::Failed, R::SpawnFailed),
-            (None, false, P::Lost, R::RunnerLost),
-            (Some(143), true, P::Cancelled, R::Cancelled),
+            (exited(0), false, P::Succeeded, R::Exited),
+            (exited(3), false, P::Failed, R::Exited),
+            (exited(120), false, P::Failed, R::ConfigInvalid),
+            (exited(121), false, P::Failed, R::FetchFailed),
+            (exited(122), false, P::Failed, R::ChecksumMismatch),
+            (exited(123), false, P::Failed, R::InstallFailed),
+            (exited(124), false, P::TimedOut, R::DeadlineExceeded),
+            (exited(125), false, P::Failed, R::SpawnFailed),
+            (ExitStatus::from_raw(9), false, P::Lost, R::RunnerLost),
+            (exited(143), true, P::Cancelled, R::Cancelled),
         ];
-        for (code, cancelled, phase, reason) in cases {
-            let (p, r, _) = outcome_from_exit(code, cancelled);
-            assert_eq!((p, r), (phase, reason), "{code:?} cancelled={cancelled}");
+        for (status, cancelled, phase, reason) in cases {
+            let (p, r, _) = outcome_from_exit(status, cancelled);
+            assert_eq!((p, r), (phase, reason), "{status:?} cancelled={cancelled}");
         }
+    }
+
+    #[test]
+    fn events_become_store_updates() {
+        let listening = update_for(RunnerEvent::Listening { addr: "127.0.0.1:9".into() });
+        assert_eq!(listening.phase, Some(SessionPhase::Starting));
+        assert_eq!(listening.runner_addr.as_deref(), Some("127.0.0.1:9"));
+        assert_eq!(update_for(RunnerEvent::Started { pid: 7 }).phase, Some(SessionPhase::Running));
+        let finished = update_for(RunnerEvent::Finished(cliscale_core::protocol::SessionStatus {
+            phase: SessionPhase::Failed,
+            exit_code: Some(137),
+            reason: Some(TerminalReason::Signaled),
+            message: Some("the command was killed by signal 9".into()),
+        }));
+        assert_eq!(
+            (finished.phase, finished.reason, finished.exit_code),
+            (Some(SessionPhase::Failed), Some(TerminalReason::Signaled), Some(137))
+        );
+        assert_eq!(finished.message.as_deref(), Some("the command was killed by signal 9"));
     }
 }

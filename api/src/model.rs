@@ -2,23 +2,18 @@
 
 use std::collections::BTreeMap;
 
+use cliscale_core::source::parse_checksum;
+pub use cliscale_core::spec::SessionSpec;
+use cliscale_core::spec::{self, CodeSpec, EnvVar};
 use cliscale_core::{SessionPhase, TerminalReason};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::error::{ApiError, Result};
 
-pub const MAX_COMMAND_LEN: usize = 8 * 1024;
-pub const MAX_PROMPT_LEN: usize = 64 * 1024;
-pub const MAX_URL_LEN: usize = 2048;
-pub const MAX_ENV_VARS: usize = 64;
-pub const MAX_ENV_VALUE_LEN: usize = 32 * 1024;
-pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
-pub const MAX_TTL_SECS: u64 = 30 * 24 * 3600;
-pub const DEFAULT_TTL_SECS: u64 = 3600;
-
-/// `POST /api/sessions`: the CLI Scale seed's fields plus env, size, timeout and TTL. The bounds
-/// in the schema attributes are the constants above (a test holds them equal).
+/// `POST /api/sessions`: the CLI Scale seed's fields plus env, size, timeout and TTL. It becomes
+/// a [`SessionSpec`] (`cliscale_core::spec`), whose limits the schema bounds repeat (a test holds
+/// them equal).
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(as = CreateSession)]
@@ -51,117 +46,83 @@ pub struct CreateSessionRequest {
     pub ttl_seconds: Option<u64>,
 }
 
-/// A validated session specification, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SessionSpec {
-    pub code_url: Option<String>,
-    pub code_checksum_sha256: Option<String>,
-    pub command: String,
-    pub prompt: Option<String>,
-    pub install_cmd: Option<String>,
-    pub env: BTreeMap<String, String>,
-    pub cols: u16,
-    pub rows: u16,
-    pub timeout_seconds: Option<u64>,
-    pub ttl_seconds: u64,
+/// What the server fills in for a request that names nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecDefaults {
+    pub ttl_secs: u32,
+    /// How long terminals stay open after the command exits.
+    pub linger_secs: u32,
 }
 
-fn too_long(field: &str, max: usize) -> ApiError {
-    ApiError::bad_request("field_too_long", format!("{field} is longer than {max} bytes"))
+impl Default for SpecDefaults {
+    fn default() -> Self {
+        Self { ttl_secs: spec::DEFAULT_TTL_SECS, linger_secs: spec::DEFAULT_LINGER_SECS }
+    }
 }
 
 fn non_empty(s: Option<String>) -> Option<String> {
     s.filter(|v| !v.trim().is_empty())
 }
 
-/// Checks a create request and turns it into a spec, with `default_ttl_secs` for a request that
-/// names no TTL. Pure.
-pub fn validate_create(req: CreateSessionRequest, default_ttl_secs: u64) -> Result<SessionSpec> {
-    if req.command.trim().is_empty() {
-        return Err(ApiError::bad_request("invalid_field", "command must not be empty"));
-    }
-    if req.command.len() > MAX_COMMAND_LEN {
-        return Err(too_long("command", MAX_COMMAND_LEN));
-    }
-    if req.install_cmd.as_ref().is_some_and(|c| c.len() > MAX_COMMAND_LEN) {
-        return Err(too_long("install_cmd", MAX_COMMAND_LEN));
-    }
-    if req.prompt.as_ref().is_some_and(|p| p.len() > MAX_PROMPT_LEN) {
-        return Err(too_long("prompt", MAX_PROMPT_LEN));
-    }
-    let code_url = non_empty(req.code_url);
-    if let Some(url) = &code_url {
-        if url.len() > MAX_URL_LEN {
-            return Err(too_long("code_url", MAX_URL_LEN));
-        }
-        cliscale_runner::source::parse_code_url(url)
-            .map_err(|e| ApiError::bad_request("invalid_code_url", e.to_string()))?;
-    }
-    let checksum = non_empty(req.code_checksum_sha256)
-        .map(|c| cliscale_runner::source::parse_checksum(&c))
+fn seconds(value: Option<u64>, code: &'static str, field: &str, max: u32) -> Result<Option<u32>> {
+    value
+        .map(|v| {
+            u32::try_from(v)
+                .map_err(|_| ApiError::bad_request(code, format!("{field} must be at most {max}")))
+        })
         .transpose()
-        .map_err(|e| ApiError::bad_request("invalid_checksum", e.to_string()))?;
-    if checksum.is_some() && code_url.is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_checksum",
-            "code_checksum_sha256 was given without code_url",
-        ));
-    }
-    let env = req.env.unwrap_or_default();
-    if env.len() > MAX_ENV_VARS {
-        return Err(ApiError::bad_request(
-            "invalid_env",
-            format!("at most {MAX_ENV_VARS} env variables"),
-        ));
-    }
-    for (name, value) in &env {
-        let valid = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-            && name.len() <= 256;
-        if !valid {
+}
+
+/// Checks a create request and turns it into a spec, with `defaults` for what it does not name.
+/// Pure.
+pub fn validate_create(req: CreateSessionRequest, defaults: SpecDefaults) -> Result<SessionSpec> {
+    let code_url = non_empty(req.code_url);
+    let checksum = non_empty(req.code_checksum_sha256);
+    let code = match (code_url, checksum) {
+        (Some(url), checksum) => Some(CodeSpec { url, checksum_sha256: checksum }),
+        (None, Some(_)) => {
             return Err(ApiError::bad_request(
-                "invalid_env",
-                format!("{name:?} is not a valid variable name"),
+                "invalid_checksum",
+                "code_checksum_sha256 was given without code_url",
             ));
         }
-        if name.starts_with("CLISCALE_") {
-            return Err(ApiError::bad_request("invalid_env", format!("{name} is reserved")));
-        }
-        if value.len() > MAX_ENV_VALUE_LEN {
-            return Err(too_long(&format!("env.{name}"), MAX_ENV_VALUE_LEN));
-        }
-    }
-    let cols = req.cols.unwrap_or(80);
-    let rows = req.rows.unwrap_or(24);
-    cliscale_core::protocol::validate_size(cols, rows)
-        .map_err(|e| ApiError::bad_request("invalid_size", e.to_string()))?;
-    if let Some(t) = req.timeout_seconds
-        && !(1..=MAX_TIMEOUT_SECS).contains(&t)
-    {
-        return Err(ApiError::bad_request(
-            "invalid_timeout",
-            format!("timeout_seconds must be 1..={MAX_TIMEOUT_SECS}"),
-        ));
-    }
-    let ttl_seconds = req.ttl_seconds.unwrap_or(default_ttl_secs);
-    if ttl_seconds > MAX_TTL_SECS {
-        return Err(ApiError::bad_request(
-            "invalid_ttl",
-            format!("ttl_seconds must be at most {MAX_TTL_SECS}"),
-        ));
-    }
-    Ok(SessionSpec {
-        code_url,
-        code_checksum_sha256: checksum,
-        command: req.command,
+        (None, None) => None,
+    };
+    let env = req.env.unwrap_or_default();
+    let mut spec = SessionSpec {
+        code,
+        install_command: non_empty(req.install_cmd),
         prompt: req.prompt,
-        install_cmd: non_empty(req.install_cmd),
-        env,
-        cols,
-        rows,
-        timeout_seconds: req.timeout_seconds,
-        ttl_seconds,
-    })
+        env: env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+        cols: req.cols.unwrap_or(spec::DEFAULT_COLS),
+        rows: req.rows.unwrap_or(spec::DEFAULT_ROWS),
+        timeout_seconds: seconds(
+            req.timeout_seconds,
+            "invalid_timeout",
+            "timeout_seconds",
+            spec::MAX_TIMEOUT_SECS,
+        )?,
+        ttl_seconds_after_finished: seconds(
+            req.ttl_seconds,
+            "invalid_ttl",
+            "ttl_seconds",
+            spec::MAX_TTL_SECS,
+        )?
+        .unwrap_or(defaults.ttl_secs),
+        linger_seconds: defaults.linger_secs,
+        ..SessionSpec::new(req.command)
+    };
+    spec.validate().map_err(|e| ApiError::bad_request(e.code, e.message))?;
+    // Stored normalised: lower-case hex without a `sha256:` prefix.
+    if let Some(code) = &mut spec.code {
+        code.checksum_sha256 = code
+            .checksum_sha256
+            .as_deref()
+            .map(parse_checksum)
+            .transpose()
+            .map_err(|e| ApiError::bad_request("invalid_checksum", e.to_string()))?;
+    }
+    Ok(spec)
 }
 
 /// A session as the store holds it.
@@ -287,8 +248,8 @@ impl From<&SessionRecord> for SessionView {
             reason: r.reason,
             message: r.message.clone(),
             command: r.spec.command.clone(),
-            code_url: r.spec.code_url.clone(),
-            env_names: r.spec.env.keys().cloned().collect(),
+            code_url: r.spec.code.as_ref().map(|c| c.url.clone()),
+            env_names: r.spec.env.iter().map(|e| e.name.clone()).collect(),
             created_at: rfc3339(r.created_at),
             started_at: r.started_at.map(rfc3339),
             finished_at: r.finished_at.map(rfc3339),
@@ -315,22 +276,25 @@ mod tests {
 
     #[test]
     fn a_minimal_request_gets_defaults() {
-        let spec = validate_create(req("echo hi"), DEFAULT_TTL_SECS).unwrap();
-        assert_eq!((spec.cols, spec.rows, spec.ttl_seconds), (80, 24, DEFAULT_TTL_SECS));
+        let spec = validate_create(req("echo hi"), SpecDefaults::default()).unwrap();
+        let defaults = (spec.cols, spec.rows, spec.ttl_seconds_after_finished, spec.linger_seconds);
+        assert_eq!(defaults, (80, 24, spec::DEFAULT_TTL_SECS, spec::DEFAULT_LINGER_SECS));
     }
 
     #[test]
     fn the_configured_default_ttl_applies_only_when_the_request_names_none() {
-        assert_eq!(validate_create(req("x"), 120).unwrap().ttl_seconds, 120);
+        let defaults = SpecDefaults { ttl_secs: 120, linger_secs: 5 };
+        let spec = validate_create(req("x"), defaults).unwrap();
+        assert_eq!((spec.ttl_seconds_after_finished, spec.linger_seconds), (120, 5));
         let named = CreateSessionRequest { ttl_seconds: Some(7), ..req("x") };
-        assert_eq!(validate_create(named, 120).unwrap().ttl_seconds, 7);
+        assert_eq!(validate_create(named, defaults).unwrap().ttl_seconds_after_finished, 7);
     }
 
     #[test]
     fn bad_fields_are_refused_with_their_code() {
         let cases: Vec<(CreateSessionRequest, &str)> = vec![
             (req(""), "invalid_field"),
-            (req(&"x".repeat(MAX_COMMAND_LEN + 1)), "field_too_long"),
+            (req(&"x".repeat(spec::MAX_COMMAND_LEN + 1)), "field_too_long"),
             (
                 CreateSessionRequest { code_url: Some("file:///etc/passwd".into()), ..req("x") },
                 "invalid_code_url",
@@ -356,9 +320,15 @@ mod tests {
             (CreateSessionRequest { cols: Some(0), ..req("x") }, "invalid_size"),
             (CreateSessionRequest { timeout_seconds: Some(0), ..req("x") }, "invalid_timeout"),
             (CreateSessionRequest { ttl_seconds: Some(u64::MAX), ..req("x") }, "invalid_ttl"),
+            (CreateSessionRequest { ttl_seconds: Some(30 * 86400 + 1), ..req("x") }, "invalid_ttl"),
+            (
+                CreateSessionRequest { timeout_seconds: Some(u64::MAX), ..req("x") },
+                "invalid_timeout",
+            ),
         ];
         for (request, code) in cases {
-            assert_eq!(validate_create(request, DEFAULT_TTL_SECS).unwrap_err().code(), code);
+            let refused = validate_create(request, SpecDefaults::default()).unwrap_err();
+            assert_eq!(refused.code(), code);
         }
     }
 }

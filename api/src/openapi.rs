@@ -154,7 +154,7 @@ pub fn document() -> serde_json::Value {
 
 #[cfg(test)]
 mod tests {
-    use crate::model;
+    use cliscale_core::spec;
 
     #[test]
     fn the_document_names_every_route() {
@@ -179,12 +179,12 @@ mod tests {
     fn the_documented_bounds_are_the_enforced_ones() {
         let doc = super::document();
         let create = &doc["components"]["schemas"]["CreateSession"]["properties"];
-        assert_eq!(create["command"]["maxLength"], model::MAX_COMMAND_LEN);
-        assert_eq!(create["install_cmd"]["maxLength"], model::MAX_COMMAND_LEN);
-        assert_eq!(create["prompt"]["maxLength"], model::MAX_PROMPT_LEN);
-        assert_eq!(create["code_url"]["maxLength"], model::MAX_URL_LEN);
-        assert_eq!(create["timeout_seconds"]["maximum"], model::MAX_TIMEOUT_SECS);
-        assert_eq!(create["ttl_seconds"]["maximum"], model::MAX_TTL_SECS);
+        assert_eq!(create["command"]["maxLength"], spec::MAX_COMMAND_LEN);
+        assert_eq!(create["install_cmd"]["maxLength"], spec::MAX_COMMAND_LEN);
+        assert_eq!(create["prompt"]["maxLength"], spec::MAX_PROMPT_LEN);
+        assert_eq!(create["code_url"]["maxLength"], spec::MAX_URL_LEN);
+        assert_eq!(create["timeout_seconds"]["maximum"], spec::MAX_TIMEOUT_SECS);
+        assert_eq!(create["ttl_seconds"]["maximum"], spec::MAX_TTL_SECS);
         let required = doc["components"]["schemas"]["CreateSession"]["required"].clone();
         assert_eq!(required, serde_json::json!(["command"]));
         let limit = doc["paths"]["/api/sessions"]["get"]["parameters"]

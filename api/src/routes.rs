@@ -25,7 +25,7 @@ use crate::executor::Executor;
 use crate::keys::{self, Role};
 use crate::model::{
     CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
-    SessionRecord, SessionView, TokenMinted, validate_create,
+    SessionRecord, SessionView, SpecDefaults, TokenMinted, validate_create,
 };
 use crate::signing::KeyRing;
 use crate::store::{ApiKeyRecord, SessionQuery, Store, now};
@@ -45,8 +45,8 @@ pub struct ApiConfig {
     pub rate_per_minute: u32,
     /// Proxies whose X-Forwarded-For / -Proto / -Host are believed.
     pub trusted_proxies: Vec<IpNet>,
-    /// TTL after finishing of sessions whose request names none.
-    pub default_ttl_secs: u64,
+    /// What sessions whose request names no TTL get, and how long their terminals linger.
+    pub spec_defaults: SpecDefaults,
 }
 
 impl Default for ApiConfig {
@@ -57,7 +57,7 @@ impl Default for ApiConfig {
             issuer: "cliscale".into(),
             rate_per_minute: 600,
             trusted_proxies: Vec::new(),
-            default_ttl_secs: crate::model::DEFAULT_TTL_SECS,
+            spec_defaults: SpecDefaults::default(),
         }
     }
 }
@@ -301,7 +301,7 @@ pub(crate) async fn create_session(
     JsonBody(request): JsonBody<CreateSessionRequest>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
-    let spec = validate_create(request, state.config.default_ttl_secs)?;
+    let spec = validate_create(request, state.config.spec_defaults)?;
     let base = base_url(&state, &headers, peer)?;
     let id = uuid::Uuid::new_v4().to_string();
     state.store.insert_session(&id, &caller.key_id, &spec).await?;

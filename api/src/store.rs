@@ -8,6 +8,7 @@ use sqlx::{AnyPool, Executor, Row};
 use crate::error::{ApiError, Result};
 use crate::keys::Role;
 use crate::model::{SessionRecord, SessionSpec, phase_from_str, reason_from_str};
+use cliscale_core::spec::{CodeSpec, EnvVar};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -274,34 +275,47 @@ impl Store {
         rows.iter().map(session_from_row).collect()
     }
 
-    /// Applies an observed change. A finished session never changes phase again.
+    /// Applies an observed change, atomically: in one transaction that first takes the row's
+    /// write lock, so concurrent updates (several replicas, the executor and a cancel) apply one
+    /// after the other and a finished session never changes phase again. Returns whether the
+    /// update applied.
     pub async fn update_status(&self, id: &str, update: &StatusUpdate) -> Result<bool> {
-        let Some(current) = self.get_session(id).await? else { return Ok(false) };
-        if current.phase.is_finished() && update.phase.is_some_and(|p| p != current.phase) {
+        let mut tx = self.pool.begin().await?;
+        // The lock first (a row lock on PostgreSQL, the database's write lock on SQLite): the
+        // read below then sees every update committed before it, and none can slip in after.
+        let locked = sqlx::query("UPDATE sessions SET updated_at = updated_at WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if locked.rows_affected() == 0 {
             return Ok(false);
         }
-        let t = now();
-        let phase = update.phase.unwrap_or(current.phase);
-        let started_at = current.started_at.or((phase == SessionPhase::Running).then_some(t));
-        let finished_at = current.finished_at.or(phase.is_finished().then_some(t));
+        let row = sqlx::query(&format!("{SESSION_COLUMNS} WHERE id = $1"))
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        let current = session_from_row(&row)?;
+        let Some(next) = apply_update(&current, update, now()) else { return Ok(false) };
         sqlx::query(
             "UPDATE sessions SET phase = $1, exit_code = $2, reason = $3, message = $4, \
              runner_addr = $5, started_at = $6, finished_at = $7, updated_at = $8 WHERE id = $9",
         )
-        .bind(phase.as_str())
-        .bind(update.exit_code.or(current.exit_code))
-        .bind(update.reason.or(current.reason).map(reason_str))
-        .bind(update.message.clone().or(current.message))
-        .bind(update.runner_addr.clone().or(current.runner_addr))
-        .bind(started_at)
-        .bind(finished_at)
-        .bind(t)
+        .bind(next.phase.as_str())
+        .bind(next.exit_code)
+        .bind(next.reason.map(reason_str))
+        .bind(next.message.clone())
+        .bind(next.runner_addr.clone())
+        .bind(next.started_at)
+        .bind(next.finished_at)
+        .bind(next.updated_at)
         .bind(id)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        if update.phase.is_some_and(|p| p != current.phase) {
-            self.append_event(id, "phase", &format!("{} -> {}", current.phase, phase)).await?;
+        if next.phase != current.phase {
+            let message = format!("{} -> {}", current.phase, next.phase);
+            Self::insert_event(&mut tx, id, "phase", &message).await?;
         }
+        tx.commit().await?;
         Ok(true)
     }
 
@@ -332,13 +346,26 @@ impl Store {
         let all: Vec<SessionRecord> = rows.iter().map(session_from_row).collect::<Result<_>>()?;
         Ok(all
             .into_iter()
-            .filter(|s| s.finished_at.is_some_and(|f| f + s.spec.ttl_seconds as i64 <= at))
+            .filter(|s| {
+                let ttl = i64::from(s.spec.ttl_seconds_after_finished);
+                s.finished_at.is_some_and(|f| f + ttl <= at)
+            })
             .collect())
     }
 
     // --- event log ------------------------------------------------------------------------
 
     pub async fn append_event(&self, session_id: &str, kind: &str, message: &str) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::insert_event(&mut conn, session_id, kind, message).await
+    }
+
+    async fn insert_event(
+        conn: &mut sqlx::AnyConnection,
+        session_id: &str,
+        kind: &str,
+        message: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO session_events (id, session_id, at, kind, message) VALUES ($1, $2, $3, $4, $5)",
         )
@@ -347,7 +374,7 @@ impl Store {
         .bind(now())
         .bind(kind)
         .bind(message)
-        .execute(&self.pool)
+        .execute(conn)
         .await?;
         Ok(())
     }
@@ -365,6 +392,30 @@ impl Store {
     }
 }
 
+/// The row a session has after `update` at time `t`, or `None` when the update may not apply:
+/// a finished session never changes phase again. Pure.
+pub fn apply_update(
+    current: &SessionRecord,
+    update: &StatusUpdate,
+    t: i64,
+) -> Option<SessionRecord> {
+    if current.phase.is_finished() && update.phase.is_some_and(|p| p != current.phase) {
+        return None;
+    }
+    let phase = update.phase.unwrap_or(current.phase);
+    Some(SessionRecord {
+        phase,
+        exit_code: update.exit_code.or(current.exit_code),
+        reason: update.reason.or(current.reason),
+        message: update.message.clone().or_else(|| current.message.clone()),
+        runner_addr: update.runner_addr.clone().or_else(|| current.runner_addr.clone()),
+        started_at: current.started_at.or((phase == SessionPhase::Running).then_some(t)),
+        finished_at: current.finished_at.or(phase.is_finished().then_some(t)),
+        updated_at: t,
+        ..current.clone()
+    })
+}
+
 const SESSION_COLUMNS: &str = "SELECT id, owner, spec, phase, exit_code, reason, message, \
     runner_addr, created_at, started_at, finished_at, updated_at FROM sessions";
 
@@ -374,6 +425,39 @@ fn reason_str(reason: TerminalReason) -> String {
 
 fn corrupt(what: &str, value: &str) -> ApiError {
     ApiError::Internal(format!("stored {what} {value:?} is not valid"))
+}
+
+/// A stored spec: today's form, or the flat snake_case form rows were written in before the
+/// session spec was shared with the CommandSession (still read, so no stored session is lost).
+fn parse_spec(json: &str) -> Option<SessionSpec> {
+    #[derive(serde::Deserialize)]
+    struct Legacy {
+        code_url: Option<String>,
+        code_checksum_sha256: Option<String>,
+        command: String,
+        prompt: Option<String>,
+        install_cmd: Option<String>,
+        env: std::collections::BTreeMap<String, String>,
+        cols: u16,
+        rows: u16,
+        timeout_seconds: Option<u32>,
+        ttl_seconds: u32,
+    }
+    if let Ok(spec) = serde_json::from_str::<SessionSpec>(json) {
+        return Some(spec);
+    }
+    let old: Legacy = serde_json::from_str(json).ok()?;
+    Some(SessionSpec {
+        code: old.code_url.map(|url| CodeSpec { url, checksum_sha256: old.code_checksum_sha256 }),
+        prompt: old.prompt,
+        install_command: old.install_cmd,
+        env: old.env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+        cols: old.cols,
+        rows: old.rows,
+        timeout_seconds: old.timeout_seconds,
+        ttl_seconds_after_finished: old.ttl_seconds,
+        ..SessionSpec::new(old.command)
+    })
 }
 
 fn key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKeyRecord> {
@@ -395,7 +479,7 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord> {
     Ok(SessionRecord {
         id: r.try_get("id")?,
         owner: r.try_get("owner")?,
-        spec: serde_json::from_str(&spec).map_err(|_| corrupt("spec", &spec))?,
+        spec: parse_spec(&spec).ok_or_else(|| corrupt("spec", &spec))?,
         phase: phase_from_str(&phase).ok_or_else(|| corrupt("phase", &phase))?,
         exit_code: r.try_get("exit_code")?,
         reason: reason

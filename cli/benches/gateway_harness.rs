@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use cliscale_core::stats::{median, median_interval};
+use cliscale_testkit::stats::{median, median_interval};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -146,23 +146,15 @@ async fn throughput(url: &str, expected_bytes: usize) -> f64 {
 /// Anonymous resident memory (heap and stacks), as the runner harness measures it: `VmRSS`
 /// would also count code pages faulting in the first time a path runs.
 fn rss_kib(pid: u32) -> u64 {
-    procfs::process::Process::new(pid as i32).unwrap().status().unwrap().rssanon.unwrap()
+    procinfo::rss_anon_kib(pid as i32)
 }
 
 /// User + system CPU time of a process.
 fn cpu_time(pid: u32) -> Duration {
-    let stat = procfs::process::Process::new(pid as i32).unwrap().stat().unwrap();
-    Duration::from_micros((stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second())
+    procinfo::cpu_time(pid as i32)
 }
 
-/// Ticks the machine's CPUs spent busy and idle so far (all CPUs together).
-fn machine_ticks() -> (u64, u64) {
-    use procfs::CurrentSI;
-    let t = procfs::KernelStats::current().unwrap().total;
-    let idle = t.idle + t.iowait.unwrap_or(0);
-    let busy = t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0);
-    (busy, idle)
-}
+use cliscale_testkit::procinfo::{self, machine_ticks};
 
 /// Share of the machine's CPU time that was busy between two `machine_ticks` readings.
 fn busy_share((busy0, idle0): (u64, u64), (busy1, idle1): (u64, u64)) -> f64 {

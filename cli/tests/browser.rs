@@ -32,7 +32,7 @@ impl Browser {
             .status()
             .is_ok();
         if !found {
-            cliscale_api::testing::skip_unless_ci(
+            cliscale_testkit::postgres::skip_unless_ci(
                 "chromium",
                 &format!(
                     "{chromium} is not installed, so this browser test did not run (apt-get install chromium)"

@@ -5,8 +5,6 @@
 //! kubelet would. Runs on SQLite and on PostgreSQL.
 
 mod common;
-#[path = "../../operator/tests/fake_api/mod.rs"]
-mod fake_api;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -23,8 +21,8 @@ use cliscale_gateway::{Gateway, GatewayConfig, JwksCache};
 use cliscale_operator::cluster_api::{ClusterExecutor, run_mirror};
 use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
+use cliscale_testkit::fake_kube::FakeApi;
 use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
-use fake_api::FakeApi;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -80,7 +78,7 @@ impl Cluster {
         let api_state = ApiState::new(
             store.clone(),
             keys,
-            Arc::new(ClusterExecutor::new(client.clone(), NS, 30)) as Arc<dyn Executor>,
+            Arc::new(ClusterExecutor::new(client.clone(), NS)) as Arc<dyn Executor>,
             ApiConfig::default(),
         );
         let gateway = Arc::new(Gateway {
@@ -281,7 +279,7 @@ async fn a_relist_marks_sessions_without_a_command_session_lost() {
     let store = Store::connect(&url).await.unwrap();
     let spec = cliscale_api::model::validate_create(
         cliscale_api::model::CreateSessionRequest { command: "bash".into(), ..Default::default() },
-        3600,
+        Default::default(),
     )
     .unwrap();
     store.insert_session("vanished", "k", &spec).await.unwrap();

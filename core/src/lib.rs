@@ -1,15 +1,21 @@
-//! Types shared by every cliscale component: the session phase model, the terminal wire
-//! protocol spoken between browser, gateway and runner, the session tokens that guard it, how
-//! metrics are rendered, how shared settings parse, and the order statistics the benchmark
-//! harnesses report.
+//! The contracts between cliscale's parts: what a session is ([`spec`]), its phases, the
+//! terminal wire protocol spoken between browser, gateway and runner, the log cursor every
+//! reader follows, the session tokens that guard it, how a runner is launched and what it
+//! reports, its exit codes, how code URLs parse, how metrics are rendered and how shared
+//! settings parse. docs/architecture.md maps them.
 //!
 //! Everything here is pure: no sockets, no processes, no files.
 
 pub mod args;
+pub mod cursor;
+pub mod event;
+pub mod exit;
+pub mod launch;
 pub mod metrics;
 pub mod phase;
 pub mod protocol;
-pub mod stats;
+pub mod source;
+pub mod spec;
 pub mod tls;
 pub mod token;
 

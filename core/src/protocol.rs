@@ -30,6 +30,8 @@ pub enum ProtocolError {
     MessageTooLarge(usize),
     #[error("resize to {cols}x{rows} is out of range (1..={MAX_TERMINAL_DIMENSION} each)")]
     BadResize { cols: u16, rows: u16 },
+    #[error("mode {0:?} is not view or interact")]
+    BadMode(String),
 }
 
 impl ProtocolError {
@@ -40,6 +42,7 @@ impl ProtocolError {
             Self::BadMessage(_) => "bad_message",
             Self::MessageTooLarge(_) => "message_too_large",
             Self::BadResize { .. } => "bad_resize",
+            Self::BadMode(_) => "bad_mode",
         }
     }
 }
@@ -99,6 +102,9 @@ pub enum ServerMessage {
     Status(SessionStatus),
     /// A client frame was rejected; the connection stays open.
     Error { code: String, message: String },
+    /// From the gateway, first on every connection: the credential for the next connection
+    /// after a drop (docs/protocol.md, "Reconnecting").
+    Reconnect { token: String },
 }
 
 /// Control messages from client to server (text frames).
@@ -114,6 +120,133 @@ pub enum ClientMessage {
     Input { data: String },
     /// The client's terminal size changed.
     Resize { cols: u16, rows: u16 },
+}
+
+/// WebSocket close codes sent by the runner and the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseCode {
+    /// The session ended and the runner is shutting down.
+    SessionEnded,
+    /// A client message was over the size limit.
+    MessageTooBig,
+    /// The gateway lost its connection to the runner.
+    RunnerLost,
+    /// The client answered no ping for three intervals.
+    KeepaliveTimeout,
+    /// The client could not take output fast enough.
+    TooSlow,
+}
+
+impl CloseCode {
+    pub const ALL: [CloseCode; 5] = [
+        Self::SessionEnded,
+        Self::MessageTooBig,
+        Self::RunnerLost,
+        Self::KeepaliveTimeout,
+        Self::TooSlow,
+    ];
+
+    pub fn code(self) -> u16 {
+        match self {
+            Self::SessionEnded => 1000,
+            Self::MessageTooBig => 1009,
+            Self::RunnerLost => 1011,
+            Self::KeepaliveTimeout => 4000,
+            Self::TooSlow => 4008,
+        }
+    }
+
+    /// The close frame's reason text.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::SessionEnded => "session ended",
+            Self::MessageTooBig => "message too big",
+            Self::RunnerLost => "runner connection lost",
+            Self::KeepaliveTimeout => "keepalive timeout",
+            Self::TooSlow => "client too slow",
+        }
+    }
+
+    pub fn from_code(code: u16) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.code() == code)
+    }
+}
+
+/// Whether a connection may type, or only watch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    Interact,
+    View,
+}
+
+impl AttachMode {
+    /// The `mode` query parameter: absent means interact; anything but `view` or `interact` is
+    /// refused (`bad_mode`), by the gateway and the runner alike.
+    pub fn parse(raw: Option<&str>) -> Result<Self, ProtocolError> {
+        match raw {
+            None | Some("interact") => Ok(Self::Interact),
+            Some("view") => Ok(Self::View),
+            Some(other) => Err(ProtocolError::BadMode(other.to_owned())),
+        }
+    }
+
+    /// A connection is read-only when its token only views or it asked to only view.
+    pub fn read_only(self, scope: crate::token::TokenScope) -> bool {
+        self == Self::View || scope == crate::token::TokenScope::View
+    }
+}
+
+/// The credential of a request, by one rule for every hop: an `Authorization: Bearer` header
+/// wins over a `token` query parameter (a browser's WebSocket cannot set headers, so it uses the
+/// query; a hop that can set the header is never overridden by a query it forwards). Empty when
+/// neither is present.
+pub fn credential<'a>(authorization: Option<&'a str>, query_token: Option<&'a str>) -> &'a str {
+    let bearer = authorization.and_then(|v| v.strip_prefix("Bearer ")).map(str::trim);
+    bearer.filter(|t| !t.is_empty()).or(query_token).unwrap_or("")
+}
+
+/// Every refusal's JSON body, from the REST API, the gateway and the runner alike.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Error))]
+pub struct ErrorBody {
+    /// Stable machine-readable code (docs/api.md and docs/protocol.md list them).
+    pub error: String,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl ErrorBody {
+    pub fn new(error: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { error: error.into(), message: message.into() }
+    }
+}
+
+/// Server-Sent Events of the log: event names and the `output` event's data.
+pub mod sse {
+    use base64::Engine;
+    use serde::{Deserialize, Serialize};
+
+    pub const HELLO: &str = "hello";
+    pub const OUTPUT: &str = "output";
+    pub const GAP: &str = "gap";
+    pub const STATUS: &str = "status";
+
+    /// The `output` event's data: the chunk's first offset and its bytes in base64.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct OutputData {
+        pub offset: u64,
+        pub data: String,
+    }
+
+    impl OutputData {
+        pub fn new(offset: u64, bytes: &[u8]) -> Self {
+            Self { offset, data: base64::engine::general_purpose::STANDARD.encode(bytes) }
+        }
+
+        pub fn bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
+            base64::engine::general_purpose::STANDARD.decode(&self.data)
+        }
+    }
 }
 
 /// Parses and validates a client's text frame.
@@ -171,6 +304,28 @@ mod tests {
         }
         let huge = format!(r#"{{"type":"input","data":"{}"}}"#, "a".repeat(MAX_CLIENT_TEXT_LEN));
         assert_eq!(parse_client_text(&huge).unwrap_err().code(), "message_too_large");
+    }
+
+    #[test]
+    fn modes_credentials_and_close_codes_follow_one_rule() {
+        use crate::token::TokenScope;
+        assert_eq!(AttachMode::parse(None), Ok(AttachMode::Interact));
+        assert_eq!(AttachMode::parse(Some("view")), Ok(AttachMode::View));
+        assert_eq!(AttachMode::parse(Some("View")).unwrap_err().code(), "bad_mode");
+        assert!(AttachMode::Interact.read_only(TokenScope::View));
+        assert!(AttachMode::View.read_only(TokenScope::Interact));
+        assert!(!AttachMode::Interact.read_only(TokenScope::Interact));
+        assert_eq!(credential(Some("Bearer h"), Some("q")), "h");
+        assert_eq!(credential(Some("Basic x"), Some("q")), "q");
+        assert_eq!(credential(Some("Bearer "), Some("q")), "q");
+        assert_eq!(credential(None, None), "");
+        for c in CloseCode::ALL {
+            assert_eq!(CloseCode::from_code(c.code()), Some(c));
+        }
+        let out = sse::OutputData::new(7, b"\x00\xffhi");
+        assert_eq!(out.bytes().unwrap(), b"\x00\xffhi");
+        let reconnect = serde_json::to_value(ServerMessage::Reconnect { token: "t".into() });
+        assert_eq!(reconnect.unwrap(), serde_json::json!({"type":"reconnect","token":"t"}));
     }
 
     #[test]

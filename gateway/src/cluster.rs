@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use cliscale_operator::crd::CommandSession;
+use cliscale_crd::CommandSession;
+use cliscale_crd::condition::READY;
 use futures_util::StreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -30,7 +31,7 @@ pub fn runner_of(session: &CommandSession) -> RunnerLookup {
     if status.phase.is_some_and(|p| p.is_finished()) {
         return RunnerLookup::Gone;
     }
-    let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+    let ready = status.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
     match (&status.runner_address, ready) {
         (Some(addr), true) => RunnerLookup::Ready(addr.clone()),
         _ => RunnerLookup::Starting,
@@ -113,7 +114,7 @@ impl RunnerResolver for ReflectorResolver {
 mod tests {
     use super::*;
     use cliscale_core::SessionPhase;
-    use cliscale_operator::crd::CommandSessionStatus;
+    use cliscale_crd::CommandSessionStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn session(status: Option<CommandSessionStatus>) -> CommandSession {
@@ -127,7 +128,7 @@ mod tests {
 
     fn ready(ok: bool) -> Condition {
         Condition {
-            type_: "Ready".into(),
+            type_: READY.into(),
             status: if ok { "True" } else { "False" }.into(),
             reason: "R".into(),
             message: String::new(),

@@ -2,9 +2,6 @@
 //! every one has its Job and a status, and what the operator process' memory grew by.
 //! `cargo bench -p cliscale-operator --bench controller_load` prints the figures.
 
-#[path = "../tests/fake_api/mod.rs"]
-mod fake_api;
-
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,9 +11,7 @@ use serde_json::json;
 
 const SESSIONS: usize = 1000;
 
-fn rss_kib() -> u64 {
-    procfs::process::Process::myself().unwrap().status().unwrap().vmrss.unwrap()
-}
+use cliscale_testkit::procinfo::own_rss_kib as rss_kib;
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
@@ -26,7 +21,7 @@ fn main() {
     cliscale_core::tls::install_crypto_provider();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let api = fake_api::FakeApi::new();
+        let api = cliscale_testkit::fake_kube::FakeApi::new();
         let client = kube::Client::new(api.router(), "default");
         let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
         let metrics = ctx.clone();

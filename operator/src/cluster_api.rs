@@ -17,8 +17,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 
-use crate::crd::{CommandSession, CommandSessionSpec, CommandSessionStatus};
 use crate::desired::CANCEL_ANNOTATION;
+use cliscale_crd::{CommandSession, CommandSessionSpec, CommandSessionStatus};
 
 /// Which API key created a session; absent on sessions made with kubectl.
 pub const OWNER_ANNOTATION: &str = "cliscale.dev/owner";
@@ -28,68 +28,17 @@ pub const KUBECTL_OWNER: &str = "kubernetes";
 pub const API_FIELD_MANAGER: &str = "cliscale-api";
 
 /// The CommandSession for a session created through the API. Pure.
-pub fn resource_for(
-    record: &SessionRecord,
-    namespace: &str,
-    linger_seconds: u32,
-) -> CommandSession {
-    let spec = &record.spec;
-    let code = spec
-        .code_url
-        .as_ref()
-        .map(|url| serde_json::json!({ "url": url, "checksumSha256": spec.code_checksum_sha256 }));
-    let env: Vec<_> = spec
-        .env
-        .iter()
-        .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
-        .collect();
-    let spec_json = serde_json::json!({
-        "command": spec.command,
-        "code": code,
-        "installCommand": spec.install_cmd,
-        "prompt": spec.prompt,
-        "env": env,
-        "cols": spec.cols,
-        "rows": spec.rows,
-        "timeoutSeconds": spec.timeout_seconds,
-        "ttlSecondsAfterFinished": spec.ttl_seconds,
-        "lingerSeconds": linger_seconds,
-    });
-    let spec: CommandSessionSpec =
-        serde_json::from_value(strip_nulls(spec_json)).expect("a validated spec fits the CRD");
-    let mut cs = CommandSession::new(&record.id, spec);
+pub fn resource_for(record: &SessionRecord, namespace: &str) -> CommandSession {
+    let mut cs = CommandSession::new(&record.id, CommandSessionSpec::of(record.spec.clone()));
     cs.metadata.namespace = Some(namespace.to_owned());
     cs.metadata.annotations =
         Some(BTreeMap::from([(OWNER_ANNOTATION.into(), record.owner.clone())]));
     cs
 }
 
-fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
-    match value {
-        serde_json::Value::Object(map) => serde_json::Value::Object(
-            map.into_iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k, strip_nulls(v)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-/// The API's view of a CommandSession's spec (secret refs are not part of it). Pure.
+/// The API's view of a CommandSession's spec: all of it but the pod placement knobs. Pure.
 pub fn spec_from_resource(spec: &CommandSessionSpec) -> SessionSpec {
-    SessionSpec {
-        code_url: spec.code.as_ref().map(|c| c.url.clone()),
-        code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
-        command: spec.command.clone(),
-        prompt: spec.prompt.clone(),
-        install_cmd: spec.install_command.clone(),
-        env: spec.env.iter().map(|e| (e.name.clone(), e.value.clone())).collect(),
-        cols: spec.cols,
-        rows: spec.rows,
-        timeout_seconds: spec.timeout_seconds.map(u64::from),
-        ttl_seconds: u64::from(spec.ttl_seconds_after_finished),
-    }
+    spec.session.clone()
 }
 
 /// The store update that mirrors a CommandSession's status. Pure.
@@ -114,24 +63,18 @@ fn kube_failed(what: &str, e: kube::Error) -> ApiError {
 pub struct ClusterExecutor {
     pub sessions: Api<CommandSession>,
     pub namespace: String,
-    /// How long terminals stay open after the command exits.
-    pub linger_seconds: u32,
 }
 
 impl ClusterExecutor {
-    pub fn new(client: Client, namespace: &str, linger_seconds: u32) -> Self {
-        Self {
-            sessions: Api::namespaced(client, namespace),
-            namespace: namespace.to_owned(),
-            linger_seconds,
-        }
+    pub fn new(client: Client, namespace: &str) -> Self {
+        Self { sessions: Api::namespaced(client, namespace), namespace: namespace.to_owned() }
     }
 }
 
 impl Executor for ClusterExecutor {
     fn start(&self, session: SessionRecord) -> BoxFuture<'_, ApiResult<()>> {
         Box::pin(async move {
-            let cs = resource_for(&session, &self.namespace, self.linger_seconds);
+            let cs = resource_for(&session, &self.namespace);
             let params = PatchParams::apply(API_FIELD_MANAGER);
             self.sessions
                 .patch(&session.id, &params, &Patch::Apply(&cs))
@@ -298,7 +241,7 @@ async fn mark_vanished(store: &Store, listed: &HashSet<String>, made_before: i64
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cliscale_api::model::{CreateSessionRequest, validate_create};
+    use cliscale_api::model::{CreateSessionRequest, SpecDefaults, validate_create};
 
     fn record() -> SessionRecord {
         let spec = validate_create(
@@ -309,7 +252,7 @@ mod tests {
                 timeout_seconds: Some(600),
                 ..Default::default()
             },
-            3600,
+            SpecDefaults { ttl_secs: 3600, linger_secs: 45 },
         )
         .unwrap();
         SessionRecord {
@@ -331,12 +274,12 @@ mod tests {
     #[test]
     fn an_api_session_round_trips_through_its_command_session() {
         let r = record();
-        let cs = resource_for(&r, "sessions", 45);
-        assert_eq!(cs.spec.linger_seconds, 45);
+        let cs = resource_for(&r, "sessions");
+        assert_eq!(cs.spec.session.linger_seconds, 45);
         assert_eq!(cs.name_any(), r.id);
         assert_eq!(cs.namespace().as_deref(), Some("sessions"));
         assert_eq!(cs.annotations().get(OWNER_ANNOTATION).map(String::as_str), Some("key1"));
-        assert_eq!(cs.spec.timeout_seconds, Some(600));
+        assert_eq!(cs.spec.session.timeout_seconds, Some(600));
         assert_eq!(spec_from_resource(&cs.spec), r.spec);
     }
 
@@ -362,12 +305,37 @@ mod tests {
         );
     }
 
+    /// A session made with kubectl keeps its Secret references in the store's row: nothing of
+    /// the spec the API does not set itself is dropped on the way.
+    #[tokio::test]
+    async fn secret_references_survive_the_mirror() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("mirror.db").display());
+        let store = Store::connect(&url).await.unwrap();
+        let cs: CommandSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+            "metadata": { "name": "by-kubectl", "namespace": "sessions" },
+            "spec": { "command": "deploy", "scrollbackLines": 5000, "lingerSeconds": 7,
+                      "envFromSecrets": [{ "name": "TOKEN", "secretName": "deploy-keys", "key": "token" }] }
+        }))
+        .unwrap();
+        mirror_one(&store, &cs, &mut Mirrored::new()).await.unwrap();
+        let row = store.get_session("by-kubectl").await.unwrap().unwrap();
+        assert_eq!(row.spec, cs.spec.session);
+        let secret = &row.spec.env_from_secrets[0];
+        assert_eq!(
+            (secret.name.as_str(), secret.secret_name.as_str(), secret.key.as_str()),
+            ("TOKEN", "deploy-keys", "token")
+        );
+        assert_eq!((row.spec.scrollback_lines, row.spec.linger_seconds), (5000, 7));
+    }
+
     #[tokio::test]
     async fn the_mirror_makes_a_row_once_and_writes_a_status_only_when_it_changes() {
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("mirror.db").display());
         let store = Store::connect(&url).await.unwrap();
-        let mut cs = resource_for(&record(), "sessions", 30);
+        let mut cs = resource_for(&record(), "sessions");
         let id = cs.name_any();
         let mut mirrored = Mirrored::new();
         mirror_one(&store, &cs, &mut mirrored).await.unwrap();

@@ -16,9 +16,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::crd::CommandSession;
 use crate::desired::{OperatorConfig, SESSION_LABEL, desired_job, job_name};
 use crate::status::{Observed, derive_status, transition};
+use cliscale_crd::CommandSession;
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "cliscale-operator";
@@ -90,7 +90,7 @@ pub fn ttl_remaining(session: &CommandSession, now: &Time) -> Option<Duration> {
         return None;
     }
     let done = status.completion_time.as_ref()?.0.as_second();
-    let expires = done + i64::from(session.spec.ttl_seconds_after_finished);
+    let expires = done + i64::from(session.spec.session.ttl_seconds_after_finished);
     Some(Duration::from_secs((expires - now.0.as_second()).max(0) as u64))
 }
 

@@ -2,6 +2,7 @@
 //! configuration. Applying it is the reconciler's business; deciding it is this file's.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -16,7 +17,9 @@ use kube::Resource;
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
-use crate::crd::CommandSession;
+use cliscale_core::launch::{self, RunnerLaunch};
+use cliscale_core::spec::RESERVED_ENV_PREFIX;
+use cliscale_crd::CommandSession;
 
 pub const RUNNER_PORT: i32 = 7681;
 pub const RUNNER_UID: i64 = 10001;
@@ -75,9 +78,11 @@ pub fn job_name(session: &str) -> String {
     format!("{}-{digest}", &name[..54].trim_end_matches('-'))
 }
 
-/// A short hash of the spec, to notice changes made after the Job exists.
+/// A short hash of the spec, to notice changes made after the Job exists. Taken over the spec
+/// as a JSON value, whose keys are sorted, so moving a field in the Rust type changes nothing.
 pub fn spec_hash(session: &CommandSession) -> String {
-    let json = serde_json::to_vec(&session.spec).expect("a spec serializes");
+    let value = serde_json::to_value(&session.spec).expect("a spec serializes");
+    let json = serde_json::to_vec(&value).expect("a value serializes");
     hex::encode(&Sha256::digest(json)[..8])
 }
 
@@ -94,58 +99,63 @@ pub fn labels(session: &str) -> BTreeMap<String, String> {
     ])
 }
 
+/// How the session's runner is launched in its pod. Pure.
+pub fn runner_launch(session: &CommandSession, config: &OperatorConfig) -> RunnerLaunch {
+    let spec = &session.spec.session;
+    RunnerLaunch {
+        session_id: session.name_any(),
+        command: spec.command.clone(),
+        code_url: spec.code.as_ref().map(|c| c.url.clone()),
+        code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
+        install_cmd: spec.install_command.clone(),
+        prompt: spec.prompt.clone(),
+        listen: Some(format!("0.0.0.0:{RUNNER_PORT}")),
+        jwks_file: Some(format!("{JWKS_DIR}/jwks.json")),
+        work_dir: Some("/workspace/session".into()),
+        cols: spec.cols,
+        rows: spec.rows,
+        linger: Some(Duration::from_secs(spec.linger_seconds.into())),
+        timeout: timeout_of(session, config).map(|t| Duration::from_secs(t.into())),
+        termination_log: Some(launch::KUBERNETES_TERMINATION_LOG.into()),
+        ..Default::default()
+    }
+}
+
+/// The session's timeout, or the operator's default.
+fn timeout_of(session: &CommandSession, config: &OperatorConfig) -> Option<u32> {
+    session.spec.session.timeout_seconds.or(config.default_timeout_seconds)
+}
+
+/// The runner container's environment: the launch settings, then the user's variables, which
+/// may not override them (CLISCALE_* is refused). Secrets arrive only as Secret key references.
+fn container_env(session: &CommandSession, config: &OperatorConfig) -> Vec<EnvVar> {
+    let spec = &session.spec.session;
+    let mut env_vars: Vec<EnvVar> =
+        runner_launch(session, config).env().into_iter().map(|(k, v)| env(k, v)).collect();
+    env_vars.push(env("HOME", "/home/runner"));
+    let ours = |name: &str| name.starts_with(RESERVED_ENV_PREFIX);
+    env_vars
+        .extend(spec.env.iter().filter(|e| !ours(&e.name)).map(|e| env(&e.name, e.value.clone())));
+    env_vars.extend(spec.env_from_secrets.iter().filter(|e| !ours(&e.name)).map(|e| EnvVar {
+        name: e.name.clone(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: e.secret_name.clone(),
+                key: e.key.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    env_vars
+}
+
 /// The Job for `session`.
 pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
     let name = session.name_any();
     let spec = &session.spec;
-    let mut env_vars = vec![
-        env("CLISCALE_SESSION_ID", name.clone()),
-        env("CLISCALE_RUNNER_COMMAND", spec.command.clone()),
-        env("CLISCALE_RUNNER_LISTEN", format!("0.0.0.0:{RUNNER_PORT}")),
-        env("CLISCALE_RUNNER_JWKS_FILE", format!("{JWKS_DIR}/jwks.json")),
-        env("CLISCALE_RUNNER_WORK_DIR", "/workspace/session"),
-        env("CLISCALE_RUNNER_COLS", spec.cols.to_string()),
-        env("CLISCALE_RUNNER_ROWS", spec.rows.to_string()),
-        env("CLISCALE_RUNNER_LINGER", format!("{}s", spec.linger_seconds)),
-        env("HOME", "/home/runner"),
-    ];
-    if let Some(code) = &spec.code {
-        env_vars.push(env("CLISCALE_RUNNER_CODE_URL", code.url.clone()));
-        if let Some(sum) = &code.checksum_sha256 {
-            env_vars.push(env("CLISCALE_RUNNER_CODE_CHECKSUM_SHA256", sum.clone()));
-        }
-    }
-    if let Some(install) = &spec.install_command {
-        env_vars.push(env("CLISCALE_RUNNER_INSTALL_CMD", install.clone()));
-    }
-    if let Some(prompt) = &spec.prompt {
-        env_vars.push(env("CLISCALE_RUNNER_PROMPT", prompt.clone()));
-    }
-    let timeout = spec.timeout_seconds.or(config.default_timeout_seconds);
-    if let Some(timeout) = timeout {
-        env_vars.push(env("CLISCALE_RUNNER_TIMEOUT", format!("{timeout}s")));
-    }
-    // User variables come after ours and may not override them (CLISCALE_* is refused).
-    env_vars.extend(
-        spec.env
-            .iter()
-            .filter(|e| !e.name.starts_with("CLISCALE_"))
-            .map(|e| env(&e.name, e.value.clone())),
-    );
-    env_vars.extend(spec.env_from_secrets.iter().filter(|e| !e.name.starts_with("CLISCALE_")).map(
-        |e| EnvVar {
-            name: e.name.clone(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: e.secret_name.clone(),
-                    key: e.key.clone(),
-                    optional: Some(false),
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-    ));
+    let env_vars = container_env(session, config);
     let mount = |volume: &str, path: &str, read_only: bool| VolumeMount {
         name: volume.into(),
         mount_path: path.into(),
@@ -172,6 +182,9 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
             ..Default::default()
         }]),
         readiness_probe: Some(probe("/readyz")),
+        // The runner writes its final event here; the kubelet copies it into the pod's status.
+        termination_message_path: Some(launch::KUBERNETES_TERMINATION_LOG.into()),
+        termination_message_policy: Some("File".into()),
         liveness_probe: Some(Probe {
             period_seconds: Some(10),
             failure_threshold: Some(6),
@@ -242,8 +255,8 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
         termination_grace_period_seconds: Some(15),
         ..Default::default()
     };
-    let deadline =
-        timeout.map(|t| i64::from(t) + i64::from(spec.linger_seconds) + DEADLINE_SLACK_SECS);
+    let linger = i64::from(spec.session.linger_seconds);
+    let deadline = timeout_of(session, config).map(|t| i64::from(t) + linger + DEADLINE_SLACK_SECS);
     Job {
         metadata: ObjectMeta {
             name: Some(job_name(&name)),
@@ -259,7 +272,7 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
         spec: Some(JobSpec {
             backoff_limit: Some(0),
             active_deadline_seconds: deadline,
-            ttl_seconds_after_finished: Some(spec.ttl_seconds_after_finished as i32),
+            ttl_seconds_after_finished: Some(spec.session.ttl_seconds_after_finished as i32),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta { labels: Some(labels(&name)), ..Default::default() }),
                 spec: Some(pod),
@@ -273,7 +286,8 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::crd::{CodeSource, CommandSessionSpec, SecretEnvVar};
+    use cliscale_core::spec::CodeSpec;
+    use cliscale_crd::CommandSessionSpec;
 
     pub(crate) fn session(name: &str, spec: serde_json::Value) -> CommandSession {
         let spec: CommandSessionSpec = serde_json::from_value(spec).unwrap();
@@ -339,7 +353,7 @@ mod tests {
             "env": [{"name": "MODE", "value": "ci"}, {"name": "CLISCALE_RUNNER_COMMAND", "value": "evil"}],
             "envFromSecrets": [{"name": "API_TOKEN", "secretName": "agent-keys", "key": "token"}]}),
         );
-        cs.spec.code = Some(CodeSource {
+        cs.spec.session.code = Some(CodeSpec {
             url: "https://github.com/o/r/tree/main/app".into(),
             checksum_sha256: None,
         });
@@ -353,13 +367,12 @@ mod tests {
         assert_eq!(commands.len(), 1, "a user variable cannot override the runner's own");
         assert_eq!(commands[0].value.as_deref(), Some("agent"));
         assert!(env.iter().any(|e| e.name == "CLISCALE_RUNNER_PROMPT" && e.value.as_deref() == Some("fix it")));
-        assert!(
-            env.iter()
-                .any(|e| e.name == "CLISCALE_RUNNER_TIMEOUT" && e.value.as_deref() == Some("600s"))
-        );
+        let timeout = env.iter().find(|e| e.name == launch::TIMEOUT).unwrap();
+        let timeout = humantime::parse_duration(timeout.value.as_deref().unwrap()).unwrap();
+        assert_eq!(timeout, Duration::from_secs(600));
+        let message_path = env.iter().find(|e| e.name == launch::TERMINATION_LOG).unwrap();
+        assert_eq!(message_path.value.as_deref(), Some(launch::KUBERNETES_TERMINATION_LOG));
         assert_eq!(job.spec.unwrap().active_deadline_seconds, Some(600 + 30 + DEADLINE_SLACK_SECS));
-        let _ =
-            SecretEnvVar { name: String::new(), secret_name: String::new(), key: String::new() };
     }
 
     #[test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 use axum::routing::get;
 use clap::Parser;
 use cliscale_api::executor::Executor;
+use cliscale_api::model::SpecDefaults;
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
@@ -40,7 +41,7 @@ struct Args {
     runner_default_timeout_seconds: Option<u32>,
     /// TTL after finishing (seconds) of API sessions that name none.
     #[arg(long, env = "CLISCALE_SESSION_TTL_SECONDS", default_value_t = 3600)]
-    session_ttl_seconds: u64,
+    session_ttl_seconds: u32,
     /// Seconds API sessions keep their terminal open after the command exits.
     #[arg(long, env = "CLISCALE_SESSION_LINGER_SECONDS", default_value_t = 30)]
     session_linger_seconds: u32,
@@ -140,15 +141,17 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let api = ApiState::new(
         store.clone(),
         keys,
-        Arc::new(ClusterExecutor::new(client.clone(), &namespace, args.session_linger_seconds))
-            as Arc<dyn Executor>,
+        Arc::new(ClusterExecutor::new(client.clone(), &namespace)) as Arc<dyn Executor>,
         ApiConfig {
             public_url: args.public_url,
             token_ttl: args.token_ttl,
             issuer: "cliscale".into(),
             rate_per_minute: args.rate_per_minute,
             trusted_proxies: args.trusted_proxies,
-            default_ttl_secs: args.session_ttl_seconds,
+            spec_defaults: SpecDefaults {
+                ttl_secs: args.session_ttl_seconds,
+                linger_secs: args.session_linger_seconds,
+            },
         },
     );
     let api_app = cliscale_api::routes::router(api);

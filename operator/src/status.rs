@@ -8,8 +8,11 @@ use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
-use crate::crd::{CommandSession, CommandSessionStatus};
 use crate::desired::{CANCEL_ANNOTATION, RUNNER_PORT, SPEC_HASH_ANNOTATION, spec_hash};
+use cliscale_core::event::RunnerEvent;
+use cliscale_core::exit;
+use cliscale_crd::condition::{READY, SPEC_CHANGE_REJECTED, reason};
+use cliscale_crd::{CommandSession, CommandSessionStatus};
 
 /// Everything the status is derived from.
 pub struct Observed<'a> {
@@ -45,20 +48,28 @@ fn condition(
     }
 }
 
-/// How a terminated runner container ended: the runner's own exit codes carry their reason.
-fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32) {
-    use cliscale_core::TerminalReason as R;
-    let reason = match (t.reason.as_deref(), t.exit_code) {
-        (Some("OOMKilled"), _) => R::OomKilled,
-        (_, 120) => R::ConfigInvalid,
-        (_, 121) => R::FetchFailed,
-        (_, 122) => R::ChecksumMismatch,
-        (_, 123) => R::InstallFailed,
-        (_, 124) => R::DeadlineExceeded,
-        (_, 125) => R::SpawnFailed,
-        _ => R::Exited,
-    };
-    (reason, t.exit_code)
+/// How a terminated runner container ended: its reason, exit code and message. The kubelet's
+/// word wins on what it knows (an OOM kill, the exit code); the runner's final event, which it
+/// wrote as its termination message, tells the rest (a signal death, a deadline, its own
+/// message). An event whose exit code disagrees with the kubelet's is not believed. Pure.
+fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32, String) {
+    let code = t.exit_code;
+    if t.reason.as_deref() == Some("OOMKilled") {
+        let message = "the runner was killed for exceeding its memory limit".to_string();
+        return (TerminalReason::OomKilled, code, message);
+    }
+    let reported = t.message.as_deref().and_then(RunnerEvent::parse).and_then(|e| match e {
+        RunnerEvent::Finished(status) if status.exit_code == Some(code) => Some(status),
+        _ => None,
+    });
+    match reported {
+        Some(status) => (
+            status.reason.unwrap_or_else(|| exit::reason_of(code)),
+            code,
+            status.message.unwrap_or_else(|| format!("exited with code {code}")),
+        ),
+        None => (exit::reason_of(code), code, format!("exited with code {code}")),
+    }
 }
 
 /// A waiting runner's typed reason and message, if it waits for something worth showing.
@@ -153,9 +164,9 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         let made_from = job.annotations().get(SPEC_HASH_ANNOTATION).cloned().unwrap_or_default();
         let changed = made_from != spec_hash(session);
         conditions.push(condition(
-            "SpecChangeRejected",
+            SPEC_CHANGE_REJECTED,
             changed,
-            if changed { "SpecChangedAfterStart" } else { "SpecMatchesJob" },
+            if changed { reason::SPEC_CHANGED_AFTER_START } else { reason::SPEC_MATCHES_JOB },
             if changed {
                 "the spec changed after the session started; the change is not applied"
             } else {
@@ -196,9 +207,7 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         let ready = container.is_some_and(|c| c.ready);
         match (pod_status.phase.as_deref(), ended) {
             (_, Some(t)) if matches!(pod_status.phase.as_deref(), Some("Succeeded" | "Failed")) => {
-                let (reason, code) = terminated(t);
-                let message =
-                    t.message.clone().unwrap_or_else(|| format!("exited with code {code}"));
+                let (reason, code, message) = terminated(t);
                 finish(&mut status, reason, Some(code), message);
             }
             (Some("Failed"), None) if pod_status.reason.as_deref() == Some("Evicted") => {
@@ -239,9 +248,9 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
             }
         }
         conditions.push(condition(
-            "Ready",
+            READY,
             ready && status.phase == Some(SessionPhase::Running),
-            if ready { "RunnerReady" } else { "RunnerNotReady" },
+            if ready { reason::RUNNER_READY } else { reason::RUNNER_NOT_READY },
             "",
             generation,
             &o.now,
@@ -333,7 +342,7 @@ mod tests {
         );
         let s = derive(&cs, Some(&job), Some(&running));
         assert_eq!(s.phase, Some(SessionPhase::Running));
-        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.status, "True");
         assert_eq!(s.observed_generation, Some(2));
         let s = derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error")));
@@ -438,9 +447,9 @@ mod tests {
         let later = derive(&cs, Some(&job), Some(&terminated_pod("Succeeded", 0, "Completed")));
         assert_eq!(later.exit_code, Some(3));
         let mut changed = session();
-        changed.spec.command = "something else".into();
+        changed.spec.session.command = "something else".into();
         let s = derive(&changed, Some(&job), None);
-        let c = s.conditions.iter().find(|c| c.type_ == "SpecChangeRejected").unwrap();
+        let c = s.conditions.iter().find(|c| c.type_ == SPEC_CHANGE_REJECTED).unwrap();
         assert_eq!(c.status, "True");
     }
 

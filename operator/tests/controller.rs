@@ -1,12 +1,10 @@
 //! The real kube-runtime Controller against the in-memory API server.
 
-mod fake_api;
-
 use std::sync::Arc;
 
 use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
-use fake_api::FakeApi;
+use cliscale_testkit::fake_kube::FakeApi;
 use serde_json::{Value, json};
 
 fn session(name: &str, ttl: u32) -> Value {

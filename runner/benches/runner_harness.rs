@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use cliscale_core::protocol::decode_output;
-use cliscale_core::stats::{median, median_interval};
 use cliscale_core::token::{
     SessionSigningKey, TERMINAL_AUDIENCE, TokenScope, jwks_json, new_claims,
 };
+use cliscale_testkit::stats::{median, median_interval};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::{self, Message};
 
@@ -149,18 +149,7 @@ impl Drop for Runner {
     }
 }
 
-/// User + system CPU time of a process.
-fn cpu_time(pid: i32) -> Duration {
-    let stat = procfs::process::Process::new(pid).unwrap().stat().unwrap();
-    Duration::from_micros((stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second())
-}
-
-/// Anonymous resident memory (heap, stacks, buffers) in KiB. Not VmRSS: that also counts the
-/// binary's and libc's code pages, which fault in (shared, file-backed) the first time a code
-/// path runs and made one client look like 100+ KiB in some runs.
-fn rss_kib(pid: i32) -> u64 {
-    procfs::process::Process::new(pid).unwrap().status().unwrap().rssanon.unwrap()
-}
+use cliscale_testkit::procinfo::{cpu_time, rss_anon_kib as rss_kib};
 
 fn make_payload(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
     let raw: Vec<u8> =

@@ -11,13 +11,15 @@ use url::Url;
 
 use crate::error::{Result, RunnerError};
 use crate::net_guard::AddressPolicy;
-use crate::source::{CodeSource, ExtractLimits, FetchConfig, parse_checksum, parse_code_url};
+use cliscale_core::launch;
+use cliscale_core::source::{CodeSource, parse_checksum, parse_code_url};
+
+use crate::source::{ExtractLimits, FetchConfig};
 
 /// Default in-memory window: 100k lines of typical (~160-byte, colourful) output.
 pub const DEFAULT_LOG_WINDOW_BYTES: usize = 16 * 1024 * 1024;
 
-/// Environment variables read by the runner itself; the command never inherits them.
-pub const RUNNER_ENV_PREFIX: &str = "CLISCALE_RUNNER_";
+pub use cliscale_core::launch::RUNNER_ENV_PREFIX;
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -27,31 +29,31 @@ pub const RUNNER_ENV_PREFIX: &str = "CLISCALE_RUNNER_";
 )]
 pub struct RunnerArgs {
     /// The session this runner serves; tokens must name it.
-    #[arg(long, env = "CLISCALE_SESSION_ID")]
+    #[arg(long, env = launch::SESSION_ID)]
     pub session_id: String,
     /// The command line, run by bash (or sh) -c.
-    #[arg(long, env = "CLISCALE_RUNNER_COMMAND")]
+    #[arg(long, env = launch::COMMAND)]
     pub command: String,
     /// Where the code comes from: GitHub tree URL, .zip, .tar.gz/.tgz or git URL.
-    #[arg(long, env = "CLISCALE_RUNNER_CODE_URL")]
+    #[arg(long, env = launch::CODE_URL)]
     pub code_url: Option<String>,
     /// Expected SHA-256 (hex) of the downloaded archive.
-    #[arg(long, env = "CLISCALE_RUNNER_CODE_CHECKSUM_SHA256")]
+    #[arg(long, env = launch::CODE_CHECKSUM_SHA256)]
     pub code_checksum_sha256: Option<String>,
     /// Run before the command, in the code directory, with output in the session log.
-    #[arg(long, env = "CLISCALE_RUNNER_INSTALL_CMD")]
+    #[arg(long, env = launch::INSTALL_CMD)]
     pub install_cmd: Option<String>,
     /// Given to the command as CLISCALE_PROMPT.
-    #[arg(long, env = "CLISCALE_RUNNER_PROMPT")]
+    #[arg(long, env = launch::PROMPT)]
     pub prompt: Option<String>,
     /// Directory the code is fetched into (must be empty or absent).
-    #[arg(long, env = "CLISCALE_RUNNER_WORK_DIR")]
+    #[arg(long, env = launch::WORK_DIR)]
     pub work_dir: Option<PathBuf>,
     /// Address of the WebSocket, SSE, health and metrics server.
-    #[arg(long, env = "CLISCALE_RUNNER_LISTEN", default_value = "0.0.0.0:7681")]
+    #[arg(long, env = launch::LISTEN, default_value = "0.0.0.0:7681")]
     pub listen: SocketAddr,
     /// JWKS file holding the public keys session tokens are checked against.
-    #[arg(long, env = "CLISCALE_RUNNER_JWKS_FILE")]
+    #[arg(long, env = launch::JWKS_FILE)]
     pub jwks_file: PathBuf,
     /// Accepted token audiences.
     #[arg(long, env = "CLISCALE_RUNNER_TOKEN_AUDIENCE", value_delimiter = ',',
@@ -65,10 +67,10 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_TERM", default_value = "xterm-256color")]
     pub term: String,
     /// Initial terminal width.
-    #[arg(long, env = "CLISCALE_RUNNER_COLS", default_value_t = 80)]
+    #[arg(long, env = launch::COLS, default_value_t = 80)]
     pub cols: u16,
     /// Initial terminal height.
-    #[arg(long, env = "CLISCALE_RUNNER_ROWS", default_value_t = 24)]
+    #[arg(long, env = launch::ROWS, default_value_t = 24)]
     pub rows: u16,
     /// Bytes of recent output kept in memory for late or reconnecting clients.
     #[arg(long, env = "CLISCALE_RUNNER_LOG_WINDOW_BYTES", default_value_t = DEFAULT_LOG_WINDOW_BYTES)]
@@ -77,13 +79,13 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_TEE_STDOUT", default_value_t = true, action = clap::ArgAction::Set)]
     pub tee_stdout: bool,
     /// How long to keep serving after the command exits, so viewers see the end.
-    #[arg(long, env = "CLISCALE_RUNNER_LINGER", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = launch::LINGER, default_value = "30s", value_parser = humantime::parse_duration)]
     pub linger: Duration,
     /// Between SIGTERM and SIGKILL when stopping the command.
-    #[arg(long, env = "CLISCALE_RUNNER_GRACE_PERIOD", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = launch::GRACE_PERIOD, default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
     /// Stop the command after this long (exit code 124).
-    #[arg(long, env = "CLISCALE_RUNNER_TIMEOUT", value_parser = cliscale_core::args::positive_duration)]
+    #[arg(long, env = launch::TIMEOUT, value_parser = cliscale_core::args::positive_duration)]
     pub timeout: Option<Duration>,
     /// Time limit of the install command.
     #[arg(long, env = "CLISCALE_RUNNER_INSTALL_TIMEOUT", default_value = "15m", value_parser = cliscale_core::args::positive_duration)]
@@ -101,7 +103,7 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_EXTRACT_MAX_ENTRIES", default_value_t = 200_000)]
     pub extract_max_entries: u64,
     /// Allow fetching from loopback, private, link-local and other special addresses.
-    #[arg(long, env = "CLISCALE_RUNNER_ALLOW_PRIVATE_ADDRESSES", default_value_t = false, action = clap::ArgAction::Set)]
+    #[arg(long, env = launch::ALLOW_PRIVATE_ADDRESSES, default_value_t = false, action = clap::ArgAction::Set)]
     pub allow_private_addresses: bool,
     /// Special ranges allowed anyway (comma-separated CIDRs), e.g. an internal mirror.
     #[arg(long, env = "CLISCALE_RUNNER_ALLOW_CIDRS", value_delimiter = ',')]
@@ -122,8 +124,16 @@ pub struct RunnerArgs {
     /// A client that cannot take a frame for this long is dropped.
     #[arg(long, env = "CLISCALE_RUNNER_CLIENT_STALL_TIMEOUT", default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
     pub client_stall_timeout: Duration,
+    /// A pipe's write end (inherited file descriptor) to report the session's events on, one
+    /// JSON line each (docs/runner.md, "Events"). Never passed on to the command.
+    #[arg(long, env = launch::EVENTS_FD)]
+    pub events_fd: Option<i32>,
+    /// A file to write the final event to: on Kubernetes the container's termination message,
+    /// which the kubelet copies into the pod's status for the operator.
+    #[arg(long, env = launch::TERMINATION_LOG)]
+    pub termination_log: Option<PathBuf>,
     /// Log format of the runner's own logs (on stderr): json or text.
-    #[arg(long, env = "CLISCALE_RUNNER_LOG_FORMAT", default_value = "json")]
+    #[arg(long, env = launch::LOG_FORMAT, default_value = "json")]
     pub log_format: String,
 }
 
@@ -163,7 +173,12 @@ impl RunnerConfig {
             Some(url) => Some(parse_code_url(url).map_err(|e| RunnerError::Config(e.to_string()))?),
             None => None,
         };
-        let checksum = args.code_checksum_sha256.as_deref().map(parse_checksum).transpose()?;
+        let checksum = args
+            .code_checksum_sha256
+            .as_deref()
+            .map(parse_checksum)
+            .transpose()
+            .map_err(|e| RunnerError::Config(e.to_string()))?;
         if checksum.is_some() && source.is_none() {
             return bad("a code checksum was given without a code URL".into());
         }

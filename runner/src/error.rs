@@ -6,27 +6,12 @@ use cliscale_core::TerminalReason;
 
 /// Exit codes for the runner's own failures (docs/runner.md). Any other exit code is the
 /// command's own.
-pub mod exit_code {
-    /// The configuration (flags or environment) was invalid.
-    pub const CONFIG_INVALID: i32 = 120;
-    /// The code could not be downloaded, cloned or unpacked.
-    pub const FETCH_FAILED: i32 = 121;
-    /// The downloaded archive did not match `--code-checksum-sha256`.
-    pub const CHECKSUM_MISMATCH: i32 = 122;
-    /// The install command exited non-zero or could not be started.
-    pub const INSTALL_FAILED: i32 = 123;
-    /// The command ran past `--timeout` and was stopped.
-    pub const DEADLINE_EXCEEDED: i32 = 124;
-    /// The runner itself failed: PTY allocation, binding the listener, and the like.
-    pub const RUNNER_FAILED: i32 = 125;
-}
+pub use cliscale_core::exit as exit_code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunnerError {
     #[error("invalid configuration: {0}")]
     Config(String),
-    #[error("unsupported code URL {url:?}: {reason}")]
-    UnsupportedUrl { url: String, reason: String },
     #[error("could not resolve {host}: {message}")]
     Resolve { host: String, message: String },
     #[error("refusing to fetch from {host}: it resolves to {ip}, a {range} address")]
@@ -69,8 +54,7 @@ impl RunnerError {
             Self::ChecksumMismatch { .. } => TerminalReason::ChecksumMismatch,
             Self::Install(_) => TerminalReason::InstallFailed,
             Self::Spawn(_) | Self::Io { .. } => TerminalReason::SpawnFailed,
-            Self::UnsupportedUrl { .. }
-            | Self::Resolve { .. }
+            Self::Resolve { .. }
             | Self::BlockedAddress { .. }
             | Self::Download { .. }
             | Self::DownloadTooLarge { .. }
@@ -83,13 +67,7 @@ impl RunnerError {
 
     /// The process exit code for this failure.
     pub fn exit_code(&self) -> i32 {
-        match self.reason() {
-            TerminalReason::ConfigInvalid => exit_code::CONFIG_INVALID,
-            TerminalReason::ChecksumMismatch => exit_code::CHECKSUM_MISMATCH,
-            TerminalReason::InstallFailed => exit_code::INSTALL_FAILED,
-            TerminalReason::FetchFailed => exit_code::FETCH_FAILED,
-            _ => exit_code::RUNNER_FAILED,
-        }
+        exit_code::code_of(self.reason())
     }
 }
 

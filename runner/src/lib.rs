@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod log;
 pub mod logged_process;
 pub mod metrics;

@@ -11,16 +11,8 @@ use std::sync::Mutex;
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 
-/// What a reader gets for a given cursor.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LogRead {
-    /// Bytes starting exactly at the requested offset.
-    Data { offset: u64, data: Bytes },
-    /// Bytes `[from, to)` were evicted; continue reading at `to`.
-    Gap { from: u64, to: u64 },
-    /// The reader has everything written so far; `closed` is true once no more will come.
-    UpToDate { end: u64, closed: bool },
-}
+/// What a read at an offset found (the cursor in `cliscale_core::cursor` decides what follows).
+pub type LogRead = cliscale_core::cursor::LogRead<Bytes>;
 
 #[derive(Debug, Default)]
 struct Window {

@@ -13,19 +13,20 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use base64::Engine;
 use bytes::Bytes;
+use cliscale_core::cursor::{Ends, LogCursor, Step};
 use cliscale_core::protocol::{
-    ClientMessage, ServerMessage, SessionStatus, encode_output, parse_client_text,
+    AttachMode, ClientMessage, CloseCode, ErrorBody, ServerMessage, SessionStatus, credential,
+    encode_output, parse_client_text, sse,
 };
-use cliscale_core::token::{TokenError, TokenScope, TokenVerifier};
+use cliscale_core::token::{TokenError, TokenVerifier};
 use futures_util::{SinkExt, Stream, StreamExt};
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::log::{LogRead, OutputLog};
+use crate::log::OutputLog;
 use crate::metrics::{KindLabel, Metrics, ReasonLabel};
 use crate::pty::{InputQueue, PtyInput, QueueError};
 
@@ -36,16 +37,6 @@ pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
 
 /// Initial read buffer per connection; it grows for larger messages.
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
-
-/// WebSocket close codes of the runner (docs/protocol.md).
-pub mod close_code {
-    /// The session ended and the runner is shutting down.
-    pub const SESSION_ENDED: u16 = 1000;
-    /// The client answered no ping for three intervals.
-    pub const KEEPALIVE_TIMEOUT: u16 = 4000;
-    /// The client could not take output fast enough.
-    pub const TOO_SLOW: u16 = 4008;
-}
 
 /// State shared by the session driver and every connection.
 pub struct Shared {
@@ -97,9 +88,7 @@ struct HttpError {
 
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, [(header::CONTENT_TYPE, "application/json")], body.to_string())
-            .into_response()
+        (self.status, axum::Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 
@@ -126,18 +115,19 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// Checks the token (header first, then query) and the requested offset.
+/// Checks the mode, the token (`cliscale_core::protocol::credential`'s rule) and the offset.
 fn authorize(
     shared: &Shared,
     headers: &HeaderMap,
     query: &AttachQuery,
 ) -> Result<(bool, u64), HttpError> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let token = bearer.or(query.token.as_deref()).unwrap_or("");
+    let mode = AttachMode::parse(query.mode.as_deref()).map_err(|e| HttpError {
+        status: StatusCode::BAD_REQUEST,
+        code: e.code(),
+        message: e.to_string(),
+    })?;
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = credential(authorization, query.token.as_deref());
     let claims = shared.verifier.verify(token, &shared.session_id).map_err(|e| {
         shared.metrics.auth_failures.get_or_create(&ReasonLabel { reason: e.code() }).inc();
         tracing::info!(code = e.code(), "refused a connection: {e}");
@@ -147,14 +137,7 @@ fn authorize(
         };
         HttpError { status, code: e.code(), message: e.to_string() }
     })?;
-    let read_only = claims.scope == TokenScope::View || query.mode.as_deref() == Some("view");
-    if let Some(mode) = query.mode.as_deref().filter(|m| !matches!(*m, "view" | "interact")) {
-        return Err(HttpError {
-            status: StatusCode::BAD_REQUEST,
-            code: "bad_mode",
-            message: format!("mode {mode:?} is not view or interact"),
-        });
-    }
+    let read_only = mode.read_only(claims.scope);
     let since = query.since.unwrap_or(0);
     let end = shared.log.end();
     if since > end {
@@ -246,9 +229,13 @@ impl Ending {
         Self { dropped: None, close: None }
     }
 
-    fn dropped(reason: &'static str, code: u16, text: &'static str) -> Self {
-        Self { dropped: Some(reason), close: Some(CloseFrame { code, reason: text.into() }) }
+    fn dropped(reason: &'static str, code: CloseCode) -> Self {
+        Self { dropped: Some(reason), close: Some(close_frame(code)) }
     }
+}
+
+fn close_frame(code: CloseCode) -> CloseFrame {
+    CloseFrame { code: code.code(), reason: code.reason().into() }
 }
 
 /// Sends the close frame. It queues behind whatever output is already on its way, so a client
@@ -338,9 +325,7 @@ impl From<SendError> for Ending {
     fn from(error: SendError) -> Self {
         match error {
             SendError::Broken => Ending { dropped: Some("send_failed"), close: None },
-            SendError::TooSlow => {
-                Ending::dropped("too_slow", close_code::TOO_SLOW, "client too slow")
-            }
+            SendError::TooSlow => Ending::dropped("too_slow", CloseCode::TooSlow),
         }
     }
 }
@@ -385,28 +370,25 @@ async fn stream_to_client(
 ) -> Result<Ending, SendError> {
     let mut end_rx = shared.log.subscribe();
     let mut status_rx = shared.status.subscribe();
+    let status = status_rx.borrow_and_update().clone();
+    let mut cursor = LogCursor::new(since, Ends::OnShutdown);
+    cursor.greeted(&status);
     let hello = ServerMessage::Hello {
         session_id: shared.session_id.clone(),
         read_only,
         log_start: shared.log.start(),
         log_end: shared.log.end(),
-        status: status_rx.borrow_and_update().clone(),
-    };
-    // A client that attaches after the end gets the final status again after the output.
-    let mut pending_status = match &hello {
-        ServerMessage::Hello { status, .. } if status.phase.is_finished() => Some(status.clone()),
-        _ => None,
+        status,
     };
     send(shared, sink, json_message(&hello)).await?;
-    let mut cursor = since;
-    let mut closing = false;
     let mut ping = tokio::time::interval(shared.ping_interval);
     ping.tick().await;
     loop {
-        // Output first, so a status never overtakes the bytes written before it.
-        match shared.log.read_since(cursor, MAX_OUTPUT_FRAME) {
-            LogRead::Data { offset, data } => {
-                cursor = offset + data.len() as u64;
+        if status_rx.has_changed().unwrap_or(false) {
+            cursor.status_changed(status_rx.borrow_and_update().clone());
+        }
+        match cursor.next(shared.log.read_since(cursor.offset(), MAX_OUTPUT_FRAME)) {
+            Step::Output { offset, data } => {
                 send(shared, sink, Message::Binary(encode_output(offset, &data).into())).await?;
                 if let Ok(Control::Error { code, message }) = control.try_recv() {
                     let error = ServerMessage::Error { code: code.into(), message };
@@ -414,28 +396,23 @@ async fn stream_to_client(
                 }
                 continue;
             }
-            LogRead::Gap { from, to } => {
+            Step::Gap { from, to } => {
                 shared.metrics.gaps.inc();
-                cursor = to;
                 send(shared, sink, json_message(&ServerMessage::Gap { from, to })).await?;
                 continue;
             }
-            LogRead::UpToDate { .. } => {}
-        }
-        if status_rx.has_changed().unwrap_or(false) {
-            pending_status = Some(status_rx.borrow_and_update().clone());
-        }
-        if let Some(status) = pending_status.take() {
-            send(shared, sink, json_message(&ServerMessage::Status(status))).await?;
-        }
-        if closing {
-            break;
+            Step::Status(status) => {
+                send(shared, sink, json_message(&ServerMessage::Status(status))).await?;
+                continue;
+            }
+            Step::End => break,
+            Step::Wait => {}
         }
         tokio::select! {
             _ = end_rx.changed() => {}
             changed = status_rx.changed() => {
                 if changed.is_ok() {
-                    pending_status = Some(status_rx.borrow_and_update().clone());
+                    cursor.status_changed(status_rx.borrow_and_update().clone());
                 }
             }
             message = control.recv() => match message {
@@ -450,20 +427,15 @@ async fn stream_to_client(
                 let silent_ms = (started.elapsed().as_millis() as u64)
                     .saturating_sub(last_heard.load(Ordering::Relaxed));
                 if silent_ms > 3 * shared.ping_interval.as_millis() as u64 {
-                    return Ok(Ending::dropped(
-                        "keepalive_timeout",
-                        close_code::KEEPALIVE_TIMEOUT,
-                        "keepalive timeout",
-                    ));
+                    return Ok(Ending::dropped("keepalive_timeout", CloseCode::KeepaliveTimeout));
                 }
                 send(shared, sink, Message::Ping(Bytes::from_static(b"cliscale"))).await?;
             }
             // Drain what is left, then close.
-            _ = shared.shutdown.cancelled() => closing = true,
+            _ = shared.shutdown.cancelled() => cursor.shut_down(),
         }
     }
-    let frame = CloseFrame { code: close_code::SESSION_ENDED, reason: "session ended".into() };
-    Ok(Ending { dropped: None, close: Some(frame) })
+    Ok(Ending { dropped: None, close: Some(close_frame(CloseCode::SessionEnded)) })
 }
 
 async fn sse_handler(
@@ -501,13 +473,10 @@ async fn sse_handler(
 
 struct SseState {
     shared: Arc<Shared>,
-    cursor: u64,
+    cursor: LogCursor,
     end_rx: watch::Receiver<(u64, bool)>,
     status_rx: watch::Receiver<SessionStatus>,
-    pending_status: Option<SessionStatus>,
     hello_sent: bool,
-    finished: bool,
-    closing: bool,
     _gauge: GaugeGuard,
 }
 
@@ -531,11 +500,8 @@ fn sse_stream(shared: Arc<Shared>, since: u64) -> impl Stream<Item = Result<Even
         end_rx: shared.log.subscribe(),
         status_rx: shared.status.subscribe(),
         shared,
-        cursor: since,
-        pending_status: None,
+        cursor: LogCursor::new(since, Ends::AfterFinalStatus),
         hello_sent: false,
-        finished: false,
-        closing: false,
         _gauge: GaugeGuard(gauge),
     };
     futures_util::stream::unfold(state, |mut st| async move {
@@ -547,55 +513,46 @@ fn sse_stream(shared: Arc<Shared>, since: u64) -> impl Stream<Item = Result<Even
 async fn next_sse_event(st: &mut SseState) -> Option<Event> {
     if !st.hello_sent {
         st.hello_sent = true;
+        let status = st.status_rx.borrow_and_update().clone();
+        st.cursor.greeted(&status);
         let hello = ServerMessage::Hello {
             session_id: st.shared.session_id.clone(),
             read_only: true,
             log_start: st.shared.log.start(),
             log_end: st.shared.log.end(),
-            status: st.status_rx.borrow_and_update().clone(),
+            status,
         };
-        if let ServerMessage::Hello { status, .. } = &hello
-            && status.phase.is_finished()
-        {
-            st.pending_status = Some(status.clone());
-        }
-        return Some(sse_event("hello", &hello).id(st.cursor.to_string()));
+        return Some(sse_event(sse::HELLO, &hello).id(st.cursor.offset().to_string()));
     }
     loop {
-        match st.shared.log.read_since(st.cursor, MAX_OUTPUT_FRAME) {
-            LogRead::Data { offset, data } => {
-                st.cursor = offset + data.len() as u64;
-                let body = serde_json::json!({
-                    "offset": offset,
-                    "data": base64::engine::general_purpose::STANDARD.encode(&data),
-                });
-                return Some(sse_event("output", &body).id(st.cursor.to_string()));
-            }
-            LogRead::Gap { from, to } => {
-                st.shared.metrics.gaps.inc();
-                st.cursor = to;
-                return Some(sse_event("gap", &ServerMessage::Gap { from, to }).id(to.to_string()));
-            }
-            LogRead::UpToDate { .. } => {}
-        }
         if st.status_rx.has_changed().unwrap_or(false) {
-            st.pending_status = Some(st.status_rx.borrow_and_update().clone());
+            st.cursor.status_changed(st.status_rx.borrow_and_update().clone());
         }
-        if let Some(status) = st.pending_status.take() {
-            st.finished = status.phase.is_finished() && st.end_rx.borrow().1;
-            return Some(sse_event("status", &ServerMessage::Status(status)));
-        }
-        if st.finished || st.closing {
-            return None;
+        let read = st.shared.log.read_since(st.cursor.offset(), MAX_OUTPUT_FRAME);
+        match st.cursor.next(read) {
+            Step::Output { offset, data } => {
+                let body = sse::OutputData::new(offset, &data);
+                return Some(sse_event(sse::OUTPUT, &body).id(st.cursor.offset().to_string()));
+            }
+            Step::Gap { from, to } => {
+                st.shared.metrics.gaps.inc();
+                let gap = ServerMessage::Gap { from, to };
+                return Some(sse_event(sse::GAP, &gap).id(to.to_string()));
+            }
+            Step::Status(status) => {
+                return Some(sse_event(sse::STATUS, &ServerMessage::Status(status)));
+            }
+            Step::End => return None,
+            Step::Wait => {}
         }
         tokio::select! {
             _ = st.end_rx.changed() => {}
             changed = st.status_rx.changed() => {
                 if changed.is_ok() {
-                    st.pending_status = Some(st.status_rx.borrow_and_update().clone());
+                    st.cursor.status_changed(st.status_rx.borrow_and_update().clone());
                 }
             }
-            _ = st.shared.shutdown.cancelled() => st.closing = true,
+            _ = st.shared.shutdown.cancelled() => st.cursor.shut_down(),
         }
     }
 }

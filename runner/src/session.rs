@@ -6,6 +6,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use cliscale_core::cursor::{Ends, LogCursor, Step};
+use cliscale_core::event::RunnerEvent;
 use cliscale_core::phase::finished_phase;
 use cliscale_core::protocol::SessionStatus;
 use cliscale_core::token::JwksVerifier;
@@ -17,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{RUNNER_ENV_PREFIX, RunnerConfig};
 use crate::error::{Result, RunnerError, exit_code};
-use crate::log::{LogRead, OutputLog};
+use crate::events::EventSink;
+use crate::log::OutputLog;
 use crate::logged_process::{Outcome, run_logged};
 use crate::metrics::Metrics;
 use crate::pty::{self, CommandSpec};
@@ -54,8 +57,21 @@ mod libc_signal {
     pub const SIGTERM: i32 = nix::sys::signal::Signal::SIGTERM as i32;
 }
 
-/// Runs the session to the end and returns the runner's exit code.
-pub async fn run(config: RunnerConfig) -> i32 {
+/// Reports a session that could not start and returns the runner's exit code for it.
+pub fn could_not_start(events: &mut EventSink, error: RunnerError) -> i32 {
+    tracing::error!(%error, "the session could not start");
+    let (reason, code) = (error.reason(), error.exit_code());
+    events.send(&RunnerEvent::Finished(SessionStatus {
+        phase: finished_phase(reason, Some(code)),
+        exit_code: Some(code),
+        reason: Some(reason),
+        message: Some(error.to_string()),
+    }));
+    code
+}
+
+/// Runs the session to the end, reporting it on `events`, and returns the runner's exit code.
+pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
     let args = &config.args;
     let audiences: Vec<&str> = args.token_audience.iter().map(String::as_str).collect();
     let verifier = match JwksVerifier::from_jwks_json(
@@ -65,15 +81,14 @@ pub async fn run(config: RunnerConfig) -> i32 {
     ) {
         Ok(v) => v,
         Err(e) => {
-            tracing::error!(error = %e, "invalid JWKS file");
-            return exit_code::CONFIG_INVALID;
+            let error = RunnerError::Config(format!("invalid JWKS file: {e}"));
+            return could_not_start(&mut events, error);
         }
     };
     let mut signals = match StopSignals::new() {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers");
-            return exit_code::RUNNER_FAILED;
+            return could_not_start(&mut events, RunnerError::io("installing signal handlers", e));
         }
     };
     // Before anything is spawned: every orphan of the session is ours to reap and to stop.
@@ -98,12 +113,15 @@ pub async fn run(config: RunnerConfig) -> i32 {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            tracing::error!(addr = %args.listen, error = %e, "cannot listen");
-            return exit_code::RUNNER_FAILED;
+            return could_not_start(
+                &mut events,
+                RunnerError::io(format!("listening on {}", args.listen), e),
+            );
         }
     };
     let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     tracing::info!(addr, session_id = %args.session_id, "listening");
+    events.send(&RunnerEvent::Listening { addr });
     // Keystrokes and echoes are tiny writes: never let Nagle hold them back.
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
@@ -115,7 +133,7 @@ pub async fn run(config: RunnerConfig) -> i32 {
     );
     let tee = args.tee_stdout.then(|| tokio::spawn(tee_stdout(log.clone())));
 
-    let code = drive(&config, &shared, &mut signals).await;
+    let code = drive(&config, &shared, &mut signals, &mut events).await;
     // The runner's own children are done: whatever the session left running stops now, while
     // viewers see the end.
     let leftovers = tokio::spawn(reaper::stop_leftovers(args.grace_period));
@@ -126,15 +144,15 @@ pub async fn run(config: RunnerConfig) -> i32 {
         Some(TerminalReason::Cancelled) => Duration::ZERO,
         _ => args.linger,
     };
-    // The local executor reads this line to learn how the session ended.
     tracing::info!(
         phase = final_status.phase.as_str(),
         exit_code = code,
         reason = final_status.reason.map(|r| r.as_str()),
-        message = final_status.message.as_deref(),
+        detail = final_status.message.as_deref(),
         ?linger,
         "session finished"
     );
+    events.send(&RunnerEvent::Finished(final_status));
 
     tokio::select! {
         _ = tokio::time::sleep(linger) => {}
@@ -169,7 +187,12 @@ fn finish(shared: &Shared, reason: TerminalReason, code: i32, message: Option<St
     code
 }
 
-async fn drive(config: &RunnerConfig, shared: &Shared, signals: &mut StopSignals) -> i32 {
+async fn drive(
+    config: &RunnerConfig,
+    shared: &Shared,
+    signals: &mut StopSignals,
+    events: &mut EventSink,
+) -> i32 {
     let prepared = tokio::select! {
         result = prepare(config, &shared.log) => result,
         signal = signals.recv() => {
@@ -212,8 +235,8 @@ async fn drive(config: &RunnerConfig, shared: &Shared, signals: &mut StopSignals
     let _ = shared.input.set(process.input.clone());
     shared.accepting_input.store(true, Ordering::Release);
     shared.status.send_replace(SessionStatus::new(SessionPhase::Running));
-    // The local executor reads this line: the session is now Running.
     tracing::info!(pid = process.pid, "command started");
+    events.send(&RunnerEvent::Started { pid: process.pid });
 
     let deadline = async {
         match args.timeout {
@@ -325,25 +348,27 @@ const TEE_MAX_WRITE: usize = 1024 * 1024;
 async fn tee_stdout(log: Arc<OutputLog>) {
     let mut out = tokio::io::stdout();
     let mut end_rx = log.subscribe();
-    let mut cursor = 0;
+    let mut cursor = LogCursor::new(0, Ends::WhenClosed);
     loop {
-        match log.read_since(cursor, TEE_MAX_WRITE) {
-            LogRead::Data { offset, data } => {
-                cursor = offset + data.len() as u64;
+        match cursor.next(log.read_since(cursor.offset(), TEE_MAX_WRITE)) {
+            Step::Output { data, .. } => {
                 if out.write_all(&data).await.is_err() {
                     return;
                 }
             }
-            LogRead::Gap { from, to } => {
-                tracing::warn!(from, to, "stdout fell behind; bytes skipped");
-                cursor = to;
-            }
-            LogRead::UpToDate { closed, .. } => {
+            Step::Gap { from, to } => tracing::warn!(from, to, "stdout fell behind; bytes skipped"),
+            // The tee takes no status.
+            Step::Status(_) => {}
+            Step::Wait => {
                 let _ = out.flush().await;
-                if closed || end_rx.changed().await.is_err() {
+                if end_rx.changed().await.is_err() {
                     return;
                 }
                 tokio::time::sleep(TEE_INTERVAL).await;
+            }
+            Step::End => {
+                let _ = out.flush().await;
+                return;
             }
         }
     }

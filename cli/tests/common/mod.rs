@@ -18,7 +18,7 @@ pub enum Backend {
     Postgres,
 }
 
-pub use cliscale_api::testing::fresh_postgres;
+pub use cliscale_testkit::postgres::fresh_postgres;
 
 pub struct Stack {
     pub child: Child,

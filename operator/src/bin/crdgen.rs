@@ -6,17 +6,16 @@
 fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("runner-job") => {
-            let session: cliscale_operator::crd::CommandSession =
-                serde_json::from_value(serde_json::json!({
-                    "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
-                    "metadata": { "name": "example", "namespace": "cliscale", "uid": "0" },
-                    "spec": { "command": "make test", "timeoutSeconds": 600,
-                              "envFromSecrets": [{ "name": "TOKEN", "secretName": "s", "key": "k" }] }
-                }))
-                .expect("an example session");
+            let session: cliscale_crd::CommandSession = serde_json::from_value(serde_json::json!({
+                "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                "metadata": { "name": "example", "namespace": "cliscale", "uid": "0" },
+                "spec": { "command": "make test", "timeoutSeconds": 600,
+                          "envFromSecrets": [{ "name": "TOKEN", "secretName": "s", "key": "k" }] }
+            }))
+            .expect("an example session");
             let job = cliscale_operator::desired::desired_job(&session, &Default::default());
             print!("{}", serde_norway::to_string(&job).expect("a Job serializes"));
         }
-        _ => print!("{}", cliscale_operator::crd_yaml()),
+        _ => print!("{}", cliscale_crd::crd_yaml()),
     }
 }

@@ -14,11 +14,7 @@ use cap_std::fs::{Dir, Permissions};
 
 use crate::error::{Result, RunnerError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchiveFormat {
-    Zip,
-    TarGz,
-}
+pub use cliscale_core::source::ArchiveFormat;
 
 /// Caps on what one archive may unpack to.
 #[derive(Debug, Clone, Copy)]

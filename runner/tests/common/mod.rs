@@ -227,6 +227,7 @@ impl Client {
                         ServerMessage::Gap { from, to } => Event::Gap { from, to },
                         ServerMessage::Status(s) => Event::Status(s),
                         ServerMessage::Error { code, .. } => Event::Error { code },
+                        ServerMessage::Reconnect { .. } => panic!("a runner sends no reconnect"),
                     };
                 }
                 Some(Ok(Message::Close(frame))) => {

@@ -2,7 +2,6 @@
 //! watch (with history, so nothing falls between a list and its watch), create, server-side
 //! apply (with field-ownership conflicts), merge patches, delete with owner-reference garbage collection, and a
 //! resourceVersion that only moves when an object really changes.
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

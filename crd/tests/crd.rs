@@ -11,7 +11,7 @@ fn the_committed_crd_is_up_to_date() {
     ))
     .expect("crds/commandsession.yaml exists");
     assert!(
-        committed == cliscale_operator::crd_yaml(),
+        committed == cliscale_crd::crd_yaml(),
         "crds/commandsession.yaml is stale: run `cargo run -p cliscale-operator --bin cliscale-crdgen > crds/commandsession.yaml`"
     );
 }
@@ -55,7 +55,7 @@ fn lint(schema: &Value, path: &str, in_branch: bool, named: bool, problems: &mut
 }
 
 fn schema() -> Value {
-    let crd = serde_json::to_value(cliscale_operator::crd::CommandSession::crd()).unwrap();
+    let crd = serde_json::to_value(cliscale_crd::CommandSession::crd()).unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -80,7 +80,7 @@ fn defaults_and_bounds_are_in_the_schema() {
 
 #[test]
 fn the_crd_has_a_status_subresource_short_name_and_printer_columns() {
-    let crd = serde_json::to_value(cliscale_operator::crd::CommandSession::crd()).unwrap();
+    let crd = serde_json::to_value(cliscale_crd::CommandSession::crd()).unwrap();
     assert_eq!(crd["spec"]["group"], "cliscale.dev");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
     assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["cs"]));
@@ -103,7 +103,7 @@ fn wrong_types_and_missing_commands_never_deserialize() {
         serde_json::json!({ "command": "x", "cols": "wide" }),
         serde_json::json!({ "command": "x", "cols": 70000 }),
     ] {
-        let parsed: Result<cliscale_operator::crd::CommandSessionSpec, _> =
+        let parsed: Result<cliscale_crd::CommandSessionSpec, _> =
             serde_json::from_value(spec.clone());
         assert!(parsed.is_err(), "{spec}");
     }

@@ -1,4 +1,4 @@
-//! Test support shared by the workspace's integration tests (not used by the binaries).
+//! Throwaway PostgreSQL databases, and loud skips.
 
 /// Reports a test that cannot run on this machine for want of `requirement`: a loud `SKIPPED`
 /// note, so a skip never passes for a pass. Under CI (the `CI` variable set) it fails instead,

@@ -1,0 +1,122 @@
+//! How a runner is launched: one type written by whoever starts runners (the local executor,
+//! the operator's desired Job) and read by the runner, whose flags take these same variables.
+//! Everything travels as environment, never argv: `ps` shows argv to every local user.
+
+use std::time::Duration;
+
+/// Prefix of the runner's own variables; the command and the install step never inherit them.
+pub const RUNNER_ENV_PREFIX: &str = "CLISCALE_RUNNER_";
+
+pub const SESSION_ID: &str = "CLISCALE_SESSION_ID";
+pub const COMMAND: &str = "CLISCALE_RUNNER_COMMAND";
+pub const CODE_URL: &str = "CLISCALE_RUNNER_CODE_URL";
+pub const CODE_CHECKSUM_SHA256: &str = "CLISCALE_RUNNER_CODE_CHECKSUM_SHA256";
+pub const INSTALL_CMD: &str = "CLISCALE_RUNNER_INSTALL_CMD";
+pub const PROMPT: &str = "CLISCALE_RUNNER_PROMPT";
+pub const WORK_DIR: &str = "CLISCALE_RUNNER_WORK_DIR";
+pub const LISTEN: &str = "CLISCALE_RUNNER_LISTEN";
+pub const JWKS_FILE: &str = "CLISCALE_RUNNER_JWKS_FILE";
+pub const COLS: &str = "CLISCALE_RUNNER_COLS";
+pub const ROWS: &str = "CLISCALE_RUNNER_ROWS";
+pub const LINGER: &str = "CLISCALE_RUNNER_LINGER";
+pub const GRACE_PERIOD: &str = "CLISCALE_RUNNER_GRACE_PERIOD";
+pub const TIMEOUT: &str = "CLISCALE_RUNNER_TIMEOUT";
+pub const ALLOW_PRIVATE_ADDRESSES: &str = "CLISCALE_RUNNER_ALLOW_PRIVATE_ADDRESSES";
+pub const LOG_FORMAT: &str = "CLISCALE_RUNNER_LOG_FORMAT";
+pub const EVENTS_FD: &str = "CLISCALE_RUNNER_EVENTS_FD";
+pub const TERMINATION_LOG: &str = "CLISCALE_RUNNER_TERMINATION_LOG";
+
+/// Where a pod's container writes its termination message (the kubelet's default path).
+pub const KUBERNETES_TERMINATION_LOG: &str = "/dev/termination-log";
+
+/// One runner's launch settings. Unset options keep the runner's defaults (docs/runner.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunnerLaunch {
+    pub session_id: String,
+    pub command: String,
+    pub code_url: Option<String>,
+    pub code_checksum_sha256: Option<String>,
+    pub install_cmd: Option<String>,
+    pub prompt: Option<String>,
+    pub listen: Option<String>,
+    pub jwks_file: Option<String>,
+    pub work_dir: Option<String>,
+    pub cols: u16,
+    pub rows: u16,
+    pub linger: Option<Duration>,
+    pub grace_period: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub allow_private_addresses: bool,
+    pub log_format: Option<String>,
+    /// A pipe's write end the runner reports [`crate::event::RunnerEvent`]s on.
+    pub events_fd: Option<i32>,
+    /// A file the runner writes its final event to (a pod's termination message).
+    pub termination_log: Option<String>,
+}
+
+fn duration(d: Duration) -> String {
+    // Milliseconds always parse back exactly, whatever the value.
+    format!("{}ms", d.as_millis())
+}
+
+impl RunnerLaunch {
+    /// The runner's environment, in a stable order. Pure.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![
+            (SESSION_ID, self.session_id.clone()),
+            (COMMAND, self.command.clone()),
+            (COLS, self.cols.to_string()),
+            (ROWS, self.rows.to_string()),
+        ];
+        let optional = [
+            (CODE_URL, self.code_url.clone()),
+            (CODE_CHECKSUM_SHA256, self.code_checksum_sha256.clone()),
+            (INSTALL_CMD, self.install_cmd.clone()),
+            (PROMPT, self.prompt.clone()),
+            (LISTEN, self.listen.clone()),
+            (JWKS_FILE, self.jwks_file.clone()),
+            (WORK_DIR, self.work_dir.clone()),
+            (LINGER, self.linger.map(duration)),
+            (GRACE_PERIOD, self.grace_period.map(duration)),
+            (TIMEOUT, self.timeout.map(duration)),
+            (ALLOW_PRIVATE_ADDRESSES, self.allow_private_addresses.then(|| "true".into())),
+            (LOG_FORMAT, self.log_format.clone()),
+            (EVENTS_FD, self.events_fd.map(|fd| fd.to_string())),
+            (TERMINATION_LOG, self.termination_log.clone()),
+        ];
+        env.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        env
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unset_options_stay_out_and_durations_parse_back() {
+        let launch = RunnerLaunch {
+            session_id: "s1".into(),
+            command: "make".into(),
+            cols: 80,
+            rows: 24,
+            linger: Some(Duration::from_millis(1500)),
+            timeout: Some(Duration::from_secs(600)),
+            ..Default::default()
+        };
+        let env = launch.env();
+        let get = |k: &str| env.iter().find(|(name, _)| *name == k).map(|(_, v)| v.as_str());
+        assert_eq!(get(COMMAND), Some("make"));
+        assert_eq!(get(CODE_URL), None);
+        assert_eq!(get(ALLOW_PRIVATE_ADDRESSES), None);
+        assert_eq!(
+            humantime::parse_duration(get(LINGER).unwrap()).unwrap(),
+            launch.linger.unwrap()
+        );
+        assert_eq!(
+            humantime::parse_duration(get(TIMEOUT).unwrap()).unwrap(),
+            launch.timeout.unwrap()
+        );
+        assert!(env.iter().all(|(k, _)| k.starts_with("CLISCALE_")));
+    }
+}

@@ -1,0 +1,60 @@
+//! The runner's reports to whoever launched it (`cliscale_core::event`), on channels of their
+//! own: a pipe inherited from the local executor, and the termination message file on
+//! Kubernetes. Neither is ever passed on to the command or the install step.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::PathBuf;
+
+use cliscale_core::event::RunnerEvent;
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+
+use crate::error::{Result, RunnerError};
+
+#[derive(Debug, Default)]
+pub struct EventSink {
+    pipe: Option<File>,
+    termination_log: Option<PathBuf>,
+}
+
+impl EventSink {
+    /// Takes the inherited descriptor `events_fd` (marking it close-on-exec at once, so no child
+    /// inherits it) and the termination message path. Call once, before anything is spawned.
+    pub fn open(events_fd: Option<i32>, termination_log: Option<PathBuf>) -> Result<Self> {
+        let pipe = match events_fd {
+            None => None,
+            Some(fd) if fd <= 2 => {
+                return Err(RunnerError::Config(format!(
+                    "events fd {fd} is a standard stream; pass a descriptor of 3 or more"
+                )));
+            }
+            Some(fd) => {
+                // SAFETY: the descriptor is only borrowed until it is known to be open; then this
+                // is its one owner (the launcher handed it over for exactly this).
+                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| {
+                    RunnerError::Config(format!("events fd {fd} is not an open descriptor: {e}"))
+                })?;
+                // SAFETY: as above: open, and owned by nothing else in this process.
+                Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+            }
+        };
+        Ok(Self { pipe, termination_log })
+    }
+
+    /// Reports `event`. A launcher that stopped listening costs the session nothing.
+    pub fn send(&mut self, event: &RunnerEvent) {
+        if let Some(pipe) = &mut self.pipe
+            && let Err(error) = pipe.write_all(event.to_line().as_bytes())
+        {
+            tracing::warn!(%error, "could not report an event to the launcher");
+            self.pipe = None;
+        }
+        if let (RunnerEvent::Finished(_), Some(path)) = (event, &self.termination_log)
+            && let Err(error) = std::fs::write(path, event.to_termination_message())
+        {
+            tracing::warn!(%error, path = %path.display(), "could not write the termination message");
+        }
+    }
+}

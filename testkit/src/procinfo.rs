@@ -1,0 +1,30 @@
+//! What the benchmark harnesses read of a process from /proc.
+
+use std::time::Duration;
+
+/// User + system CPU time of a process.
+pub fn cpu_time(pid: i32) -> Duration {
+    let stat = procfs::process::Process::new(pid).unwrap().stat().unwrap();
+    Duration::from_micros((stat.utime + stat.stime) * 1_000_000 / procfs::ticks_per_second())
+}
+
+/// Anonymous resident memory (heap, stacks, buffers) in KiB. Not VmRSS: that also counts the
+/// binary's and libc's code pages, which fault in (shared, file-backed) the first time a code
+/// path runs and made one client look like 100+ KiB in some runs.
+pub fn rss_anon_kib(pid: i32) -> u64 {
+    procfs::process::Process::new(pid).unwrap().status().unwrap().rssanon.unwrap()
+}
+
+/// Resident memory of this process (VmRSS) in KiB.
+pub fn own_rss_kib() -> u64 {
+    procfs::process::Process::myself().unwrap().status().unwrap().vmrss.unwrap()
+}
+
+/// Ticks the machine's CPUs spent busy and idle so far (all CPUs together).
+pub fn machine_ticks() -> (u64, u64) {
+    use procfs::CurrentSI;
+    let t = procfs::KernelStats::current().unwrap().total;
+    let idle = t.idle + t.iowait.unwrap_or(0);
+    let busy = t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0);
+    (busy, idle)
+}
