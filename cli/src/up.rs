@@ -13,10 +13,10 @@ use cliscale_api::local::{LocalConfig, LocalExecutor};
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
-use cliscale_gateway::backends::{KeyRingIssuer, StoreLedger};
 use cliscale_gateway::{
     BoxFuture, Gateway, GatewayConfig, JwksCache, ResolveError, RunnerResolver,
 };
+use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {

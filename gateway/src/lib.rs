@@ -1,10 +1,10 @@
 //! The gateway: serves the terminal page, verifies session tokens against the API's JWKS,
 //! consumes each token's JTI exactly once, finds the session's runner and proxies the terminal
-//! stream both ways. It holds no state of its own: the ledger of used JTIs and the map from
-//! session to runner are behind traits, backed by SQL and the executor (or the cluster).
+//! stream both ways. It holds no state of its own: the ledger of used JTIs, the map from
+//! session to runner and the reconnect signer are traits, which the binaries back with the
+//! API's store and keys (`cliscale up`, `cliscale-gateway`).
 
 pub mod assets;
-pub mod backends;
 pub mod cluster;
 pub mod jwks;
 mod proxy;

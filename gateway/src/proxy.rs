@@ -8,7 +8,8 @@ use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use cliscale_core::token::{SessionClaims, TokenError, TokenScope};
+use cliscale_core::protocol::{AttachMode, CloseCode, ErrorBody, ServerMessage, credential};
+use cliscale_core::token::{SessionClaims, TokenError};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
@@ -43,8 +44,7 @@ impl Refusal {
     fn into_response(self, gateway: &Gateway) -> Response {
         gateway.metrics.refused.get_or_create(&CodeLabel { code: self.code }).inc();
         tracing::info!(code = self.code, "refused a terminal connection: {}", self.message);
-        let body = serde_json::json!({ "error": self.code, "message": self.message });
-        (self.status, axum::Json(body)).into_response()
+        (self.status, axum::Json(ErrorBody::new(self.code, self.message))).into_response()
     }
 }
 
@@ -121,21 +121,20 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Every check, in order: token, runner, JTI (last, so a refusal never burns a token), upstream.
+/// Every check, in order: mode, token, runner, JTI (last, so a refusal never burns a token),
+/// upstream.
 async fn admit(
     gateway: &Gateway,
     sid: &str,
     headers: &HeaderMap,
     query: &WsQuery,
 ) -> Result<(SessionClaims, Upstream, bool), Refusal> {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    let token = query.token.as_deref().or(bearer).unwrap_or("").to_owned();
+    let mode = AttachMode::parse(query.mode.as_deref())
+        .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = credential(authorization, query.token.as_deref()).to_owned();
     let claims = gateway.jwks.verify(&token, sid).await.map_err(token_refusal)?;
-    let read_only = claims.scope == TokenScope::View || query.mode.as_deref() == Some("view");
+    let read_only = mode.read_only(claims.scope);
     let addr =
         gateway.resolver.resolve(sid, gateway.config.ready_wait).await.map_err(|e| match e {
             ResolveError::UnknownSession => Refusal::new(
@@ -245,8 +244,8 @@ fn to_client(message: tungstenite::Message) -> Option<ws::Message> {
     })
 }
 
-fn close(code: u16, reason: &str) -> ws::Message {
-    ws::Message::Close(Some(CloseFrame { code, reason: reason.into() }))
+fn close(code: CloseCode) -> ws::Message {
+    ws::Message::Close(Some(CloseFrame { code: code.code(), reason: code.reason().into() }))
 }
 
 /// Most runner frames (64 KiB each at most) forwarded before one flush to the client.
@@ -337,7 +336,8 @@ async fn relay(
     let (mut client_tx, mut client_rx) = client.split();
     let (mut up_tx, mut up_rx) = upstream.split();
     if let Some(token) = reconnect {
-        let message = serde_json::json!({ "type": "reconnect", "token": token }).to_string();
+        let message = serde_json::to_string(&ServerMessage::Reconnect { token })
+            .expect("server messages serialize");
         let _ = client_tx.send(ws::Message::Text(message.into())).await;
     }
     let interval = gateway.config.ping_interval;
@@ -353,7 +353,7 @@ async fn relay(
                     Some(Err(error)) if is_too_big(&error) => {
                         // As at the runner: 1009, and nothing of the message goes on.
                         let _ = up_tx.send(tungstenite::Message::Close(None)).await;
-                        let frame = close(1009, "message too big");
+                        let frame = close(CloseCode::MessageTooBig);
                         let wait = Duration::from_secs(1);
                         say_goodbye(&mut client_tx, &mut client_rx, frame, wait).await;
                         break;
@@ -369,16 +369,20 @@ async fn relay(
                     // Dropped here as well as at the runner.
                     if !told_read_only {
                         told_read_only = true;
-                        let error = serde_json::json!({"type": "error", "code": "read_only",
-                            "message": "this connection is read-only; input and resize are ignored"});
-                        let _ = client_tx.send(ws::Message::Text(error.to_string().into())).await;
+                        let error = ServerMessage::Error {
+                            code: "read_only".into(),
+                            message: "this connection is read-only; input and resize are ignored"
+                                .into(),
+                        };
+                        let text = serde_json::to_string(&error).expect("server messages serialize");
+                        let _ = client_tx.send(ws::Message::Text(text.into())).await;
                     }
                     continue;
                 }
                 let closing = matches!(message, ws::Message::Close(_));
                 if let Some(message) = to_upstream(message) {
                     if up_tx.send(message).await.is_err() {
-                        let _ = client_tx.send(close(1011, "runner connection lost")).await;
+                        let _ = client_tx.send(close(CloseCode::RunnerLost)).await;
                         break;
                     }
                     // The send waits while the program is not reading its input (a paste into
@@ -403,7 +407,7 @@ async fn relay(
                     Burst::Open => {}
                     Burst::Closed | Burst::ClientGone => break,
                     Burst::RunnerLost => {
-                        let _ = client_tx.send(close(1011, "runner connection lost")).await;
+                        let _ = client_tx.send(close(CloseCode::RunnerLost)).await;
                         break;
                     }
                     Burst::ClientStalled => {
@@ -411,7 +415,7 @@ async fn relay(
                         gateway.metrics.dropped.get_or_create(&too_slow).inc();
                         tracing::info!("dropped a browser that took no output");
                         let _ = up_tx.send(tungstenite::Message::Close(None)).await;
-                        let frame = close(4008, "client too slow");
+                        let frame = close(CloseCode::TooSlow);
                         let wait = gateway.config.stall_timeout;
                         say_goodbye(&mut client_tx, &mut client_rx, frame, wait).await;
                         break;
@@ -420,7 +424,7 @@ async fn relay(
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > interval * 3 {
-                    let _ = client_tx.send(close(4000, "keepalive timeout")).await;
+                    let _ = client_tx.send(close(CloseCode::KeepaliveTimeout)).await;
                     break;
                 }
                 if client_tx.send(ws::Message::Ping(bytes::Bytes::from_static(b"gw"))).await.is_err() {

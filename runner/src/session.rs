@@ -115,7 +115,7 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
         Err(e) => {
             return could_not_start(
                 &mut events,
-                RunnerError::io(format!("listening on {}", args.listen), e),
+                RunnerError::io(format!("cannot listen on {}", args.listen), e),
             );
         }
     };

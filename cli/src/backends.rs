@@ -1,6 +1,7 @@
 //! The gateway's backends over the API's store and signing keys, shared by `cliscale up` and
-//! the cluster gateway: the JTI ledger is the store's atomic consume; reconnect tokens are
-//! signed with the API's active key.
+//! `cliscale-gateway`: the JTI ledger is the store's atomic consume; reconnect tokens are
+//! signed with the API's active key. Here, in the binaries' crate, so that the gateway library
+//! links neither the store nor the keys.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_core::token::{SessionClaims, TERMINAL_AUDIENCE, new_claims};
 
-use crate::{BoxFuture, JtiLedger, ReconnectIssuer};
+use cliscale_gateway::{BoxFuture, JtiLedger, ReconnectIssuer};
 
 /// Consumed JTIs in the API's database (SQLite locally, PostgreSQL on a cluster).
 pub struct StoreLedger(pub Store);

@@ -12,9 +12,9 @@ use axum::routing::get;
 use clap::Parser;
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
-use cliscale_gateway::backends::{KeyRingIssuer, StoreLedger};
 use cliscale_gateway::cluster::ReflectorResolver;
 use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, ReconnectIssuer};
+use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
 
 #[derive(Parser)]
 #[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]

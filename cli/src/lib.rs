@@ -1,0 +1,3 @@
+//! What cliscale's binaries (`cliscale`, `cliscale-gateway`) share.
+
+pub mod backends;
