@@ -7,7 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,17 +35,7 @@ struct Cluster {
     http: reqwest::Client,
     dir: tempfile::TempDir,
     store: Store,
-    runners: Vec<Child>,
     _stop: tokio::sync::watch::Sender<bool>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in &mut self.runners {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 impl Cluster {
@@ -99,15 +89,7 @@ impl Cluster {
                 .with_graceful_shutdown(stopped())
                 .await
         });
-        Cluster {
-            api,
-            base,
-            http: reqwest::Client::new(),
-            dir,
-            store,
-            runners: Vec::new(),
-            _stop: stop,
-        }
+        Cluster { api, base, http: reqwest::Client::new(), dir, store, _stop: stop }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -139,7 +121,9 @@ impl Cluster {
     }
 
     /// Plays the kubelet: runs the runner with the Job's environment on a loopback address of
-    /// its own (port 7681 as in a pod), then reports the pod Running and Ready.
+    /// its own (port 7681 as in a pod), reports the pod Running and Ready, and when the runner
+    /// exits reports its container terminated, with the exit code and the termination message
+    /// the runner wrote (the file the Job names, as a kubelet mounts it).
     async fn run_pod(&mut self, sid: &str) {
         let job_name = format!("cs-{sid}");
         self.api.wait_until("the Job exists", |a| a.get("jobs", NS, &job_name).is_some()).await;
@@ -152,7 +136,12 @@ impl Cluster {
             rand::random::<u8>() % 250 + 2
         );
         let work = self.dir.path().join(sid);
-        let mut cmd = Command::new(common::runner_bin());
+        let message_path = self.dir.path().join(format!("{sid}.termination-log"));
+        assert_eq!(
+            container["terminationMessagePath"], "/dev/termination-log",
+            "the runner's final event goes where the kubelet reads it"
+        );
+        let mut cmd = tokio::process::Command::new(common::runner_bin());
         cmd.env_clear().env("PATH", std::env::var("PATH").unwrap());
         for var in container["env"].as_array().unwrap() {
             if let Some(value) = var["value"].as_str() {
@@ -164,10 +153,12 @@ impl Cluster {
             .env("CLISCALE_RUNNER_JWKS_FILE", self.dir.path().join("jwks.json"))
             .env("CLISCALE_RUNNER_WORK_DIR", &work)
             .env("HOME", self.dir.path())
-            .env("CLISCALE_RUNNER_LINGER", "30s")
+            .env("CLISCALE_RUNNER_TERMINATION_LOG", &message_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        self.runners.push(cmd.spawn().unwrap());
+            .stderr(Stdio::null())
+            // The test's end stops it, as a node going away would.
+            .kill_on_drop(true);
+        let mut runner = cmd.spawn().unwrap();
         // Readiness as the probe sees it: the runner's /readyz answers.
         let ready = format!("http://{ip}:7681/readyz");
         let probe = async {
@@ -176,18 +167,34 @@ impl Cluster {
             }
         };
         tokio::time::timeout(HANG_GUARD, probe).await.expect("the runner became ready");
-        self.api.put(
-            "pods",
+        let (pod_name, sid) = (format!("{job_name}-x"), sid.to_owned());
+        let pod = move |phase: &str, ready: bool, state: Value| {
             json!({
                 "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": format!("{job_name}-x"), "namespace": NS,
+                "metadata": { "name": pod_name, "namespace": NS,
                               "labels": { "cliscale.dev/session": sid } },
                 "spec": { "containers": [{ "name": "runner", "image": "runner" }] },
-                "status": { "phase": "Running", "podIP": ip, "containerStatuses": [{
-                    "name": "runner", "ready": true, "image": "runner", "imageID": "",
-                    "restartCount": 0, "state": { "running": {} } }] }
-            }),
-        );
+                "status": { "phase": phase, "podIP": ip, "containerStatuses": [{
+                    "name": "runner", "ready": ready, "image": "runner", "imageID": "",
+                    "restartCount": 0, "state": state }] }
+            })
+        };
+        self.api.put("pods", pod("Running", true, json!({ "running": {} })));
+        // The container's end, as the kubelet reports it once the process is gone.
+        let api = self.api.clone();
+        let terminated = move |code: i32| {
+            let message = std::fs::read_to_string(&message_path).unwrap_or_default();
+            let (phase, reason) =
+                if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
+            let state =
+                json!({ "terminated": { "exitCode": code, "reason": reason, "message": message } });
+            api.put("pods", pod(phase, false, state));
+        };
+        tokio::spawn(async move {
+            if let Some(code) = runner.wait().await.ok().and_then(|s| s.code()) {
+                terminated(code);
+            }
+        });
     }
 
     fn ws_url(&self, sid: &str, token: &str) -> String {
@@ -268,6 +275,23 @@ async fn scenario(database_url: Option<String>) {
     assert_eq!(gone["reason"], "DeletedByUser");
     let events = c.store.events("deleted").await.unwrap();
     assert!(events.iter().any(|e| e.1 == "created"), "{events:?}");
+
+    // A command killed by a signal: the runner's final event, as its termination message,
+    // tells the operator what the exit code alone cannot.
+    c.api.put(
+        "commandsessions",
+        json!({ "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                "metadata": { "name": "killed", "namespace": NS },
+                "spec": { "command": "kill -9 $$", "lingerSeconds": 0 } }),
+    );
+    c.run_pod("killed").await;
+    let killed = c.wait_for_phase("killed", "Failed").await;
+    assert_eq!(
+        (killed["reason"].as_str(), killed["exitCode"].as_i64()),
+        (Some("Signaled"), Some(137)),
+        "{killed}"
+    );
+    assert!(killed["message"].as_str().unwrap().contains("killed by signal 9"), "{killed}");
 }
 
 /// After a (re)list, an unfinished session whose CommandSession is gone (deleted while no

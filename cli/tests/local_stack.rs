@@ -36,6 +36,7 @@ on_both_backends!(
     forged_and_foreign_tokens_are_refused_before_upgrade,
     bad_requests_get_precise_errors,
     a_restart_marks_orphaned_sessions_lost,
+    every_ending_reaches_the_api_while_the_runner_lingers,
 );
 
 async fn create_get_list_with_pagination_and_cancel(backend: Backend) {
@@ -367,4 +368,37 @@ async fn a_restart_marks_orphaned_sessions_lost(backend: Backend) {
     let (_, sessions) =
         stack.call("GET", "/api/sessions?phase=Running", Some(ADMIN_KEY), None).await;
     assert!(sessions["items"].as_array().unwrap().is_empty());
+}
+
+/// The runner's final event reaches the API as soon as the session ends, not when the runner
+/// exits: with a 600 s linger, the phase, typed reason, exit code and the runner's own message
+/// must be there while the runner still serves the end (the hang guard is 60 s).
+async fn every_ending_reaches_the_api_while_the_runner_lingers(backend: Backend) {
+    let Some(stack) = Stack::start(backend, &["--linger", "600s"]).await else { return };
+    let cases = [
+        (
+            json!({"command": "sleep 600", "timeout_seconds": 1}),
+            "TimedOut",
+            "DeadlineExceeded",
+            Some(124),
+            "deadline",
+        ),
+        (
+            json!({"command": "true", "code_url": "https://127.0.0.1:1/code.tar.gz"}),
+            "Failed",
+            "FetchFailed",
+            Some(121),
+            "refusing to fetch from 127.0.0.1",
+        ),
+        (json!({"command": "kill -9 $$"}), "Failed", "Signaled", Some(137), "killed by signal 9"),
+    ];
+    for (body, phase, reason, exit_code, message) in cases {
+        let sid = stack.create(ADMIN_KEY, body).await["sessionId"].as_str().unwrap().to_owned();
+        let ended = stack.wait_for_phase(&sid, phase).await;
+        assert_eq!(ended["reason"], reason, "{ended}");
+        assert_eq!(ended["exitCode"].as_i64(), exit_code.map(i64::from), "{ended}");
+        let said = ended["message"].as_str().unwrap_or_default();
+        assert!(said.contains(message), "{phase}: {said:?} should say {message:?}");
+        assert!(!said.contains("the runner exited"), "{said}");
+    }
 }

@@ -1,0 +1,64 @@
+//! The store under concurrent writers, on SQLite and PostgreSQL.
+
+use std::sync::Arc;
+
+use cliscale_api::model::SessionSpec;
+use cliscale_api::store::{StatusUpdate, Store};
+use cliscale_core::{SessionPhase, TerminalReason};
+use cliscale_testkit::postgres::fresh_postgres;
+
+const SESSIONS: usize = 40;
+
+/// Two writers race on every session: one records its end (Failed), the other a late
+/// observation that it runs (as a slow replica or a stale event would). Whichever comes first,
+/// the session ends Failed, and its event log never shows it leaving a finished phase.
+async fn concurrent_updates_never_undo_a_finished_phase(store: Store) {
+    let store = Arc::new(store);
+    let spec = SessionSpec::new("true");
+    for i in 0..SESSIONS {
+        store.insert_session(&format!("s{i}"), "k", &spec).await.unwrap();
+    }
+    let finished = StatusUpdate {
+        phase: Some(SessionPhase::Failed),
+        exit_code: Some(3),
+        reason: Some(TerminalReason::Exited),
+        ..Default::default()
+    };
+    let running = StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() };
+    let mut tasks = Vec::new();
+    for i in 0..SESSIONS {
+        for update in [finished.clone(), running.clone()] {
+            let (store, id) = (store.clone(), format!("s{i}"));
+            tasks.push(tokio::spawn(async move { store.update_status(&id, &update).await }));
+        }
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for i in 0..SESSIONS {
+        let id = format!("s{i}");
+        let row = store.get_session(&id).await.unwrap().unwrap();
+        assert_eq!((row.phase, row.exit_code), (SessionPhase::Failed, Some(3)), "{id}");
+        let phases: Vec<String> =
+            store.events(&id).await.unwrap().into_iter().map(|(_, _, m)| m).collect();
+        assert!(!phases.iter().any(|m| m.starts_with("Failed ->")), "{id}: {phases:?}");
+        let ends = phases.iter().filter(|m| m.ends_with("-> Failed")).count();
+        assert_eq!(ends, 1, "{id}: {phases:?}");
+    }
+    // A session that does not exist is no error, and nothing is made for it.
+    assert!(!store.update_status("nope", &running).await.unwrap());
+    assert!(store.get_session("nope").await.unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("store.db").display());
+    concurrent_updates_never_undo_a_finished_phase(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_on_postgres() {
+    let Some(url) = fresh_postgres().await else { return };
+    concurrent_updates_never_undo_a_finished_phase(Store::connect(&url).await.unwrap()).await;
+}
