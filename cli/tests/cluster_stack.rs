@@ -159,14 +159,7 @@ impl Cluster {
             // The test's end stops it, as a node going away would.
             .kill_on_drop(true);
         let mut runner = cmd.spawn().unwrap();
-        // Readiness as the probe sees it: the runner's /readyz answers.
         let ready = format!("http://{ip}:7681/readyz");
-        let probe = async {
-            while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(HANG_GUARD, probe).await.expect("the runner became ready");
         let (pod_name, sid) = (format!("{job_name}-x"), sid.to_owned());
         let pod = move |phase: &str, ready: bool, state: Value| {
             json!({
@@ -179,21 +172,32 @@ impl Cluster {
                     "restartCount": 0, "state": state }] }
             })
         };
-        self.api.put("pods", pod("Running", true, json!({ "running": {} })));
+        // Readiness as the probe sees it: the runner's /readyz answers. A runner whose command
+        // ends at once may never be ready; its pod goes from Running straight to terminated.
+        let probe = async {
+            while !self.http.get(&ready).send().await.is_ok_and(|r| r.status().is_success()) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        let exited = tokio::select! {
+            _ = tokio::time::timeout(HANG_GUARD, probe) => None,
+            status = runner.wait() => Some(status),
+        };
+        self.api.put("pods", pod("Running", exited.is_none(), json!({ "running": {} })));
         // The container's end, as the kubelet reports it once the process is gone.
         let api = self.api.clone();
-        let terminated = move |code: i32| {
+        tokio::spawn(async move {
+            let status = match exited {
+                Some(status) => status,
+                None => runner.wait().await,
+            };
+            let Some(code) = status.ok().and_then(|s| s.code()) else { return };
             let message = std::fs::read_to_string(&message_path).unwrap_or_default();
             let (phase, reason) =
                 if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
             let state =
                 json!({ "terminated": { "exitCode": code, "reason": reason, "message": message } });
             api.put("pods", pod(phase, false, state));
-        };
-        tokio::spawn(async move {
-            if let Some(code) = runner.wait().await.ok().and_then(|s| s.code()) {
-                terminated(code);
-            }
         });
     }
 

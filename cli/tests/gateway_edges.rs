@@ -137,9 +137,10 @@ async fn a_starting_runner_is_waited_for_within_bounds_and_a_refusal_burns_no_to
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_runner_is_a_clear_refusal_and_the_gateway_stays_up() {
     let tools = tempfile::tempdir().unwrap();
-    // Claims to listen on a port where nothing does.
+    // Claims (on its event pipe) to listen on a port where nothing does.
     let liar = tools.path().join("liar-runner");
-    std::fs::write(&liar, "#!/bin/sh\necho '{\"message\":\"listening\",\"addr\":\"127.0.0.1:1\"}' >&2\nexec sleep 600\n").unwrap();
+    let script = "#!/bin/sh\necho '{\"event\":\"listening\",\"addr\":\"127.0.0.1:1\"}' >&\"$CLISCALE_RUNNER_EVENTS_FD\"\nexec sleep 600\n";
+    std::fs::write(&liar, script).unwrap();
     std::fs::set_permissions(&liar, std::fs::Permissions::from_mode(0o755)).unwrap();
     let stack =
         Stack::start(Backend::Sqlite, &["--runner-bin", liar.to_str().unwrap()]).await.unwrap();
