@@ -13,9 +13,8 @@ use cliscale_api::local::{LocalConfig, LocalExecutor};
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
-use cliscale_gateway::{
-    BoxFuture, Gateway, GatewayConfig, JwksCache, ResolveError, RunnerResolver,
-};
+use cliscale_gateway::{BoxFuture, Gateway, JwksCache, ResolveError, RunnerResolver};
+use cliscale_wiring::GatewayArgs;
 use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -48,15 +47,8 @@ pub struct UpArgs {
     /// Proxies whose X-Forwarded-* headers are trusted (CIDRs, comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// How long a terminal connection waits for a starting runner.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    pub ready_wait: Duration,
-    /// How often the gateway pings each browser; one silent for three intervals is closed.
-    #[arg(long, default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
-    pub ping_interval: Duration,
-    /// A browser that takes no output for this long is closed (4008 "client too slow").
-    #[arg(long, default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
-    pub client_stall_timeout: Duration,
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
     /// How long runners keep serving after their command ends.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub linger: Duration,
@@ -190,12 +182,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             keys: keys.clone(),
             ttl: Duration::from_secs(600),
         })),
-        config: GatewayConfig {
-            ready_wait: args.ready_wait,
-            ping_interval: args.ping_interval,
-            stall_timeout: args.client_stall_timeout,
-            ..Default::default()
-        },
+        config: args.gateway.config(),
         metrics: Default::default(),
     });
     let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api));

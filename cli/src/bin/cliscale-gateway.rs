@@ -13,7 +13,8 @@ use clap::Parser;
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_gateway::cluster::ReflectorResolver;
-use cliscale_gateway::{Gateway, GatewayConfig, JwksCache, ReconnectIssuer};
+use cliscale_gateway::{Gateway, JwksCache, ReconnectIssuer};
+use cliscale_wiring::GatewayArgs;
 use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
 
 #[derive(Parser)]
@@ -38,15 +39,8 @@ struct Args {
     /// dropped terminal needs a fresh token from the API.
     #[arg(long, env = "CLISCALE_SIGNING_KEY_FILES", value_delimiter = ',')]
     signing_key_file: Vec<PathBuf>,
-    /// How long a connection waits for a starting runner.
-    #[arg(long, env = "CLISCALE_READY_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
-    ready_wait: Duration,
-    /// How often each browser is pinged; one silent for three intervals is closed.
-    #[arg(long, env = "CLISCALE_PING_INTERVAL", default_value = "20s", value_parser = cliscale_core::args::positive_duration)]
-    ping_interval: Duration,
-    /// A browser that takes no output for this long is closed (4008 "client too slow").
-    #[arg(long, env = "CLISCALE_CLIENT_STALL_TIMEOUT", default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
-    client_stall_timeout: Duration,
+    #[command(flatten)]
+    gateway: GatewayArgs,
     /// How long the JWKS is cached.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     jwks_ttl: Duration,
@@ -74,12 +68,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: resolver.clone(),
         reissuer,
-        config: GatewayConfig {
-            ready_wait: args.ready_wait,
-            ping_interval: args.ping_interval,
-            stall_timeout: args.client_stall_timeout,
-            ..Default::default()
-        },
+        config: args.gateway.config(),
         metrics: Default::default(),
     });
     let metrics = gateway.clone();
