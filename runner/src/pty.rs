@@ -191,7 +191,7 @@ fn register(fd: OwnedFd, interest: Interest) -> io::Result<AsyncFd<OwnedFd>> {
 /// `epoll_wait` then polls the master, and the kernel's PTY poll waits, in uninterruptible
 /// sleep, for the PTY's pending buffer work whenever no output is ready yet. Mid-echo that
 /// puts the runner's thread (and on a VM its idle CPU) to sleep just before the echo arrives,
-/// and waking it again cost more than the echo itself (docs/benchmarks.md, session 4).
+/// and waking it again cost more than the echo itself (docs/runner.md, "Latency and CPU").
 struct PtyReader {
     fd: AsyncFd<OwnedFd>,
     /// Bytes read since the reader last gave the runtime a turn (see `READ_BATCH`).
@@ -202,7 +202,7 @@ struct PtyReader {
 /// refills its 4 KiB) until this much is read, then waits for readiness instead, so the runtime
 /// sends the batch as one frame while the worker refills. A frame per read overlapped every
 /// refill but gave the same throughput for more CPU and five times the messages on every hop
-/// after the runner (docs/benchmarks.md, session 5).
+/// after the runner (docs/runner.md, "Latency and CPU").
 const READ_BATCH: usize = 16 * 1024;
 
 impl AsyncRead for PtyReader {

@@ -338,7 +338,7 @@ async fn prepare(config: &RunnerConfig, log: &Arc<OutputLog>) -> Result<PathBuf>
 /// How long the stdout tee gathers output before writing it. A log reader needs no keystroke
 /// latency, and each write to stdout is a hand-off to the blocking pool: written as the PTY
 /// yields it (a write per 16 KiB batch), the tee took the runner from 6.5 to about 9 ms of CPU
-/// per MB; gathering brings it to about 7.7 (docs/benchmarks.md, session 5).
+/// per MB; gathering brings it to about 7.7 (docs/benchmarks.md).
 const TEE_INTERVAL: Duration = Duration::from_millis(20);
 /// The most the tee writes at once.
 const TEE_MAX_WRITE: usize = 1024 * 1024;
