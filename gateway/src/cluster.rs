@@ -7,7 +7,8 @@ use std::time::Duration;
 use cliscale_crd::CommandSession;
 use cliscale_crd::condition::READY;
 use futures_util::StreamExt;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+// kube calls its watch-fed cache a Store; here that name belongs to the SQL store.
+use kube::runtime::reflector::{self, ObjectRef, Store as Cache};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -43,7 +44,7 @@ pub fn runner_of(session: &CommandSession) -> RunnerLookup {
 const UNSEEN_WAIT: Duration = Duration::from_secs(5);
 
 pub struct ReflectorResolver {
-    store: Store<CommandSession>,
+    cache: Cache<CommandSession>,
     changed: watch::Receiver<u64>,
     namespace: String,
 }
@@ -52,7 +53,7 @@ impl ReflectorResolver {
     /// Starts the watch of `namespace`'s CommandSessions in the background.
     pub fn spawn(client: Client, namespace: &str) -> Self {
         let api: Api<CommandSession> = Api::namespaced(client, namespace);
-        let (store, writer) = reflector::store();
+        let (cache, writer) = reflector::store();
         let (tx, changed) = watch::channel(0u64);
         let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
             .default_backoff()
@@ -68,12 +69,12 @@ impl ReflectorResolver {
                 }
             }
         });
-        Self { store, changed, namespace: namespace.to_owned() }
+        Self { cache, changed, namespace: namespace.to_owned() }
     }
 
     /// Waits until the first list has filled the cache.
     pub async fn ready(&self) -> bool {
-        self.store.wait_until_ready().await.is_ok()
+        self.cache.wait_until_ready().await.is_ok()
     }
 }
 
@@ -89,7 +90,7 @@ impl RunnerResolver for ReflectorResolver {
             let started = tokio::time::Instant::now();
             let mut seen = false;
             loop {
-                match self.store.get(&key).as_deref().map(runner_of) {
+                match self.cache.get(&key).as_deref().map(runner_of) {
                     Some(RunnerLookup::Ready(addr)) => return Ok(addr),
                     Some(RunnerLookup::Gone) => return Err(ResolveError::Gone),
                     Some(RunnerLookup::Starting) => seen = true,

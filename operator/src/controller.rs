@@ -12,7 +12,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+// kube calls its watch-fed cache a Store; here that name belongs to the SQL store.
+use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
@@ -38,7 +39,7 @@ pub struct Context {
     /// Publishes Kubernetes Events for status transitions.
     pub recorder: Recorder,
     /// The controller's cache of sessions while this replica leads (for the by-phase gauges).
-    pub sessions: std::sync::Mutex<Option<Store<CommandSession>>>,
+    pub sessions: std::sync::Mutex<Option<Cache<CommandSession>>>,
     /// Consecutive failed reconciles per session, for the error policy's backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<CommandSession>, u32>>,
 }

@@ -287,15 +287,10 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
 mod tests {
     use super::*;
     use cliscale_core::spec::CodeSpec;
-    use cliscale_crd::CommandSessionSpec;
+    use cliscale_testkit::fixtures;
 
-    pub(crate) fn session(name: &str, spec: serde_json::Value) -> CommandSession {
-        let spec: CommandSessionSpec = serde_json::from_value(spec).unwrap();
-        let mut cs = CommandSession::new(name, spec);
-        cs.metadata.namespace = Some("team-a".into());
-        cs.metadata.uid = Some("uid-1".into());
-        cs.metadata.generation = Some(1);
-        cs
+    fn session(name: &str, spec: serde_json::Value) -> CommandSession {
+        fixtures::session(name).namespace("team-a").spec(spec).build()
     }
 
     #[test]

@@ -290,37 +290,24 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
 mod tests {
     use super::*;
     use crate::desired::{OperatorConfig, desired_job};
+    use cliscale_testkit::fixtures::{self, pod};
     use k8s_openapi::jiff::Timestamp;
     use serde_json::json;
 
     fn session() -> CommandSession {
-        let mut cs =
-            CommandSession::new("s1", serde_json::from_value(json!({"command": "make"})).unwrap());
-        cs.metadata.namespace = Some("team".into());
-        cs.metadata.uid = Some("u".into());
-        cs.metadata.generation = Some(2);
-        cs
+        fixtures::session("s1").generation(2).build()
     }
 
     fn now() -> Time {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
     }
 
-    fn pod(status: serde_json::Value) -> Pod {
-        serde_json::from_value(json!({ "metadata": { "name": "cs-s1-abc" }, "status": status }))
-            .unwrap()
-    }
-
     fn derive(cs: &CommandSession, job: Option<&Job>, pod: Option<&Pod>) -> CommandSessionStatus {
         derive_status(&Observed { session: cs, job, pod, now: now() })
     }
 
-    fn terminated_pod(phase: &str, code: i32, reason: &str) -> Pod {
-        pod(
-            json!({ "phase": phase, "podIP": "10.0.0.7", "containerStatuses": [{ "name": "runner", "ready": false,
-            "image": "i", "imageID": "", "restartCount": 0,
-            "state": { "terminated": { "exitCode": code, "reason": reason } } }] }),
-        )
+    fn terminated_pod(code: i32, reason: &str) -> Pod {
+        pod("cs-s1-abc").ip("10.0.0.7").terminated(code, reason).build()
     }
 
     #[test]
@@ -329,23 +316,17 @@ mod tests {
         let job = desired_job(&cs, &OperatorConfig::default());
         assert_eq!(derive(&cs, None, None).phase, Some(SessionPhase::Pending));
         assert_eq!(derive(&cs, Some(&job), None).phase, Some(SessionPhase::Pending));
-        let starting = pod(
-            json!({ "phase": "Running", "podIP": "10.0.0.7", "containerStatuses": [{ "name": "runner",
-            "ready": false, "image": "i", "imageID": "", "restartCount": 0, "state": { "running": {} } }] }),
-        );
+        let starting = pod("cs-s1-abc").ip("10.0.0.7").running().build();
         let s = derive(&cs, Some(&job), Some(&starting));
         assert_eq!(s.phase, Some(SessionPhase::Starting));
         assert_eq!(s.runner_address.as_deref(), Some("10.0.0.7:7681"));
-        let running = pod(
-            json!({ "phase": "Running", "podIP": "10.0.0.7", "containerStatuses": [{ "name": "runner",
-            "ready": true, "image": "i", "imageID": "", "restartCount": 0, "state": { "running": {} } }] }),
-        );
+        let running = pod("cs-s1-abc").ip("10.0.0.7").running().ready().build();
         let s = derive(&cs, Some(&job), Some(&running));
         assert_eq!(s.phase, Some(SessionPhase::Running));
         let ready = s.conditions.iter().find(|c| c.type_ == READY).unwrap();
         assert_eq!(ready.status, "True");
         assert_eq!(s.observed_generation, Some(2));
-        let s = derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error")));
+        let s = derive(&cs, Some(&job), Some(&terminated_pod(3, "Error")));
         assert_eq!(
             (s.phase, s.reason, s.exit_code),
             (Some(SessionPhase::Failed), Some(TerminalReason::Exited), Some(3))
@@ -358,38 +339,18 @@ mod tests {
         let cs = session();
         let job = desired_job(&cs, &OperatorConfig::default());
         let cases = [
+            (terminated_pod(0, "Completed"), SessionPhase::Succeeded, TerminalReason::Exited),
+            (terminated_pod(137, "OOMKilled"), SessionPhase::Lost, TerminalReason::OomKilled),
             (
-                terminated_pod("Succeeded", 0, "Completed"),
-                SessionPhase::Succeeded,
-                TerminalReason::Exited,
-            ),
-            (
-                terminated_pod("Failed", 137, "OOMKilled"),
-                SessionPhase::Lost,
-                TerminalReason::OomKilled,
-            ),
-            (
-                terminated_pod("Failed", 124, "Error"),
+                terminated_pod(124, "Error"),
                 SessionPhase::TimedOut,
                 TerminalReason::DeadlineExceeded,
             ),
+            (terminated_pod(121, "Error"), SessionPhase::Failed, TerminalReason::FetchFailed),
+            (terminated_pod(122, "Error"), SessionPhase::Failed, TerminalReason::ChecksumMismatch),
+            (terminated_pod(123, "Error"), SessionPhase::Failed, TerminalReason::InstallFailed),
             (
-                terminated_pod("Failed", 121, "Error"),
-                SessionPhase::Failed,
-                TerminalReason::FetchFailed,
-            ),
-            (
-                terminated_pod("Failed", 122, "Error"),
-                SessionPhase::Failed,
-                TerminalReason::ChecksumMismatch,
-            ),
-            (
-                terminated_pod("Failed", 123, "Error"),
-                SessionPhase::Failed,
-                TerminalReason::InstallFailed,
-            ),
-            (
-                pod(json!({ "phase": "Failed", "reason": "Evicted", "message": "node pressure" })),
+                pod("cs-s1-abc").evicted("node pressure").build(),
                 SessionPhase::Lost,
                 TerminalReason::Evicted,
             ),
@@ -415,23 +376,60 @@ mod tests {
     }
 
     #[test]
+    fn the_runners_final_event_tells_what_the_exit_code_cannot() {
+        let cs = session();
+        let job = desired_job(&cs, &OperatorConfig::default());
+        let event = |code: i32, reason: TerminalReason, message: &str| {
+            RunnerEvent::Finished(cliscale_core::protocol::SessionStatus {
+                phase: SessionPhase::Failed,
+                exit_code: Some(code),
+                reason: Some(reason),
+                message: Some(message.into()),
+            })
+            .to_termination_message()
+        };
+        let ended = |code: i32, kubelet_reason: &str, message: &str| {
+            let p = pod("cs-s1-abc").terminated(code, kubelet_reason).termination_message(message);
+            derive(&cs, Some(&job), Some(&p.build()))
+        };
+        let killed =
+            ended(137, "Error", &event(137, TerminalReason::Signaled, "killed by signal 9"));
+        assert_eq!(
+            (killed.phase, killed.reason, killed.exit_code, killed.message.as_deref()),
+            (
+                Some(SessionPhase::Failed),
+                Some(TerminalReason::Signaled),
+                Some(137),
+                Some("killed by signal 9")
+            )
+        );
+        // An event whose exit code is not the one the kubelet saw is not believed.
+        let forged = ended(3, "Error", &event(0, TerminalReason::Exited, "all good"));
+        assert_eq!((forged.reason, forged.exit_code), (Some(TerminalReason::Exited), Some(3)));
+        assert_eq!(forged.phase, Some(SessionPhase::Failed));
+        // The kubelet's OOM kill wins over whatever the runner wrote.
+        let oom = ended(137, "OOMKilled", &event(137, TerminalReason::Signaled, "x"));
+        assert_eq!(
+            (oom.phase, oom.reason),
+            (Some(SessionPhase::Lost), Some(TerminalReason::OomKilled))
+        );
+        // Free text is no event: judged by the exit code.
+        let text = ended(121, "Error", "could not fetch");
+        assert_eq!(text.reason, Some(TerminalReason::FetchFailed));
+    }
+
+    #[test]
     fn waiting_states_are_visible_and_not_fatal() {
         let cs = session();
         let job = desired_job(&cs, &OperatorConfig::default());
-        let pulling = pod(
-            json!({ "phase": "Pending", "containerStatuses": [{ "name": "runner", "ready": false, "image": "i",
-            "imageID": "", "restartCount": 0, "state": { "waiting": { "reason": "ImagePullBackOff", "message": "not found" } } }] }),
-        );
+        let pulling = pod("cs-s1-abc").waiting("ImagePullBackOff", "not found").build();
         let s = derive(&cs, Some(&job), Some(&pulling));
         assert_eq!(
             (s.phase, s.reason),
             (Some(SessionPhase::Pending), Some(TerminalReason::ImagePullFailed))
         );
         assert!(s.message.unwrap().contains("ImagePullBackOff"));
-        let unschedulable = pod(
-            json!({ "phase": "Pending", "conditions": [{ "type": "PodScheduled", "status": "False",
-            "reason": "Unschedulable", "message": "0/3 nodes are available" }] }),
-        );
+        let unschedulable = pod("cs-s1-abc").unschedulable("0/3 nodes are available").build();
         let s = derive(&cs, Some(&job), Some(&unschedulable));
         assert_eq!(
             (s.phase, s.reason),
@@ -443,8 +441,8 @@ mod tests {
     fn a_finished_session_never_changes_and_spec_changes_are_surfaced() {
         let mut cs = session();
         let job = desired_job(&cs, &OperatorConfig::default());
-        cs.status = Some(derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error"))));
-        let later = derive(&cs, Some(&job), Some(&terminated_pod("Succeeded", 0, "Completed")));
+        cs.status = Some(derive(&cs, Some(&job), Some(&terminated_pod(3, "Error"))));
+        let later = derive(&cs, Some(&job), Some(&terminated_pod(0, "Completed")));
         assert_eq!(later.exit_code, Some(3));
         let mut changed = session();
         changed.spec.session.command = "something else".into();
@@ -475,13 +473,11 @@ mod tests {
         let first = transition(None, &pending).unwrap();
         assert_eq!((first.reason.as_str(), first.warning), ("Pending", false));
         assert_eq!(transition(Some(&pending), &pending), None, "no change, no event");
-        let pulling = pod(json!({ "phase": "Pending", "containerStatuses": [{ "name": "runner",
-            "ready": false, "image": "i", "imageID": "", "restartCount": 0,
-            "state": { "waiting": { "reason": "ImagePullBackOff", "message": "nope" } } }] }));
+        let pulling = pod("cs-s1-abc").waiting("ImagePullBackOff", "nope").build();
         let waiting = derive(&cs, Some(&job), Some(&pulling));
         let t = transition(Some(&pending), &waiting).unwrap();
         assert!(t.warning && t.note.contains("ImagePullFailed"), "{t:?}");
-        let failed = derive(&cs, Some(&job), Some(&terminated_pod("Failed", 3, "Error")));
+        let failed = derive(&cs, Some(&job), Some(&terminated_pod(3, "Error")));
         let t = transition(Some(&waiting), &failed).unwrap();
         assert_eq!((t.reason.as_str(), t.warning), ("Failed", true));
         assert!(t.note.contains("exit code 3"), "{t:?}");

@@ -1,11 +1,13 @@
 //! Test support shared by the workspace's tests and benchmarks; no binary links it.
 //!
 //! - [`fake_kube`]: an in-memory Kubernetes API server for kube-runtime clients.
+//! - [`fixtures`]: builders for the sessions and pods tests observe.
 //! - [`postgres`]: a throwaway database per test, and the rule for skipping loudly.
 //! - [`procinfo`]: CPU time and memory of a process, from /proc.
 //! - [`stats`]: the order statistics the benchmark harnesses report.
 
 pub mod fake_kube;
+pub mod fixtures;
 pub mod postgres;
 pub mod procinfo;
 pub mod stats;

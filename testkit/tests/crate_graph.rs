@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The workspace crates each crate may link (normal dependencies), lowest layer first.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("cliscale-core", &[]),
-    ("cliscale-testkit", &[]),
     ("cliscale-crd", &["cliscale-core"]),
+    ("cliscale-testkit", &["cliscale-core", "cliscale-crd"]),
     ("cliscale-runner", &["cliscale-core"]),
     ("cliscale-api", &["cliscale-core"]),
     ("cliscale-gateway", &["cliscale-core", "cliscale-crd"]),
