@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use crate::error::{ApiError, Result};
 use crate::executor::{BoxFuture, Executor};
 use crate::model::SessionRecord;
+use crate::process::Shutdown;
 use crate::store::{StatusUpdate, Store, now};
 
 #[derive(Debug, Clone)]
@@ -139,13 +140,17 @@ impl LocalExecutor {
         Ok(expired.len())
     }
 
-    /// Runs [`Self::collect_garbage`] every `every` until the process ends.
-    pub fn spawn_janitor(self: &Arc<Self>, every: Duration) {
+    /// Runs [`Self::collect_garbage`] every `every` until `shutdown`.
+    pub fn spawn_janitor(self: &Arc<Self>, every: Duration, shutdown: &Shutdown) {
         let this = self.clone();
-        tokio::spawn(async move {
+        let stop = shutdown.token();
+        shutdown.spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
                 if let Err(e) = this.collect_garbage().await {
                     tracing::warn!(error = %e, "garbage collection failed");
                 }
@@ -153,7 +158,7 @@ impl LocalExecutor {
         });
     }
 
-    /// SIGTERM to every runner, then waits up to the grace period for them to report.
+    /// SIGTERM to every runner, then waits up to the grace period for them to exit.
     pub async fn shutdown(&self) {
         let receivers: Vec<_> = {
             let runners = self.runners.lock().expect("runners lock");
@@ -167,7 +172,7 @@ impl LocalExecutor {
                 })
                 .collect()
         };
-        let all = wait_until_finished(receivers);
+        let all = wait_until_exited(receivers);
         let _ = tokio::time::timeout(self.config.grace_period + Duration::from_secs(2), all).await;
     }
 
@@ -356,10 +361,11 @@ fn terminate(pid: u32) {
     );
 }
 
-/// Waits until every receiver's runner has finished.
-async fn wait_until_finished(receivers: Vec<watch::Receiver<RunnerState>>) {
+/// Waits until every receiver's runner process has exited: by then its viewers have had the
+/// final status and its connections are closed.
+async fn wait_until_exited(receivers: Vec<watch::Receiver<RunnerState>>) {
     for mut rx in receivers {
-        let _ = rx.wait_for(|s| s.phase.is_finished()).await;
+        let _ = rx.wait_for(|s| s.exited).await;
     }
 }
 

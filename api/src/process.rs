@@ -1,7 +1,79 @@
 //! Process plumbing shared by the server binaries (cliscale-operator, cliscale-gateway and
-//! `cliscale up`): JSON logs and the shutdown signal.
+//! `cliscale up`): JSON logs, the runtime, and one way of stopping.
 
 use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tokio_util::task::TaskTracker;
+
+/// How every binary stops (docs/architecture.md, "Stopping"). A stop signal cancels one token;
+/// servers stop accepting on it and long-lived work (terminal relays, watches, the reconciler)
+/// ends itself on it; the binary then waits for its tracked tasks, up to a grace period.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shutdown {
+    /// A shutdown that only [`Self::request`] starts.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A shutdown that Ctrl-C or SIGTERM starts.
+    pub fn on_signals() -> Self {
+        let shutdown = Self::new();
+        let token = shutdown.token.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            token.cancel();
+        });
+        shutdown
+    }
+
+    pub fn request(&self) {
+        self.token.cancel();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// The token long-lived work watches.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
+
+    /// Resolves once shutdown is requested (for `with_graceful_shutdown` and the like).
+    pub fn requested(&self) -> WaitForCancellationFutureOwned {
+        self.token.clone().cancelled_owned()
+    }
+
+    /// Runs `task`; [`Self::drain`] waits for it.
+    pub fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.tasks.spawn(task)
+    }
+
+    /// Waits up to `grace` for every spawned task; false when some were still running.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        let done = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        if !done {
+            tracing::warn!(
+                left = self.tasks.len(),
+                ?grace,
+                "tasks still running after the grace period"
+            );
+        }
+        done
+    }
+}
 
 /// Structured JSON logs on stdout, filtered by `CLISCALE_LOG` (default `info`).
 pub fn init_json_logs() {

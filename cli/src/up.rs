@@ -10,12 +10,14 @@ use std::time::Duration;
 use anyhow::Context;
 use cliscale_api::executor::Executor;
 use cliscale_api::local::{LocalConfig, LocalExecutor};
+use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_gateway::{BoxFuture, Gateway, JwksCache, ResolveError, RunnerResolver};
 use cliscale_wiring::GatewayArgs;
 use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -142,7 +144,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     if lost > 0 {
         tracing::warn!(lost, "sessions whose runner died with the previous process are now Lost");
     }
-    executor.spawn_janitor(args.gc_interval);
+    let shutdown = Shutdown::on_signals();
+    executor.spawn_janitor(args.gc_interval, &shutdown);
+    // Terminal relays close on their own token, cancelled only once the runners are stopped:
+    // viewers see their session end (Cancelled, 1000) rather than the gateway going away.
+    let relays = CancellationToken::new();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -171,6 +177,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         },
     );
     let gateway = Arc::new(Gateway {
+        shutdown: relays.clone(),
         jwks: JwksCache::terminal_tokens_from(
             format!("{local_base}/.well-known/jwks.json"),
             "cliscale",
@@ -201,16 +208,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
          -H 'Content-Type: application/json' -d '{{\"command\":\"bash\"}}'"
     );
 
-    let shutdown = async {
-        cliscale_api::process::shutdown_signal().await;
-        tracing::info!("stopping runners");
+    let stopping = {
+        let (shutdown, executor) = (shutdown.clone(), executor.clone());
+        async move {
+            shutdown.requested().await;
+            tracing::info!("stopping runners");
+            executor.shutdown().await;
+            relays.cancel();
+        }
     };
     axum::serve(
         cliscale_gateway::without_nagle(listener),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
+    .with_graceful_shutdown(stopping)
     .await?;
-    executor.shutdown().await;
+    shutdown.drain(Duration::from_secs(5)).await;
     Ok(())
 }

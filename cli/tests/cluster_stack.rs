@@ -72,6 +72,7 @@ impl Cluster {
             ApiConfig::default(),
         );
         let gateway = Arc::new(Gateway {
+            shutdown: Default::default(),
             jwks: JwksCache::terminal_tokens_from(
                 format!("{base}/.well-known/jwks.json"),
                 "cliscale",

@@ -217,6 +217,28 @@ async fn stopping_cliscale_up_sends_sigterm_to_its_runners() {
     assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "got-sigterm");
 }
 
+/// Stopping `cliscale up` while a browser watches: the runner is stopped first, so the browser
+/// sees its session end (Cancelled) and the connection close, and the process exits. A relay
+/// that waited for its browser would hold the server's graceful shutdown open for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_cliscale_up_with_a_terminal_open_ends_it_and_exits() {
+    let mut stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let (_, url) = new_session(&stack, "echo watching; read -r x").await;
+    let mut ws = open_terminal(&url).await.unwrap();
+    read_until(&mut ws, "watching").await;
+    Command::new("kill").args(["-INT", &stack.child.id().to_string()]).status().unwrap();
+    let (_, last, _) = read_session(&mut ws).await;
+    assert_eq!(last["phase"], "Cancelled", "{last}");
+    let pid = stack.child.id();
+    let waited = tokio::task::spawn_blocking(move || stack.child.wait());
+    let status = tokio::time::timeout(common::HANG_GUARD, waited)
+        .await
+        .unwrap_or_else(|_| panic!("cliscale up ({pid}) did not exit with a terminal open"))
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+}
+
 /// Output that piles up in the gateway while a browser is not reading comes out whole and in
 /// order once it reads: the relay forwards the runner's frames in bursts (at most 8 per flush),
 /// and a frame taken from the runner beyond a burst must never be dropped.

@@ -127,6 +127,8 @@ pub enum ClientMessage {
 pub enum CloseCode {
     /// The session ended and the runner is shutting down.
     SessionEnded,
+    /// The gateway is shutting down; the session goes on, so reconnect.
+    GoingAway,
     /// A client message was over the size limit.
     MessageTooBig,
     /// The gateway lost its connection to the runner.
@@ -138,8 +140,9 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 5] = [
+    pub const ALL: [CloseCode; 6] = [
         Self::SessionEnded,
+        Self::GoingAway,
         Self::MessageTooBig,
         Self::RunnerLost,
         Self::KeepaliveTimeout,
@@ -149,6 +152,7 @@ impl CloseCode {
     pub fn code(self) -> u16 {
         match self {
             Self::SessionEnded => 1000,
+            Self::GoingAway => 1001,
             Self::MessageTooBig => 1009,
             Self::RunnerLost => 1011,
             Self::KeepaliveTimeout => 4000,
@@ -160,6 +164,7 @@ impl CloseCode {
     pub fn reason(self) -> &'static str {
         match self {
             Self::SessionEnded => "session ended",
+            Self::GoingAway => "gateway shutting down",
             Self::MessageTooBig => "message too big",
             Self::RunnerLost => "runner connection lost",
             Self::KeepaliveTimeout => "keepalive timeout",

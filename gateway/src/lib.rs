@@ -143,6 +143,9 @@ pub fn without_nagle(
 }
 
 pub struct Gateway {
+    /// Cancelled when the process stops: open relays close with 1001 so browsers reconnect
+    /// elsewhere, instead of holding the server's graceful shutdown open.
+    pub shutdown: tokio_util::sync::CancellationToken,
     pub jwks: JwksCache,
     pub ledger: Arc<dyn JtiLedger>,
     pub resolver: Arc<dyn RunnerResolver>,

@@ -422,6 +422,12 @@ async fn relay(
                     }
                 }
             }
+            _ = gateway.shutdown.cancelled() => {
+                let _ = up_tx.send(tungstenite::Message::Close(None)).await;
+                let frame = close(CloseCode::GoingAway);
+                say_goodbye(&mut client_tx, &mut client_rx, frame, Duration::from_secs(1)).await;
+                break;
+            }
             _ = ping.tick() => {
                 if last_heard.elapsed() > interval * 3 {
                     let _ = client_tx.send(close(CloseCode::KeepaliveTimeout)).await;

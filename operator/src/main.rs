@@ -11,6 +11,7 @@ use axum::routing::get;
 use clap::Parser;
 use cliscale_api::executor::Executor;
 use cliscale_api::model::SpecDefaults;
+use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
@@ -130,13 +131,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     publish_jwks(&client, &namespace, &config.jwks_config_map, &keys.jwks()).await?;
     let ctx = Arc::new(Context::new(client.clone(), config));
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
+    let shutdown = Shutdown::on_signals();
 
     let api = ApiState::new(
         store.clone(),
@@ -156,19 +151,21 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
     let api_app = cliscale_api::routes::router(api);
     let api_listener = tokio::net::TcpListener::bind(args.api_listen).await?;
-    let api_server = tokio::spawn(
+    shutdown.spawn(
         axum::serve(api_listener, api_app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stopped())
+            .with_graceful_shutdown(shutdown.requested())
             .into_future(),
     );
-    let mirror = tokio::spawn(run_mirror(client.clone(), namespace.clone(), store, stopped()));
+    shutdown.spawn(run_mirror(client.clone(), namespace.clone(), store, shutdown.requested()));
 
     let metrics_ctx = ctx.clone();
     let ops = axum::Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { metrics_ctx.render_metrics() }));
     let ops_listener = tokio::net::TcpListener::bind(args.listen).await?;
-    tokio::spawn(async move { axum::serve(ops_listener, ops).await });
+    shutdown.spawn(
+        axum::serve(ops_listener, ops).with_graceful_shutdown(shutdown.requested()).into_future(),
+    );
 
     let identity =
         args.identity.unwrap_or_else(|| format!("cliscale-operator-{}", std::process::id()));
@@ -180,13 +177,10 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         renew_grace_seconds: 5,
     };
     tracing::info!(api = %args.api_listen, sessions_namespace = %namespace, "operator up");
-    tokio::spawn(async move {
-        cliscale_api::process::shutdown_signal().await;
-        let _ = stop_tx.send(true);
-    });
-    let leading = run_when_leading(ctx, leader, stopped()).await;
-    let _ = api_server.await;
-    let _ = mirror.await;
+    let leading = run_when_leading(ctx, leader, shutdown.requested()).await;
+    // Leading may end in an error: then everything else stops too.
+    shutdown.request();
+    shutdown.drain(Duration::from_secs(10)).await;
     leading?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use clap::Parser;
+use cliscale_api::process::Shutdown;
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_gateway::cluster::ReflectorResolver;
@@ -63,7 +64,9 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(Arc::new(KeyRingIssuer { keys, ttl: Duration::from_secs(600) })
             as Arc<dyn ReconnectIssuer>)
     };
+    let shutdown = Shutdown::on_signals();
     let gateway = Arc::new(Gateway {
+        shutdown: shutdown.token(),
         jwks: JwksCache::terminal_tokens_from(args.jwks_url.clone(), &args.issuer, args.jwks_ttl),
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: resolver.clone(),
@@ -95,7 +98,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         cliscale_gateway::without_nagle(listener),
         app.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(cliscale_api::process::shutdown_signal())
+    .with_graceful_shutdown(shutdown.requested())
     .await?;
     Ok(())
 }
