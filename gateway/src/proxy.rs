@@ -135,27 +135,9 @@ async fn admit(
     let token = credential(authorization, query.token.as_deref()).to_owned();
     let claims = gateway.jwks.verify(&token, sid).await.map_err(token_refusal)?;
     let read_only = mode.read_only(claims.scope);
+    let wait = gateway.config.ready_wait;
     let addr =
-        gateway.resolver.resolve(sid, gateway.config.ready_wait).await.map_err(|e| match e {
-            ResolveError::UnknownSession => Refusal::new(
-                StatusCode::NOT_FOUND,
-                "session_not_found",
-                format!("no session {sid:?}"),
-            ),
-            ResolveError::Gone => Refusal::new(
-                StatusCode::GONE,
-                "session_gone",
-                "the session has ended and its runner is gone",
-            ),
-            ResolveError::NotReady => Refusal::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "runner_not_ready",
-                format!("the runner did not start within {:?}", gateway.config.ready_wait),
-            ),
-            ResolveError::Backend(m) => {
-                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "resolver_unavailable", m)
-            }
-        })?;
+        gateway.resolver.resolve(sid, wait).await.map_err(|e| unresolved_refusal(e, sid, wait))?;
     let first = gateway
         .ledger
         .consume(&claims.jti, claims.exp as i64)
@@ -168,10 +150,7 @@ async fn admit(
             "this token has already been used",
         ));
     }
-    let mut url = format!("ws://{addr}/ws?since={}", query.since.unwrap_or(0));
-    if read_only {
-        url.push_str("&mode=view");
-    }
+    let url = runner_url(&addr, query.since.unwrap_or(0), read_only);
     let mut request = url
         .as_str()
         .into_client_request()
@@ -191,37 +170,63 @@ async fn admit(
         .write_buffer_size(0)
         .max_message_size(Some(gateway.config.max_message.max(MAX_RUNNER_FRAME)));
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    let upstream = match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
-        Ok(Ok((ws, _))) => ws,
-        Ok(Err(tungstenite::Error::Http(response))) => {
-            let body = response
-                .body()
-                .as_deref()
-                .map(String::from_utf8_lossy)
-                .unwrap_or_default()
-                .into_owned();
-            return Err(Refusal::new(
+    match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
+        Ok(Ok((upstream, _))) => Ok((claims, upstream, read_only)),
+        Ok(Err(e)) => Err(upstream_refusal(Some(e))),
+        Err(_) => Err(upstream_refusal(None)),
+    }
+}
+
+/// The runner's WebSocket URL for a client that resumes at `since`. Pure.
+fn runner_url(addr: &str, since: u64, read_only: bool) -> String {
+    let mode = if read_only { "&mode=view" } else { "" };
+    format!("ws://{addr}/ws?since={since}{mode}")
+}
+
+/// Why a session has no runner to connect to, as the client is told. Pure.
+fn unresolved_refusal(error: ResolveError, sid: &str, wait: Duration) -> Refusal {
+    match error {
+        ResolveError::UnknownSession => {
+            Refusal::new(StatusCode::NOT_FOUND, "session_not_found", format!("no session {sid:?}"))
+        }
+        ResolveError::Gone => Refusal::new(
+            StatusCode::GONE,
+            "session_gone",
+            "the session has ended and its runner is gone",
+        ),
+        ResolveError::NotReady => Refusal::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "runner_not_ready",
+            format!("the runner did not start within {wait:?}"),
+        ),
+        ResolveError::Backend(m) => {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "resolver_unavailable", m)
+        }
+    }
+}
+
+/// Why connecting to the runner failed (`None`: it did not answer in time). Pure.
+fn upstream_refusal(error: Option<tungstenite::Error>) -> Refusal {
+    match error {
+        Some(tungstenite::Error::Http(response)) => {
+            let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 "runner_refused",
                 format!("the runner answered {}: {body}", response.status()),
-            ));
+            )
         }
-        Ok(Err(e)) => {
-            return Err(Refusal::new(
-                StatusCode::BAD_GATEWAY,
-                "runner_unreachable",
-                format!("cannot reach the runner: {e}"),
-            ));
-        }
-        Err(_) => {
-            return Err(Refusal::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "runner_unreachable",
-                "the runner did not answer in time",
-            ));
-        }
-    };
-    Ok((claims, upstream, read_only))
+        Some(e) => Refusal::new(
+            StatusCode::BAD_GATEWAY,
+            "runner_unreachable",
+            format!("cannot reach the runner: {e}"),
+        ),
+        None => Refusal::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "runner_unreachable",
+            "the runner did not answer in time",
+        ),
+    }
 }
 
 fn to_upstream(message: ws::Message) -> Option<tungstenite::Message> {
@@ -454,6 +459,30 @@ mod tests {
         assert_eq!(q.mode.as_deref(), Some("view"));
         assert!(parse_query("since=-1").is_none());
         assert!(parse_query("since=abc").is_none());
+    }
+
+    #[test]
+    fn every_way_of_missing_a_runner_has_its_status_and_code() {
+        let wait = Duration::from_secs(30);
+        let cases = [
+            (ResolveError::UnknownSession, 404, "session_not_found"),
+            (ResolveError::Gone, 410, "session_gone"),
+            (ResolveError::NotReady, 503, "runner_not_ready"),
+            (ResolveError::Backend("down".into()), 503, "resolver_unavailable"),
+        ];
+        for (error, status, code) in cases {
+            let r = unresolved_refusal(error, "s1", wait);
+            assert_eq!((r.status.as_u16(), r.code), (status, code));
+        }
+        let timed_out = upstream_refusal(None);
+        assert_eq!((timed_out.status.as_u16(), timed_out.code), (504, "runner_unreachable"));
+        let refused = upstream_refusal(Some(tungstenite::Error::ConnectionClosed));
+        assert_eq!((refused.status.as_u16(), refused.code), (502, "runner_unreachable"));
+        assert_eq!(
+            runner_url("10.0.0.7:7681", 42, true),
+            "ws://10.0.0.7:7681/ws?since=42&mode=view"
+        );
+        assert_eq!(runner_url("10.0.0.7:7681", 0, false), "ws://10.0.0.7:7681/ws?since=0");
     }
 
     #[test]

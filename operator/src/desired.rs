@@ -152,8 +152,9 @@ fn container_env(session: &CommandSession, config: &OperatorConfig) -> Vec<EnvVa
 }
 
 /// The Job for `session`.
-pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
-    let name = session.name_any();
+/// The runner container: locked down, its launch in the environment, its final event where
+/// the kubelet reads termination messages. Pure.
+fn runner_container(session: &CommandSession, config: &OperatorConfig) -> Container {
     let spec = &session.spec;
     let env_vars = container_env(session, config);
     let mount = |volume: &str, path: &str, read_only: bool| VolumeMount {
@@ -171,7 +172,7 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
         period_seconds: Some(2),
         ..Default::default()
     };
-    let container = Container {
+    Container {
         name: "runner".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| config.runner_image.clone())),
         env: Some(env_vars),
@@ -214,14 +215,20 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
             mount("jwks", JWKS_DIR, true),
         ]),
         ..Default::default()
-    };
+    }
+}
+
+/// The runner pod: one container, no service account token, writable scratch volumes only,
+/// the JWKS mounted read-only, and the session's placement knobs. Pure.
+fn runner_pod(session: &CommandSession, config: &OperatorConfig) -> PodSpec {
+    let spec = &session.spec;
     let empty = |name: &str| Volume {
         name: name.into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
         ..Default::default()
     };
-    let pod = PodSpec {
-        containers: vec![container],
+    PodSpec {
+        containers: vec![runner_container(session, config)],
         restart_policy: Some("Never".into()),
         automount_service_account_token: Some(false),
         enable_service_links: Some(false),
@@ -254,7 +261,14 @@ pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(15),
         ..Default::default()
-    };
+    }
+}
+
+/// The Job for `session`. Pure.
+pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
+    let name = session.name_any();
+    let spec = &session.spec;
+    let pod = runner_pod(session, config);
     let linger = i64::from(spec.session.linger_seconds);
     let deadline = timeout_of(session, config).map(|t| i64::from(t) + linger + DEADLINE_SLACK_SECS);
     Job {

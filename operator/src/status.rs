@@ -100,6 +100,60 @@ fn waiting(pod: &Pod) -> Option<(TerminalReason, String)> {
     }
 }
 
+/// What a runner pod says about its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PodView {
+    /// The runner is gone: how the session ended.
+    Ended { reason: TerminalReason, exit_code: Option<i32>, message: String },
+    /// The runner runs; `ready` once its PTY is up (the readiness probe passes).
+    Running { ready: bool },
+    /// Scheduling or pulling: visible, never fatal by itself.
+    Waiting { reason: Option<TerminalReason>, message: String },
+}
+
+/// Reads a runner pod as the kubelet reports it. Pure.
+pub fn pod_view(pod: &Pod) -> PodView {
+    let status = pod.status.clone().unwrap_or_default();
+    let container = status.container_statuses.iter().flatten().find(|c| c.name == "runner");
+    let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
+    match (status.phase.as_deref(), ended) {
+        (Some("Succeeded" | "Failed"), Some(t)) => {
+            let (reason, code, message) = terminated(t);
+            PodView::Ended { reason, exit_code: Some(code), message }
+        }
+        (Some("Failed"), None) => {
+            let evicted = status.reason.as_deref() == Some("Evicted");
+            PodView::Ended {
+                reason: if evicted { TerminalReason::Evicted } else { TerminalReason::RunnerLost },
+                exit_code: None,
+                message: status.message.clone().unwrap_or_else(|| {
+                    if evicted { "the pod was evicted" } else { "the pod failed" }.into()
+                }),
+            }
+        }
+        (Some("Running"), _) => PodView::Running { ready: container.is_some_and(|c| c.ready) },
+        _ => match waiting(pod) {
+            Some((reason, message)) => PodView::Waiting { reason: Some(reason), message },
+            None => PodView::Waiting {
+                reason: None,
+                message: "waiting for the runner pod to start".into(),
+            },
+        },
+    }
+}
+
+/// How a Job without a pod failed, if it did: the backstop deadline, or anything else. Pure.
+pub fn job_failure(job: &Job) -> Option<(TerminalReason, String)> {
+    let conditions = job.status.as_ref()?.conditions.as_ref()?;
+    let failed = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
+    Some(match failed.reason.as_deref() {
+        Some("DeadlineExceeded") => {
+            (TerminalReason::DeadlineExceeded, "the Job's deadline passed".into())
+        }
+        _ => (TerminalReason::RunnerLost, failed.message.clone().unwrap_or_default()),
+    })
+}
+
 /// A Kubernetes Event worth recording for a status change: (warning?, reason, note).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {
@@ -202,51 +256,25 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         if status.start_time.is_none() {
             status.start_time = pod_status.start_time.clone();
         }
-        let container = pod_status.container_statuses.iter().flatten().find(|c| c.name == "runner");
-        let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
-        let ready = container.is_some_and(|c| c.ready);
-        match (pod_status.phase.as_deref(), ended) {
-            (_, Some(t)) if matches!(pod_status.phase.as_deref(), Some("Succeeded" | "Failed")) => {
-                let (reason, code, message) = terminated(t);
-                finish(&mut status, reason, Some(code), message);
+        let ready = match pod_view(pod) {
+            PodView::Ended { reason, exit_code, message } => {
+                finish(&mut status, reason, exit_code, message);
+                false
             }
-            (Some("Failed"), None) if pod_status.reason.as_deref() == Some("Evicted") => {
-                finish(
-                    &mut status,
-                    TerminalReason::Evicted,
-                    None,
-                    pod_status.message.clone().unwrap_or_default(),
-                );
-            }
-            (Some("Failed"), None) => {
-                finish(
-                    &mut status,
-                    TerminalReason::RunnerLost,
-                    None,
-                    pod_status.message.clone().unwrap_or_else(|| "the pod failed".into()),
-                );
-            }
-            (Some("Running"), _) => {
+            PodView::Running { ready } => {
                 status.phase =
                     Some(if ready { SessionPhase::Running } else { SessionPhase::Starting });
                 status.reason = None;
                 status.message = None;
+                ready
             }
-            _ => {
-                // Pending: scheduling or pulling; visible, never fatal by itself.
+            PodView::Waiting { reason, message } => {
                 status.phase = Some(SessionPhase::Pending);
-                match waiting(pod) {
-                    Some((reason, message)) => {
-                        status.reason = Some(reason);
-                        status.message = Some(message);
-                    }
-                    None => {
-                        status.reason = None;
-                        status.message = Some("waiting for the runner pod to start".into());
-                    }
-                }
+                status.reason = reason;
+                status.message = Some(message);
+                false
             }
-        }
+        };
         conditions.push(condition(
             READY,
             ready && status.phase == Some(SessionPhase::Running),
@@ -257,22 +285,8 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
             &previous.conditions,
         ));
     } else if let Some(job) = o.job {
-        let failed =
-            job.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|cs| {
-                cs.iter().find(|c| c.type_ == "Failed" && c.status == "True").cloned()
-            });
-        match failed {
-            Some(c) if c.reason.as_deref() == Some("DeadlineExceeded") => {
-                finish(
-                    &mut status,
-                    TerminalReason::DeadlineExceeded,
-                    None,
-                    "the Job's deadline passed".into(),
-                );
-            }
-            Some(c) => {
-                finish(&mut status, TerminalReason::RunnerLost, None, c.message.unwrap_or_default())
-            }
+        match job_failure(job) {
+            Some((reason, message)) => finish(&mut status, reason, None, message),
             None => {
                 status.phase = Some(SessionPhase::Pending);
                 status.message = Some("the Job exists; no pod yet".into());
@@ -416,6 +430,36 @@ mod tests {
         // Free text is no event: judged by the exit code.
         let text = ended(121, "Error", "could not fetch");
         assert_eq!(text.reason, Some(TerminalReason::FetchFailed));
+    }
+
+    #[test]
+    fn pods_read_as_the_kubelet_reports_them() {
+        use TerminalReason as R;
+        let ended = |reason, code: Option<i32>| (Some(reason), code);
+        let cases = [
+            (pod("p").build(), None, None),
+            (pod("p").running().build(), None, None),
+            (pod("p").terminated(0, "Completed").build(), Some(R::Exited), Some(0)),
+            (pod("p").terminated(123, "Error").build(), Some(R::InstallFailed), Some(123)),
+            (pod("p").evicted("disk pressure").build(), Some(R::Evicted), None),
+        ];
+        for (p, reason, code) in cases {
+            let got = match pod_view(&p) {
+                PodView::Ended { reason, exit_code, .. } => ended(reason, exit_code),
+                _ => (None, None),
+            };
+            assert_eq!(got, (reason, code), "{p:?}");
+        }
+        assert_eq!(pod_view(&pod("p").running().ready().build()), PodView::Running { ready: true });
+        assert_eq!(pod_view(&pod("p").running().build()), PodView::Running { ready: false });
+        let pulling = pod_view(&pod("p").waiting("ErrImagePull", "no such image").build());
+        assert!(
+            matches!(&pulling, PodView::Waiting { reason: Some(R::ImagePullFailed), message } if message.contains("no such image")),
+            "{pulling:?}"
+        );
+        let failed: Pod =
+            serde_json::from_value(json!({ "status": { "phase": "Failed" } })).unwrap();
+        assert!(matches!(pod_view(&failed), PodView::Ended { reason: R::RunnerLost, .. }));
     }
 
     #[test]
