@@ -34,7 +34,6 @@ pub struct LocalConfig {
     pub sessions_dir: PathBuf,
     /// JWKS the runners check tokens against.
     pub jwks_path: PathBuf,
-    pub linger: Duration,
     pub grace_period: Duration,
     /// Let sessions fetch code from loopback and private addresses (a laptop's own servers).
     pub allow_private_code_urls: bool,
@@ -192,7 +191,7 @@ impl LocalExecutor {
             work_dir: Some(dir.join("work").display().to_string()),
             cols: spec.cols,
             rows: spec.rows,
-            linger: Some(self.config.linger),
+            linger: Some(Duration::from_secs(spec.linger_seconds.into())),
             grace_period: Some(self.config.grace_period),
             timeout: spec.timeout_seconds.map(|t| Duration::from_secs(t.into())),
             allow_private_addresses: self.config.allow_private_code_urls,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use cliscale_api::executor::Executor;
 use cliscale_api::local::{LocalConfig, LocalExecutor};
+use cliscale_api::model::SpecDefaults;
 use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
@@ -51,8 +52,8 @@ pub struct UpArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
-    /// How long runners keep serving after their command ends.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    /// How long runners keep serving after their command ends (whole seconds, at most 1h).
+    #[arg(long, default_value = "10s", value_parser = linger)]
     pub linger: Duration,
     /// Let sessions fetch code from loopback and private addresses.
     #[arg(long, default_value_t = false)]
@@ -102,6 +103,42 @@ fn default_data_dir() -> PathBuf {
         .join("cliscale")
 }
 
+/// `--linger`: whole seconds, as a session's spec holds it. Pure.
+fn linger(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    let max = Duration::from_secs(cliscale_core::spec::MAX_LINGER_SECS.into());
+    if d.subsec_nanos() != 0 || d > max {
+        return Err(format!("{raw:?} must be whole seconds, at most {max:?}"));
+    }
+    Ok(d)
+}
+
+/// The local executor's settings. Pure.
+fn local_config(args: &UpArgs, data_dir: &std::path::Path, jwks_path: PathBuf) -> LocalConfig {
+    LocalConfig {
+        runner_bin: runner_bin(args.runner_bin.clone()),
+        sessions_dir: data_dir.join("sessions"),
+        jwks_path,
+        grace_period: Duration::from_secs(10),
+        allow_private_code_urls: args.allow_private_code_urls,
+    }
+}
+
+/// The REST API's settings; a session's linger is `--linger` unless it names one. Pure.
+fn api_config(args: &UpArgs) -> ApiConfig {
+    ApiConfig {
+        public_url: args.public_url.clone(),
+        token_ttl: args.token_ttl,
+        issuer: "cliscale".into(),
+        rate_per_minute: args.rate_per_minute,
+        trusted_proxies: args.trusted_proxies.clone(),
+        spec_defaults: SpecDefaults {
+            linger_secs: args.linger.as_secs() as u32,
+            ..Default::default()
+        },
+    }
+}
+
 fn runner_bin(explicit: Option<PathBuf>) -> PathBuf {
     explicit
         .or_else(|| {
@@ -129,17 +166,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let jwks_path = data_dir.join("jwks.json");
     std::fs::write(&jwks_path, keys.jwks()).context("writing the runners' JWKS")?;
 
-    let executor = LocalExecutor::new(
-        LocalConfig {
-            runner_bin: runner_bin(args.runner_bin.clone()),
-            sessions_dir: data_dir.join("sessions"),
-            jwks_path,
-            linger: args.linger,
-            grace_period: Duration::from_secs(10),
-            allow_private_code_urls: args.allow_private_code_urls,
-        },
-        store.clone(),
-    );
+    let executor = LocalExecutor::new(local_config(&args, &data_dir, jwks_path), store.clone());
     let lost = executor.recover().await?;
     if lost > 0 {
         tracing::warn!(lost, "sessions whose runner died with the previous process are now Lost");
@@ -167,14 +194,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         store.clone(),
         keys.clone(),
         Arc::new(executor.clone()) as Arc<dyn Executor>,
-        ApiConfig {
-            public_url: args.public_url.clone(),
-            token_ttl: args.token_ttl,
-            issuer: "cliscale".into(),
-            rate_per_minute: args.rate_per_minute,
-            trusted_proxies: args.trusted_proxies.clone(),
-            ..Default::default()
-        },
+        api_config(&args),
     );
     let gateway = Arc::new(Gateway {
         shutdown: relays.clone(),
@@ -225,4 +245,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     .await?;
     shutdown.drain(Duration::from_secs(5)).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linger_is_whole_seconds_up_to_an_hour() {
+        assert_eq!(linger("0s"), Ok(Duration::ZERO));
+        assert_eq!(linger("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(linger("1h"), Ok(Duration::from_secs(3600)));
+        assert!(linger("1500ms").unwrap_err().contains("whole seconds"));
+        assert!(linger("61m").is_err());
+        assert!(linger("soon").is_err());
+    }
 }
