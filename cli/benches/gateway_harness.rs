@@ -14,8 +14,7 @@ use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 // The integration tests' launcher of `cliscale up`.
-#[path = "../tests/common/mod.rs"]
-mod common;
+use cliscale_testkit::stack as common;
 use common::{ADMIN_KEY, Backend, Stack};
 
 const ROUNDS: usize = 5;

@@ -3,7 +3,7 @@
 //!
 //! Chromium is driven over the DevTools protocol with a few commands on a WebSocket.
 
-mod common;
+use cliscale_testkit::stack as common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -4,7 +4,7 @@
 //! real `cliscale-runner` started with the environment of the Job the operator made, as the
 //! kubelet would. Runs on SQLite and on PostgreSQL.
 
-mod common;
+use cliscale_testkit::stack as common;
 
 use std::net::SocketAddr;
 use std::process::Stdio;

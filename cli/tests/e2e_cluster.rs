@@ -9,7 +9,7 @@
 //! `CLISCALE_E2E_KUBECONFIG=~/.kube/config cargo test -p cliscale --test e2e_cluster -- --ignored`.
 //! Run without a kubeconfig, it prints that it skipped and fails nothing.
 
-mod common;
+use cliscale_testkit::stack as common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

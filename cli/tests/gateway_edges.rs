@@ -1,7 +1,7 @@
 //! Gateway behaviour at the edges: key-set caching, rate limits, slow, unreachable and
 //! departed runners. Each refusal is an HTTP status with a reason, and the gateway stays up.
 
-mod common;
+use cliscale_testkit::stack as common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::process::Command;

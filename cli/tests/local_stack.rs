@@ -1,6 +1,6 @@
 //! The local stack end to end: `cliscale up` with real runners, on SQLite and PostgreSQL.
 
-mod common;
+use cliscale_testkit::stack as common;
 
 use std::collections::HashSet;
 

@@ -4,10 +4,12 @@
 //! - [`fixtures`]: builders for the sessions and pods tests observe.
 //! - [`postgres`]: a throwaway database per test, and the rule for skipping loudly.
 //! - [`procinfo`]: CPU time and memory of a process, from /proc.
+//! - [`stack`]: the real `cliscale up` with real runners, and a terminal client for it.
 //! - [`stats`]: the order statistics the benchmark harnesses report.
 
 pub mod fake_kube;
 pub mod fixtures;
 pub mod postgres;
 pub mod procinfo;
+pub mod stack;
 pub mod stats;

@@ -1,5 +1,5 @@
-//! Harness: runs the real `cliscale up` binary (with the real runner) on SQLite or PostgreSQL.
-#![allow(dead_code)]
+//! Runs the real `cliscale up` binary (with the real runner) on SQLite or PostgreSQL, and
+//! speaks to it as a browser's terminal would.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -18,7 +18,18 @@ pub enum Backend {
     Postgres,
 }
 
-pub use cliscale_testkit::postgres::fresh_postgres;
+pub use crate::postgres::fresh_postgres;
+
+/// A binary of the workspace, built beside the test or benchmark that runs this (Cargo puts
+/// them in `target/<profile>/`, tests and benchmarks one level down in `deps/`).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the running test's path");
+    let dir = exe.parent().expect("deps/");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("target/<profile>") } else { dir };
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is missing: build the whole workspace first", bin.display());
+    bin
+}
 
 pub struct Stack {
     pub child: Child,
@@ -29,9 +40,7 @@ pub struct Stack {
 }
 
 pub fn runner_bin() -> PathBuf {
-    let bin = PathBuf::from(env!("CARGO_BIN_EXE_cliscale")).with_file_name("cliscale-runner");
-    assert!(bin.exists(), "{} is missing: build the whole workspace first", bin.display());
-    bin
+    workspace_bin("cliscale-runner")
 }
 
 impl Stack {
@@ -52,7 +61,7 @@ impl Stack {
             args.push("--runner-bin".into());
             args.push(runner_bin().display().to_string());
         }
-        let mut child = Command::new(env!("CARGO_BIN_EXE_cliscale"))
+        let mut child = Command::new(workspace_bin("cliscale"))
             .args(["up", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data.path())
