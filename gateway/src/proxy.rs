@@ -229,13 +229,46 @@ fn upstream_refusal(error: Option<tungstenite::Error>) -> Refusal {
     }
 }
 
-fn to_upstream(message: ws::Message) -> Option<tungstenite::Message> {
-    Some(match message {
+/// What a browser's frame (or the end of its stream) means for the relay.
+#[derive(Debug)]
+enum ClientEvent {
+    /// Goes on to the runner; `closing` when it is the browser's close.
+    Forward { message: tungstenite::Message, closing: bool },
+    /// Input or a resize on a read-only connection: dropped.
+    ReadOnlyInput,
+    /// A ping or pong: the browser is there, nothing goes on.
+    Heard,
+    /// A message over the size limit.
+    TooBig,
+    /// The connection ended or broke.
+    Gone,
+}
+
+/// Decides what a browser's frame means. Pure.
+fn client_event(
+    from_client: Option<Result<ws::Message, axum::Error>>,
+    read_only: bool,
+) -> ClientEvent {
+    let message = match from_client {
+        Some(Ok(message)) => message,
+        Some(Err(error)) if is_too_big(&error) => return ClientEvent::TooBig,
+        _ => return ClientEvent::Gone,
+    };
+    let upstream = match message {
+        ws::Message::Ping(_) | ws::Message::Pong(_) => return ClientEvent::Heard,
+        ws::Message::Binary(_) | ws::Message::Text(_) if read_only => {
+            return ClientEvent::ReadOnlyInput;
+        }
         ws::Message::Binary(b) => tungstenite::Message::Binary(b),
         ws::Message::Text(t) => tungstenite::Message::Text(t.as_str().into()),
-        ws::Message::Close(_) => tungstenite::Message::Close(None),
-        ws::Message::Ping(_) | ws::Message::Pong(_) => return None,
-    })
+        ws::Message::Close(_) => {
+            return ClientEvent::Forward {
+                message: tungstenite::Message::Close(None),
+                closing: true,
+            };
+        }
+    };
+    ClientEvent::Forward { message: upstream, closing: false }
 }
 
 fn to_client(message: tungstenite::Message) -> Option<ws::Message> {
@@ -353,9 +386,8 @@ async fn relay(
     loop {
         tokio::select! {
             from_client = client_rx.next() => {
-                let message = match from_client {
-                    Some(Ok(message)) => message,
-                    Some(Err(error)) if is_too_big(&error) => {
+                let (message, closing) = match client_event(from_client, read_only) {
+                    ClientEvent::TooBig => {
                         // As at the runner: 1009, and nothing of the message goes on.
                         let _ = up_tx.send(tungstenite::Message::Close(None)).await;
                         let frame = close(CloseCode::MessageTooBig);
@@ -363,16 +395,21 @@ async fn relay(
                         say_goodbye(&mut client_tx, &mut client_rx, frame, wait).await;
                         break;
                     }
-                    _ => {
+                    ClientEvent::Gone => {
                         let _ = up_tx.send(tungstenite::Message::Close(None)).await;
                         break;
                     }
-                };
-                last_heard = Instant::now();
-                let is_input = matches!(message, ws::Message::Binary(_) | ws::Message::Text(_));
-                if read_only && is_input {
-                    // Dropped here as well as at the runner.
-                    if !told_read_only {
+                    ClientEvent::Heard => {
+                        last_heard = Instant::now();
+                        continue;
+                    }
+                    ClientEvent::Forward { message, closing } => (message, closing),
+                    ClientEvent::ReadOnlyInput => {
+                        // Dropped here as well as at the runner.
+                        last_heard = Instant::now();
+                        if told_read_only {
+                            continue;
+                        }
                         told_read_only = true;
                         let error = ServerMessage::Error {
                             code: "read_only".into(),
@@ -381,20 +418,17 @@ async fn relay(
                         };
                         let text = serde_json::to_string(&error).expect("server messages serialize");
                         let _ = client_tx.send(ws::Message::Text(text.into())).await;
+                        continue;
                     }
-                    continue;
+                };
+                if up_tx.send(message).await.is_err() {
+                    let _ = client_tx.send(close(CloseCode::RunnerLost)).await;
+                    break;
                 }
-                let closing = matches!(message, ws::Message::Close(_));
-                if let Some(message) = to_upstream(message) {
-                    if up_tx.send(message).await.is_err() {
-                        let _ = client_tx.send(close(CloseCode::RunnerLost)).await;
-                        break;
-                    }
-                    // The send waits while the program is not reading its input (a paste into
-                    // a busy command), and the browser's pongs wait behind it unread: that time
-                    // is not the browser's silence.
-                    last_heard = Instant::now();
-                }
+                // The send waits while the program is not reading its input (a paste into a
+                // busy command), and the browser's pongs wait behind it unread: that time is
+                // not the browser's silence.
+                last_heard = Instant::now();
                 if closing {
                     break;
                 }
@@ -483,6 +517,27 @@ mod tests {
             "ws://10.0.0.7:7681/ws?since=42&mode=view"
         );
         assert_eq!(runner_url("10.0.0.7:7681", 0, false), "ws://10.0.0.7:7681/ws?since=0");
+    }
+
+    #[test]
+    fn browser_frames_are_forwarded_dropped_or_end_the_relay() {
+        let text = || Some(Ok(ws::Message::Text("ls".into())));
+        let binary = || Some(Ok(ws::Message::Binary(bytes::Bytes::from_static(b"x"))));
+        let pong = || Some(Ok(ws::Message::Pong(bytes::Bytes::new())));
+        let close = || Some(Ok(ws::Message::Close(None)));
+        let forwarded = |e: ClientEvent| match e {
+            ClientEvent::Forward { message, closing } => Some((message.is_close(), closing)),
+            _ => None,
+        };
+        assert_eq!(forwarded(client_event(text(), false)), Some((false, false)));
+        assert_eq!(forwarded(client_event(binary(), false)), Some((false, false)));
+        assert_eq!(forwarded(client_event(close(), true)), Some((true, true)));
+        assert!(matches!(client_event(text(), true), ClientEvent::ReadOnlyInput));
+        assert!(matches!(client_event(binary(), true), ClientEvent::ReadOnlyInput));
+        assert!(matches!(client_event(pong(), true), ClientEvent::Heard));
+        assert!(matches!(client_event(None, false), ClientEvent::Gone));
+        let broken = Some(Err(axum::Error::new(std::io::Error::other("reset"))));
+        assert!(matches!(client_event(broken, false), ClientEvent::Gone));
     }
 
     #[test]
