@@ -18,7 +18,32 @@ struct Browser {
     ws: common::Ws,
     next_id: u64,
     session: Option<String>,
+    /// DevTools events received while waiting for answers (console entries, exceptions).
+    events: Vec<Value>,
     _profile: tempfile::TempDir,
+}
+
+/// A screenshot, decoded: RGB pixels, row by row.
+struct Shot {
+    width: usize,
+    pixels: Vec<[u8; 3]>,
+}
+
+impl Shot {
+    fn at(&self, x: usize, y: usize) -> [u8; 3] {
+        self.pixels[y * self.width + x]
+    }
+
+    /// The pixels of a CSS-pixel rectangle (the page runs at a device scale factor of 1).
+    fn region(&self, (x, y, w, h): (f64, f64, f64, f64)) -> Vec<[u8; 3]> {
+        let (x0, y0) = (x.ceil() as usize, y.ceil() as usize);
+        let (x1, y1) = ((x + w).floor() as usize, (y + h).floor() as usize);
+        (y0..y1).flat_map(|y| (x0..x1).map(move |x| (x, y))).map(|(x, y)| self.at(x, y)).collect()
+    }
+}
+
+fn bright(p: [u8; 3]) -> bool {
+    p.iter().map(|&c| u32::from(c)).sum::<u32>() > 3 * 90
 }
 
 impl Browser {
@@ -74,7 +99,7 @@ impl Browser {
         });
         let url = rx.recv_timeout(HANG_GUARD).expect("chromium printed its DevTools address");
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Browser { child, ws, next_id: 0, session: None, _profile: profile }
+        Browser { child, ws, next_id: 0, session: None, events: Vec::new(), _profile: profile }
     }
 
     /// Sends one DevTools command and waits for its answer.
@@ -100,6 +125,9 @@ impl Browser {
             if v["id"] == id {
                 return v;
             }
+            if v.get("method").is_some() {
+                self.events.push(v);
+            }
         }
     }
 
@@ -112,6 +140,77 @@ impl Browser {
             )
             .await;
         self.session = attached["sessionId"].as_str().map(String::from);
+    }
+
+    /// Opens `url` in a fresh tab watched from its first byte: every policy violation is
+    /// recorded in the page (`window.__violations`), console entries and exceptions arrive as
+    /// events, and the page believes it has focus, as a person's would.
+    async fn open_watched(&mut self, url: &str) {
+        self.open("about:blank").await;
+        for domain in ["Page.enable", "Runtime.enable", "Log.enable"] {
+            self.call(domain, json!({})).await;
+        }
+        let watch = "window.__violations = []; document.addEventListener('securitypolicyviolation', \
+                     (e) => window.__violations.push(e.violatedDirective + ' ' + e.blockedURI));";
+        self.call("Page.addScriptToEvaluateOnNewDocument", json!({ "source": watch })).await;
+        self.call("Emulation.setFocusEmulationEnabled", json!({ "enabled": true })).await;
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": 900, "height": 520, "deviceScaleFactor": 1, "mobile": false }),
+        )
+        .await;
+        self.call("Page.navigate", json!({ "url": url })).await;
+    }
+
+    /// Console errors and uncaught exceptions seen so far.
+    fn errors(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter(|e| {
+                let p = &e["params"];
+                match e["method"].as_str() {
+                    Some("Log.entryAdded") => p["entry"]["level"] == "error",
+                    Some("Runtime.consoleAPICalled") => p["type"] == "error",
+                    Some("Runtime.exceptionThrown") => true,
+                    _ => false,
+                }
+            })
+            .map(|e| e["params"].to_string())
+            .collect()
+    }
+
+    async fn screenshot(&mut self, keep_as: Option<&str>) -> Shot {
+        use base64::Engine;
+        let shot = self.call("Page.captureScreenshot", json!({ "format": "png" })).await;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        if let Some(name) = keep_as {
+            // Kept for a person to look at: target/tmp/<name>.
+            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+            std::fs::write(&path, &bytes).unwrap();
+            eprintln!("screenshot: {}", path.display());
+        }
+        let mut reader = png::Decoder::new(std::io::Cursor::new(bytes)).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        let channels = info.color_type.samples();
+        let pixels =
+            buf[..info.buffer_size()].chunks(channels).map(|c| [c[0], c[1], c[2]]).collect();
+        Shot { width: info.width as usize, pixels }
+    }
+
+    /// The CSS-pixel rectangle of terminal cell (col, row) of the visible screen.
+    async fn cell(&mut self, col: usize, row: usize) -> (f64, f64, f64, f64) {
+        let r = self
+            .eval(&format!(
+                "(() => {{ const s = document.querySelector('.xterm-screen').getBoundingClientRect(); \
+                   const w = s.width / term.cols, h = s.height / term.rows; \
+                   return [s.left + {col} * w, s.top + {row} * h, w, h]; }})()"
+            ))
+            .await;
+        let n = |i: usize| r[i].as_f64().unwrap();
+        (n(0), n(1), n(2), n(3))
     }
 
     /// Evaluates an expression in the page, awaiting it if it is a promise.
@@ -283,4 +382,117 @@ async fn a_paste_larger_than_one_message_arrives_whole() {
         .await;
     let done = stack.wait_for_phase(created["sessionId"].as_str().unwrap(), "Succeeded").await;
     assert_eq!(done["exitCode"], 0);
+}
+
+/// What a person sees, not what xterm.js holds in memory: under the page's own policy (no
+/// violation, no console error), with the DOM renderer and with the default (WebGL where the
+/// browser has it), a monospace grid where columns line up, colours on screen, runs of spaces
+/// kept, and a cursor that shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_terminal_renders_as_a_terminal_under_its_policy() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let Some(mut browser) = Browser::launch_or_skip().await else { return };
+    let command = "printf '\\033[31mRED\\033[0m a    b\\niiii|\\nWWWW|\\n'; read -r x";
+    for renderer in ["dom", "default"] {
+        let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+        let url = created["terminalUrl"].as_str().unwrap();
+        let url = match renderer {
+            "dom" => url.replacen("#", "?renderer=dom#", 1),
+            _ => url.to_owned(),
+        };
+        browser.events.clear();
+        browser.open_watched(&url).await;
+        browser.wait_until("window.term && window.cliscale.status && window.cliscale.status.phase === 'Running'").await;
+        browser
+            .wait_until("window.term.buffer.active.getLine(2).translateToString(true) === 'WWWW|'")
+            .await;
+        let title = browser.eval("document.title").await;
+        assert!(title.as_str().unwrap().ends_with("Running"), "{title}");
+        let focused = browser.eval("document.activeElement.className").await;
+        assert_eq!(focused, "xterm-helper-textarea", "typing needs no click");
+
+        // Monospace: the bar after four narrow and after four wide letters lands in the same
+        // column on screen; a proportional font (or collapsed cells) would put them apart.
+        let shot = browser.screenshot(Some(&format!("terminal-{renderer}.png"))).await;
+        for row in [1, 2] {
+            let bar = browser.cell(4, row).await;
+            assert!(
+                shot.region(bar).into_iter().any(bright),
+                "{renderer}: no bar in column 4 of row {row}"
+            );
+            let after = browser.cell(5, row).await;
+            assert!(
+                !shot.region(after).into_iter().any(bright),
+                "{renderer}: row {row} runs past column 4"
+            );
+        }
+        let font = browser
+            .eval(
+                "(() => { const c = document.createElement('canvas').getContext('2d'); \
+                     c.font = '14px ' + term.options.fontFamily; \
+                     return [c.measureText('iiii').width, c.measureText('WWWW').width]; })()",
+            )
+            .await;
+        assert_eq!(font[0], font[1], "{renderer}: the font stack is not monospace: {font}");
+        // Colour: the cells of RED hold red pixels.
+        let mut red = Vec::new();
+        for col in 0..3 {
+            red.extend(shot.region(browser.cell(col, 0).await));
+        }
+        assert!(
+            red.iter().any(|p| p[0] > 150 && p[1] < 90 && p[2] < 90),
+            "{renderer}: no red pixel in the cells of RED"
+        );
+        // Runs of spaces are kept: `b` is in column 9, after four spaces.
+        assert!(
+            shot.region(browser.cell(9, 0).await).into_iter().any(bright),
+            "{renderer}: no b in column 9"
+        );
+        for col in 5..9 {
+            let gap = shot.region(browser.cell(col, 0).await);
+            assert!(!gap.into_iter().any(bright), "{renderer}: column {col} should be blank");
+        }
+        if renderer == "dom" {
+            let styles = browser
+                .eval("(() => { const row = document.querySelector('.xterm-rows > div'); \
+                         const span = [...row.querySelectorAll('span')].find(s => s.textContent.startsWith('RED')); \
+                         const cs = getComputedStyle(span); \
+                         return [cs.color, getComputedStyle(row).whiteSpace, row.textContent]; })()")
+                .await;
+            let rgb: Vec<u32> = styles[0]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("rgb(")
+                .trim_end_matches(')')
+                .split(", ")
+                .map(|c| c.parse().unwrap())
+                .collect();
+            assert!(rgb[0] > 150 && rgb[1] < 90 && rgb[2] < 90, "RED is not red: {styles}");
+            assert_eq!(styles[1], "pre", "{styles}");
+            assert!(styles[2].as_str().unwrap().starts_with("RED a    b"), "{styles}");
+        }
+        // The cursor shows (it blinks: at least one of a few looks finds it lit).
+        let (x, y) = browser
+            .eval("[term.buffer.active.cursorX, term.buffer.active.cursorY]")
+            .await
+            .as_array()
+            .map(|v| (v[0].as_u64().unwrap() as usize, v[1].as_u64().unwrap() as usize))
+            .unwrap();
+        let cursor = browser.cell(x, y).await;
+        let mut lit = false;
+        for _ in 0..8 {
+            let shot = browser.screenshot(None).await;
+            let pixels = shot.region(cursor);
+            if pixels.iter().filter(|p| bright(**p)).count() * 2 > pixels.len() {
+                lit = true;
+                break;
+            }
+            browser.eval("new Promise((r) => setTimeout(() => r(true), 150))").await;
+        }
+        assert!(lit, "{renderer}: the cursor at ({x}, {y}) never showed");
+
+        let violations = browser.eval("window.__violations").await;
+        assert_eq!(violations, json!([]), "{renderer}: policy violations");
+        assert_eq!(browser.errors(), Vec::<String>::new(), "{renderer}: console errors");
+    }
 }

@@ -8,6 +8,10 @@ files=(
   "node_modules/@xterm/xterm/lib/xterm.js:xterm.js"
   "node_modules/@xterm/xterm/css/xterm.css:xterm.css"
   "node_modules/@xterm/addon-fit/lib/addon-fit.js:addon-fit.js"
+  "node_modules/@xterm/addon-search/lib/addon-search.js:addon-search.js"
+  "node_modules/@xterm/addon-unicode11/lib/addon-unicode11.js:addon-unicode11.js"
+  "node_modules/@xterm/addon-web-links/lib/addon-web-links.js:addon-web-links.js"
+  "node_modules/@xterm/addon-webgl/lib/addon-webgl.js:addon-webgl.js"
 )
 mkdir -p vendor
 for pair in "${files[@]}"; do

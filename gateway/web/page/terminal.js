@@ -3,21 +3,78 @@
 // from the address bar at once. Protocol: docs/protocol.md.
 (function () {
   "use strict";
+  // xterm.js writes its theme and cell metrics into <style> elements it creates. The page's
+  // policy admits styles from this origin and those carrying the nonce the server put in this
+  // response, so each such element gets the nonce before xterm.js fills it.
+  const styleNonce = document.querySelector('meta[name="cliscale-style-nonce"]').content;
+  const createElement = Document.prototype.createElement;
+  Document.prototype.createElement = function (tag, options) {
+    const created = createElement.call(this, tag, options);
+    if (String(tag).toLowerCase() === "style") created.nonce = styleNonce;
+    return created;
+  };
+
   const sid = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
   const storeKey = "cliscale.token." + sid;
   const fromUrl = new URLSearchParams(location.hash.slice(1)).get("token") ||
     new URLSearchParams(location.search).get("token");
   if (fromUrl) sessionStorage.setItem(storeKey, fromUrl);
-  history.replaceState(null, "", location.pathname);
+  // Only the token leaves the address bar; a renderer choice stays for reloads.
+  const kept = new URLSearchParams(location.search);
+  kept.delete("token");
+  history.replaceState(null, "", location.pathname + (kept.toString() ? "?" + kept : ""));
 
   const el = (id) => document.getElementById(id);
   const show = (id, text) => { el(id).textContent = text; };
 
-  const term = new Terminal({ cursorBlink: true, scrollback: 100000, convertEol: false });
+  const narrow = window.matchMedia("(max-width: 600px)").matches;
+  const term = new Terminal({
+    cursorBlink: true,
+    cursorStyle: "block",
+    scrollback: 100000,
+    convertEol: false,
+    allowProposedApi: true, // the unicode11 addon's width tables
+    fontFamily: '"DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, "Courier New", monospace',
+    fontSize: narrow ? 12 : 14,
+    theme: { background: "#000000", foreground: "#d0d0d0", cursor: "#f0f0f0", selectionBackground: "#4a6a9a" },
+  });
   const fit = new FitAddon.FitAddon();
   term.loadAddon(fit);
+  term.loadAddon(new Unicode11Addon.Unicode11Addon());
+  term.unicode.activeVersion = "11";
+  term.loadAddon(new WebLinksAddon.WebLinksAddon());
+  const search = new SearchAddon.SearchAddon();
+  term.loadAddon(search);
   term.open(el("terminal"));
+  // The GPU renderer where the browser has one; the DOM renderer otherwise, if it is lost, or
+  // when the URL asks for it (?renderer=dom, for a machine whose GPU draws badly).
+  window.cliscaleRenderer = "dom";
+  if (new URLSearchParams(location.search).get("renderer") !== "dom") try {
+    const webgl = new WebglAddon.WebglAddon();
+    webgl.onContextLoss(() => { webgl.dispose(); window.cliscaleRenderer = "dom"; });
+    term.loadAddon(webgl);
+    window.cliscaleRenderer = "webgl";
+  } catch (e) {
+    window.cliscaleRenderer = "dom";
+  }
   fit.fit();
+  term.focus();
+
+  // Search: Ctrl+Shift+F (or Cmd+Shift+F) opens it, Enter and Shift+Enter step, Escape closes.
+  const box = el("search");
+  const openSearch = () => { box.hidden = false; box.focus(); box.select(); };
+  const closeSearch = () => { box.hidden = true; search.clearDecorations(); term.focus(); };
+  term.attachCustomKeyEventHandler((e) => {
+    if (e.type === "keydown" && (e.ctrlKey || e.metaKey) && e.shiftKey && e.code === "KeyF") {
+      openSearch();
+      return false;
+    }
+    return true;
+  });
+  box.addEventListener("keydown", (e) => {
+    if (e.key === "Escape") closeSearch();
+    else if (e.key === "Enter") (e.shiftKey ? search.findPrevious(box.value) : search.findNext(box.value));
+  });
   window.term = term;
   window.cliscale = { offset: 0, finished: false, status: null };
 
@@ -27,8 +84,10 @@
   let retries = 0;
   const encoder = new TextEncoder();
 
+  let readOnly = false;
+  // A read-only connection sends nothing: its input and resizes would only be refused.
   function send(data) {
-    if (ws && ws.readyState === WebSocket.OPEN) ws.send(data);
+    if (ws && ws.readyState === WebSocket.OPEN && !readOnly) ws.send(data);
   }
   // A paste arrives as one piece of any size; the gateway and the runner take messages of up
   // to 1 MiB (a larger one closes the connection), so input goes out in slices.
@@ -42,7 +101,12 @@
 
   function onStatus(status) {
     show("phase", status.phase);
+    document.title = "cliscale · " + sid.slice(0, 8) + " · " + status.phase;
     window.cliscale.status = status;
+    if (status.reason) {
+      el("reason-wrap").hidden = false;
+      show("reason", status.reason);
+    }
     if (status.exitCode !== null && status.exitCode !== undefined) {
       el("exit-wrap").hidden = false;
       show("exit", String(status.exitCode));
@@ -57,7 +121,12 @@
 
   function onText(msg) {
     switch (msg.type) {
-      case "hello": onStatus(msg.status); break;
+      case "hello":
+        readOnly = msg.readOnly;
+        el("readonly").hidden = !readOnly;
+        send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
+        onStatus(msg.status);
+        break;
       case "status": onStatus(msg); break;
       case "gap":
         term.write("\r\n\x1b[33m[cliscale: " + (msg.to - msg.from) + " bytes of earlier output are no longer available]\x1b[0m\r\n");
@@ -94,7 +163,6 @@
     ws.onopen = () => {
       retries = 0;
       show("conn", "connected");
-      send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
     };
     ws.onmessage = (ev) => {
       if (typeof ev.data === "string") onText(JSON.parse(ev.data));
