@@ -203,7 +203,7 @@ async fn finished_sessions_are_deleted_after_their_ttl() {
 async fn stopping_cliscale_up_sends_sigterm_to_its_runners() {
     let mut stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
     let created = stack
-        .create(ADMIN_KEY, json!({"command": "trap 'echo got-sigterm > ../stopped; exit 0' TERM; echo up; while :; do sleep 0.1; done"}))
+        .create(ADMIN_KEY, json!({"command": "trap '' HUP; trap 'echo got-sigterm > ../stopped; exit 0' TERM; echo up; while :; do sleep 0.1; done"}))
         .await;
     let sid = created["sessionId"].as_str().unwrap().to_owned();
     stack.wait_for_phase(&sid, "Running").await;

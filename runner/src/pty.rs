@@ -295,9 +295,14 @@ pub fn exit_code_of(status: std::process::ExitStatus) -> (i32, Option<i32>) {
     }
 }
 
-/// Stops the process group: SIGTERM, then SIGKILL after `grace` if it is still alive.
+/// Stops the process group as closing a terminal window and then `kill` would: SIGHUP (an
+/// interactive shell ignores SIGTERM but leaves on a hang-up, taking its jobs with it), SIGTERM,
+/// SIGCONT (a stopped job cannot act on either until it runs), then SIGKILL after `grace` if
+/// anything is still alive.
 pub async fn stop(process: &mut PtyProcess, grace: Duration) -> std::process::ExitStatus {
-    signal_group(process.pid, Signal::SIGTERM);
+    for signal in [Signal::SIGHUP, Signal::SIGTERM, Signal::SIGCONT] {
+        signal_group(process.pid, signal);
+    }
     match tokio::time::timeout(grace, process.child.wait()).await {
         Ok(Ok(status)) => {
             // Reap stragglers of the group that ignored SIGTERM.

@@ -270,25 +270,44 @@ async fn exit_codes_and_signal_deaths_are_reported_and_returned() {
 }
 
 #[tokio::test]
-async fn sigterm_reaches_the_process_group_and_cancels() {
-    let mut r =
-        runner("trap 'echo got-term; exit 7' TERM; echo started; while :; do sleep 0.05; done")
-            // A runner told to stop does not linger: it would outlast the test's hang guard.
-            .args(["--linger", "600s", "--grace-period", "10s"])
-            .start();
+async fn a_hang_up_then_sigterm_reach_the_process_group_and_cancel() {
+    let command = "trap 'echo got-hup' HUP; trap 'echo got-term; exit 7' TERM; echo started; \
+                   while :; do sleep 0.05; done";
+    let mut r = runner(command)
+        // A runner told to stop does not linger: it would outlast the test's hang guard.
+        .args(["--linger", "600s", "--grace-period", "10s"])
+        .start();
     let mut c = r.attach(TokenScope::View, 0).await;
     c.read_until(b"started").await;
     r.signal(nix::sys::signal::Signal::SIGTERM);
     let (out, _, status) = c.read_to_end_any().await;
-    assert!(String::from_utf8_lossy(&out).contains("got-term"));
+    let out = String::from_utf8_lossy(&out);
+    let (hup, term) = (out.find("got-hup"), out.find("got-term"));
+    assert!(hup.is_some() && term.is_some() && hup < term, "hang-up, then SIGTERM: {out:?}");
     assert_eq!(status.phase, SessionPhase::Cancelled);
     assert_eq!(status.exit_code, Some(7));
     assert_eq!(r.wait(), 7);
 }
 
+/// An interactive shell ignores SIGTERM; the hang-up ends it at once, well inside a grace
+/// period that would otherwise run out into SIGKILL (137).
+#[tokio::test]
+async fn cancelling_an_interactive_shell_ends_it_at_once() {
+    let mut r =
+        runner("exec bash --norc -i").args(["--linger", "600s", "--grace-period", "600s"]).start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    c.send_input(b"echo shell-up\r").await;
+    c.read_until(b"shell-up\r\n").await;
+    r.signal(nix::sys::signal::Signal::SIGTERM);
+    let (_, _, status) = c.read_to_end_any().await;
+    assert_eq!(status.phase, SessionPhase::Cancelled);
+    assert_eq!(status.exit_code, Some(129), "ended by the hang-up: {status:?}");
+    assert_eq!(r.wait(), 129);
+}
+
 #[tokio::test]
 async fn a_command_that_ignores_sigterm_is_killed_after_the_grace_period() {
-    let mut r = runner("trap '' TERM; echo started; while :; do sleep 0.05; done")
+    let mut r = runner("trap '' HUP TERM; echo started; while :; do sleep 0.05; done")
         .args(["--linger", "0s", "--grace-period", "1s"])
         .start();
     let mut c = r.attach(TokenScope::View, 0).await;
