@@ -173,10 +173,12 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Forgets consumed ids whose tokens have expired anyway.
-    pub async fn prune_jtis(&self, before: i64) -> Result<u64> {
+    /// Forgets consumed ids whose tokens can no longer be accepted at `at`: past their expiry
+    /// and the clock leeway verifiers grant on it. One forgotten sooner could be replayed.
+    pub async fn prune_jtis(&self, at: i64) -> Result<u64> {
+        let leeway = cliscale_core::token::LEEWAY_SECS as i64;
         let done = sqlx::query("DELETE FROM used_jtis WHERE expires_at < $1")
-            .bind(before)
+            .bind(at - leeway)
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())

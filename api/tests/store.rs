@@ -50,6 +50,22 @@ async fn concurrent_updates_never_undo_a_finished_phase(store: Store) {
     assert!(store.get_session("nope").await.unwrap().is_none());
 }
 
+/// A used token id is remembered as long as a verifier could still accept the token: past its
+/// `exp` by less than the clock leeway, a replay is still refused after the janitor ran.
+#[tokio::test]
+async fn a_used_token_stays_used_through_the_clock_leeway() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("jti.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    let now = cliscale_api::store::now();
+    let leeway = cliscale_core::token::LEEWAY_SECS as i64;
+    assert!(store.consume_jti("in-leeway", now - leeway / 2).await.unwrap());
+    assert!(store.consume_jti("long-gone", now - leeway - 5).await.unwrap());
+    assert_eq!(store.prune_jtis(now).await.unwrap(), 1);
+    assert!(!store.consume_jti("in-leeway", now - leeway / 2).await.unwrap(), "replayed");
+    assert!(store.consume_jti("long-gone", now - leeway - 5).await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_updates_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
