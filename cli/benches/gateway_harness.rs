@@ -252,6 +252,25 @@ async fn run() {
     let payload = dir.path().join("payload.b64");
     let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n";
     std::fs::write(&payload, line.repeat(PAYLOAD_MB * 1024 * 1024 / line.len())).unwrap();
+    if let Ok(samples) = std::env::var("CLISCALE_BENCH_FIRST_BYTE_ONLY") {
+        // Only the time from connecting to the first output frame, runner direct and through
+        // the gateway, alternating; medians with their 95 % intervals.
+        let samples = samples.parse().unwrap_or(FIRST_BYTE_SAMPLES);
+        let (sid, direct_token) = session(&up, "stty raw -echo; printf R; exec cat").await;
+        let addr = runner_addr(&up, &sid).await;
+        let (mut direct, mut via) = (Vec::new(), Vec::new());
+        for _ in 0..samples {
+            let token = token(&up, &sid).await;
+            direct.push(first_byte(&direct_url(&addr, &direct_token)).await.as_secs_f64() * 1e3);
+            via.push(first_byte(&gateway_url(&up, &sid, &token)).await.as_secs_f64() * 1e3);
+        }
+        for (name, values) in [("runner direct", &mut direct), ("through the gateway", &mut via)] {
+            let m = median(values);
+            let (low, high) = median_interval(values);
+            println!("first byte, {name}: median {m:.3} ms, 95 % interval {low:.3}-{high:.3} ms");
+        }
+        return;
+    }
     if let Ok(pairs) = std::env::var("CLISCALE_BENCH_THROUGHPUT_ONLY") {
         // Investigation aid: only throughput pairs, each printed.
         let mut tp = throughput_pairs(&up, &payload, pairs.parse().unwrap_or(20), true).await;

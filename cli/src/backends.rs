@@ -24,6 +24,12 @@ impl JtiLedger for StoreLedger {
     }
 }
 
+/// How long a reconnect token is good for. Long enough for a page to ride out any outage of a
+/// session that is still running (a laptop closed over lunch); no replay window for that,
+/// because each token opens one connection (its JTI is consumed), names one session, scope and
+/// subject, and dies with the key that signed it (docs/protocol.md, "Reconnecting").
+pub const RECONNECT_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// Signs the one-time reconnect token handed over a live connection.
 pub struct KeyRingIssuer {
     pub keys: Arc<KeyRing>,

@@ -17,7 +17,7 @@ use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_gateway::{BoxFuture, Gateway, JwksCache, ResolveError, RunnerResolver};
 use cliscale_wiring::GatewayArgs;
-use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
+use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreLedger};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -205,10 +205,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ),
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: Arc::new(LocalResolver { executor: executor.clone(), store: store.clone() }),
-        reissuer: Some(Arc::new(KeyRingIssuer {
-            keys: keys.clone(),
-            ttl: Duration::from_secs(600),
-        })),
+        reissuer: Some(Arc::new(KeyRingIssuer { keys: keys.clone(), ttl: RECONNECT_TOKEN_TTL })),
         config: args.gateway.config(),
         metrics: Default::default(),
     });

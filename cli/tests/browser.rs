@@ -234,12 +234,18 @@ impl Browser {
 
     /// Waits, inside the page, until `condition` (a JS expression) holds.
     async fn wait_until(&mut self, condition: &str) {
+        self.wait_until_within(condition, 30).await
+    }
+
+    /// [`Browser::wait_until`] with a limit of `secs` seconds.
+    async fn wait_until_within(&mut self, condition: &str, secs: u64) {
         let script = format!(
             "new Promise((resolve, reject) => {{ const t0 = Date.now(); const t = setInterval(() => {{ \
                try {{ if ({condition}) {{ clearInterval(t); resolve(true); }} }} catch (e) {{}} \
-               if (Date.now() - t0 > 30000) {{ clearInterval(t); reject(new Error('timed out: ' + {cond:?})); }} \
+               if (Date.now() - t0 > {ms}) {{ clearInterval(t); reject(new Error('timed out: ' + {cond:?})); }} \
              }}, 20); }})",
-            cond = condition
+            cond = condition,
+            ms = secs * 1000
         );
         assert_eq!(self.eval(&script).await, json!(true));
     }
@@ -495,4 +501,96 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
         assert_eq!(violations, json!([]), "{renderer}: policy violations");
         assert_eq!(browser.errors(), Vec::<String>::new(), "{renderer}: console errors");
     }
+}
+
+/// A TCP proxy the test controls, between the page and the gateway: `cut` resets every open
+/// connection and refuses new ones until `restore`, as a dropped network would.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
+}
+
+impl Proxy {
+    async fn start(target: std::net::SocketAddr) -> Proxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let up = std::sync::Arc::new(tokio::sync::watch::channel(true).0);
+        let state = up.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !*state.borrow() {
+                    continue; // dropped: the connection is refused as it arrives
+                }
+                let mut down = state.subscribe();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        // Dropped on the spot: nothing more gets through either way.
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Proxy { addr, up }
+    }
+
+    fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    fn restore(&self) {
+        self.up.send_replace(true);
+    }
+}
+
+/// The page rides out network drops of 3 s and of a minute: it backs off, says when it will try
+/// again, resumes at its offset, and ends up with every line of the output exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_rides_out_network_cuts_with_every_byte_once() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let Some(mut browser) = Browser::launch_or_skip().await else { return };
+    let command = "i=0; while :; do i=$((i+1)); echo line-$i; sleep 0.05; done";
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let gateway: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(gateway).await;
+    let url = created["terminalUrl"]
+        .as_str()
+        .unwrap()
+        .replace(&stack.base, &format!("http://{}", proxy.addr));
+    browser.open(&url).await;
+    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    let last_line = "(() => { const b = term.buffer.active; let n = 0; \
+        for (let i = 0; i < b.length; i++) { const m = /^line-(\\d+)$/.exec(b.getLine(i).translateToString(true)); \
+          if (m) n = Math.max(n, +m[1]); } return n; })()";
+    browser.wait_until(&format!("{last_line} >= 10")).await;
+    for outage in [3u64, 60] {
+        proxy.cut();
+        browser
+            .wait_until("document.getElementById('conn').textContent.startsWith('reconnecting in')")
+            .await;
+        let before = browser.eval(last_line).await.as_u64().unwrap();
+        // The outage itself: the network is down this long, whatever the page does.
+        tokio::time::sleep(std::time::Duration::from_secs(outage)).await;
+        let shown = browser.eval("document.getElementById('reconnect-now').hidden").await;
+        assert_eq!(shown, json!(false), "a way to try at once is offered during the outage");
+        proxy.restore();
+        // Backoff tops out at 30 s (with jitter): within 45 s the page is back.
+        browser
+            .wait_until_within("document.getElementById('conn').textContent === 'connected'", 45)
+            .await;
+        browser.wait_until(&format!("{last_line} > {} ", before + 40)).await;
+    }
+    // Every line once, in order, none missing: the page resumed at its offset each time.
+    let lines = browser
+        .eval("(() => { const b = term.buffer.active; const out = []; \
+                 for (let i = 0; i < b.length; i++) { const t = b.getLine(i).translateToString(true); \
+                   if (t.startsWith('line-')) out.push(+t.slice(5)); } return out; })()")
+        .await;
+    let lines: Vec<u64> = lines.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(lines.len() > 100, "{} lines", lines.len());
+    let expected: Vec<u64> = (1..=lines.len() as u64).collect();
+    assert_eq!(lines, expected, "lines lost or shown twice across the cuts");
 }

@@ -16,7 +16,7 @@ use cliscale_api::store::Store;
 use cliscale_gateway::cluster::ReflectorResolver;
 use cliscale_gateway::{Gateway, JwksCache, ReconnectIssuer};
 use cliscale_wiring::GatewayArgs;
-use cliscale_wiring::backends::{KeyRingIssuer, StoreLedger};
+use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreLedger};
 
 #[derive(Parser)]
 #[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]
@@ -61,8 +61,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         None
     } else {
         let keys = Arc::new(KeyRing::from_files(&args.signing_key_file)?);
-        Some(Arc::new(KeyRingIssuer { keys, ttl: Duration::from_secs(600) })
-            as Arc<dyn ReconnectIssuer>)
+        Some(Arc::new(KeyRingIssuer { keys, ttl: RECONNECT_TOKEN_TTL }) as Arc<dyn ReconnectIssuer>)
     };
     let shutdown = Shutdown::on_signals();
     let gateway = Arc::new(Gateway {

@@ -149,32 +149,59 @@
     window.cliscale.offset = cursor;
   }
 
+  // Reconnecting. A token opens one connection, and every connection hands over the next
+  // token first thing; the page keeps the token it holds until a newer one replaces it, so a
+  // drop at any moment (even before the new connection is up) leaves it able to try again. It
+  // tries until the session ends, backing off with jitter from 1 s to 30 s, and says when.
+  const MAX_DELAY_MS = 30000;
+  let timer = null;
+  let countdown = null;
+  function nextDelay() {
+    const base = Math.min(MAX_DELAY_MS, 1000 * 2 ** Math.min(retries, 5));
+    return Math.round(base * (0.5 + Math.random() * 0.5));
+  }
+  function scheduleReconnect() {
+    retries += 1;
+    const at = Date.now() + nextDelay();
+    const tick = () => {
+      const left = Math.max(0, Math.ceil((at - Date.now()) / 1000));
+      show("conn", "reconnecting in " + left + " s");
+    };
+    tick();
+    el("reconnect-now").hidden = false;
+    countdown = setInterval(tick, 1000);
+    timer = setTimeout(connect, at - Date.now());
+  }
+  el("reconnect-now").addEventListener("click", () => { if (timer) connect(); });
+
   function connect() {
+    clearTimeout(timer);
+    clearInterval(countdown);
+    timer = null;
+    el("reconnect-now").hidden = true;
     const token = sessionStorage.getItem(storeKey);
     if (!token) { show("conn", "no token"); show("note", "open the terminal URL the API gave you"); return; }
-    // Each token opens one connection; the gateway hands out the next one over the socket.
-    sessionStorage.removeItem(storeKey);
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
     const url = proto + "//" + location.host + "/ws/" + encodeURIComponent(sid) +
       "?since=" + cursor + "&token=" + encodeURIComponent(token);
     show("conn", "connecting");
-    ws = new WebSocket(url);
-    ws.binaryType = "arraybuffer";
-    ws.onopen = () => {
+    const socket = new WebSocket(url);
+    ws = socket;
+    socket.binaryType = "arraybuffer";
+    socket.onopen = () => {
       retries = 0;
       show("conn", "connected");
+      show("note", "");
     };
-    ws.onmessage = (ev) => {
+    socket.onmessage = (ev) => {
       if (typeof ev.data === "string") onText(JSON.parse(ev.data));
       else onBinary(ev.data);
     };
-    ws.onclose = (ev) => {
-      ws = null;
+    socket.onclose = (ev) => {
+      if (ws === socket) ws = null;
       if (finished) { show("conn", "closed"); return; }
-      show("conn", "disconnected" + (ev.reason ? " (" + ev.reason + ")" : ""));
-      if (!sessionStorage.getItem(storeKey)) { show("note", "cannot reconnect: no fresh token"); return; }
-      retries += 1;
-      setTimeout(connect, Math.min(5000, 250 * 2 ** Math.min(retries, 5)));
+      if (ev.reason) show("note", ev.reason);
+      scheduleReconnect();
     };
   }
   connect();
