@@ -173,6 +173,15 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Whether a token id was consumed (and is still remembered).
+    pub async fn jti_used(&self, jti: &str) -> Result<bool> {
+        let row = sqlx::query("SELECT 1 AS used FROM used_jtis WHERE jti = $1")
+            .bind(jti)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Forgets consumed ids whose tokens can no longer be accepted at `at`: past their expiry
     /// and the clock leeway verifiers grant on it. One forgotten sooner could be replayed.
     pub async fn prune_jtis(&self, at: i64) -> Result<u64> {

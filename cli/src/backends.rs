@@ -22,6 +22,11 @@ impl JtiLedger for StoreLedger {
             async move { self.0.consume_jti(&jti, expires_at).await.map_err(|e| e.to_string()) },
         )
     }
+
+    fn is_used(&self, jti: &str) -> BoxFuture<'_, Result<bool, String>> {
+        let jti = jti.to_owned();
+        Box::pin(async move { self.0.jti_used(&jti).await.map_err(|e| e.to_string()) })
+    }
 }
 
 /// How long a reconnect token is good for. Long enough for a page to ride out any outage of a

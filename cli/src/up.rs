@@ -15,6 +15,7 @@ use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
+use cliscale_core::protocol::SessionStatus;
 use cliscale_gateway::{BoxFuture, Gateway, JwksCache, ResolveError, RunnerResolver};
 use cliscale_wiring::GatewayArgs;
 use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreLedger};
@@ -91,6 +92,19 @@ impl RunnerResolver for LocalResolver {
                 Ok(Ok(state)) if state.exited => Err(ResolveError::Gone),
                 Ok(Ok(state)) => state.addr.clone().ok_or(ResolveError::NotReady),
             }
+        })
+    }
+
+    fn ended(&self, session_id: &str) -> BoxFuture<'_, Option<SessionStatus>> {
+        let id = session_id.to_owned();
+        Box::pin(async move {
+            let row = self.store.get_session(&id).await.ok()??;
+            row.phase.is_finished().then(|| SessionStatus {
+                phase: row.phase,
+                exit_code: row.exit_code.and_then(|c| i32::try_from(c).ok()),
+                reason: row.reason,
+                message: row.message,
+            })
         })
     }
 }

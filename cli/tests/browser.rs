@@ -594,3 +594,126 @@ async fn the_page_rides_out_network_cuts_with_every_byte_once() {
     let expected: Vec<u64> = (1..=lines.len() as u64).collect();
     assert_eq!(lines, expected, "lines lost or shown twice across the cuts");
 }
+
+/// A token for `sid` signed with the stack's own key, `ttl_secs` from now (negative: expired).
+fn signed_token(
+    stack: &Stack,
+    sid: &str,
+    scope: cliscale_core::token::TokenScope,
+    ttl_secs: i64,
+) -> String {
+    let jwks: Value = serde_json::from_str(
+        &std::fs::read_to_string(stack.data.path().join("jwks.json")).unwrap(),
+    )
+    .unwrap();
+    let der = std::fs::read(stack.data.path().join("signing-key.der")).unwrap();
+    let kid = jwks["keys"][0]["kid"].as_str().unwrap();
+    let key = cliscale_core::token::SessionSigningKey::from_pkcs8_der(kid, &der).unwrap();
+    let mut claims = cliscale_core::token::new_claims(
+        "cliscale",
+        cliscale_core::token::TERMINAL_AUDIENCE,
+        "test",
+        sid,
+        scope,
+        300,
+    );
+    claims.exp = (cliscale_core::token::now_secs() as i64 + ttl_secs) as u64;
+    key.sign(&claims).unwrap()
+}
+
+/// Every way a link can fail is said in words on the page, with what to do next; a finished
+/// session shows how it ended; a read-only link says so; a server that cannot be reached says
+/// so while the page keeps trying.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_is_said_in_words() {
+    use cliscale_core::token::TokenScope;
+    let stack = Stack::start(Backend::Sqlite, &["--linger", "0s"]).await.unwrap();
+    let Some(mut browser) = Browser::launch_or_skip().await else { return };
+    let page = |sid: &str, token: &str| format!("{}/t/{sid}#token={token}", stack.base);
+    let running = stack.create(ADMIN_KEY, json!({ "command": "read -r x" })).await;
+    let sid = running["sessionId"].as_str().unwrap().to_owned();
+    let other = stack.create(ADMIN_KEY, json!({ "command": "read -r x" })).await;
+    let other_sid = other["sessionId"].as_str().unwrap().to_owned();
+    stack.wait_for_phase(&sid, "Running").await;
+
+    // Used: the link's one connection was taken already.
+    let used = running["token"].as_str().unwrap();
+    drop(common::open_terminal(&stack.ws_url(&sid, &format!("token={used}"))).await.unwrap());
+    let cases = [
+        (page(&sid, used), "This link has already been used", "Ask for a new link"),
+        (
+            page(&sid, &signed_token(&stack, &sid, TokenScope::Interact, -120)),
+            "This link has expired",
+            "Ask for a new link",
+        ),
+        (page(&sid, "not.a.token"), "This link is not valid", "Copy the whole link again"),
+        (
+            page(&sid, &signed_token(&stack, &other_sid, TokenScope::Interact, 300)),
+            "This link is for another session",
+            "Use the link made for this session",
+        ),
+        (
+            page(
+                "no-such-session",
+                &signed_token(&stack, "no-such-session", TokenScope::View, 300),
+            ),
+            "There is no such session",
+            "time to live",
+        ),
+    ];
+    for (url, title, advice) in cases {
+        browser.open(&url).await;
+        browser.wait_until("!document.getElementById('notice').hidden").await;
+        let said = browser
+            .eval("document.getElementById('notice-title').textContent + ' / ' + document.getElementById('notice-text').textContent")
+            .await;
+        let said = said.as_str().unwrap();
+        assert!(said.starts_with(title) && said.contains(advice), "{url}: {said}");
+        let conn = browser.eval("document.getElementById('conn').textContent").await;
+        assert_eq!(conn, "refused", "{url}: no endless retries of a dead link");
+    }
+
+    // Read-only: it opens, and the badge says it cannot type.
+    browser.open(&page(&sid, &signed_token(&stack, &sid, TokenScope::View, 300))).await;
+    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    browser.wait_until("!document.getElementById('readonly').hidden").await;
+
+    // Finished: its final status, reason and exit code.
+    let done = stack.create(ADMIN_KEY, json!({ "command": "echo bye; exit 3" })).await;
+    let done_sid = done["sessionId"].as_str().unwrap().to_owned();
+    stack.wait_for_phase(&done_sid, "Failed").await;
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    loop {
+        // The runner leaves right after its linger (0 s); until then the session still opens.
+        let probe = signed_token(&stack, &done_sid, TokenScope::View, 300);
+        if common::open_terminal(&stack.ws_url(&done_sid, &format!("token={probe}"))).await.is_err()
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the finished session's runner never left");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    browser.open(&page(&done_sid, &signed_token(&stack, &done_sid, TokenScope::View, 300))).await;
+    browser.wait_until("!document.getElementById('notice').hidden").await;
+    let said = browser.eval("document.getElementById('notice-title').textContent").await;
+    assert_eq!(said, "This session has finished: Failed (Exited), exit code 3", "{said}");
+    let phase = browser.eval("document.getElementById('phase').textContent").await;
+    assert_eq!(phase, "Failed");
+
+    // Unreachable: the network drops under a connected page.
+    let gateway: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse().unwrap();
+    let proxy = Proxy::start(gateway).await;
+    let via = page(&sid, &signed_token(&stack, &sid, TokenScope::View, 300))
+        .replace(&stack.base, &format!("http://{}", proxy.addr));
+    browser.open(&via).await;
+    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    proxy.cut();
+    browser
+        .wait_until_within(
+            "document.getElementById('notice-title').textContent === 'Cannot reach the server'",
+            45,
+        )
+        .await;
+    let conn = browser.eval("document.getElementById('conn').textContent").await;
+    assert!(conn.as_str().unwrap().starts_with("reconnecting in"), "it keeps trying: {conn}");
+}

@@ -8,6 +8,7 @@ use cliscale_crd::CommandSession;
 use cliscale_crd::condition::READY;
 use futures_util::StreamExt;
 // kube calls its watch-fed cache a Store; here that name belongs to the SQL store.
+use cliscale_core::protocol::SessionStatus;
 use kube::runtime::reflector::{self, ObjectRef, Store as Cache};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
@@ -79,6 +80,12 @@ impl ReflectorResolver {
 }
 
 impl RunnerResolver for ReflectorResolver {
+    fn ended(&self, session_id: &str) -> BoxFuture<'_, Option<SessionStatus>> {
+        let key = ObjectRef::<CommandSession>::new(session_id).within(&self.namespace);
+        let found = self.cache.get(&key).and_then(|s| ended_status(&s));
+        Box::pin(async move { found })
+    }
+
     fn resolve(
         &self,
         session_id: &str,
@@ -109,6 +116,18 @@ impl RunnerResolver for ReflectorResolver {
             }
         })
     }
+}
+
+/// How a finished session ended, as its CommandSession's status says. Pure.
+pub fn ended_status(session: &CommandSession) -> Option<SessionStatus> {
+    let status = session.status.as_ref()?;
+    let phase = status.phase.filter(|p| p.is_finished())?;
+    Some(SessionStatus {
+        phase,
+        exit_code: status.exit_code,
+        reason: status.reason,
+        message: status.message.clone(),
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::routing::get;
+use cliscale_core::protocol::SessionStatus;
 use cliscale_core::token::SessionClaims;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -32,6 +33,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// exactly one returns `Ok(true)`.
 pub trait JtiLedger: Send + Sync + 'static {
     fn consume(&self, jti: &str, expires_at: i64) -> BoxFuture<'_, Result<bool, String>>;
+    /// Whether `jti` was consumed already (without consuming it).
+    fn is_used(&self, jti: &str) -> BoxFuture<'_, Result<bool, String>>;
 }
 
 /// Why a session has no runner to connect to.
@@ -54,6 +57,8 @@ pub trait RunnerResolver: Send + Sync + 'static {
         session_id: &str,
         wait: Duration,
     ) -> BoxFuture<'_, Result<String, ResolveError>>;
+    /// How a finished session ended, where that is known.
+    fn ended(&self, session_id: &str) -> BoxFuture<'_, Option<SessionStatus>>;
 }
 
 /// Mints the one-time token a client uses to reconnect after a drop, handed over the live
@@ -154,7 +159,8 @@ pub struct Gateway {
     pub metrics: GatewayMetrics,
 }
 
-/// The gateway's routes: `/t/{sid}` (page), `/assets/*`, `/ws/{sid}` (terminal stream).
+/// The gateway's routes: `/t/{sid}` (page), `/t/{sid}/check` (why a link does not open),
+/// `/assets/*`, `/ws/{sid}` (terminal stream).
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/t/{sid}", get(|| async { assets::page() }))
@@ -163,6 +169,7 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(|Path(name): Path<String>| async move { assets::serve(&name) }),
         )
         .route("/ws/{sid}", get(proxy::ws_entry))
+        .route("/t/{sid}/check", get(proxy::check))
         .route(
             "/gateway/metrics",
             get(|State(g): State<Arc<Gateway>>| async move { g.metrics.render() }),

@@ -8,7 +8,9 @@ use axum::extract::ws::{self, CloseFrame, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
-use cliscale_core::protocol::{AttachMode, CloseCode, ErrorBody, ServerMessage, credential};
+use cliscale_core::protocol::{
+    AttachMode, CloseCode, ErrorBody, ServerMessage, SessionStatus, credential,
+};
 use cliscale_core::token::{SessionClaims, TokenError};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
@@ -39,6 +41,16 @@ struct Refusal {
 impl Refusal {
     fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
         Self { status, code, message: message.into() }
+    }
+
+    /// The refusal as a check's answer: not a refused connection, so not counted as one.
+    fn into_body(self, status: Option<SessionStatus>) -> Response {
+        let mut body = serde_json::to_value(ErrorBody::new(self.code, self.message))
+            .expect("an error body serializes");
+        if let Some(status) = status {
+            body["status"] = serde_json::to_value(status).expect("a status serializes");
+        }
+        (self.status, axum::Json(body)).into_response()
     }
 
     fn into_response(self, gateway: &Gateway) -> Response {
@@ -100,6 +112,49 @@ pub async fn ws_entry(
                 .on_upgrade(move |client| relay(gateway, client, upstream, read_only, reconnect))
         }
         Err(refusal) => refusal.into_response(&gateway),
+    }
+}
+
+/// Why a link does not open, for the page to say in words: `GET /t/{sid}/check` with the
+/// link's token as a Bearer header. The same checks as a connection, without consuming the
+/// token and without waiting for a runner: 200 when the link should open (a refusal then was
+/// transient), otherwise the refusal the connection met, and for a finished session how it
+/// ended (`status`).
+pub async fn check(
+    State(gateway): State<Arc<Gateway>>,
+    Path(sid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let token = credential(authorization, None);
+    let claims = match gateway.jwks.verify(token, &sid).await {
+        Ok(claims) => claims,
+        Err(e) => return token_refusal(e).into_body(None),
+    };
+    match gateway.resolver.resolve(&sid, Duration::ZERO).await {
+        Err(error @ ResolveError::Gone) => {
+            let status = gateway.resolver.ended(&sid).await;
+            return unresolved_refusal(error, &sid, Duration::ZERO).into_body(status);
+        }
+        Err(error @ (ResolveError::UnknownSession | ResolveError::Backend(_))) => {
+            return unresolved_refusal(error, &sid, Duration::ZERO).into_body(None);
+        }
+        Err(ResolveError::NotReady) | Ok(_) => {}
+    }
+    match gateway.ledger.is_used(&claims.jti).await {
+        Ok(true) => Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "token_replayed",
+            "this token has already been used",
+        )
+        .into_body(None),
+        Ok(false) => {
+            let body = serde_json::json!({ "ok": true, "scope": claims.scope });
+            (StatusCode::OK, axum::Json(body)).into_response()
+        }
+        Err(m) => {
+            Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m).into_body(None)
+        }
     }
 }
 

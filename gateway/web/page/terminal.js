@@ -174,6 +174,71 @@
   }
   el("reconnect-now").addEventListener("click", () => { if (timer) connect(); });
 
+  // Refusals in words. A browser does not tell a page why a WebSocket was refused, so when a
+  // connection fails before it opens the page asks the gateway (/t/{sid}/check: the same checks,
+  // consuming nothing) and says what happened and what to do next.
+  const NEW_LINK = "Ask for a new link: POST /api/sessions/" + sid + "/tokens with your API key, or run the command that gave you this one again.";
+  const REFUSALS = {
+    token_replayed: ["This link has already been used", "Each terminal link opens one connection, and this one has. " + NEW_LINK],
+    token_expired: ["This link has expired", "Terminal links are valid for a few minutes. " + NEW_LINK],
+    token_missing: ["This link has no token", "Open the whole terminal URL the API gave you, including the part after #. " + NEW_LINK],
+    token_malformed: ["This link is not valid", "It was cut short or changed on the way. Copy the whole link again. " + NEW_LINK],
+    token_bad_signature: ["This link is not valid", "It was not signed by this server, or it was changed. " + NEW_LINK],
+    token_unknown_key: ["This link is not valid here", "It was signed with a key this server does not know (an old key, or another server). " + NEW_LINK],
+    token_wrong_algorithm: ["This link is not valid", "It was not made by this server. " + NEW_LINK],
+    token_missing_kid: ["This link is not valid", "It was not made by this server. " + NEW_LINK],
+    token_wrong_audience: ["This link is not a terminal link", "It was made for something else. " + NEW_LINK],
+    token_wrong_issuer: ["This link is not valid here", "It was made by another server. " + NEW_LINK],
+    token_wrong_session: ["This link is for another session", "It opens a different session than the one in the address. Use the link made for this session."],
+    session_not_found: ["There is no such session", "No session " + sid + " exists here. It may have ended and been deleted after its time to live; list your sessions to find it."],
+  };
+  function notice(title, text) {
+    show("notice-title", title);
+    show("notice-text", text);
+    el("notice").hidden = false;
+    fit.fit();
+  }
+  // Null when the link should open (the refusal was passing: a runner starting, a hiccup).
+  async function explain() {
+    const token = sessionStorage.getItem(storeKey) || "";
+    try {
+      const r = await fetch("/t/" + encodeURIComponent(sid) + "/check", {
+        headers: { Authorization: "Bearer " + token },
+        cache: "no-store",
+      });
+      return r.ok ? null : await r.json();
+    } catch (e) {
+      return { error: "unreachable" };
+    }
+  }
+  async function refused() {
+    const why = await explain();
+    if (why === null) { scheduleReconnect(); return; }
+    if (why.error === "unreachable") {
+      notice("Cannot reach the server", "The network or the server is down. The page keeps trying; nothing of the session is lost meanwhile.");
+      scheduleReconnect();
+      return;
+    }
+    if (why.error === "session_gone") {
+      const st = why.status;
+      if (st) onStatus(st);
+      const how = st ? st.phase + (st.reason ? " (" + st.reason + ")" : "") +
+        (st.exitCode !== null && st.exitCode !== undefined ? ", exit code " + st.exitCode : "") : "";
+      notice("This session has finished" + (how ? ": " + how : ""),
+        (st && st.message ? st.message + ". " : "") + "Its terminal has closed.");
+      show("conn", "closed");
+      return;
+    }
+    const words = REFUSALS[why.error];
+    if (words) {
+      notice(words[0], words[1]);
+      show("conn", "refused");
+      return;
+    }
+    notice("The terminal could not open", why.message || why.error);
+    scheduleReconnect();
+  }
+
   function connect() {
     clearTimeout(timer);
     clearInterval(countdown);
@@ -187,11 +252,14 @@
     show("conn", "connecting");
     const socket = new WebSocket(url);
     ws = socket;
+    let opened = false;
     socket.binaryType = "arraybuffer";
     socket.onopen = () => {
+      opened = true;
       retries = 0;
       show("conn", "connected");
       show("note", "");
+      if (!el("notice").hidden) { el("notice").hidden = true; fit.fit(); }
     };
     socket.onmessage = (ev) => {
       if (typeof ev.data === "string") onText(JSON.parse(ev.data));
@@ -200,6 +268,7 @@
     socket.onclose = (ev) => {
       if (ws === socket) ws = null;
       if (finished) { show("conn", "closed"); return; }
+      if (!opened) { refused(); return; }
       if (ev.reason) show("note", ev.reason);
       scheduleReconnect();
     };
