@@ -434,8 +434,8 @@ async fn relay(
         let _ = client_tx.send(ws::Message::Text(message.into())).await;
     }
     let interval = gateway.config.ping_interval;
-    let mut ping = tokio::time::interval(interval);
-    ping.tick().await;
+    // The first ping is one interval away; nothing waits for the timer before the first frame.
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     let mut last_heard = Instant::now();
     let mut told_read_only = false;
     loop {

@@ -381,8 +381,10 @@ async fn stream_to_client(
         status,
     };
     send(shared, sink, json_message(&hello)).await?;
-    let mut ping = tokio::time::interval(shared.ping_interval);
-    ping.tick().await;
+    // The first ping is one interval away. (An `interval`'s first tick is immediate in name
+    // only: awaiting it waits for the timer wheel, about 1 ms before the first byte.)
+    let period = shared.ping_interval;
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         if status_rx.has_changed().unwrap_or(false) {
             cursor.status_changed(status_rx.borrow_and_update().clone());
