@@ -416,6 +416,10 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
         assert!(title.as_str().unwrap().ends_with("Running"), "{title}");
         let focused = browser.eval("document.activeElement.className").await;
         assert_eq!(focused, "xterm-helper-textarea", "typing needs no click");
+        // The bar counts the session's running time.
+        browser
+            .wait_until("/^\\d+:\\d\\d$/.test(document.getElementById('elapsed').textContent)")
+            .await;
 
         // Monospace: the bar after four narrow and after four wide letters lands in the same
         // column on screen; a proportional font (or collapsed cells) would put them apart.

@@ -95,6 +95,10 @@ pub enum ServerMessage {
         /// Offset of the next byte the command will write.
         log_end: u64,
         status: SessionStatus,
+        /// How long the command has run (until its end, once it ended), in whole seconds;
+        /// absent before it starts. A duration, not a time: clients' clocks need not agree.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        elapsed_secs: Option<u64>,
     },
     /// Bytes `[from, to)` were evicted from the log before this client read them.
     Gap { from: u64, to: u64 },
@@ -345,6 +349,16 @@ mod tests {
         assert_eq!(json["type"], "status");
         assert_eq!(json["exitCode"], 3);
         assert_eq!(json["phase"], "Failed");
+        let hello = |elapsed_secs| ServerMessage::Hello {
+            session_id: "s".into(),
+            read_only: false,
+            log_start: 0,
+            log_end: 0,
+            status: SessionStatus::new(SessionPhase::Running),
+            elapsed_secs,
+        };
+        assert_eq!(serde_json::to_value(hello(Some(75))).unwrap()["elapsedSecs"], 75);
+        assert!(serde_json::to_value(hello(None)).unwrap().get("elapsedSecs").is_none());
         let gap = serde_json::to_value(ServerMessage::Gap { from: 1, to: 9 }).unwrap();
         assert_eq!(gap, serde_json::json!({"type":"gap","from":1,"to":9}));
     }

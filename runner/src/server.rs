@@ -47,6 +47,9 @@ pub struct Shared {
     pub input: OnceLock<InputQueue>,
     /// Cleared when the command exits: input is no longer accepted.
     pub accepting_input: AtomicBool,
+    /// When the command started, and when it ended.
+    pub started: OnceLock<Instant>,
+    pub ended: OnceLock<Instant>,
     pub verifier: Arc<dyn TokenVerifier>,
     pub metrics: Metrics,
     pub ping_interval: Duration,
@@ -55,6 +58,15 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Tracks live connections so the runner can let them say goodbye before exiting.
     pub connections: TaskTracker,
+}
+
+impl Shared {
+    /// How long the command has run, until its end once it ended.
+    pub fn elapsed_secs(&self) -> Option<u64> {
+        let started = *self.started.get()?;
+        let until = self.ended.get().copied().unwrap_or_else(Instant::now);
+        Some(until.saturating_duration_since(started).as_secs())
+    }
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -379,6 +391,7 @@ async fn stream_to_client(
         log_start: shared.log.start(),
         log_end: shared.log.end(),
         status,
+        elapsed_secs: shared.elapsed_secs(),
     };
     send(shared, sink, json_message(&hello)).await?;
     // The first ping is one interval away. (An `interval`'s first tick is immediate in name
@@ -523,6 +536,7 @@ async fn next_sse_event(st: &mut SseState) -> Option<Event> {
             log_start: st.shared.log.start(),
             log_end: st.shared.log.end(),
             status,
+            elapsed_secs: st.shared.elapsed_secs(),
         };
         return Some(sse_event(sse::HELLO, &hello).id(st.cursor.offset().to_string()));
     }

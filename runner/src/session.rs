@@ -102,6 +102,8 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
         status,
         input: OnceLock::new(),
         accepting_input: AtomicBool::new(false),
+        started: OnceLock::new(),
+        ended: OnceLock::new(),
         verifier: Arc::new(verifier),
         metrics: Metrics::default(),
         ping_interval: args.ping_interval,
@@ -172,6 +174,7 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
 /// Ends the session with `reason`: the log closes, then the final status goes out.
 fn finish(shared: &Shared, reason: TerminalReason, code: i32, message: Option<String>) -> i32 {
     shared.accepting_input.store(false, Ordering::Release);
+    let _ = shared.ended.set(std::time::Instant::now());
     if let Some(message) = &message
         && reason != TerminalReason::Exited
     {
@@ -234,6 +237,7 @@ async fn drive(
     };
     let _ = shared.input.set(process.input.clone());
     shared.accepting_input.store(true, Ordering::Release);
+    let _ = shared.started.set(std::time::Instant::now());
     shared.status.send_replace(SessionStatus::new(SessionPhase::Running));
     tracing::info!(pid = process.pid, "command started");
     events.send(&RunnerEvent::Started { pid: process.pid });

@@ -99,7 +99,30 @@
   term.onResize(({ cols, rows }) => send(JSON.stringify({ type: "resize", cols, rows })));
   window.addEventListener("resize", () => fit.fit());
 
+  // Elapsed time: the runner says how long the command has run when a connection opens (a
+  // duration, so this machine's clock need not agree with the server's); the page counts on
+  // from there until the session ends.
+  let elapsedBase = null;
+  let elapsedAt = 0;
+  let elapsedFrozen = false;
+  function clock(secs) {
+    const h = Math.floor(secs / 3600), m = Math.floor(secs / 60) % 60, s = secs % 60;
+    return (h ? h + ":" + String(m).padStart(2, "0") : String(m)) + ":" + String(s).padStart(2, "0");
+  }
+  function elapsedNow() {
+    if (elapsedBase === null) return null;
+    return elapsedBase + (elapsedFrozen ? 0 : Math.floor((Date.now() - elapsedAt) / 1000));
+  }
+  function showElapsed() {
+    const secs = elapsedNow();
+    if (secs === null) return;
+    el("elapsed-wrap").hidden = false;
+    show("elapsed", clock(secs));
+  }
+  setInterval(showElapsed, 1000);
+
   function onStatus(status) {
+    if (status.phase === "Running" && elapsedBase === null) { elapsedBase = 0; elapsedAt = Date.now(); }
     show("phase", status.phase);
     document.title = "cliscale · " + sid.slice(0, 8) + " · " + status.phase;
     window.cliscale.status = status;
@@ -112,6 +135,8 @@
       show("exit", String(status.exitCode));
     }
     if (["Succeeded", "Failed", "TimedOut", "Cancelled", "Lost"].includes(status.phase)) {
+      if (!elapsedFrozen && elapsedBase !== null) { elapsedBase = elapsedNow(); elapsedFrozen = true; }
+      showElapsed();
       finished = true;
       window.cliscale.finished = true;
     }
@@ -122,6 +147,11 @@
   function onText(msg) {
     switch (msg.type) {
       case "hello":
+        if (msg.elapsedSecs !== undefined && msg.elapsedSecs !== null) {
+          elapsedBase = msg.elapsedSecs;
+          elapsedAt = Date.now();
+          elapsedFrozen = false;
+        }
         readOnly = msg.readOnly;
         el("readonly").hidden = !readOnly;
         send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
