@@ -146,6 +146,11 @@ impl Browser {
     /// recorded in the page (`window.__violations`), console entries and exceptions arrive as
     /// events, and the page believes it has focus, as a person's would.
     async fn open_watched(&mut self, url: &str) {
+        self.open_watched_at(url, (900, 520, false)).await
+    }
+
+    /// [`Browser::open_watched`] on a screen of (width, height, mobile).
+    async fn open_watched_at(&mut self, url: &str, (width, height, mobile): (u32, u32, bool)) {
         self.open("about:blank").await;
         for domain in ["Page.enable", "Runtime.enable", "Log.enable"] {
             self.call(domain, json!({})).await;
@@ -156,7 +161,7 @@ impl Browser {
         self.call("Emulation.setFocusEmulationEnabled", json!({ "enabled": true })).await;
         self.call(
             "Emulation.setDeviceMetricsOverride",
-            json!({ "width": 900, "height": 520, "deviceScaleFactor": 1, "mobile": false }),
+            json!({ "width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile }),
         )
         .await;
         self.call("Page.navigate", json!({ "url": url })).await;
@@ -399,6 +404,7 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
     let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
     let Some(mut browser) = Browser::launch_or_skip().await else { return };
     let command = "printf '\\033[31mRED\\033[0m a    b\\niiii|\\nWWWW|\\n'; read -r x";
+    let mut kept = None;
     for renderer in ["dom", "default"] {
         let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
         let url = created["terminalUrl"].as_str().unwrap();
@@ -501,10 +507,61 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
         }
         assert!(lit, "{renderer}: the cursor at ({x}, {y}) never showed");
 
+        // Search: Ctrl+Shift+F opens the box, Enter selects the next match.
+        for kind in ["keyDown", "keyUp"] {
+            browser
+                .call(
+                    "Input.dispatchKeyEvent",
+                    json!({ "type": kind, "key": "F", "code": "KeyF", "modifiers": 10,
+                            "windowsVirtualKeyCode": 70 }),
+                )
+                .await;
+        }
+        browser.wait_until("document.activeElement.id === 'search'").await;
+        browser.call("Input.insertText", json!({ "text": "WWWW" })).await;
+        for kind in ["keyDown", "keyUp"] {
+            browser
+                .call(
+                    "Input.dispatchKeyEvent",
+                    json!({ "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13 }),
+                )
+                .await;
+        }
+        browser.wait_until("term.getSelection() === 'WWWW'").await;
+
         let violations = browser.eval("window.__violations").await;
         assert_eq!(violations, json!([]), "{renderer}: policy violations");
         assert_eq!(browser.errors(), Vec::<String>::new(), "{renderer}: console errors");
+        kept = Some(url);
     }
+
+    // At phone width the bar wraps instead of overflowing, and the terminal fits the screen.
+    let sid =
+        kept.unwrap().split("/t/").nth(1).unwrap().split(['?', '#']).next().unwrap().to_owned();
+    let view = stack
+        .call(
+            "POST",
+            &format!("/api/sessions/{sid}/tokens"),
+            Some(ADMIN_KEY),
+            Some(json!({"scope": "view"})),
+        )
+        .await
+        .1;
+    browser.open_watched_at(view["terminalUrl"].as_str().unwrap(), (390, 700, true)).await;
+    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    browser
+        .wait_until("window.term.buffer.active.getLine(2).translateToString(true) === 'WWWW|'")
+        .await;
+    let fits = browser
+        .eval(
+            "[document.documentElement.scrollWidth, innerWidth, term.cols, \
+                document.querySelector('.xterm-screen').getBoundingClientRect().right]",
+        )
+        .await;
+    let n = |i: usize| fits[i].as_f64().unwrap();
+    assert!(n(0) <= n(1), "the page overflows sideways at phone width: {fits}");
+    assert!(n(3) <= n(1) && n(2) < 80.0, "the terminal does not fit the phone's width: {fits}");
+    browser.screenshot(Some("terminal-phone.png")).await;
 }
 
 /// A TCP proxy the test controls, between the page and the gateway: `cut` resets every open

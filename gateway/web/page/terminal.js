@@ -13,6 +13,17 @@
     if (String(tag).toLowerCase() === "style") created.nonce = styleNonce;
     return created;
   };
+  // Its DOM renderer also writes some cell styles (true colours, selected text) as a `style`
+  // attribute, which the policy refuses as inline style; the same declarations set through the
+  // element's style object are not inline markup, and apply.
+  const setAttribute = Element.prototype.setAttribute;
+  Element.prototype.setAttribute = function (name, value) {
+    if (String(name).toLowerCase() === "style" && this.style) {
+      this.style.cssText = String(value);
+      return;
+    }
+    return setAttribute.call(this, name, value);
+  };
 
   const sid = decodeURIComponent(location.pathname.split("/").filter(Boolean).pop() || "");
   const storeKey = "cliscale.token." + sid;
