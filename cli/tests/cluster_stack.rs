@@ -21,6 +21,7 @@ use cliscale_operator::cluster_api::{ClusterExecutor, run_mirror};
 use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
 use cliscale_testkit::fake_kube::FakeApi;
+use cliscale_testkit::fixtures;
 use cliscale_wiring::backends::StoreLedger;
 use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
 use futures_util::SinkExt;
@@ -162,17 +163,7 @@ impl Cluster {
         let mut runner = cmd.spawn().unwrap();
         let ready = format!("http://{ip}:7681/readyz");
         let (pod_name, sid) = (format!("{job_name}-x"), sid.to_owned());
-        let pod = move |phase: &str, ready: bool, state: Value| {
-            json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": { "name": pod_name, "namespace": NS,
-                              "labels": { "cliscale.dev/session": sid } },
-                "spec": { "containers": [{ "name": "runner", "image": "runner" }] },
-                "status": { "phase": phase, "podIP": ip, "containerStatuses": [{
-                    "name": "runner", "ready": ready, "image": "runner", "imageID": "",
-                    "restartCount": 0, "state": state }] }
-            })
-        };
+        let pod = move || fixtures::pod(&pod_name).of_session(NS, &sid).ip(&ip);
         // Readiness as the probe sees it: the runner's /readyz answers. A runner whose command
         // ends at once may never be ready; its pod goes from Running straight to terminated.
         let probe = async {
@@ -184,7 +175,8 @@ impl Cluster {
             _ = tokio::time::timeout(HANG_GUARD, probe) => None,
             status = runner.wait() => Some(status),
         };
-        self.api.put("pods", pod("Running", exited.is_none(), json!({ "running": {} })));
+        let running = pod().running();
+        self.api.put("pods", if exited.is_none() { running.ready() } else { running }.json());
         // The container's end, as the kubelet reports it once the process is gone.
         let api = self.api.clone();
         tokio::spawn(async move {
@@ -194,11 +186,8 @@ impl Cluster {
             };
             let Some(code) = status.ok().and_then(|s| s.code()) else { return };
             let message = std::fs::read_to_string(&message_path).unwrap_or_default();
-            let (phase, reason) =
-                if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
-            let state =
-                json!({ "terminated": { "exitCode": code, "reason": reason, "message": message } });
-            api.put("pods", pod(phase, false, state));
+            let reason = if code == 0 { "Completed" } else { "Error" };
+            api.put("pods", pod().terminated(code, reason).termination_message(&message).json());
         });
     }
 

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
 use cliscale_testkit::fake_kube::FakeApi;
+use cliscale_testkit::fixtures::{self, PodBuilder};
 use serde_json::{Value, json};
 
 fn session(name: &str, ttl: u32) -> Value {
@@ -15,13 +16,9 @@ fn session(name: &str, ttl: u32) -> Value {
     })
 }
 
-fn pod(session: &str, status: Value) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": { "name": format!("cs-{session}-x1"), "namespace": "team", "labels": { "cliscale.dev/session": session } },
-        "spec": { "containers": [{ "name": "runner", "image": "runner" }] },
-        "status": status
-    })
+/// The runner pod of `session`, as the kubelet reports it.
+fn pod(session: &str) -> PodBuilder {
+    fixtures::pod(&format!("cs-{session}-x1")).of_session("team", session).ip("10.1.2.3")
 }
 
 fn start(api: &Arc<FakeApi>) -> tokio::sync::oneshot::Sender<()> {
@@ -53,8 +50,7 @@ async fn a_session_runs_fails_and_expires_and_a_restart_makes_no_second_job() {
     assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CommandSession");
     api.wait_until("status Pending", |a| status_of(a, "s1")["phase"] == "Pending").await;
 
-    api.put("pods", pod("s1", json!({ "phase": "Running", "podIP": "10.1.2.3", "containerStatuses": [{
-        "name": "runner", "ready": true, "image": "runner", "imageID": "", "restartCount": 0, "state": { "running": {} } }] })));
+    api.put("pods", pod("s1").running().ready().json());
     api.wait_until("status Running", |a| status_of(a, "s1")["phase"] == "Running").await;
     assert_eq!(status_of(&api, "s1")["runnerAddress"], "10.1.2.3:7681");
 
@@ -62,15 +58,7 @@ async fn a_session_runs_fails_and_expires_and_a_restart_makes_no_second_job() {
     stop.send(()).unwrap();
     let applies = api.applies("jobs");
     let stop = start(&api);
-    api.put(
-        "pods",
-        pod(
-            "s1",
-            json!({ "phase": "Failed", "podIP": "10.1.2.3", "containerStatuses": [{
-        "name": "runner", "ready": false, "image": "runner", "imageID": "", "restartCount": 0,
-        "state": { "terminated": { "exitCode": 3, "reason": "Error" } } }] }),
-        ),
-    );
+    api.put("pods", pod("s1").terminated(3, "Error").json());
     api.wait_until("status Failed", |a| status_of(a, "s1")["phase"] == "Failed").await;
     assert_eq!(status_of(&api, "s1")["exitCode"], 3);
     assert_eq!(status_of(&api, "s1")["reason"], "Exited");
@@ -93,9 +81,7 @@ async fn deleting_a_session_takes_its_job_and_pod_with_it() {
     api.put("commandsessions", session("s2", 3600));
     api.wait_until("the Job exists", |a| a.get("jobs", "team", "cs-s2").is_some()).await;
     let job_uid = api.get("jobs", "team", "cs-s2").unwrap()["metadata"]["uid"].clone();
-    let mut p = pod("s2", json!({ "phase": "Running" }));
-    p["metadata"]["ownerReferences"] = json!([{ "apiVersion": "batch/v1", "kind": "Job", "name": "cs-s2", "uid": job_uid, "controller": true }]);
-    api.put("pods", p);
+    api.put("pods", pod("s2").running().owned_by_job("cs-s2", &job_uid).json());
     api.remove("commandsessions", "team", "s2");
     // The pod's deletion is what stops the runner (SIGTERM, then the grace period).
     assert!(api.get("jobs", "team", "cs-s2").is_none());
@@ -104,11 +90,7 @@ async fn deleting_a_session_takes_its_job_and_pod_with_it() {
 }
 
 fn running_pod(session: &str) -> Value {
-    pod(
-        session,
-        json!({ "phase": "Running", "podIP": "10.1.2.3", "containerStatuses": [{
-        "name": "runner", "ready": true, "image": "runner", "imageID": "", "restartCount": 0, "state": { "running": {} } }] }),
-    )
+    pod(session).running().ready().json()
 }
 
 fn event_reasons(api: &FakeApi) -> Vec<String> {

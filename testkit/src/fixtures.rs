@@ -69,7 +69,7 @@ impl SessionBuilder {
 
 /// A runner pod as the kubelet reports it.
 pub struct PodBuilder {
-    name: String,
+    metadata: Value,
     status: Value,
     ready: bool,
     state: Value,
@@ -78,7 +78,7 @@ pub struct PodBuilder {
 /// A runner pod named `name`, Pending, its container not yet created.
 pub fn pod(name: &str) -> PodBuilder {
     PodBuilder {
-        name: name.into(),
+        metadata: json!({ "name": name }),
         status: json!({ "phase": "Pending" }),
         ready: false,
         state: Value::Null,
@@ -86,6 +86,20 @@ pub fn pod(name: &str) -> PodBuilder {
 }
 
 impl PodBuilder {
+    /// The runner pod of `session` in `namespace`: the label the operator selects it by.
+    pub fn of_session(mut self, namespace: &str, session: &str) -> Self {
+        self.metadata["namespace"] = namespace.into();
+        self.metadata["labels"] = json!({ "cliscale.dev/session": session });
+        self
+    }
+
+    /// Owned by the Job `job` (uid `uid`), as the Job controller makes it.
+    pub fn owned_by_job(mut self, job: &str, uid: &Value) -> Self {
+        self.metadata["ownerReferences"] = json!([{ "apiVersion": "batch/v1", "kind": "Job",
+            "name": job, "uid": uid, "controller": true }]);
+        self
+    }
+
     pub fn ip(mut self, ip: &str) -> Self {
         self.status["podIP"] = ip.into();
         self
@@ -138,13 +152,21 @@ impl PodBuilder {
         self
     }
 
-    pub fn build(self) -> Pod {
+    /// The pod as the API server would serve it.
+    pub fn json(self) -> Value {
         let mut status = self.status;
         if !self.state.is_null() {
             status["containerStatuses"] = json!([{ "name": "runner", "ready": self.ready,
                 "image": "runner", "imageID": "", "restartCount": 0, "state": self.state }]);
         }
-        serde_json::from_value(json!({ "metadata": { "name": self.name }, "status": status }))
-            .expect("a valid Pod")
+        json!({
+            "apiVersion": "v1", "kind": "Pod", "metadata": self.metadata,
+            "spec": { "containers": [{ "name": "runner", "image": "runner" }] },
+            "status": status
+        })
+    }
+
+    pub fn build(self) -> Pod {
+        serde_json::from_value(self.json()).expect("a valid Pod")
     }
 }
