@@ -403,7 +403,7 @@ async fn a_paste_larger_than_one_message_arrives_whole() {
 async fn the_terminal_renders_as_a_terminal_under_its_policy() {
     let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
     let Some(mut browser) = Browser::launch_or_skip().await else { return };
-    let command = "printf '\\033[31mRED\\033[0m a    b\\niiii|\\nWWWW|\\n'; read -r x";
+    let command = "printf '\\033[31mRED\\033[0m a    b\\niiii|\\nWWWW|\\nhttps://example.com/docs\\n\u{1F642}x\\n'; read -r x";
     let mut kept = None;
     for renderer in ["dom", "default"] {
         let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
@@ -507,6 +507,25 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
         }
         assert!(lit, "{renderer}: the cursor at ({x}, {y}) never showed");
 
+        // Wide characters take two cells (Unicode 11's widths: an emoji is one cell in the
+        // older tables), so what follows lines up.
+        let wide = browser
+            .eval(
+                "(() => { const l = term.buffer.active.getLine(4); \
+                     return [l.getCell(0).getWidth(), l.getCell(2).getChars()]; })()",
+            )
+            .await;
+        assert_eq!(wide, json!([2, "x"]), "{renderer}: the emoji's cells");
+        // Links: pointing at the URL makes it a link (the pointer cursor).
+        let (x, y, w, h) = browser.cell(8, 3).await;
+        browser
+            .call(
+                "Input.dispatchMouseEvent",
+                json!({ "type": "mouseMoved", "x": x + w / 2.0, "y": y + h / 2.0 }),
+            )
+            .await;
+        browser.wait_until("document.querySelector('.xterm-cursor-pointer') !== null").await;
+
         // Search: Ctrl+Shift+F opens the box, Enter selects the next match.
         for kind in ["keyDown", "keyUp"] {
             browser
@@ -528,6 +547,19 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
                 .await;
         }
         browser.wait_until("term.getSelection() === 'WWWW'").await;
+        // The selection shows: the cells of the match take the selection colour (#4a6a9a).
+        let shot = browser.screenshot(None).await;
+        let mut selected = Vec::new();
+        for col in 0..4 {
+            selected.extend(shot.region(browser.cell(col, 2).await));
+        }
+        let tinted =
+            selected.iter().filter(|p| p[2] > p[0] + 40 && p[2] > 110 && p[1] > 60).count();
+        assert!(
+            tinted * 3 > selected.len(),
+            "{renderer}: the selection is not visible ({tinted} of {})",
+            selected.len()
+        );
 
         let violations = browser.eval("window.__violations").await;
         assert_eq!(violations, json!([]), "{renderer}: policy violations");
