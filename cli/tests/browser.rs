@@ -3,6 +3,7 @@
 //!
 //! Chromium is driven over the DevTools protocol with a few commands on a WebSocket.
 
+use cliscale_core::token::TokenScope;
 use cliscale_testkit::stack as common;
 
 use std::io::{BufRead, BufReader};
@@ -714,99 +715,143 @@ fn signed_token(
     key.sign(&claims).unwrap()
 }
 
-/// Every way a link can fail is said in words on the page, with what to do next; a finished
-/// session shows how it ended; a read-only link says so; a server that cannot be reached says
-/// so while the page keeps trying.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_refusal_is_said_in_words() {
-    use cliscale_core::token::TokenScope;
-    let stack = Stack::start(Backend::Sqlite, &["--linger", "0s"]).await.unwrap();
-    let Some(mut browser) = Browser::launch_or_skip().await else { return };
-    let page = |sid: &str, token: &str| format!("{}/t/{sid}#token={token}", stack.base);
-    let running = stack.create(ADMIN_KEY, json!({ "command": "read -r x" })).await;
-    let sid = running["sessionId"].as_str().unwrap().to_owned();
-    let other = stack.create(ADMIN_KEY, json!({ "command": "read -r x" })).await;
-    let other_sid = other["sessionId"].as_str().unwrap().to_owned();
-    stack.wait_for_phase(&sid, "Running").await;
+/// A page for each refusal: a stack with one running session, and the browser.
+struct RefusalBench {
+    stack: Stack,
+    browser: Browser,
+    sid: String,
+    created: Value,
+}
 
-    // Used: the link's one connection was taken already.
-    let used = running["token"].as_str().unwrap();
-    drop(common::open_terminal(&stack.ws_url(&sid, &format!("token={used}"))).await.unwrap());
-    let cases = [
-        (page(&sid, used), "This link has already been used", "Ask for a new link"),
-        (
-            page(&sid, &signed_token(&stack, &sid, TokenScope::Interact, -120)),
-            "This link has expired",
-            "Ask for a new link",
-        ),
-        (page(&sid, "not.a.token"), "This link is not valid", "Copy the whole link again"),
-        (
-            page(&sid, &signed_token(&stack, &other_sid, TokenScope::Interact, 300)),
-            "This link is for another session",
-            "Use the link made for this session",
-        ),
-        (
-            page(
-                "no-such-session",
-                &signed_token(&stack, "no-such-session", TokenScope::View, 300),
-            ),
-            "There is no such session",
-            "time to live",
-        ),
-    ];
-    for (url, title, advice) in cases {
-        browser.open(&url).await;
-        browser.wait_until("!document.getElementById('notice').hidden").await;
-        let said = browser
+impl RefusalBench {
+    async fn start() -> Option<RefusalBench> {
+        let stack = Stack::start(Backend::Sqlite, &["--linger", "0s"]).await.unwrap();
+        let browser = Browser::launch_or_skip().await?;
+        let created = stack.create(ADMIN_KEY, json!({ "command": "read -r x" })).await;
+        let sid = created["sessionId"].as_str().unwrap().to_owned();
+        stack.wait_for_phase(&sid, "Running").await;
+        Some(RefusalBench { stack, browser, sid, created })
+    }
+
+    fn page(&self, sid: &str, token: &str) -> String {
+        format!("{}/t/{sid}#token={token}", self.stack.base)
+    }
+
+    fn token(&self, sid: &str, scope: cliscale_core::token::TokenScope, ttl: i64) -> String {
+        signed_token(&self.stack, sid, scope, ttl)
+    }
+
+    /// Opens `url` and checks the notice the page shows, and that it gave up on the link.
+    async fn says(&mut self, url: &str, title: &str, advice: &str) {
+        self.browser.open(url).await;
+        self.browser.wait_until("!document.getElementById('notice').hidden").await;
+        let said = self
+            .browser
             .eval("document.getElementById('notice-title').textContent + ' / ' + document.getElementById('notice-text').textContent")
             .await;
         let said = said.as_str().unwrap();
         assert!(said.starts_with(title) && said.contains(advice), "{url}: {said}");
-        let conn = browser.eval("document.getElementById('conn').textContent").await;
-        assert_eq!(conn, "refused", "{url}: no endless retries of a dead link");
+        let conn = self.browser.eval("document.getElementById('conn').textContent").await;
+        assert_eq!(conn, "refused", "{url}: a dead link is not retried");
     }
+}
 
-    // Read-only: it opens, and the badge says it cannot type.
-    browser.open(&page(&sid, &signed_token(&stack, &sid, TokenScope::View, 300))).await;
-    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
-    browser.wait_until("!document.getElementById('readonly').hidden").await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_used_link_says_so() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let used = b.created["token"].as_str().unwrap().to_owned();
+    let ws = b.stack.ws_url(&b.sid, &format!("token={used}"));
+    drop(common::open_terminal(&ws).await.unwrap());
+    let url = b.page(&b.sid, &used);
+    b.says(&url, "This link has already been used", "Ask for a new link").await;
+}
 
-    // Finished: its final status, reason and exit code.
-    let done = stack.create(ADMIN_KEY, json!({ "command": "echo bye; exit 3" })).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_link_says_so() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let url = b.page(&b.sid, &b.token(&b.sid, TokenScope::Interact, -120));
+    b.says(&url, "This link has expired", "Ask for a new link").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_link_says_so() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let url = b.page(&b.sid, "not.a.token");
+    b.says(&url, "This link is not valid", "Copy the whole link again").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_for_another_session_says_so() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let other = b.stack.create(ADMIN_KEY, json!({ "command": "read -r x" })).await;
+    let other_sid = other["sessionId"].as_str().unwrap().to_owned();
+    let url = b.page(&b.sid, &b.token(&other_sid, TokenScope::Interact, 300));
+    b.says(&url, "This link is for another session", "Use the link made for this session").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_to_no_session_says_so() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let url = b.page("no-such-session", &b.token("no-such-session", TokenScope::View, 300));
+    b.says(&url, "There is no such session", "time to live").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_link_opens_and_says_it_cannot_type() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let url = b.page(&b.sid, &b.token(&b.sid, TokenScope::View, 300));
+    b.browser.open(&url).await;
+    b.browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    b.browser.wait_until("!document.getElementById('readonly').hidden").await;
+    let badge = b.browser.eval("document.getElementById('readonly').textContent").await;
+    assert_eq!(badge, "read-only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_session_shows_how_it_ended() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let done = b.stack.create(ADMIN_KEY, json!({ "command": "echo bye; exit 3" })).await;
     let done_sid = done["sessionId"].as_str().unwrap().to_owned();
-    stack.wait_for_phase(&done_sid, "Failed").await;
+    b.stack.wait_for_phase(&done_sid, "Failed").await;
     let deadline = std::time::Instant::now() + HANG_GUARD;
     loop {
         // The runner leaves right after its linger (0 s); until then the session still opens.
-        let probe = signed_token(&stack, &done_sid, TokenScope::View, 300);
-        if common::open_terminal(&stack.ws_url(&done_sid, &format!("token={probe}"))).await.is_err()
-        {
+        let probe = b.token(&done_sid, TokenScope::View, 300);
+        let ws = b.stack.ws_url(&done_sid, &format!("token={probe}"));
+        if common::open_terminal(&ws).await.is_err() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the finished session's runner never left");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    browser.open(&page(&done_sid, &signed_token(&stack, &done_sid, TokenScope::View, 300))).await;
-    browser.wait_until("!document.getElementById('notice').hidden").await;
-    let said = browser.eval("document.getElementById('notice-title').textContent").await;
+    b.browser.open(&b.page(&done_sid, &b.token(&done_sid, TokenScope::View, 300))).await;
+    b.browser.wait_until("!document.getElementById('notice').hidden").await;
+    let said = b.browser.eval("document.getElementById('notice-title').textContent").await;
     assert_eq!(said, "This session has finished: Failed (Exited), exit code 3", "{said}");
-    let phase = browser.eval("document.getElementById('phase').textContent").await;
-    assert_eq!(phase, "Failed");
+    let bar = b
+        .browser
+        .eval("['phase', 'reason', 'exit', 'conn'].map((id) => document.getElementById(id).textContent)")
+        .await;
+    assert_eq!(bar, json!(["Failed", "Exited", "3", "closed"]));
+}
 
-    // Unreachable: the network drops under a connected page.
-    let gateway: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse().unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_server_is_said_while_the_page_keeps_trying() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let gateway: std::net::SocketAddr = b.stack.base.trim_start_matches("http://").parse().unwrap();
     let proxy = Proxy::start(gateway).await;
-    let via = page(&sid, &signed_token(&stack, &sid, TokenScope::View, 300))
-        .replace(&stack.base, &format!("http://{}", proxy.addr));
-    browser.open(&via).await;
-    browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
+    let via = b
+        .page(&b.sid, &b.token(&b.sid, TokenScope::View, 300))
+        .replace(&b.stack.base, &format!("http://{}", proxy.addr));
+    b.browser.open(&via).await;
+    b.browser.wait_until("document.getElementById('conn').textContent === 'connected'").await;
     proxy.cut();
-    browser
+    b.browser
         .wait_until_within(
             "document.getElementById('notice-title').textContent === 'Cannot reach the server'",
             45,
         )
         .await;
-    let conn = browser.eval("document.getElementById('conn').textContent").await;
+    let conn = b.browser.eval("document.getElementById('conn').textContent").await;
     assert!(conn.as_str().unwrap().starts_with("reconnecting in"), "it keeps trying: {conn}");
 }
