@@ -221,15 +221,9 @@ impl LocalExecutor {
         cmd.envs(session.spec.env.iter().map(|e| (&e.name, &e.value)));
         cmd.stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
         let write_end = events_tx.as_raw_fd();
-        // SAFETY: between fork and exec only dup2 runs, which is async-signal-safe. dup2 clears
-        // close-on-exec on the copy, so the runner (and only it) inherits the pipe at EVENTS_FD.
+        // SAFETY: between fork and exec only dup2 or fcntl runs, both async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || {
-                if libc_dup2(write_end, EVENTS_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            cmd.pre_exec(move || pass_fd(write_end, EVENTS_FD));
         }
         let spawned = cmd.spawn();
         // The runner holds the write end now; ours must go, or the pipe never reports its end.
@@ -330,10 +324,19 @@ impl LocalExecutor {
     }
 }
 
-/// `dup2`, for the child between fork and exec.
-fn libc_dup2(from: i32, to: i32) -> i32 {
-    // SAFETY: plain system call on descriptors; no memory is touched.
-    unsafe { nix::libc::dup2(from, to) }
+/// In the child between fork and exec: makes descriptor `from` available as `to` across the
+/// exec, and only it (the pipe was made close-on-exec). `dup2` clears close-on-exec on the
+/// copy; when `from` already is `to` there is no copy, so the flag is cleared on it instead.
+fn pass_fd(from: i32, to: i32) -> std::io::Result<()> {
+    // SAFETY: plain system calls on descriptors; no memory is touched.
+    let done = unsafe {
+        if from == to {
+            nix::libc::fcntl(to, nix::libc::F_SETFD, 0)
+        } else {
+            nix::libc::dup2(from, to)
+        }
+    };
+    if done < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
 }
 
 /// Passes the runner's own log lines on to this process' log, tagged with the session. They
@@ -430,6 +433,26 @@ mod tests {
             let (p, r, _) = outcome_from_exit(status, cancelled);
             assert_eq!((p, r), (phase, reason), "{status:?} cancelled={cancelled}");
         }
+    }
+
+    #[test]
+    fn the_event_pipe_is_passed_whatever_number_it_has() {
+        use std::os::fd::AsRawFd;
+        let cloexec =
+            |fd: i32| unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } & nix::libc::FD_CLOEXEC;
+        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let w = w.as_raw_fd();
+        assert_ne!(cloexec(w), 0);
+        // Already at the wanted number: the flag is cleared on it.
+        pass_fd(w, w).unwrap();
+        assert_eq!(cloexec(w), 0);
+        // Elsewhere: a copy without the flag.
+        let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let target = 900;
+        pass_fd(w2.as_raw_fd(), target).unwrap();
+        assert_eq!(cloexec(target), 0);
+        assert_ne!(cloexec(w2.as_raw_fd()), 0);
+        unsafe { nix::libc::close(target) };
     }
 
     #[test]
