@@ -505,3 +505,59 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord> {
         updated_at: r.try_get("updated_at")?,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_written_in_the_older_flat_form_still_read() {
+        let legacy = r#"{"code_url":"https://example.com/a.zip","code_checksum_sha256":null,
+            "command":"make","prompt":"p","install_cmd":"npm ci","env":{"MODE":"ci"},
+            "cols":100,"rows":30,"timeout_seconds":60,"ttl_seconds":120}"#;
+        let spec = parse_spec(legacy).unwrap();
+        assert_eq!(spec.code.as_ref().map(|c| c.url.as_str()), Some("https://example.com/a.zip"));
+        assert_eq!(spec.install_command.as_deref(), Some("npm ci"));
+        assert_eq!(spec.env, vec![EnvVar { name: "MODE".into(), value: "ci".into() }]);
+        assert_eq!((spec.cols, spec.rows, spec.timeout_seconds), (100, 30, Some(60)));
+        assert_eq!(spec.ttl_seconds_after_finished, 120);
+        let current = serde_json::to_string(&spec).unwrap();
+        assert_eq!(parse_spec(&current), Some(spec));
+        assert_eq!(parse_spec("{}"), None);
+    }
+
+    #[test]
+    fn a_finished_session_never_changes_phase_again() {
+        let spec = SessionSpec::new("true");
+        let row = SessionRecord {
+            id: "s".into(),
+            owner: "k".into(),
+            spec,
+            phase: SessionPhase::Failed,
+            exit_code: Some(3),
+            reason: Some(TerminalReason::Exited),
+            message: None,
+            runner_addr: None,
+            created_at: 1,
+            started_at: Some(2),
+            finished_at: Some(3),
+            updated_at: 3,
+        };
+        let running = StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() };
+        assert_eq!(apply_update(&row, &running, 9), None);
+        let note = StatusUpdate { message: Some("more".into()), ..Default::default() };
+        let next = apply_update(&row, &note, 9).unwrap();
+        assert_eq!(
+            (next.phase, next.finished_at, next.updated_at),
+            (SessionPhase::Failed, Some(3), 9)
+        );
+        let starting = SessionRecord {
+            phase: SessionPhase::Starting,
+            started_at: None,
+            finished_at: None,
+            ..row
+        };
+        let now_running = apply_update(&starting, &running, 7).unwrap();
+        assert_eq!((now_running.started_at, now_running.finished_at), (Some(7), None));
+    }
+}
