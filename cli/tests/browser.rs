@@ -548,6 +548,24 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
                 .await;
         }
         browser.wait_until("term.getSelection() === 'WWWW'").await;
+        // Copy: Ctrl+Shift+C puts the selection on the clipboard.
+        browser
+            .call(
+                "Browser.grantPermissions",
+                json!({ "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"] }),
+            )
+            .await;
+        browser.eval("window.term.focus(); true").await;
+        for kind in ["keyDown", "keyUp"] {
+            browser
+                .call(
+                    "Input.dispatchKeyEvent",
+                    json!({ "type": kind, "key": "C", "code": "KeyC", "modifiers": 10,
+                            "windowsVirtualKeyCode": 67 }),
+                )
+                .await;
+        }
+        browser.wait_until("window.__clip === 'WWWW' || (navigator.clipboard.readText().then((t) => { window.__clip = t; }), false)").await;
         // The selection shows: the cells of the match take the selection colour (#4a6a9a).
         let shot = browser.screenshot(None).await;
         let mut selected = Vec::new();

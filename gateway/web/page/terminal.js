@@ -75,11 +75,21 @@
   const box = el("search");
   const openSearch = () => { box.hidden = false; box.focus(); box.select(); };
   const closeSearch = () => { box.hidden = true; search.clearDecorations(); term.focus(); };
-  term.attachCustomKeyEventHandler((e) => {
-    if (e.type === "keydown" && (e.ctrlKey || e.metaKey) && e.shiftKey && e.code === "KeyF") {
-      openSearch();
-      return false;
+  // Copy: Ctrl+Shift+C (Ctrl+C stays the terminal's interrupt; Cmd+C and the context menu copy
+  // as the browser always does). Paste: Ctrl+Shift+V or Ctrl+V, the browser's own paste.
+  function copySelection() {
+    const text = term.getSelection();
+    if (!text) return;
+    if (navigator.clipboard && navigator.clipboard.writeText) {
+      navigator.clipboard.writeText(text).catch(() => document.execCommand("copy"));
+    } else {
+      document.execCommand("copy");
     }
+  }
+  term.attachCustomKeyEventHandler((e) => {
+    if (e.type !== "keydown" || !(e.ctrlKey || e.metaKey) || !e.shiftKey) return true;
+    if (e.code === "KeyF") { openSearch(); return false; }
+    if (e.code === "KeyC") { copySelection(); return false; }
     return true;
   });
   box.addEventListener("keydown", (e) => {
