@@ -34,7 +34,7 @@ pub enum TokenScope {
     View,
 }
 
-/// The claims of a session token (see DESIGN.md, "Auth").
+/// The claims of a session token (docs/api.md, "Terminal tokens").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaims {
     pub iss: String,
