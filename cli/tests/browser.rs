@@ -272,12 +272,19 @@ impl Browser {
     async fn type_line(&mut self, text: &str) {
         self.eval("window.term.focus(); true").await;
         self.call("Input.insertText", json!({ "text": text })).await;
+        self.press(
+            json!({ "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r" }),
+        )
+        .await;
+    }
+
+    /// Presses and releases one key, described as DevTools' `Input.dispatchKeyEvent` takes it
+    /// (`modifiers`: 2 is Ctrl, 8 is Shift).
+    async fn press(&mut self, key: Value) {
         for kind in ["keyDown", "keyUp"] {
-            self.call(
-                "Input.dispatchKeyEvent",
-                json!({ "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r" }),
-            )
-            .await;
+            let mut event = key.clone();
+            event["type"] = json!(kind);
+            self.call("Input.dispatchKeyEvent", event).await;
         }
     }
 }
@@ -528,25 +535,15 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
         browser.wait_until("document.querySelector('.xterm-cursor-pointer') !== null").await;
 
         // Search: Ctrl+Shift+F opens the box, Enter selects the next match.
-        for kind in ["keyDown", "keyUp"] {
-            browser
-                .call(
-                    "Input.dispatchKeyEvent",
-                    json!({ "type": kind, "key": "F", "code": "KeyF", "modifiers": 10,
-                            "windowsVirtualKeyCode": 70 }),
-                )
-                .await;
-        }
+        let ctrl_shift = 2 | 8;
+        browser
+            .press(json!({ "key": "F", "code": "KeyF", "modifiers": ctrl_shift, "windowsVirtualKeyCode": 70 }))
+            .await;
         browser.wait_until("document.activeElement.id === 'search'").await;
         browser.call("Input.insertText", json!({ "text": "WWWW" })).await;
-        for kind in ["keyDown", "keyUp"] {
-            browser
-                .call(
-                    "Input.dispatchKeyEvent",
-                    json!({ "type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13 }),
-                )
-                .await;
-        }
+        browser
+            .press(json!({ "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13 }))
+            .await;
         browser.wait_until("term.getSelection() === 'WWWW'").await;
         // Copy: Ctrl+Shift+C puts the selection on the clipboard.
         browser
@@ -556,15 +553,9 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
             )
             .await;
         browser.eval("window.term.focus(); true").await;
-        for kind in ["keyDown", "keyUp"] {
-            browser
-                .call(
-                    "Input.dispatchKeyEvent",
-                    json!({ "type": kind, "key": "C", "code": "KeyC", "modifiers": 10,
-                            "windowsVirtualKeyCode": 67 }),
-                )
-                .await;
-        }
+        browser
+            .press(json!({ "key": "C", "code": "KeyC", "modifiers": ctrl_shift, "windowsVirtualKeyCode": 67 }))
+            .await;
         browser.wait_until("window.__clip === 'WWWW' || (navigator.clipboard.readText().then((t) => { window.__clip = t; }), false)").await;
         // The selection shows: the cells of the match take the selection colour (#4a6a9a).
         let shot = browser.screenshot(None).await;
