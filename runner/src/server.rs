@@ -370,6 +370,26 @@ async fn write_client(
     }
 }
 
+/// The first message of every stream, WebSocket or SSE: the session, the log's extent and the
+/// current status, which the reader's cursor takes note of.
+fn greet(
+    shared: &Shared,
+    status_rx: &mut watch::Receiver<SessionStatus>,
+    cursor: &mut LogCursor,
+    read_only: bool,
+) -> ServerMessage {
+    let status = status_rx.borrow_and_update().clone();
+    cursor.greeted(&status);
+    ServerMessage::Hello {
+        session_id: shared.session_id.clone(),
+        read_only,
+        log_start: shared.log.start(),
+        log_end: shared.log.end(),
+        status,
+        elapsed_secs: shared.elapsed_secs(),
+    }
+}
+
 /// Streams the log, status changes, errors and pings to one client until the connection ends.
 async fn stream_to_client(
     shared: &Shared,
@@ -382,17 +402,8 @@ async fn stream_to_client(
 ) -> Result<Ending, SendError> {
     let mut end_rx = shared.log.subscribe();
     let mut status_rx = shared.status.subscribe();
-    let status = status_rx.borrow_and_update().clone();
     let mut cursor = LogCursor::new(since, Ends::OnShutdown);
-    cursor.greeted(&status);
-    let hello = ServerMessage::Hello {
-        session_id: shared.session_id.clone(),
-        read_only,
-        log_start: shared.log.start(),
-        log_end: shared.log.end(),
-        status,
-        elapsed_secs: shared.elapsed_secs(),
-    };
+    let hello = greet(shared, &mut status_rx, &mut cursor, read_only);
     send(shared, sink, json_message(&hello)).await?;
     // The first ping is one interval away. (An `interval`'s first tick is immediate in name
     // only: awaiting it waits for the timer wheel, about 1 ms before the first byte.)
@@ -528,16 +539,7 @@ fn sse_stream(shared: Arc<Shared>, since: u64) -> impl Stream<Item = Result<Even
 async fn next_sse_event(st: &mut SseState) -> Option<Event> {
     if !st.hello_sent {
         st.hello_sent = true;
-        let status = st.status_rx.borrow_and_update().clone();
-        st.cursor.greeted(&status);
-        let hello = ServerMessage::Hello {
-            session_id: st.shared.session_id.clone(),
-            read_only: true,
-            log_start: st.shared.log.start(),
-            log_end: st.shared.log.end(),
-            status,
-            elapsed_secs: st.shared.elapsed_secs(),
-        };
+        let hello = greet(&st.shared, &mut st.status_rx, &mut st.cursor, true);
         return Some(sse_event(sse::HELLO, &hello).id(st.cursor.offset().to_string()));
     }
     loop {
