@@ -177,27 +177,16 @@ impl LocalExecutor {
 
     /// How this session's runner is launched. Pure.
     pub fn runner_launch(&self, session: &SessionRecord) -> RunnerLaunch {
-        let spec = &session.spec;
         let dir = self.config.sessions_dir.join(&session.id);
         RunnerLaunch {
-            session_id: session.id.clone(),
-            command: spec.command.clone(),
-            code_url: spec.code.as_ref().map(|c| c.url.clone()),
-            code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
-            install_cmd: spec.install_command.clone(),
-            prompt: spec.prompt.clone(),
             listen: Some("127.0.0.1:0".into()),
             jwks_file: Some(self.config.jwks_path.display().to_string()),
             work_dir: Some(dir.join("work").display().to_string()),
-            cols: spec.cols,
-            rows: spec.rows,
-            linger: Some(Duration::from_secs(spec.linger_seconds.into())),
             grace_period: Some(self.config.grace_period),
-            timeout: spec.timeout_seconds.map(|t| Duration::from_secs(t.into())),
             allow_private_addresses: self.config.allow_private_code_urls,
             log_format: Some("json".into()),
             events_fd: Some(EVENTS_FD),
-            termination_log: None,
+            ..RunnerLaunch::for_session(&session.id, &session.spec)
         }
     }
 

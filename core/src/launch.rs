@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use crate::spec::SessionSpec;
+
 /// Prefix of the runner's own variables; the command and the install step never inherit them.
 pub const RUNNER_ENV_PREFIX: &str = "CLISCALE_RUNNER_";
 
@@ -52,6 +54,28 @@ pub struct RunnerLaunch {
     pub events_fd: Option<i32>,
     /// A file the runner writes its final event to (a pod's termination message).
     pub termination_log: Option<String>,
+}
+
+impl RunnerLaunch {
+    /// What every launcher sets alike for `spec`: the command, its code, size, linger and
+    /// timeout. Where the runner listens, its files and its event channels are the launcher's.
+    /// Pure.
+    pub fn for_session(session_id: &str, spec: &SessionSpec) -> Self {
+        let secs = |s: u32| Duration::from_secs(s.into());
+        Self {
+            session_id: session_id.to_owned(),
+            command: spec.command.clone(),
+            code_url: spec.code.as_ref().map(|c| c.url.clone()),
+            code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
+            install_cmd: spec.install_command.clone(),
+            prompt: spec.prompt.clone(),
+            cols: spec.cols,
+            rows: spec.rows,
+            linger: Some(secs(spec.linger_seconds)),
+            timeout: spec.timeout_seconds.map(secs),
+            ..Default::default()
+        }
+    }
 }
 
 fn duration(d: Duration) -> String {

@@ -101,23 +101,13 @@ pub fn labels(session: &str) -> BTreeMap<String, String> {
 
 /// How the session's runner is launched in its pod. Pure.
 pub fn runner_launch(session: &CommandSession, config: &OperatorConfig) -> RunnerLaunch {
-    let spec = &session.spec.session;
     RunnerLaunch {
-        session_id: session.name_any(),
-        command: spec.command.clone(),
-        code_url: spec.code.as_ref().map(|c| c.url.clone()),
-        code_checksum_sha256: spec.code.as_ref().and_then(|c| c.checksum_sha256.clone()),
-        install_cmd: spec.install_command.clone(),
-        prompt: spec.prompt.clone(),
         listen: Some(format!("0.0.0.0:{RUNNER_PORT}")),
         jwks_file: Some(format!("{JWKS_DIR}/jwks.json")),
         work_dir: Some("/workspace/session".into()),
-        cols: spec.cols,
-        rows: spec.rows,
-        linger: Some(Duration::from_secs(spec.linger_seconds.into())),
         timeout: timeout_of(session, config).map(|t| Duration::from_secs(t.into())),
         termination_log: Some(launch::KUBERNETES_TERMINATION_LOG.into()),
-        ..Default::default()
+        ..RunnerLaunch::for_session(&session.name_any(), &session.spec.session)
     }
 }
 
