@@ -79,6 +79,16 @@ impl SessionStatus {
     pub fn new(phase: SessionPhase) -> Self {
         Self { phase, exit_code: None, reason: None, message: None }
     }
+
+    /// The final status of a session that ended for `reason` with exit code `code`.
+    pub fn finished(reason: TerminalReason, code: i32, message: Option<String>) -> Self {
+        Self {
+            phase: crate::phase::finished_phase(reason, Some(code)),
+            exit_code: Some(code),
+            reason: Some(reason),
+            message,
+        }
+    }
 }
 
 /// Control messages from server to client (text frames).

@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use cliscale_core::cursor::{Ends, LogCursor, Step};
 use cliscale_core::event::RunnerEvent;
-use cliscale_core::phase::finished_phase;
 use cliscale_core::protocol::SessionStatus;
 use cliscale_core::token::JwksVerifier;
 use cliscale_core::{SessionPhase, TerminalReason};
@@ -61,12 +60,11 @@ mod libc_signal {
 pub fn could_not_start(events: &mut EventSink, error: RunnerError) -> i32 {
     tracing::error!(%error, "the session could not start");
     let (reason, code) = (error.reason(), error.exit_code());
-    events.send(&RunnerEvent::Finished(SessionStatus {
-        phase: finished_phase(reason, Some(code)),
-        exit_code: Some(code),
-        reason: Some(reason),
-        message: Some(error.to_string()),
-    }));
+    events.send(&RunnerEvent::Finished(SessionStatus::finished(
+        reason,
+        code,
+        Some(error.to_string()),
+    )));
     code
 }
 
@@ -181,12 +179,7 @@ fn finish(shared: &Shared, reason: TerminalReason, code: i32, message: Option<St
         progress(&shared.log, message);
     }
     shared.log.close();
-    shared.status.send_replace(SessionStatus {
-        phase: finished_phase(reason, Some(code)),
-        exit_code: Some(code),
-        reason: Some(reason),
-        message,
-    });
+    shared.status.send_replace(SessionStatus::finished(reason, code, message));
     code
 }
 
