@@ -56,7 +56,12 @@ impl Refusal {
     fn into_response(self, gateway: &Gateway) -> Response {
         gateway.metrics.refused.get_or_create(&CodeLabel { code: self.code }).inc();
         tracing::info!(code = self.code, "refused a terminal connection: {}", self.message);
-        (self.status, axum::Json(ErrorBody::new(self.code, self.message))).into_response()
+        self.into_body(None)
+    }
+
+    /// The token's one connection was taken already.
+    fn replayed() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "token_replayed", "this token has already been used")
     }
 }
 
@@ -142,12 +147,7 @@ pub async fn check(
         Err(ResolveError::NotReady) | Ok(_) => {}
     }
     match gateway.ledger.is_used(&claims.jti).await {
-        Ok(true) => Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "token_replayed",
-            "this token has already been used",
-        )
-        .into_body(None),
+        Ok(true) => Refusal::replayed().into_body(None),
         Ok(false) => {
             let body = serde_json::json!({ "ok": true, "scope": claims.scope });
             (StatusCode::OK, axum::Json(body)).into_response()
@@ -199,11 +199,7 @@ async fn admit(
         .await
         .map_err(|m| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m))?;
     if !first {
-        return Err(Refusal::new(
-            StatusCode::UNAUTHORIZED,
-            "token_replayed",
-            "this token has already been used",
-        ));
+        return Err(Refusal::replayed());
     }
     let url = runner_url(&addr, query.since.unwrap_or(0), read_only);
     let mut request = url
