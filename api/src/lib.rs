@@ -10,6 +10,8 @@ pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod openapi;
+pub mod output;
+pub mod output_routes;
 pub mod process;
 pub mod routes;
 pub mod signing;

@@ -37,6 +37,22 @@ pub struct LocalConfig {
     pub grace_period: Duration,
     /// Let sessions fetch code from loopback and private addresses (a laptop's own servers).
     pub allow_private_code_urls: bool,
+    /// Where runners store their sessions' output (unset: output is not stored).
+    pub output: Option<OutputSink>,
+}
+
+/// The API runners append output to, and the keys their credentials are signed with.
+#[derive(Clone)]
+pub struct OutputSink {
+    pub url: String,
+    pub keys: Arc<crate::signing::KeyRing>,
+    pub issuer: String,
+}
+
+impl std::fmt::Debug for OutputSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutputSink").field("url", &self.url).finish_non_exhaustive()
+    }
 }
 
 /// What the gateway needs to know of a runner.
@@ -91,7 +107,7 @@ pub fn update_for(event: RunnerEvent) -> StatusUpdate {
         RunnerEvent::Started { .. } => {
             StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() }
         }
-        RunnerEvent::Finished(status) => StatusUpdate {
+        RunnerEvent::Finished { status, .. } => StatusUpdate {
             phase: Some(status.phase),
             exit_code: status.exit_code.map(i64::from),
             reason: status.reason,
@@ -206,7 +222,16 @@ impl LocalExecutor {
                 cmd.env_remove(key);
             }
         }
-        cmd.env("CLISCALE_LOG", "info").envs(self.runner_launch(&session).env());
+        let mut launch = self.runner_launch(&session);
+        if let Some(sink) = &self.config.output {
+            launch.output_url = Some(sink.url.clone());
+            launch.output_token = Some(sink.keys.output_token(
+                &sink.issuer,
+                &session.id,
+                session.spec.timeout_seconds,
+            )?);
+        }
+        cmd.env("CLISCALE_LOG", "info").envs(launch.env());
         cmd.envs(session.spec.env.iter().map(|e| (&e.name, &e.value)));
         cmd.stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
         let write_end = events_tx.as_raw_fd();
@@ -290,7 +315,7 @@ impl LocalExecutor {
                 );
                 continue;
             };
-            reported |= matches!(event, RunnerEvent::Finished(_));
+            reported |= matches!(event, RunnerEvent::Finished { .. });
             self.record(id, state, update_for(event)).await;
         }
         reported
@@ -450,12 +475,15 @@ mod tests {
         assert_eq!(listening.phase, Some(SessionPhase::Starting));
         assert_eq!(listening.runner_addr.as_deref(), Some("127.0.0.1:9"));
         assert_eq!(update_for(RunnerEvent::Started { pid: 7 }).phase, Some(SessionPhase::Running));
-        let finished = update_for(RunnerEvent::Finished(cliscale_core::protocol::SessionStatus {
-            phase: SessionPhase::Failed,
-            exit_code: Some(137),
-            reason: Some(TerminalReason::Signaled),
-            message: Some("the command was killed by signal 9".into()),
-        }));
+        let finished = update_for(RunnerEvent::finished(
+            cliscale_core::protocol::SessionStatus {
+                phase: SessionPhase::Failed,
+                exit_code: Some(137),
+                reason: Some(TerminalReason::Signaled),
+                message: Some("the command was killed by signal 9".into()),
+            },
+            None,
+        ));
         assert_eq!(
             (finished.phase, finished.reason, finished.exit_code),
             (Some(SessionPhase::Failed), Some(TerminalReason::Signaled), Some(137))

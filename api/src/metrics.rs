@@ -1,6 +1,7 @@
 //! Prometheus metrics of the API.
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub struct ApiMetrics {
@@ -9,6 +10,10 @@ pub struct ApiMetrics {
     pub tokens_minted: Counter,
     pub rate_limited: Counter,
     pub jwks_served: Counter,
+    /// Bytes runners appended to the output store.
+    pub output_appended_bytes: Counter,
+    /// Open output event streams.
+    pub output_streams: Gauge,
 }
 
 impl Default for ApiMetrics {
@@ -26,7 +31,23 @@ impl Default for ApiMetrics {
             rate_limited.clone(),
         );
         registry.register("jwks_served", "JWKS documents served", jwks_served.clone());
-        Self { registry, sessions_created, tokens_minted, rate_limited, jwks_served }
+        let output_appended_bytes = Counter::default();
+        registry.register(
+            "output_appended_bytes",
+            "Output bytes runners appended to the store",
+            output_appended_bytes.clone(),
+        );
+        let output_streams = Gauge::default();
+        registry.register("output_streams", "Open output event streams", output_streams.clone());
+        Self {
+            registry,
+            sessions_created,
+            tokens_minted,
+            rate_limited,
+            jwks_served,
+            output_appended_bytes,
+            output_streams,
+        }
     }
 }
 

@@ -34,6 +34,9 @@ pub struct CreateSessionRequest {
     pub install_cmd: Option<String>,
     /// Environment variables (at most 64; CLISCALE_* is reserved).
     pub env: Option<BTreeMap<String, String>>,
+    /// Names of `env` variables whose values are masked (`***`) in the session's output, its
+    /// stored output, tails and recordings.
+    pub masked_env: Option<Vec<String>>,
     #[schema(minimum = 1, maximum = 1000)]
     pub cols: Option<u16>,
     #[schema(minimum = 1, maximum = 1000)]
@@ -89,11 +92,21 @@ pub fn validate_create(req: CreateSessionRequest, defaults: SpecDefaults) -> Res
         (None, None) => None,
     };
     let env = req.env.unwrap_or_default();
+    let masked = req.masked_env.unwrap_or_default();
+    if let Some(unknown) = masked.iter().find(|name| !env.contains_key(*name)) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("masked_env names {unknown:?}, which is not in env"),
+        ));
+    }
     let mut spec = SessionSpec {
         code,
         install_command: non_empty(req.install_cmd),
         prompt: req.prompt,
-        env: env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+        env: env
+            .into_iter()
+            .map(|(name, value)| EnvVar { secret: masked.contains(&name), name, value })
+            .collect(),
         cols: req.cols.unwrap_or(spec::DEFAULT_COLS),
         rows: req.rows.unwrap_or(spec::DEFAULT_ROWS),
         timeout_seconds: seconds(
@@ -160,6 +173,9 @@ pub struct SessionView {
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
     pub updated_at: String,
+    /// The last few KiB of the session's output as text (`GET /api/sessions/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
 }
 
 /// `POST /api/sessions` answers this, at once.
@@ -254,6 +270,7 @@ impl From<&SessionRecord> for SessionView {
             started_at: r.started_at.map(rfc3339),
             finished_at: r.finished_at.map(rfc3339),
             updated_at: rfc3339(r.updated_at),
+            output_tail: None,
         }
     }
 }

@@ -69,6 +69,10 @@ fn openapi_json() {}
         crate::routes::cancel_session,
         crate::routes::mint_token,
         crate::routes::session_events,
+        crate::output_routes::append,
+        crate::output_routes::read,
+        crate::output_routes::stream,
+        crate::output_routes::recording,
         crate::routes::create_key,
         crate::routes::list_keys,
         crate::routes::revoke_key,
@@ -99,6 +103,12 @@ impl Modify for ApiKeyAuth {
         doc.components
             .get_or_insert_with(Default::default)
             .add_security_scheme("apiKey", SecurityScheme::Http(scheme));
+        let mut output = Http::new(HttpAuthScheme::Bearer);
+        output.description =
+            Some("A runner's output credential: appends to its own session's output only".into());
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("outputToken", SecurityScheme::Http(output));
     }
 }
 

@@ -27,6 +27,7 @@ use crate::model::{
     CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
     SessionRecord, SessionView, SpecDefaults, TokenMinted, validate_create,
 };
+use crate::output_routes;
 use crate::signing::KeyRing;
 use crate::store::{ApiKeyRecord, SessionQuery, Store, now};
 
@@ -47,6 +48,8 @@ pub struct ApiConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// What sessions whose request names no TTL get, and how long their terminals linger.
     pub spec_defaults: SpecDefaults,
+    /// Most bytes of output stored per session (head and tail kept, a gap between).
+    pub output_cap_bytes: u64,
 }
 
 impl Default for ApiConfig {
@@ -58,6 +61,7 @@ impl Default for ApiConfig {
             rate_per_minute: 600,
             trusted_proxies: Vec::new(),
             spec_defaults: SpecDefaults::default(),
+            output_cap_bytes: crate::output::DEFAULT_CAP_BYTES,
         }
     }
 }
@@ -69,6 +73,11 @@ pub struct ApiState {
     pub config: ApiConfig,
     limiter: DefaultKeyedRateLimiter<String>,
     pub metrics: crate::metrics::ApiMetrics,
+    pub output: crate::output::Output,
+    /// Checks runners' append credentials.
+    pub output_verifier: cliscale_core::token::JwksVerifier,
+    /// Cancelled when the server stops: open event streams end, so shutdown is not held up.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl ApiState {
@@ -80,7 +89,20 @@ impl ApiState {
     ) -> Arc<Self> {
         let per_minute = NonZeroU32::new(config.rate_per_minute.max(1)).expect("at least 1");
         let limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
-        Arc::new(Self { store, keys, executor, config, limiter, metrics: Default::default() })
+        let output = crate::output::Output::new(Arc::new(store.clone()), config.output_cap_bytes);
+        let output_verifier =
+            keys.output_verifier(&config.issuer).expect("the ring's own JWKS always verifies");
+        Arc::new(Self {
+            store,
+            keys,
+            executor,
+            config,
+            limiter,
+            metrics: Default::default(),
+            output,
+            output_verifier,
+            shutdown: Default::default(),
+        })
     }
 
     /// Charges one request to `key`; refuses with Retry-After when over the limit.
@@ -101,6 +123,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}", get(get_session).delete(cancel_session))
         .route("/api/sessions/{id}/tokens", post(mint_token))
         .route("/api/sessions/{id}/events", get(session_events))
+        .route(
+            "/api/sessions/{id}/output",
+            get(output_routes::read)
+                .post(output_routes::append)
+                .layer(axum::extract::DefaultBodyLimit::max(output_routes::MAX_APPEND_BYTES)),
+        )
+        .route("/api/sessions/{id}/output/stream", get(output_routes::stream))
+        .route("/api/sessions/{id}/recording", get(output_routes::recording))
         .route("/api/keys", post(create_key).get(list_keys))
         .route("/api/keys/{id}", delete(revoke_key))
         .route("/.well-known/jwks.json", get(jwks))
@@ -256,7 +286,11 @@ fn sign_token(
 }
 
 /// A session the caller may see; others' sessions are "not found" to operators.
-async fn visible_session(state: &ApiState, caller: &Caller, id: &str) -> Result<SessionRecord> {
+pub(crate) async fn visible_session(
+    state: &ApiState,
+    caller: &Caller,
+    id: &str,
+) -> Result<SessionRecord> {
     let session = state.store.get_session(id).await?;
     match session {
         Some(s) if caller.role != Role::Operator || s.owner == caller.key_id => Ok(s),
@@ -334,7 +368,9 @@ pub(crate) async fn get_session(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<axum::Json<SessionView>> {
-    Ok(axum::Json(SessionView::from(&visible_session(&state, &caller, &id).await?)))
+    let session = visible_session(&state, &caller, &id).await?;
+    let output_tail = state.output.tail(&id, cliscale_core::output::TAIL_BYTES).await?;
+    Ok(axum::Json(SessionView { output_tail, ..SessionView::from(&session) }))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

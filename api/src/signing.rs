@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use base64::Engine;
-use cliscale_core::token::{SessionSigningKey, jwks_json};
+use cliscale_core::output::OUTPUT_AUDIENCE;
+use cliscale_core::token::{JwksVerifier, SessionSigningKey, TokenScope, jwks_json, new_claims};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, Result};
@@ -67,6 +68,28 @@ impl KeyRing {
     /// The JWKS document publishing every key.
     pub fn jwks(&self) -> String {
         jwks_json(self.keys.iter())
+    }
+
+    /// The credential a session's runner appends its output with: audience
+    /// [`OUTPUT_AUDIENCE`], which no terminal verifier accepts, bound to `session_id`, and
+    /// valid as long as the session can run (its timeout, or the longest one) and a day more.
+    pub fn output_token(
+        &self,
+        issuer: &str,
+        session_id: &str,
+        timeout_secs: Option<u32>,
+    ) -> Result<String> {
+        let runs = timeout_secs.unwrap_or(cliscale_core::spec::MAX_TIMEOUT_SECS);
+        let ttl = u64::from(runs) + 86_400;
+        let claims =
+            new_claims(issuer, OUTPUT_AUDIENCE, "runner", session_id, TokenScope::View, ttl);
+        self.active().sign(&claims).map_err(|e| ApiError::Internal(e.to_string()))
+    }
+
+    /// Verifies output credentials signed by this ring.
+    pub fn output_verifier(&self, issuer: &str) -> Result<JwksVerifier> {
+        JwksVerifier::from_jwks_json(&self.jwks(), &[OUTPUT_AUDIENCE], Some(issuer))
+            .map_err(|e| ApiError::Internal(e.to_string()))
     }
 }
 

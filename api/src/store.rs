@@ -20,7 +20,7 @@ pub enum Backend {
 
 #[derive(Clone)]
 pub struct Store {
-    pool: AnyPool,
+    pub(crate) pool: AnyPool,
     backend: Backend,
 }
 
@@ -330,12 +330,18 @@ impl Store {
         Ok(true)
     }
 
+    /// Deletes the session with everything kept for it: its events and its stored output.
     pub async fn delete_session(&self, id: &str) -> Result<()> {
-        sqlx::query("DELETE FROM session_events WHERE session_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&self.pool).await?;
+        let mut tx = self.pool.begin().await?;
+        for table in ["session_events", "session_output", "session_output_state", "session_resizes"]
+        {
+            sqlx::query(&format!("DELETE FROM {table} WHERE session_id = $1"))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -462,7 +468,11 @@ fn parse_spec(json: &str) -> Option<SessionSpec> {
         code: old.code_url.map(|url| CodeSpec { url, checksum_sha256: old.code_checksum_sha256 }),
         prompt: old.prompt,
         install_command: old.install_cmd,
-        env: old.env.into_iter().map(|(name, value)| EnvVar { name, value }).collect(),
+        env: old
+            .env
+            .into_iter()
+            .map(|(name, value)| EnvVar { name, value, secret: false })
+            .collect(),
         cols: old.cols,
         rows: old.rows,
         timeout_seconds: old.timeout_seconds,
@@ -518,7 +528,10 @@ mod tests {
         let spec = parse_spec(legacy).unwrap();
         assert_eq!(spec.code.as_ref().map(|c| c.url.as_str()), Some("https://example.com/a.zip"));
         assert_eq!(spec.install_command.as_deref(), Some("npm ci"));
-        assert_eq!(spec.env, vec![EnvVar { name: "MODE".into(), value: "ci".into() }]);
+        assert_eq!(
+            spec.env,
+            vec![EnvVar { name: "MODE".into(), value: "ci".into(), secret: false }]
+        );
         assert_eq!((spec.cols, spec.rows, spec.timeout_seconds), (100, 30, Some(60)));
         assert_eq!(spec.ttl_seconds_after_finished, 120);
         let current = serde_json::to_string(&spec).unwrap();

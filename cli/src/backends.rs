@@ -54,3 +54,29 @@ impl ReconnectIssuer for KeyRingIssuer {
         self.keys.active().sign(&claims).ok()
     }
 }
+
+/// Finished sessions' stored output, from the API's output store, for the gateway to replay.
+pub struct StoreArchive(pub cliscale_api::output::Output);
+
+impl StoreArchive {
+    pub fn new(store: Store) -> Self {
+        Self(cliscale_api::output::Output::new(
+            Arc::new(store),
+            cliscale_api::output::DEFAULT_CAP_BYTES,
+        ))
+    }
+}
+
+impl cliscale_gateway::OutputArchive for StoreArchive {
+    fn read(
+        &self,
+        session_id: &str,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<cliscale_core::cursor::LogRead<bytes::Bytes>, String>> {
+        let id = session_id.to_owned();
+        Box::pin(
+            async move { self.0.read(&id, offset, max, None).await.map_err(|e| e.to_string()) },
+        )
+    }
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cliscale_api::executor::Executor;
-use cliscale_api::local::{LocalConfig, LocalExecutor};
+use cliscale_api::local::{LocalConfig, LocalExecutor, OutputSink};
 use cliscale_api::model::SpecDefaults;
 use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
@@ -18,7 +18,7 @@ use cliscale_api::store::Store;
 use cliscale_core::protocol::SessionStatus;
 use cliscale_gateway::{BoxFuture, Gateway, JwksCache, ResolveError, RunnerResolver};
 use cliscale_wiring::GatewayArgs;
-use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreLedger};
+use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreLedger};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -62,6 +62,11 @@ pub struct UpArgs {
     /// How often expired sessions are deleted.
     #[arg(long, default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
     pub gc_interval: Duration,
+    /// Most bytes of output stored per session: past it the head and the tail are kept, with a
+    /// gap between (docs/api.md, "Output").
+    #[arg(long, env = "CLISCALE_OUTPUT_CAP_BYTES", default_value_t = cliscale_api::output::DEFAULT_CAP_BYTES,
+          value_parser = clap::value_parser!(u64).range(cliscale_api::output::MIN_CAP_BYTES..))]
+    pub output_cap_bytes: u64,
 }
 
 struct LocalResolver {
@@ -128,8 +133,14 @@ fn linger(raw: &str) -> Result<Duration, String> {
 }
 
 /// The local executor's settings. Pure.
-fn local_config(args: &UpArgs, data_dir: &std::path::Path, jwks_path: PathBuf) -> LocalConfig {
+fn local_config(
+    args: &UpArgs,
+    data_dir: &std::path::Path,
+    jwks_path: PathBuf,
+    output: Option<OutputSink>,
+) -> LocalConfig {
     LocalConfig {
+        output,
         runner_bin: runner_bin(args.runner_bin.clone()),
         sessions_dir: data_dir.join("sessions"),
         jwks_path,
@@ -150,6 +161,7 @@ fn api_config(args: &UpArgs) -> ApiConfig {
             linger_secs: args.linger.as_secs() as u32,
             ..Default::default()
         },
+        output_cap_bytes: args.output_cap_bytes,
     }
 }
 
@@ -180,17 +192,6 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let jwks_path = data_dir.join("jwks.json");
     std::fs::write(&jwks_path, keys.jwks()).context("writing the runners' JWKS")?;
 
-    let executor = LocalExecutor::new(local_config(&args, &data_dir, jwks_path), store.clone());
-    let lost = executor.recover().await?;
-    if lost > 0 {
-        tracing::warn!(lost, "sessions whose runner died with the previous process are now Lost");
-    }
-    let shutdown = Shutdown::on_signals();
-    executor.spawn_janitor(args.gc_interval, &shutdown);
-    // Terminal relays close on their own token, cancelled only once the runners are stopped:
-    // viewers see their session end (Cancelled, 1000) rather than the gateway going away.
-    let relays = CancellationToken::new();
-
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -203,6 +204,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             addr
         }
     );
+
+    // Runners append their output to this process' own API.
+    let sink =
+        OutputSink { url: local_base.clone(), keys: keys.clone(), issuer: "cliscale".into() };
+    let executor =
+        LocalExecutor::new(local_config(&args, &data_dir, jwks_path, Some(sink)), store.clone());
+    let lost = executor.recover().await?;
+    if lost > 0 {
+        tracing::warn!(lost, "sessions whose runner died with the previous process are now Lost");
+    }
+    let shutdown = Shutdown::on_signals();
+    executor.spawn_janitor(args.gc_interval, &shutdown);
+    // Terminal relays close on their own token, cancelled only once the runners are stopped:
+    // viewers see their session end (Cancelled, 1000) rather than the gateway going away.
+    let relays = CancellationToken::new();
 
     let api = ApiState::new(
         store.clone(),
@@ -220,9 +236,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: Arc::new(LocalResolver { executor: executor.clone(), store: store.clone() }),
         reissuer: Some(Arc::new(KeyRingIssuer { keys: keys.clone(), ttl: RECONNECT_TOKEN_TTL })),
+        archive: Some(Arc::new(StoreArchive::new(store.clone()))),
         config: args.gateway.config(),
         metrics: Default::default(),
     });
+    let streams = api.shutdown.clone();
     let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api));
 
     let chosen = std::env::var("CLISCALE_API_KEY").ok();
@@ -246,6 +264,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             tracing::info!("stopping runners");
             executor.shutdown().await;
             relays.cancel();
+            streams.cancel();
         }
     };
     axum::serve(

@@ -22,7 +22,7 @@ use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
 use cliscale_testkit::fake_kube::FakeApi;
 use cliscale_testkit::fixtures;
-use cliscale_wiring::backends::StoreLedger;
+use cliscale_wiring::backends::{StoreArchive, StoreLedger};
 use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -82,6 +82,7 @@ impl Cluster {
             ledger: Arc::new(StoreLedger(store.clone())),
             resolver: Arc::new(ReflectorResolver::spawn(client, NS)),
             reissuer: None,
+            archive: Some(Arc::new(StoreArchive::new(store.clone()))),
             config: GatewayConfig { ready_wait: Duration::from_secs(20), ..Default::default() },
             metrics: Default::default(),
         });

@@ -27,6 +27,12 @@ pub const ALLOW_PRIVATE_ADDRESSES: &str = "CLISCALE_RUNNER_ALLOW_PRIVATE_ADDRESS
 pub const LOG_FORMAT: &str = "CLISCALE_RUNNER_LOG_FORMAT";
 pub const EVENTS_FD: &str = "CLISCALE_RUNNER_EVENTS_FD";
 pub const TERMINATION_LOG: &str = "CLISCALE_RUNNER_TERMINATION_LOG";
+pub const OUTPUT_URL: &str = "CLISCALE_RUNNER_OUTPUT_URL";
+pub const OUTPUT_TOKEN: &str = "CLISCALE_RUNNER_OUTPUT_TOKEN";
+pub const MASK_ENV: &str = "CLISCALE_RUNNER_MASK_ENV";
+
+/// The terminal type commands see, and recordings name.
+pub const DEFAULT_TERM: &str = "xterm-256color";
 
 /// Where a pod's container writes its termination message (the kubelet's default path).
 pub const KUBERNETES_TERMINATION_LOG: &str = "/dev/termination-log";
@@ -54,6 +60,12 @@ pub struct RunnerLaunch {
     pub events_fd: Option<i32>,
     /// A file the runner writes its final event to (a pod's termination message).
     pub termination_log: Option<String>,
+    /// Base URL of the API whose output store keeps the session's log.
+    pub output_url: Option<String>,
+    /// The credential that appends to this session's stored output, and does nothing else.
+    pub output_token: Option<String>,
+    /// Names of the command's environment variables whose values are masked in the output.
+    pub mask_env: Vec<String>,
 }
 
 impl RunnerLaunch {
@@ -73,6 +85,7 @@ impl RunnerLaunch {
             rows: spec.rows,
             linger: Some(secs(spec.linger_seconds)),
             timeout: spec.timeout_seconds.map(secs),
+            mask_env: spec.masked_env_names(),
             ..Default::default()
         }
     }
@@ -107,6 +120,9 @@ impl RunnerLaunch {
             (LOG_FORMAT, self.log_format.clone()),
             (EVENTS_FD, self.events_fd.map(|fd| fd.to_string())),
             (TERMINATION_LOG, self.termination_log.clone()),
+            (OUTPUT_URL, self.output_url.clone()),
+            (OUTPUT_TOKEN, self.output_token.clone()),
+            (MASK_ENV, (!self.mask_env.is_empty()).then(|| self.mask_env.join(","))),
         ];
         env.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
         env

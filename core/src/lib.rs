@@ -12,6 +12,7 @@ pub mod event;
 pub mod exit;
 pub mod launch;
 pub mod metrics;
+pub mod output;
 pub mod phase;
 pub mod protocol;
 pub mod source;

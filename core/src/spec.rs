@@ -121,9 +121,13 @@ pub struct EnvVar {
         schemars(regex(pattern = r"^[A-Za-z_][A-Za-z0-9_]*$"), length(max = MAX_ENV_NAME_LEN))
     )]
     pub name: String,
-    /// Its value (not for secrets: use envFromSecrets).
+    /// Its value. Kept with the session in clear: for values that must not be stored, use
+    /// envFromSecrets.
     #[cfg_attr(feature = "schema", schemars(length(max = MAX_ENV_VALUE_LEN)))]
     pub value: String,
+    /// Mask this value in the session's output (streams, stored output, tails, recordings).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub secret: bool,
 }
 
 /// An environment variable read from a key of a Secret in the session's namespace.
@@ -169,6 +173,17 @@ pub fn is_env_name(name: &str) -> bool {
 }
 
 impl SessionSpec {
+    /// The variables whose values the runner masks in the output: env marked secret and every
+    /// variable taken from a Secret. Pure.
+    pub fn masked_env_names(&self) -> Vec<String> {
+        let marked = self.env.iter().filter(|e| e.secret).map(|e| e.name.clone());
+        let from_secrets = self.env_from_secrets.iter().map(|e| e.name.clone());
+        let mut names: Vec<String> = marked.chain(from_secrets).collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// A spec running `command` with every default.
     pub fn new(command: impl Into<String>) -> Self {
         Self {
@@ -293,7 +308,11 @@ mod tests {
     fn every_rule_refuses_with_its_code() {
         let ok = SessionSpec::new("make");
         assert_eq!(ok.validate(), Ok(()));
-        let var = |name: &str, value: &str| EnvVar { name: name.into(), value: value.into() };
+        let var = |name: &str, value: &str| EnvVar {
+            name: name.into(),
+            value: value.into(),
+            secret: false,
+        };
         let cases: Vec<(SessionSpec, &str)> = vec![
             (SessionSpec::new("  "), "invalid_field"),
             (SessionSpec::new("x".repeat(MAX_COMMAND_LEN + 1)), "field_too_long"),

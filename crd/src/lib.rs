@@ -102,6 +102,10 @@ pub struct CommandSessionStatus {
     /// When the session finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_time: Option<Time>,
+    /// The last lines of the session's output as text (at most 1 KiB), once it finished. The
+    /// whole output is at the API: `GET /api/sessions/{id}/output`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tail: Option<String>,
     /// Ready (the runner's PTY is up) and SpecChangeRejected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,

@@ -61,6 +61,17 @@ pub trait RunnerResolver: Send + Sync + 'static {
     fn ended(&self, session_id: &str) -> BoxFuture<'_, Option<SessionStatus>>;
 }
 
+/// The stored output of sessions whose runner is gone (the API's output store): a finished
+/// session's terminal is replayed from it, read-only. `UpToDate` reads mean the end.
+pub trait OutputArchive: Send + Sync + 'static {
+    fn read(
+        &self,
+        session_id: &str,
+        offset: u64,
+        max: usize,
+    ) -> BoxFuture<'_, Result<cliscale_core::cursor::LogRead<bytes::Bytes>, String>>;
+}
+
 /// Mints the one-time token a client uses to reconnect after a drop, handed over the live
 /// connection so no token is ever reusable.
 pub trait ReconnectIssuer: Send + Sync + 'static {
@@ -155,6 +166,9 @@ pub struct Gateway {
     pub ledger: Arc<dyn JtiLedger>,
     pub resolver: Arc<dyn RunnerResolver>,
     pub reissuer: Option<Arc<dyn ReconnectIssuer>>,
+    /// Where a finished session's output is replayed from; without it such a link is refused
+    /// with 410.
+    pub archive: Option<Arc<dyn OutputArchive>>,
     pub config: GatewayConfig,
     pub metrics: GatewayMetrics,
 }

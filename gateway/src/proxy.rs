@@ -105,7 +105,14 @@ pub async fn ws_entry(
         return Redirect::to(&target).into_response();
     };
     match admit(&gateway, &sid, &parts.headers, &query).await {
-        Ok((claims, upstream, read_only)) => {
+        Ok(Admitted::Archived { archive, status }) => {
+            let since = query.since.unwrap_or(0);
+            upgrade
+                .max_message_size(gateway.config.max_message)
+                .max_frame_size(gateway.config.max_message)
+                .on_upgrade(move |client| replay(gateway, client, archive, sid, since, status))
+        }
+        Ok(Admitted::Live { claims, upstream, read_only }) => {
             let reconnect = gateway.reissuer.as_ref().and_then(|r| r.issue(&claims));
             upgrade
                 .max_message_size(gateway.config.max_message)
@@ -139,7 +146,9 @@ pub async fn check(
     match gateway.resolver.resolve(&sid, Duration::ZERO).await {
         Err(error @ ResolveError::Gone) => {
             let status = gateway.resolver.ended(&sid).await;
-            return unresolved_refusal(error, &sid, Duration::ZERO).into_body(status);
+            if gateway.archive.is_none() || status.is_none() {
+                return unresolved_refusal(error, &sid, Duration::ZERO).into_body(status);
+            }
         }
         Err(error @ (ResolveError::UnknownSession | ResolveError::Backend(_))) => {
             return unresolved_refusal(error, &sid, Duration::ZERO).into_body(None);
@@ -176,6 +185,14 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
+/// What an admitted connection is served.
+enum Admitted {
+    /// The runner, proxied both ways.
+    Live { claims: SessionClaims, upstream: Upstream, read_only: bool },
+    /// A finished session's stored output, read-only, then its final status.
+    Archived { archive: Arc<dyn crate::OutputArchive>, status: SessionStatus },
+}
+
 /// Every check, in order: mode, token, runner, JTI (last, so a refusal never burns a token),
 /// upstream.
 async fn admit(
@@ -183,7 +200,7 @@ async fn admit(
     sid: &str,
     headers: &HeaderMap,
     query: &WsQuery,
-) -> Result<(SessionClaims, Upstream, bool), Refusal> {
+) -> Result<Admitted, Refusal> {
     let mode = AttachMode::parse(query.mode.as_deref())
         .map_err(|e| Refusal::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
@@ -191,8 +208,18 @@ async fn admit(
     let claims = gateway.jwks.verify(&token, sid).await.map_err(token_refusal)?;
     let read_only = mode.read_only(claims.scope);
     let wait = gateway.config.ready_wait;
-    let addr =
-        gateway.resolver.resolve(sid, wait).await.map_err(|e| unresolved_refusal(e, sid, wait))?;
+    let resolved = gateway.resolver.resolve(sid, wait).await;
+    let archived = match (&resolved, &gateway.archive) {
+        (Err(ResolveError::Gone), Some(archive)) => {
+            gateway.resolver.ended(sid).await.map(|status| (archive.clone(), status))
+        }
+        _ => None,
+    };
+    let addr = match (resolved, archived.is_some()) {
+        (Ok(addr), _) => addr,
+        (Err(_), true) => String::new(),
+        (Err(e), false) => return Err(unresolved_refusal(e, sid, wait)),
+    };
     let first = gateway
         .ledger
         .consume(&claims.jti, claims.exp as i64)
@@ -200,6 +227,9 @@ async fn admit(
         .map_err(|m| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m))?;
     if !first {
         return Err(Refusal::replayed());
+    }
+    if let Some((archive, status)) = archived {
+        return Ok(Admitted::Archived { archive, status });
     }
     let url = runner_url(&addr, query.since.unwrap_or(0), read_only);
     let mut request = url
@@ -222,7 +252,7 @@ async fn admit(
         .max_message_size(Some(gateway.config.max_message.max(MAX_RUNNER_FRAME)));
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
-        Ok(Ok((upstream, _))) => Ok((claims, upstream, read_only)),
+        Ok(Ok((upstream, _))) => Ok(Admitted::Live { claims, upstream, read_only }),
         Ok(Err(e)) => Err(upstream_refusal(Some(e))),
         Err(_) => Err(upstream_refusal(None)),
     }
@@ -411,6 +441,70 @@ async fn say_goodbye(
     };
     let drain = async { while let Some(Ok(_)) = client_rx.next().await {} };
     let _ = tokio::time::timeout(wait, async { tokio::join!(send, drain) }).await;
+}
+
+/// Largest output frame of a replay, as the runner sends.
+const REPLAY_FRAME: usize = 64 * 1024;
+
+/// Serves a finished session from the archive: the hello (read-only, with its final status),
+/// the stored output from `since` with its gaps, the final status again, then 1000.
+async fn replay(
+    gateway: Arc<Gateway>,
+    client: WebSocket,
+    archive: Arc<dyn crate::OutputArchive>,
+    sid: String,
+    since: u64,
+    status: SessionStatus,
+) {
+    use cliscale_core::cursor::{Ends, LogCursor, LogRead, Step};
+    gateway.metrics.accepted.inc();
+    gateway.metrics.connections.inc();
+    let (mut client_tx, mut client_rx) = client.split();
+    let text = |m: &ServerMessage| {
+        ws::Message::Text(serde_json::to_string(m).expect("server messages serialize").into())
+    };
+    let log_end = match archive.read(&sid, u64::MAX, 1).await {
+        Ok(LogRead::UpToDate { end, .. }) => end,
+        _ => 0,
+    };
+    let hello = ServerMessage::Hello {
+        session_id: sid.clone(),
+        read_only: true,
+        log_start: 0,
+        log_end,
+        status: status.clone(),
+        elapsed_secs: None,
+    };
+    let mut cursor = LogCursor::new(since, Ends::AfterFinalStatus);
+    cursor.greeted(&status);
+    let mut open = client_tx.send(text(&hello)).await.is_ok();
+    while open {
+        let read = match archive.read(&sid, cursor.offset(), REPLAY_FRAME).await {
+            // Nothing more is coming: the runner is gone.
+            Ok(LogRead::UpToDate { end, .. }) => LogRead::UpToDate { end, closed: true },
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "reading a finished session's output failed");
+                let _ = client_tx.send(close(CloseCode::RunnerLost)).await;
+                break;
+            }
+        };
+        let message = match cursor.next(read) {
+            Step::Output { offset, data } => {
+                ws::Message::Binary(cliscale_core::protocol::encode_output(offset, &data).into())
+            }
+            Step::Gap { from, to } => text(&ServerMessage::Gap { from, to }),
+            Step::Status(status) => text(&ServerMessage::Status(status)),
+            Step::Wait | Step::End => {
+                let frame = close(CloseCode::SessionEnded);
+                say_goodbye(&mut client_tx, &mut client_rx, frame, Duration::from_secs(5)).await;
+                break;
+            }
+        };
+        let send = tokio::time::timeout(gateway.config.stall_timeout, client_tx.send(message));
+        open = matches!(send.await, Ok(Ok(())));
+    }
+    gateway.metrics.connections.dec();
 }
 
 async fn relay(

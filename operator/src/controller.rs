@@ -17,7 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::desired::{OperatorConfig, SESSION_LABEL, desired_job, job_name};
+use crate::desired::{OperatorConfig, SESSION_LABEL, desired_job, job_name, with_output_token};
 use crate::status::{Observed, derive_status, transition};
 use cliscale_crd::CommandSession;
 
@@ -30,6 +30,8 @@ pub enum Error {
     Kube(#[from] kube::Error),
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("{0}")]
+    Config(String),
 }
 
 pub struct Context {
@@ -42,6 +44,8 @@ pub struct Context {
     pub sessions: std::sync::Mutex<Option<Cache<CommandSession>>>,
     /// Consecutive failed reconciles per session, for the error policy's backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<CommandSession>, u32>>,
+    /// Signs runners' output credentials, when their output is stored (config.output_url).
+    pub output_keys: Option<Arc<cliscale_api::signing::KeyRing>>,
 }
 
 impl Context {
@@ -55,6 +59,7 @@ impl Context {
             metrics: Default::default(),
             sessions: Default::default(),
             failures: Default::default(),
+            output_keys: None,
         }
     }
 
@@ -76,6 +81,7 @@ impl Error {
             Self::Kube(kube::Error::Api(_)) => "api",
             Self::Kube(_) => "client",
             Self::NoNamespace(_) => "no_namespace",
+            Self::Config(_) => "config",
         }
     }
 }
@@ -126,7 +132,14 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         Some(job) => Some(job),
         None if !finished && !deleting => {
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let desired = desired_job(&session, &ctx.config);
+            let mut desired = desired_job(&session, &ctx.config);
+            if let (Some(_), Some(keys)) = (&ctx.config.output_url, &ctx.output_keys) {
+                let timeout = session.spec.session.timeout_seconds;
+                let token = keys
+                    .output_token("cliscale", &name, timeout)
+                    .map_err(|e| Error::Config(format!("signing the output credential: {e}")))?;
+                desired = with_output_token(desired, token);
+            }
             Some(jobs.patch(&job_name(&name), &params, &Patch::Apply(&desired)).await?)
         }
         None => None,

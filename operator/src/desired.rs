@@ -45,6 +45,8 @@ pub struct OperatorConfig {
     pub default_resources: ResourceRequirements,
     /// Timeout of sessions that set none (`None`: they run until they exit).
     pub default_timeout_seconds: Option<u32>,
+    /// The API runners append their sessions' output to (`None`: output is not stored).
+    pub output_url: Option<String>,
 }
 
 impl Default for OperatorConfig {
@@ -64,6 +66,7 @@ impl Default for OperatorConfig {
                 ..Default::default()
             },
             default_timeout_seconds: None,
+            output_url: None,
         }
     }
 }
@@ -107,6 +110,7 @@ pub fn runner_launch(session: &CommandSession, config: &OperatorConfig) -> Runne
         work_dir: Some("/workspace/session".into()),
         timeout: timeout_of(session, config).map(|t| Duration::from_secs(t.into())),
         termination_log: Some(launch::KUBERNETES_TERMINATION_LOG.into()),
+        output_url: config.output_url.clone(),
         ..RunnerLaunch::for_session(&session.name_any(), &session.spec.session)
     }
 }
@@ -252,6 +256,16 @@ fn runner_pod(session: &CommandSession, config: &OperatorConfig) -> PodSpec {
         termination_grace_period_seconds: Some(15),
         ..Default::default()
     }
+}
+
+/// Gives the Job's runner the credential that appends to its session's stored output. Pure.
+pub fn with_output_token(mut job: Job, token: String) -> Job {
+    let containers =
+        job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).map(|p| p.containers.iter_mut());
+    for container in containers.into_iter().flatten().filter(|c| c.name == "runner") {
+        container.env.get_or_insert_with(Vec::new).push(env(launch::OUTPUT_TOKEN, token.clone()));
+    }
+    job
 }
 
 /// The Job for `session`. Pure.

@@ -40,6 +40,14 @@ struct Args {
     /// Timeout (seconds) of sessions that set none.
     #[arg(long, env = "CLISCALE_RUNNER_DEFAULT_TIMEOUT_SECONDS")]
     runner_default_timeout_seconds: Option<u32>,
+    /// The API's URL as runners reach it, to store their sessions' output (the chart sets it
+    /// to this Deployment's Service). Unset: output is not stored.
+    #[arg(long, env = "CLISCALE_OUTPUT_URL")]
+    output_url: Option<String>,
+    /// Most bytes of output stored per session (head and tail kept, a gap between).
+    #[arg(long, env = "CLISCALE_OUTPUT_CAP_BYTES", default_value_t = cliscale_api::output::DEFAULT_CAP_BYTES,
+          value_parser = clap::value_parser!(u64).range(cliscale_api::output::MIN_CAP_BYTES..))]
+    output_cap_bytes: u64,
     /// TTL after finishing (seconds) of API sessions that name none.
     #[arg(long, env = "CLISCALE_SESSION_TTL_SECONDS", default_value_t = 3600)]
     session_ttl_seconds: u32,
@@ -125,11 +133,15 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             None => defaults.default_resources,
         },
         default_timeout_seconds: args.runner_default_timeout_seconds,
+        output_url: args.output_url.clone(),
     };
     let client = kube::Client::try_default().await?;
     let namespace = args.sessions_namespace.clone().unwrap_or_else(|| args.pod_namespace.clone());
     publish_jwks(&client, &namespace, &config.jwks_config_map, &keys.jwks()).await?;
-    let ctx = Arc::new(Context::new(client.clone(), config));
+    let ctx = Arc::new(Context {
+        output_keys: Some(keys.clone()),
+        ..Context::new(client.clone(), config)
+    });
 
     let shutdown = Shutdown::on_signals();
 
@@ -147,6 +159,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 ttl_secs: args.session_ttl_seconds,
                 linger_secs: args.session_linger_seconds,
             },
+            output_cap_bytes: args.output_cap_bytes,
         },
     );
     let api_app = cliscale_api::routes::router(api);

@@ -52,14 +52,20 @@ fn condition(
 /// word wins on what it knows (an OOM kill, the exit code); the runner's final event, which it
 /// wrote as its termination message, tells the rest (a signal death, a deadline, its own
 /// message). An event whose exit code disagrees with the kubelet's is not believed. Pure.
-fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32, String) {
+fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32, String, Option<String>) {
     let code = t.exit_code;
+    let event = t.message.as_deref().and_then(RunnerEvent::parse);
+    // The output's last lines are the runner's to tell, whoever says how it ended.
+    let tail = match &event {
+        Some(RunnerEvent::Finished { output_tail, .. }) => output_tail.clone(),
+        _ => None,
+    };
     if t.reason.as_deref() == Some("OOMKilled") {
         let message = "the runner was killed for exceeding its memory limit".to_string();
-        return (TerminalReason::OomKilled, code, message);
+        return (TerminalReason::OomKilled, code, message, tail);
     }
-    let reported = t.message.as_deref().and_then(RunnerEvent::parse).and_then(|e| match e {
-        RunnerEvent::Finished(status) if status.exit_code == Some(code) => Some(status),
+    let reported = event.and_then(|e| match e {
+        RunnerEvent::Finished { status, .. } if status.exit_code == Some(code) => Some(status),
         _ => None,
     });
     match reported {
@@ -67,8 +73,9 @@ fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32, String) {
             status.reason.unwrap_or_else(|| exit::reason_of(code)),
             code,
             status.message.unwrap_or_else(|| format!("exited with code {code}")),
+            tail,
         ),
-        None => (exit::reason_of(code), code, format!("exited with code {code}")),
+        None => (exit::reason_of(code), code, format!("exited with code {code}"), tail),
     }
 }
 
@@ -104,7 +111,13 @@ fn waiting(pod: &Pod) -> Option<(TerminalReason, String)> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PodView {
     /// The runner is gone: how the session ended.
-    Ended { reason: TerminalReason, exit_code: Option<i32>, message: String },
+    Ended {
+        reason: TerminalReason,
+        exit_code: Option<i32>,
+        message: String,
+        /// The last lines of output, as the runner reported them.
+        output_tail: Option<String>,
+    },
     /// The runner runs; `ready` once its PTY is up (the readiness probe passes).
     Running { ready: bool },
     /// Scheduling or pulling: visible, never fatal by itself.
@@ -118,8 +131,8 @@ pub fn pod_view(pod: &Pod) -> PodView {
     let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
     match (status.phase.as_deref(), ended) {
         (Some("Succeeded" | "Failed"), Some(t)) => {
-            let (reason, code, message) = terminated(t);
-            PodView::Ended { reason, exit_code: Some(code), message }
+            let (reason, code, message, output_tail) = terminated(t);
+            PodView::Ended { reason, exit_code: Some(code), message, output_tail }
         }
         (Some("Failed"), None) => {
             let evicted = status.reason.as_deref() == Some("Evicted");
@@ -129,6 +142,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
                 message: status.message.clone().unwrap_or_else(|| {
                     if evicted { "the pod was evicted" } else { "the pod failed" }.into()
                 }),
+                output_tail: None,
             }
         }
         (Some("Running"), _) => PodView::Running { ready: container.is_some_and(|c| c.ready) },
@@ -257,8 +271,11 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
             status.start_time = pod_status.start_time.clone();
         }
         let ready = match pod_view(pod) {
-            PodView::Ended { reason, exit_code, message } => {
+            PodView::Ended { reason, exit_code, message, output_tail } => {
                 finish(&mut status, reason, exit_code, message);
+                if output_tail.is_some() {
+                    status.output_tail = output_tail;
+                }
                 false
             }
             PodView::Running { ready } => {
@@ -394,13 +411,14 @@ mod tests {
         let cs = session();
         let job = desired_job(&cs, &OperatorConfig::default());
         let event = |code: i32, reason: TerminalReason, message: &str| {
-            RunnerEvent::Finished(cliscale_core::protocol::SessionStatus {
+            let status = cliscale_core::protocol::SessionStatus {
                 phase: SessionPhase::Failed,
                 exit_code: Some(code),
                 reason: Some(reason),
                 message: Some(message.into()),
-            })
-            .to_termination_message()
+            };
+            RunnerEvent::finished(status, Some(format!("last line of {code}")))
+                .to_termination_message()
         };
         let ended = |code: i32, kubelet_reason: &str, message: &str| {
             let p = pod("cs-s1-abc").terminated(code, kubelet_reason).termination_message(message);
@@ -417,6 +435,8 @@ mod tests {
                 Some("killed by signal 9")
             )
         );
+        // The output's last lines reach the status, for `kubectl describe`.
+        assert_eq!(killed.output_tail.as_deref(), Some("last line of 137"));
         // An event whose exit code is not the one the kubelet saw is not believed.
         let forged = ended(3, "Error", &event(0, TerminalReason::Exited, "all good"));
         assert_eq!((forged.reason, forged.exit_code), (Some(TerminalReason::Exited), Some(3)));

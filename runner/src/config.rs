@@ -64,7 +64,7 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_TOKEN_ISSUER")]
     pub token_issuer: Option<String>,
     /// TERM given to the command.
-    #[arg(long, env = "CLISCALE_RUNNER_TERM", default_value = "xterm-256color")]
+    #[arg(long, env = "CLISCALE_RUNNER_TERM", default_value = launch::DEFAULT_TERM)]
     pub term: String,
     /// Initial terminal width.
     #[arg(long, env = launch::COLS, default_value_t = 80)]
@@ -133,6 +133,21 @@ pub struct RunnerArgs {
     #[arg(long, env = launch::TERMINATION_LOG)]
     pub termination_log: Option<PathBuf>,
     /// Log format of the runner's own logs (on stderr): json or text.
+    /// Base URL of the API whose output store keeps the session's log (unset: not stored).
+    #[arg(long, env = launch::OUTPUT_URL)]
+    pub output_url: Option<Url>,
+    /// The credential that appends to this session's stored output.
+    #[arg(long, env = launch::OUTPUT_TOKEN, hide_env_values = true)]
+    pub output_token: Option<String>,
+    /// Most bytes per append to the output store.
+    #[arg(long, env = "CLISCALE_RUNNER_OUTPUT_BATCH_BYTES", default_value_t = 1024 * 1024)]
+    pub output_batch_bytes: usize,
+    /// How long output gathers before an append to the output store.
+    #[arg(long, env = "CLISCALE_RUNNER_OUTPUT_INTERVAL", default_value = "25ms", value_parser = humantime::parse_duration)]
+    pub output_interval: Duration,
+    /// Names of environment variables whose values are masked in the output.
+    #[arg(long, env = launch::MASK_ENV, value_delimiter = ',')]
+    pub mask_env: Vec<String>,
     #[arg(long, env = launch::LOG_FORMAT, default_value = "json")]
     pub log_format: String,
 }
@@ -165,6 +180,12 @@ impl RunnerConfig {
         }
         if args.log_window_bytes < 64 * 1024 {
             return bad("log window must be at least 65536 bytes".into());
+        }
+        if args.output_url.is_some() != args.output_token.is_some() {
+            return bad("the output URL and the output token go together".into());
+        }
+        if !(4096..=4 * 1024 * 1024).contains(&args.output_batch_bytes) {
+            return bad("output batch must be 4096 to 4194304 bytes".into());
         }
         if !matches!(args.log_format.as_str(), "json" | "text") {
             return bad(format!("log format {:?} is not json or text", args.log_format));

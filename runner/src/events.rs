@@ -51,7 +51,7 @@ impl EventSink {
             tracing::warn!(%error, "could not report an event to the launcher");
             self.pipe = None;
         }
-        if let (RunnerEvent::Finished(_), Some(path)) = (event, &self.termination_log)
+        if let (RunnerEvent::Finished { .. }, Some(path)) = (event, &self.termination_log)
             && let Err(error) = std::fs::write(path, event.to_termination_message())
         {
             tracing::warn!(%error, path = %path.display(), "could not write the termination message");

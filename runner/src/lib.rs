@@ -7,6 +7,7 @@ pub mod error;
 pub mod events;
 pub mod log;
 pub mod logged_process;
+pub mod mask;
 pub mod metrics;
 pub mod net_guard;
 pub mod pty;
@@ -14,5 +15,6 @@ pub mod reaper;
 pub mod server;
 pub mod session;
 pub mod source;
+pub mod upload;
 
 pub use error::{RunnerError, exit_code};

@@ -7,6 +7,11 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::Instant;
+
+use cliscale_core::output::{MAX_RESIZES_PER_APPEND, Resize};
+
+use crate::mask::Masker;
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
@@ -32,21 +37,84 @@ pub struct OutputLog {
     capacity: usize,
     /// Carries the end offset so readers can wait for new bytes; closes with the log.
     end_tx: watch::Sender<(u64, bool)>,
+    /// Masks secrets before they are appended (crate::mask).
+    masker: Option<Mutex<Masker>>,
+    /// The runner's clock for the recording: when the log began.
+    born: Instant,
+    /// Resizes not yet taken by the output store's uploader.
+    resizes: Mutex<VecDeque<Resize>>,
 }
 
 impl OutputLog {
     /// A log that keeps at most `capacity` bytes (at least 1) in memory.
     pub fn new(capacity: usize) -> Self {
+        Self::with_masker(capacity, None)
+    }
+
+    /// A log whose appends pass through `masker` first.
+    pub fn with_masker(capacity: usize, masker: Option<Masker>) -> Self {
         let (end_tx, _) = watch::channel((0, false));
-        Self { window: Mutex::new(Window::default()), capacity: capacity.max(1), end_tx }
+        Self {
+            window: Mutex::new(Window::default()),
+            capacity: capacity.max(1),
+            end_tx,
+            masker: masker.map(Mutex::new),
+            born: Instant::now(),
+            resizes: Mutex::default(),
+        }
+    }
+
+    /// Milliseconds since the log began, on the runner's clock.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64
+    }
+
+    /// Notes that the terminal is now `cols` x `rows`, at the log's current end.
+    pub fn note_resize(&self, cols: u16, rows: u16) {
+        let resize = Resize { offset: self.end(), at_ms: self.elapsed_ms(), cols, rows };
+        let mut resizes = self.resizes.lock().expect("resizes lock poisoned");
+        if resizes.len() == MAX_RESIZES_PER_APPEND {
+            resizes.pop_front();
+        }
+        resizes.push_back(resize);
+    }
+
+    /// Takes the resizes noted since the last call, oldest first.
+    pub fn take_resizes(&self) -> Vec<Resize> {
+        self.resizes.lock().expect("resizes lock poisoned").drain(..).collect()
+    }
+
+    /// Passes on output the masker held back as a possible secret's start, once it has waited
+    /// long enough (or at once when `force`). Returns whether bytes are still held.
+    pub fn flush_masked(&self, force: bool) -> bool {
+        let Some(masker) = &self.masker else { return false };
+        let mut m = masker.lock().expect("masker lock poisoned");
+        let out = m.flush(Instant::now(), force);
+        self.append_raw(Bytes::from(out));
+        m.holding()
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Appends bytes, evicting the oldest ones beyond the window. Returns the new end offset.
+    /// Appends bytes (masked, when the log masks), evicting the oldest ones beyond the window.
+    /// Returns the new end offset.
     pub fn append(&self, data: Bytes) -> u64 {
+        match &self.masker {
+            None => self.append_raw(data),
+            Some(masker) => {
+                // One lock across mask and append: pieces keep their order.
+                let mut m = masker.lock().expect("masker lock poisoned");
+                let out = m.feed(&data, Instant::now());
+                let end = self.append_raw(Bytes::from(out));
+                drop(m);
+                end
+            }
+        }
+    }
+
+    fn append_raw(&self, data: Bytes) -> u64 {
         if data.is_empty() {
             return self.end();
         }
@@ -82,6 +150,7 @@ impl OutputLog {
 
     /// Marks the log finished: readers that catch up learn that nothing more will come.
     pub fn close(&self) {
+        self.flush_masked(true);
         let end = {
             let mut w = self.window.lock().expect("log lock poisoned");
             w.closed = true;

@@ -140,6 +140,7 @@ pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
         read_since_yield: 0,
     };
 
+    let resizes = log.clone();
     let reader = tokio::spawn(async move {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         loop {
@@ -166,11 +167,11 @@ pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
                         break;
                     }
                 }
-                PtyInput::Resize { cols, rows } => {
-                    if let Err(e) = writer.resize(cols, rows) {
-                        tracing::warn!(error = %e, "resize failed");
-                    }
-                }
+                PtyInput::Resize { cols, rows } => match writer.resize(cols, rows) {
+                    // Recordings replay the size change where it happened in the output.
+                    Ok(()) => resizes.note_resize(cols, rows),
+                    Err(e) => tracing::warn!(error = %e, "resize failed"),
+                },
             }
         }
     });

@@ -21,11 +21,14 @@ use crate::error::{Result, RunnerError, exit_code};
 use crate::events::EventSink;
 use crate::log::OutputLog;
 use crate::logged_process::{Outcome, run_logged};
+use crate::mask::Masker;
 use crate::metrics::Metrics;
 use crate::pty::{self, CommandSpec};
 use crate::reaper;
 use crate::server::{self, Shared};
 use crate::source::{self, progress};
+use crate::upload::{UploadTarget, Uploader};
+use cliscale_core::output::{STATUS_TAIL_BYTES, tail_text};
 
 /// Longest wait for the PTY's last bytes after the command exits (background processes may
 /// hold the terminal open).
@@ -60,11 +63,8 @@ mod libc_signal {
 pub fn could_not_start(events: &mut EventSink, error: RunnerError) -> i32 {
     tracing::error!(%error, "the session could not start");
     let (reason, code) = (error.reason(), error.exit_code());
-    events.send(&RunnerEvent::Finished(SessionStatus::finished(
-        reason,
-        code,
-        Some(error.to_string()),
-    )));
+    let status = SessionStatus::finished(reason, code, Some(error.to_string()));
+    events.send(&RunnerEvent::finished(status, None));
     code
 }
 
@@ -92,7 +92,25 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
     // Before anything is spawned: every orphan of the session is ours to reap and to stop.
     reaper::become_subreaper();
     tokio::spawn(reaper::reap_orphans_forever());
-    let log = Arc::new(OutputLog::new(args.log_window_bytes));
+    let secrets: Vec<String> = args.mask_env.iter().filter_map(|n| std::env::var(n).ok()).collect();
+    let masker = Masker::new(secrets.iter().map(|s| s.as_bytes()));
+    let masking = masker.is_some();
+    let log = Arc::new(OutputLog::with_masker(args.log_window_bytes, masker));
+    if masking {
+        tokio::spawn(release_held_output(log.clone()));
+    }
+    let upload = match upload_target(args) {
+        None => None,
+        Some(target) => match Uploader::new(target, log.clone()) {
+            Ok(uploader) => Some(tokio::spawn(uploader.run())),
+            Err(e) => {
+                return could_not_start(
+                    &mut events,
+                    RunnerError::Config(format!("output store: {e}")),
+                );
+            }
+        },
+    };
     let (status, _) = watch::channel(SessionStatus::new(SessionPhase::Starting));
     let shared = Arc::new(Shared {
         session_id: args.session_id.clone(),
@@ -152,13 +170,18 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
         ?linger,
         "session finished"
     );
-    events.send(&RunnerEvent::Finished(final_status));
+    events.send(&RunnerEvent::finished(final_status, Some(output_tail(&log))));
 
     tokio::select! {
         _ = tokio::time::sleep(linger) => {}
         _ = signals.recv() => tracing::info!("stop signal during linger; exiting now"),
     }
     let _ = leftovers.await;
+    if let Some(upload) = upload
+        && tokio::time::timeout(UPLOAD_DRAIN, upload).await.is_err()
+    {
+        tracing::warn!("the output store did not take the whole log in time");
+    }
     shared.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
     shared.connections.close();
@@ -167,6 +190,44 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
         let _ = tokio::time::timeout(Duration::from_secs(5), tee).await;
     }
     code
+}
+
+/// Longest wait at exit for the output store to take the rest of the log.
+const UPLOAD_DRAIN: Duration = Duration::from_secs(10);
+
+/// The output store's address and credential, when the session's log is stored.
+fn upload_target(args: &crate::config::RunnerArgs) -> Option<UploadTarget> {
+    let (base, token) = (args.output_url.as_ref()?, args.output_token.clone()?);
+    let url =
+        format!("{}/api/sessions/{}/output", base.as_str().trim_end_matches('/'), args.session_id);
+    Some(UploadTarget {
+        url: url.parse().ok()?,
+        token,
+        batch_bytes: args.output_batch_bytes,
+        interval: args.output_interval,
+    })
+}
+
+/// The end of the log as text, for the final event (and so a CommandSession's status).
+fn output_tail(log: &OutputLog) -> String {
+    let want = STATUS_TAIL_BYTES as u64 * 4;
+    let from = log.end().saturating_sub(want).max(log.start());
+    match log.read_since(from, want as usize) {
+        crate::log::LogRead::Data { data, .. } => tail_text(&data, STATUS_TAIL_BYTES),
+        _ => String::new(),
+    }
+}
+
+/// Lets output held back as a possible secret's start go once it has waited long enough.
+async fn release_held_output(log: Arc<OutputLog>) {
+    let mut end_rx = log.subscribe();
+    loop {
+        if log.flush_masked(false) {
+            tokio::time::sleep(crate::mask::HOLD / 2).await;
+        } else if end_rx.changed().await.is_err() || end_rx.borrow().1 {
+            return;
+        }
+    }
 }
 
 /// Ends the session with `reason`: the log closes, then the final status goes out.

@@ -16,7 +16,7 @@ use cliscale_api::store::Store;
 use cliscale_gateway::cluster::ReflectorResolver;
 use cliscale_gateway::{Gateway, JwksCache, ReconnectIssuer};
 use cliscale_wiring::GatewayArgs;
-use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreLedger};
+use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreLedger};
 
 #[derive(Parser)]
 #[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]
@@ -70,6 +70,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         ledger: Arc::new(StoreLedger(store.clone())),
         resolver: resolver.clone(),
         reissuer,
+        archive: Some(Arc::new(StoreArchive::new(store.clone()))),
         config: args.gateway.config(),
         metrics: Default::default(),
     });
