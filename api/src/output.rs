@@ -78,10 +78,12 @@ pub enum AppendPlan {
 
 /// Decides an append of `len` bytes described by `q` to a log standing at `state`. Pure.
 pub fn plan_append(state: &OutputState, q: &AppendQuery, len: usize) -> AppendPlan {
-    if state.closed {
-        return AppendPlan::Nothing;
-    }
     let body_end = q.offset + len as u64;
+    if state.closed {
+        // Nothing follows a complete log; an append past its end is still told where it ends.
+        let behind = q.offset > state.end && q.gap_from.is_none();
+        return if behind { AppendPlan::Behind } else { AppendPlan::Nothing };
+    }
     let gap = match q.gap_from {
         // A declared gap covers whatever the store lacks before the body.
         Some(from) if from <= state.end && state.end < q.offset => Some((state.end, q.offset)),
@@ -446,11 +448,12 @@ impl OutputBackend for Store {
             let mut out = Vec::new();
             let mut at = from.unwrap_or(0);
             let mut bytes = 0;
-            // Pages of a few segments, until `max` bytes are in hand.
+            // Two segments at a time (each up to a runner's batch), until `max` bytes are in hand:
+            // a read never fetches much more than it returns.
             loop {
                 let rows = sqlx::query(&format!(
                     "{SEGMENT_COLUMNS} WHERE session_id = $1 AND start_offset >= $2 \
-                     ORDER BY start_offset LIMIT 8"
+                     ORDER BY start_offset LIMIT 2"
                 ))
                 .bind(session_id)
                 .bind(at)
@@ -465,7 +468,7 @@ impl OutputBackend for Store {
                     }
                     out.push(s);
                 }
-                if page < 8 || bytes >= max {
+                if page < 2 || bytes >= max {
                     return Ok(out);
                 }
             }
@@ -539,8 +542,9 @@ pub struct Output {
 
 /// Default cap on a session's stored output.
 pub const DEFAULT_CAP_BYTES: u64 = 256 * 1024 * 1024;
-/// Smallest cap accepted: room for a head and a tail of whole batches.
-pub const MIN_CAP_BYTES: u64 = 4 * 1024 * 1024;
+/// Smallest cap accepted: room for a head and a tail of whole batches (a runner appends up to
+/// `cliscale_core::output::MAX_APPEND_BYTES` at once).
+pub const MIN_CAP_BYTES: u64 = 16 * 1024 * 1024;
 
 impl Output {
     pub fn new(backend: Arc<dyn OutputBackend>, cap: u64) -> Self {
@@ -627,22 +631,30 @@ impl Recorder {
         format!("{line}\n")
     }
 
-    /// The event lines for one segment.
+    /// The event lines for one segment: its output, split where the terminal was resized
+    /// within it (a segment is a batch of the runner's reads).
     pub fn segment(&mut self, segment: &Segment) -> String {
         let mut out = String::new();
-        // Resizes noted at or before the segment's start come first.
-        while let Some(r) = self.next_resize.filter(|r| r.offset <= segment.start()) {
-            out += &self.line(r.at_ms, "r", &format!("{}x{}", r.cols, r.rows));
-            self.next_resize = self.resizes.next();
-        }
-        if let Segment::Data { at_ms, data, .. } = segment {
-            self.carry.extend_from_slice(data);
+        let mut at = segment.start();
+        loop {
+            // Resizes noted at or before `at` come first.
+            while let Some(r) = self.next_resize.filter(|r| r.offset <= at) {
+                out += &self.line(r.at_ms, "r", &format!("{}x{}", r.cols, r.rows));
+                self.next_resize = self.resizes.next();
+            }
+            let Segment::Data { start, at_ms, data } = segment else { return out };
+            let end = segment.end();
+            let until = self.next_resize.map_or(end, |r| r.offset.min(end));
+            self.carry.extend_from_slice(&data[(at - start) as usize..(until - start) as usize]);
             let text = utf8_prefix(&mut self.carry);
             if !text.is_empty() {
                 out += &self.line(*at_ms, "o", &text);
             }
+            if until >= end {
+                return out;
+            }
+            at = until;
         }
-        out
     }
 
     /// What is left at the end: resizes after the last byte, and undecodable bytes.
@@ -779,6 +791,11 @@ mod tests {
         ];
         let resize = Resize { offset: 3, at_ms: 20, cols: 100, rows: 30 };
         let mut rec = Recorder::new(vec![resize]);
+        // A resize inside a segment splits its output there.
+        let mut split = Recorder::new(vec![Resize { offset: 2, at_ms: 7, cols: 9, rows: 9 }]);
+        let one = Segment::Data { start: 0, at_ms: 5, data: Bytes::from_static(b"abcd") };
+        let lines = split.segment(&one) + &split.finish();
+        assert_eq!(lines, "[0.005,\"o\",\"ab\"]\n[0.007,\"r\",\"9x9\"]\n[0.007,\"o\",\"cd\"]\n");
         let mut lines = String::new();
         for s in &segs {
             lines += &rec.segment(s);

@@ -27,10 +27,12 @@ use crate::store::now;
 
 type AppState = Arc<ApiState>;
 
-/// Largest append body: a runner's batch is at most 1 MiB.
-pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
-/// Bytes read from the store per step of a read or a stream.
-const READ_STEP: usize = 1024 * 1024;
+pub use cliscale_core::output::MAX_APPEND_BYTES;
+/// Bytes read from the store per step of a read or a stream: a runner's largest batch, so a
+/// step takes whole stored segments.
+const READ_STEP: usize = MAX_APPEND_BYTES;
+/// Most bytes in one `output` event (its data is base64 in JSON).
+const EVENT_BYTES: usize = 1024 * 1024;
 /// How often a live reader looks for appends another replica took, and for status changes.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -351,7 +353,7 @@ impl LiveReader {
             let read = self
                 .state
                 .output
-                .read(&self.session.id, self.cursor.offset(), READ_STEP / 4, self.finished_at)
+                .read(&self.session.id, self.cursor.offset(), EVENT_BYTES, self.finished_at)
                 .await
                 .ok()?;
             match self.cursor.next(read) {
@@ -409,7 +411,8 @@ pub(crate) async fn recording(
         "width": session.spec.cols,
         "height": session.spec.rows,
         "timestamp": session.started_at.unwrap_or(session.created_at),
-        "title": format!("cliscale session {}: {}", session.id, session.spec.command),
+        // Not the command: it may hold what the session's masking keeps out of the output.
+        "title": format!("cliscale session {}", session.id),
         "env": { "TERM": cliscale_core::launch::DEFAULT_TERM, "SHELL": "/bin/bash" },
     });
     let first = Bytes::from(format!("{header_line}\n"));

@@ -606,49 +606,6 @@ async fn the_terminal_renders_as_a_terminal_under_its_policy() {
     browser.screenshot(Some("terminal-phone.png")).await;
 }
 
-/// A TCP proxy the test controls, between the page and the gateway: `cut` resets every open
-/// connection and refuses new ones until `restore`, as a dropped network would.
-struct Proxy {
-    addr: std::net::SocketAddr,
-    up: std::sync::Arc<tokio::sync::watch::Sender<bool>>,
-}
-
-impl Proxy {
-    async fn start(target: std::net::SocketAddr) -> Proxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let up = std::sync::Arc::new(tokio::sync::watch::channel(true).0);
-        let state = up.clone();
-        tokio::spawn(async move {
-            while let Ok((mut client, _)) = listener.accept().await {
-                if !*state.borrow() {
-                    continue; // dropped: the connection is refused as it arrives
-                }
-                let mut down = state.subscribe();
-                tokio::spawn(async move {
-                    let Ok(mut server) = tokio::net::TcpStream::connect(target).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-                        // Dropped on the spot: nothing more gets through either way.
-                        _ = down.wait_for(|up| !*up) => {}
-                    }
-                });
-            }
-        });
-        Proxy { addr, up }
-    }
-
-    fn cut(&self) {
-        self.up.send_replace(false);
-    }
-
-    fn restore(&self) {
-        self.up.send_replace(true);
-    }
-}
-
 /// The page rides out network drops of 3 s and of a minute: it backs off, says when it will try
 /// again, resumes at its offset, and ends up with every line of the output exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -658,7 +615,7 @@ async fn the_page_rides_out_network_cuts_with_every_byte_once() {
     let command = "i=0; while :; do i=$((i+1)); echo line-$i; sleep 0.05; done";
     let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
     let gateway: std::net::SocketAddr = stack.base.trim_start_matches("http://").parse().unwrap();
-    let proxy = Proxy::start(gateway).await;
+    let proxy = cliscale_testkit::netcut::Proxy::start(gateway).await;
     let url = created["terminalUrl"]
         .as_str()
         .unwrap()
@@ -816,39 +773,56 @@ async fn a_read_only_link_opens_and_says_it_cannot_type() {
     assert_eq!(badge, "read-only");
 }
 
+/// A finished session whose runner is gone opens from the stored output: its lines in their
+/// colours, read-only, and how it ended in the status bar; nothing on the console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_finished_session_shows_how_it_ended() {
+async fn a_finished_session_opens_from_the_store_with_its_output() {
     let Some(mut b) = RefusalBench::start().await else { return };
-    let done = b.stack.create(ADMIN_KEY, json!({ "command": "echo bye; exit 3" })).await;
+    let command = "printf 'plain line\\n\\033[32mGREEN-BYE\\033[0m\\n'; exit 3";
+    let done = b.stack.create(ADMIN_KEY, json!({ "command": command })).await;
     let done_sid = done["sessionId"].as_str().unwrap().to_owned();
     b.stack.wait_for_phase(&done_sid, "Failed").await;
     let deadline = std::time::Instant::now() + HANG_GUARD;
-    loop {
-        // The runner leaves right after its linger (0 s); until then the session still opens.
-        let probe = b.token(&done_sid, TokenScope::View, 300);
-        let ws = b.stack.ws_url(&done_sid, &format!("token={probe}"));
-        if common::open_terminal(&ws).await.is_err() {
-            break;
-        }
+    while cliscale_testkit::procinfo::any_process_with_env("CLISCALE_SESSION_ID", &done_sid) {
         assert!(std::time::Instant::now() < deadline, "the finished session's runner never left");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    b.browser.open(&b.page(&done_sid, &b.token(&done_sid, TokenScope::View, 300))).await;
-    b.browser.wait_until("!document.getElementById('notice').hidden").await;
-    let said = b.browser.eval("document.getElementById('notice-title').textContent").await;
-    assert_eq!(said, "This session has finished: Failed (Exited), exit code 3", "{said}");
+    b.browser.events.clear();
+    let url = b.page(&done_sid, &b.token(&done_sid, TokenScope::View, 300));
+    b.browser.open_watched(&url).await;
+    b.browser
+        .wait_until(
+            "window.cliscale && window.cliscale.finished && \
+             document.getElementById('conn').textContent === 'closed'",
+        )
+        .await;
     let bar = b
         .browser
         .eval("['phase', 'reason', 'exit', 'conn'].map((id) => document.getElementById(id).textContent)")
         .await;
     assert_eq!(bar, json!(["Failed", "Exited", "3", "closed"]));
+    assert!(b.browser.eval("document.getElementById('notice').hidden").await.as_bool().unwrap());
+    assert_eq!(b.browser.eval("document.getElementById('readonly').hidden").await, json!(false));
+    let screen = b.browser.screen().await;
+    assert!(screen.contains("plain line") && screen.contains("GREEN-BYE"), "{screen}");
+    // What a person sees: the stored escape sequences rendered, the second line green.
+    let shot = b.browser.screenshot(Some("terminal-finished.png")).await;
+    let mut green = Vec::new();
+    for col in 0..9 {
+        green.extend(shot.region(b.browser.cell(col, 1).await));
+    }
+    assert!(
+        green.iter().any(|p| p[1] > 150 && p[0] < 120 && p[2] < 120),
+        "no green pixel in the cells of GREEN-BYE"
+    );
+    assert_eq!(b.browser.errors(), Vec::<String>::new());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_said_while_the_page_keeps_trying() {
     let Some(mut b) = RefusalBench::start().await else { return };
     let gateway: std::net::SocketAddr = b.stack.base.trim_start_matches("http://").parse().unwrap();
-    let proxy = Proxy::start(gateway).await;
+    let proxy = cliscale_testkit::netcut::Proxy::start(gateway).await;
     let via = b
         .page(&b.sid, &b.token(&b.sid, TokenScope::View, 300))
         .replace(&b.stack.base, &format!("http://{}", proxy.addr));

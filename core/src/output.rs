@@ -23,6 +23,9 @@ pub const GAPS_HEADER: &str = "cliscale-output-gaps";
 /// `true` once the session finished and the store holds its whole log.
 pub const COMPLETE_HEADER: &str = "cliscale-output-complete";
 
+/// Largest append the store takes (a runner's batch is at most this).
+pub const MAX_APPEND_BYTES: usize = 4 * 1024 * 1024;
+
 /// The API's `outputTail`: the last bytes of the log, as text.
 pub const TAIL_BYTES: usize = 4096;
 /// The CommandSession status' `outputTail`, short enough for `kubectl describe`.
@@ -114,7 +117,8 @@ struct TextSink {
 
 impl TextSink {
     fn settle_cr(&mut self, next: Option<u8>) {
-        if std::mem::take(&mut self.pending_cr) && next != Some(b'\n') {
+        // CR CR LF (a program's own CRLF through the terminal's LF-to-CRLF) is one line end.
+        if std::mem::take(&mut self.pending_cr) && !matches!(next, Some(b'\n' | b'\r')) {
             self.out.push(b'\n');
         }
     }
@@ -213,6 +217,7 @@ mod tests {
         assert_eq!(String::from_utf8(out).unwrap(), "red\nnext line\n");
         assert_eq!(plain_text(b"a\r\nb\tc\xff"), "a\nb\tc\u{fffd}");
         assert_eq!(plain_text(b"10%\r20%\r\n\x07"), "10%\n20%\n");
+        assert_eq!(plain_text(b"a\r\r\nb"), "a\nb");
     }
 
     #[test]

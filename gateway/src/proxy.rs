@@ -105,12 +105,16 @@ pub async fn ws_entry(
         return Redirect::to(&target).into_response();
     };
     match admit(&gateway, &sid, &parts.headers, &query).await {
-        Ok(Admitted::Archived { archive, status }) => {
+        Ok(Admitted::Archived { claims, archive, status }) => {
             let since = query.since.unwrap_or(0);
+            // A reload of the page reconnects with this, as on a live session.
+            let reconnect = gateway.reissuer.as_ref().and_then(|r| r.issue(&claims));
             upgrade
                 .max_message_size(gateway.config.max_message)
                 .max_frame_size(gateway.config.max_message)
-                .on_upgrade(move |client| replay(gateway, client, archive, sid, since, status))
+                .on_upgrade(move |client| {
+                    replay(gateway, client, archive, sid, since, status, reconnect)
+                })
         }
         Ok(Admitted::Live { claims, upstream, read_only }) => {
             let reconnect = gateway.reissuer.as_ref().and_then(|r| r.issue(&claims));
@@ -121,7 +125,7 @@ pub async fn ws_entry(
                 .max_frame_size(gateway.config.max_message)
                 .read_buffer_size(4 * 1024)
                 .write_buffer_size(0)
-                .on_upgrade(move |client| relay(gateway, client, upstream, read_only, reconnect))
+                .on_upgrade(move |client| relay(gateway, client, *upstream, read_only, reconnect))
         }
         Err(refusal) => refusal.into_response(&gateway),
     }
@@ -188,9 +192,13 @@ fn urlencode(s: &str) -> String {
 /// What an admitted connection is served.
 enum Admitted {
     /// The runner, proxied both ways.
-    Live { claims: SessionClaims, upstream: Upstream, read_only: bool },
+    Live { claims: SessionClaims, upstream: Box<Upstream>, read_only: bool },
     /// A finished session's stored output, read-only, then its final status.
-    Archived { archive: Arc<dyn crate::OutputArchive>, status: SessionStatus },
+    Archived {
+        claims: SessionClaims,
+        archive: Arc<dyn crate::OutputArchive>,
+        status: SessionStatus,
+    },
 }
 
 /// Every check, in order: mode, token, runner, JTI (last, so a refusal never burns a token),
@@ -229,7 +237,7 @@ async fn admit(
         return Err(Refusal::replayed());
     }
     if let Some((archive, status)) = archived {
-        return Ok(Admitted::Archived { archive, status });
+        return Ok(Admitted::Archived { claims, archive, status });
     }
     let url = runner_url(&addr, query.since.unwrap_or(0), read_only);
     let mut request = url
@@ -252,7 +260,9 @@ async fn admit(
         .max_message_size(Some(gateway.config.max_message.max(MAX_RUNNER_FRAME)));
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
     match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
-        Ok(Ok((upstream, _))) => Ok(Admitted::Live { claims, upstream, read_only }),
+        Ok(Ok((upstream, _))) => {
+            Ok(Admitted::Live { claims, upstream: Box::new(upstream), read_only })
+        }
         Ok(Err(e)) => Err(upstream_refusal(Some(e))),
         Err(_) => Err(upstream_refusal(None)),
     }
@@ -445,6 +455,8 @@ async fn say_goodbye(
 
 /// Largest output frame of a replay, as the runner sends.
 const REPLAY_FRAME: usize = 64 * 1024;
+/// Bytes read from the archive at a time (whole stored segments), sent as frames.
+const REPLAY_READ: usize = 4 * 1024 * 1024;
 
 /// Serves a finished session from the archive: the hello (read-only, with its final status),
 /// the stored output from `since` with its gaps, the final status again, then 1000.
@@ -455,6 +467,7 @@ async fn replay(
     sid: String,
     since: u64,
     status: SessionStatus,
+    reconnect: Option<String>,
 ) {
     use cliscale_core::cursor::{Ends, LogCursor, LogRead, Step};
     gateway.metrics.accepted.inc();
@@ -477,9 +490,12 @@ async fn replay(
     };
     let mut cursor = LogCursor::new(since, Ends::AfterFinalStatus);
     cursor.greeted(&status);
+    if let Some(token) = reconnect {
+        let _ = client_tx.send(text(&ServerMessage::Reconnect { token })).await;
+    }
     let mut open = client_tx.send(text(&hello)).await.is_ok();
     while open {
-        let read = match archive.read(&sid, cursor.offset(), REPLAY_FRAME).await {
+        let read = match archive.read(&sid, cursor.offset(), REPLAY_READ).await {
             // Nothing more is coming: the runner is gone.
             Ok(LogRead::UpToDate { end, .. }) => LogRead::UpToDate { end, closed: true },
             Ok(read) => read,
@@ -491,7 +507,29 @@ async fn replay(
         };
         let message = match cursor.next(read) {
             Step::Output { offset, data } => {
-                ws::Message::Binary(cliscale_core::protocol::encode_output(offset, &data).into())
+                // All frames but the last go here; the last goes below, like any message.
+                let mut frames = data.chunks(REPLAY_FRAME).enumerate().peekable();
+                let mut last = None;
+                while let Some((i, chunk)) = frames.next() {
+                    let at = offset + (i * REPLAY_FRAME) as u64;
+                    let frame = cliscale_core::protocol::encode_output(at, chunk);
+                    if frames.peek().is_none() {
+                        last = Some(frame);
+                        break;
+                    }
+                    let send = client_tx.feed(ws::Message::Binary(frame.into()));
+                    if !matches!(
+                        tokio::time::timeout(gateway.config.stall_timeout, send).await,
+                        Ok(Ok(()))
+                    ) {
+                        open = false;
+                        break;
+                    }
+                }
+                match last {
+                    Some(frame) if open => ws::Message::Binary(frame.into()),
+                    _ => break,
+                }
             }
             Step::Gap { from, to } => text(&ServerMessage::Gap { from, to }),
             Step::Status(status) => text(&ServerMessage::Status(status)),

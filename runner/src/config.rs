@@ -140,7 +140,7 @@ pub struct RunnerArgs {
     #[arg(long, env = launch::OUTPUT_TOKEN, hide_env_values = true)]
     pub output_token: Option<String>,
     /// Most bytes per append to the output store.
-    #[arg(long, env = "CLISCALE_RUNNER_OUTPUT_BATCH_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "CLISCALE_RUNNER_OUTPUT_BATCH_BYTES", default_value_t = 4 * 1024 * 1024)]
     pub output_batch_bytes: usize,
     /// How long output gathers before an append to the output store.
     #[arg(long, env = "CLISCALE_RUNNER_OUTPUT_INTERVAL", default_value = "25ms", value_parser = humantime::parse_duration)]
@@ -184,8 +184,11 @@ impl RunnerConfig {
         if args.output_url.is_some() != args.output_token.is_some() {
             return bad("the output URL and the output token go together".into());
         }
-        if !(4096..=4 * 1024 * 1024).contains(&args.output_batch_bytes) {
-            return bad("output batch must be 4096 to 4194304 bytes".into());
+        if !(4096..=cliscale_core::output::MAX_APPEND_BYTES).contains(&args.output_batch_bytes) {
+            return bad(format!(
+                "output batch must be 4096 to {} bytes",
+                cliscale_core::output::MAX_APPEND_BYTES
+            ));
         }
         if !matches!(args.log_format.as_str(), "json" | "text") {
             return bad(format!("log format {:?} is not json or text", args.log_format));

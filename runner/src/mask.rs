@@ -19,7 +19,7 @@ pub const MIN_SECRET_LEN: usize = 4;
 /// Shortest derived form (a base64 middle) worth matching.
 const MIN_FORM_LEN: usize = 6;
 /// Longest a possible start of a secret is held back waiting for the rest.
-pub const HOLD: Duration = Duration::from_millis(100);
+pub const HOLD: Duration = Duration::from_millis(200);
 /// What a secret becomes.
 pub const REPLACEMENT: &[u8] = b"***";
 

@@ -99,7 +99,7 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
     if masking {
         tokio::spawn(release_held_output(log.clone()));
     }
-    let upload = match upload_target(args) {
+    let mut upload = match upload_target(args) {
         None => None,
         Some(target) => match Uploader::new(target, log.clone()) {
             Ok(uploader) => Some(tokio::spawn(uploader.run())),
@@ -170,6 +170,13 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
         ?linger,
         "session finished"
     );
+    // Whoever learns of the end from this event reads the stored output next: give the store
+    // a moment to take the rest, without letting a slow store hold up the status.
+    if let Some(handle) = upload.as_mut()
+        && tokio::time::timeout(FINAL_UPLOAD_WAIT, handle).await.is_ok()
+    {
+        upload = None;
+    }
     events.send(&RunnerEvent::finished(final_status, Some(output_tail(&log))));
 
     tokio::select! {
@@ -192,6 +199,8 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
     code
 }
 
+/// Longest wait for the output store to take the rest of the log before the final status.
+const FINAL_UPLOAD_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait at exit for the output store to take the rest of the log.
 const UPLOAD_DRAIN: Duration = Duration::from_secs(10);
 

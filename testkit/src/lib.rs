@@ -2,6 +2,7 @@
 //!
 //! - [`fake_kube`]: an in-memory Kubernetes API server for kube-runtime clients.
 //! - [`fixtures`]: builders for the sessions and pods tests observe.
+//! - [`netcut`]: a TCP proxy that cuts connections when the test says.
 //! - [`postgres`]: a throwaway database per test, and the rule for skipping loudly.
 //! - [`procinfo`]: CPU time and memory of a process, from /proc.
 //! - [`stack`]: the real `cliscale up` with real runners, and a terminal client for it.
@@ -9,6 +10,7 @@
 
 pub mod fake_kube;
 pub mod fixtures;
+pub mod netcut;
 pub mod postgres;
 pub mod procinfo;
 pub mod stack;

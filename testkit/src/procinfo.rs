@@ -28,3 +28,14 @@ pub fn machine_ticks() -> (u64, u64) {
     let busy = t.user + t.nice + t.system + t.irq.unwrap_or(0) + t.softirq.unwrap_or(0);
     (busy, idle)
 }
+
+/// Whether any process runs with `name=value` in its environment (a session's runner carries
+/// its session id there): how a test knows a runner has gone.
+pub fn any_process_with_env(name: &str, value: &str) -> bool {
+    let wanted = format!("{name}={value}");
+    let Ok(procs) = std::fs::read_dir("/proc") else { return false };
+    procs.filter_map(Result::ok).any(|p| {
+        std::fs::read(p.path().join("environ"))
+            .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
+    })
+}

@@ -20,6 +20,26 @@ pub enum Backend {
 
 pub use crate::postgres::fresh_postgres;
 
+/// Runs each scenario (an `async fn(Backend)` in scope) once per backend, as `sqlite::name`
+/// and `postgres::name`.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::stack::Backend::Sqlite).await }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() { super::$name($crate::stack::Backend::Postgres).await }
+            )*
+        }
+    };
+}
+
 /// A binary of the workspace, built beside the test or benchmark that runs this (Cargo puts
 /// them in `target/<profile>/`, tests and benchmarks one level down in `deps/`).
 pub fn workspace_bin(name: &str) -> PathBuf {
