@@ -5,17 +5,18 @@
 //! added echo latency, added time to first output byte, throughput ratio, gateway memory per
 //! idle connection at 1,000 connections, and connects per second (token verification + JTI).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use cliscale_testkit::stats::{median, median_interval};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 // The integration tests' launcher of `cliscale up`.
-use cliscale_testkit::stack as common;
-use common::{ADMIN_KEY, Backend, Stack};
+use cliscale_testkit::harness::{
+    Ws, bytes_through_pty, connect, direct_url, gateway_url, next_output, runner_addr, session,
+    start_release, throughput, throughput_command, token, write_payload,
+};
+use cliscale_testkit::stack::Stack;
 
 const ROUNDS: usize = 5;
 /// Single runs move by up to ±30 % with where the scheduler puts the five processes; 25 pairs
@@ -26,87 +27,6 @@ const FIRST_BYTE_SAMPLES: usize = 100;
 const IDLE: usize = 1000;
 const CONNECTS: usize = 500;
 const PAYLOAD_MB: usize = 48;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// The release `cliscale up`, with rate limits out of the way of the load.
-async fn start_up() -> Stack {
-    let runner =
-        std::path::PathBuf::from(env!("CARGO_BIN_EXE_cliscale")).with_file_name("cliscale-runner");
-    if !runner.exists() {
-        // `cargo bench -p cliscale` builds only this package's binaries; the runner is another
-        // package's, so build it (release, same target directory) first.
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let built = Command::new(cargo)
-            .args(["build", "--release", "--locked", "-p", "cliscale-runner"])
-            .status()
-            .expect("running cargo to build cliscale-runner");
-        assert!(built.success() && runner.exists(), "could not build {}", runner.display());
-    }
-    Stack::start(Backend::Sqlite, &["--rate-per-minute", "1000000"]).await.unwrap()
-}
-
-/// A new session running `command`: its id and first terminal token.
-async fn session(up: &Stack, command: &str) -> (String, String) {
-    let created = up.create(ADMIN_KEY, json!({ "command": command })).await;
-    (
-        created["sessionId"].as_str().unwrap().to_owned(),
-        created["token"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn token(up: &Stack, sid: &str) -> String {
-    let path = format!("/api/sessions/{sid}/tokens");
-    let (status, body) =
-        up.call("POST", &path, Some(ADMIN_KEY), Some(json!({ "scope": "interact" }))).await;
-    assert_eq!(status, 201, "{body}");
-    body["token"].as_str().unwrap().to_owned()
-}
-
-/// The runner's own address, for the direct measurements (read from the store).
-async fn runner_addr(up: &Stack, sid: &str) -> String {
-    let url = format!("sqlite://{}", up.data.path().join("cliscale.db").display());
-    sqlx::any::install_default_drivers();
-    loop {
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
-        let row: (Option<String>, String) =
-            sqlx::query_as("SELECT runner_addr, phase FROM sessions WHERE id = $1")
-                .bind(sid)
-                .fetch_one(&mut conn)
-                .await
-                .unwrap();
-        if let (Some(addr), "Running") = (row.0, row.1.as_str()) {
-            return addr;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn gateway_url(up: &Stack, sid: &str, token: &str) -> String {
-    up.ws_url(sid, &format!("token={token}"))
-}
-
-fn direct_url(addr: &str, token: &str) -> String {
-    format!("ws://{addr}/ws?token={token}")
-}
-
-async fn connect(url: &str) -> Ws {
-    tokio_tungstenite::connect_async_with_config(url, None, true).await.unwrap().0
-}
-
-async fn next_output(ws: &mut Ws) -> Option<Vec<u8>> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Binary(frame)) => {
-                return Some(cliscale_core::protocol::decode_output(&frame).unwrap().1.to_vec());
-            }
-            Ok(Message::Text(t)) if t.contains("\"exitCode\":0") => return None,
-            Ok(_) => continue,
-            Err(e) => panic!("{e}"),
-        }
-    }
-}
 
 async fn echo_rounds(ws: &mut Ws, n: usize) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(n);
@@ -124,22 +44,6 @@ async fn first_byte(url: &str) -> Duration {
     let mut ws = connect(url).await;
     next_output(&mut ws).await.unwrap();
     t.elapsed()
-}
-
-/// MB/s of one `cat` of the payload read through `url`; every byte must arrive (the PTY turns
-/// each `\n` into `\r\n`).
-async fn throughput(url: &str, expected_bytes: usize) -> f64 {
-    let mut ws = connect(url).await;
-    assert_eq!(next_output(&mut ws).await.unwrap(), b"R");
-    let t = Instant::now();
-    ws.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
-    let mut total = 0usize;
-    while let Some(data) = next_output(&mut ws).await {
-        total += data.len();
-    }
-    let secs = t.elapsed().as_secs_f64();
-    assert_eq!(total, expected_bytes, "bytes lost or added on the way");
-    total as f64 / secs / 1e6
 }
 
 /// Anonymous resident memory (heap and stacks), as the runner harness measures it: `VmRSS`
@@ -200,9 +104,8 @@ async fn throughput_pairs(
     let (mut up_cpu_direct, mut up_cpu_gateway) = (Duration::ZERO, Duration::ZERO);
     // How busy the whole machine was: on a saturated machine every extra hop costs throughput.
     let (mut busy_direct, mut busy_gateway) = (Vec::new(), Vec::new());
-    let command = format!("stty -echo; printf R; read -r go; cat '{}'", payload.display());
-    let text = std::fs::read(payload).unwrap();
-    let expected_bytes = text.len() + text.iter().filter(|&&b| b == b'\n').count();
+    let command = throughput_command(payload);
+    let expected_bytes = bytes_through_pty(payload);
     for pair in 0..pairs {
         let (mut direct, mut via) = (0.0, 0.0);
         for through_gateway in [pair % 2 == 1, pair % 2 == 0] {
@@ -247,11 +150,10 @@ async fn throughput_pairs(
 }
 
 async fn run() {
-    let up = start_up().await;
+    let up = start_release(&[]).await;
     let dir = tempfile::tempdir().unwrap();
     let payload = dir.path().join("payload.b64");
-    let line = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAxMjM0\n";
-    std::fs::write(&payload, line.repeat(PAYLOAD_MB * 1024 * 1024 / line.len())).unwrap();
+    write_payload(&payload, PAYLOAD_MB);
     if let Ok(samples) = std::env::var("CLISCALE_BENCH_FIRST_BYTE_ONLY") {
         // Only the time from connecting to the first output frame, runner direct and through
         // the gateway, alternating; medians with their 95 % intervals.

@@ -5,7 +5,6 @@
 //! same run: a plain reader on a PTY master, and echo through a PTY with no WebSocket.
 
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use cliscale_core::protocol::decode_output;
 use cliscale_core::token::{
     SessionSigningKey, TERMINAL_AUDIENCE, TokenScope, jwks_json, new_claims,
 };
+use cliscale_testkit::harness::{open_pty, pty_child, raw_pty_throughput};
 use cliscale_testkit::stats::{median, median_interval};
 use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::{self, Message};
@@ -165,53 +165,6 @@ fn make_payload(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
     (path, text.len())
 }
 
-/// The raw limit: `cat` into a PTY in the same (cooked) mode, read by a plain blocking reader.
-fn raw_pty_throughput(file: &std::path::Path) -> (f64, u64) {
-    let (mut master, pts) = open_pty();
-    let start = Instant::now();
-    let mut child = pty_child(&pts, &format!("cat '{}'", file.display()), None);
-    drop(pts);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        match master.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => total += n as u64,
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    child.wait().unwrap();
-    (total as f64 / secs / 1e6, total)
-}
-
-fn open_pty() -> (std::fs::File, std::os::fd::OwnedFd) {
-    let pty = nix::pty::openpty(None, None).unwrap();
-    (std::fs::File::from(pty.master), pty.slave)
-}
-
-fn pty_child(pts: &std::os::fd::OwnedFd, command: &str, cpu: Option<usize>) -> Child {
-    use std::os::unix::process::CommandExt;
-    let fd = pts.as_raw_fd();
-    let mut cmd = Command::new("/bin/sh");
-    cmd.args(["-c", command])
-        .stdin(pts.try_clone().unwrap())
-        .stdout(pts.try_clone().unwrap())
-        .stderr(pts.try_clone().unwrap());
-    unsafe {
-        cmd.pre_exec(move || {
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if nix::libc::ioctl(fd, nix::libc::TIOCSCTTY as _, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    if let Some(cpu) = cpu {
-        pin_command(&mut cmd, cpu);
-    }
-    cmd.spawn().unwrap()
-}
-
 /// Where the echo's processes run in the pinned placement: the harness (the client) on one CPU;
 /// the runner with its command, or the raw limit's `cat`, on another. Like a client on another
 /// machine and a session on its own core, and the same for the runner and its raw limit, so the
@@ -286,7 +239,11 @@ struct RawEcho {
 impl RawEcho {
     fn start(cpu: Option<usize>) -> RawEcho {
         let (mut master, pts) = open_pty();
-        let child = pty_child(&pts, "stty raw -echo; printf R; exec cat", cpu);
+        let child = pty_child(&pts, "stty raw -echo; printf R; exec cat", |cmd| {
+            if let Some(cpu) = cpu {
+                pin_command(cmd, cpu);
+            }
+        });
         drop(pts);
         let mut b = [0u8; 1];
         master.read_exact(&mut b).unwrap();

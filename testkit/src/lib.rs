@@ -2,6 +2,8 @@
 //!
 //! - [`fake_kube`]: an in-memory Kubernetes API server for kube-runtime clients.
 //! - [`fixtures`]: builders for the sessions and pods tests observe.
+//! - [`harness`]: what the benchmark harnesses share (the release stack, throughput, the
+//!   raw PTY).
 //! - [`netcut`]: a TCP proxy that cuts connections when the test says.
 //! - [`postgres`]: a throwaway database per test, and the rule for skipping loudly.
 //! - [`procinfo`]: CPU time and memory of a process, from /proc.
@@ -10,6 +12,7 @@
 
 pub mod fake_kube;
 pub mod fixtures;
+pub mod harness;
 pub mod netcut;
 pub mod postgres;
 pub mod procinfo;

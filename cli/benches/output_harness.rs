@@ -1,0 +1,205 @@
+//! Load harness for the output store: prints figures, asserts nothing about time.
+//!
+//! `cargo bench -p cliscale --bench output_harness` starts the release `cliscale up`, whose
+//! runners append every session's output to its store, and measures in the same run:
+//! throughput of the raw PTY, of the runner with storage on (read directly) and of the whole
+//! path a browser meets (runner, store, gateway), in rounds that rotate their order; whether the
+//! store kept every byte of each run; the API's memory per open output stream; and the time to
+//! serve a 100 MB finished log. docs/benchmarks.md records the figures.
+
+use std::time::{Duration, Instant};
+
+use cliscale_testkit::harness::{
+    bytes_through_pty, direct_url, gateway_url, raw_pty_throughput, runner_addr, session,
+    start_release, throughput, throughput_command, write_payload,
+};
+use cliscale_testkit::procinfo::{cpu_time, rss_anon_kib};
+use cliscale_testkit::stack::{ADMIN_KEY, Stack};
+use cliscale_testkit::stats::{median, median_interval};
+use futures_util::StreamExt;
+
+const ROUNDS: usize = 9;
+const PAYLOAD_MB: usize = 48;
+const READERS: usize = 200;
+const BIG_LOG_MB: usize = 100;
+const SERVES: usize = 5;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        println!("output_harness: bench");
+        return;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(run());
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Path {
+    Raw,
+    Runner,
+    Gateway,
+}
+
+/// Waits until the store holds the session's whole log; returns (end, gaps).
+async fn stored(up: &Stack, sid: &str) -> (u64, String) {
+    let url = up.url(&format!("/api/sessions/{sid}/output?since=0&until=0"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let resp = up.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        let h = |name: &str| {
+            resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+        };
+        if h("cliscale-output-complete") == "true" {
+            return (h("cliscale-output-end").parse().unwrap(), h("cliscale-output-gaps"));
+        }
+        assert!(Instant::now() < deadline, "the store never completed {sid}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn report(name: &str, values: &mut [f64], unit: &str) {
+    let m = median(values);
+    let (low, high) = median_interval(values);
+    println!("{name}: median {m:.2}{unit}, 95 % interval {low:.2}-{high:.2}{unit}");
+}
+
+async fn run() {
+    let up = start_release(&[]).await;
+    let rounds =
+        std::env::var("CLISCALE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(ROUNDS);
+    let dir = tempfile::tempdir().unwrap();
+    let payload = dir.path().join("payload.b64");
+    write_payload(&payload, PAYLOAD_MB);
+    let expected = bytes_through_pty(&payload);
+
+    // 1. Throughput: each round measures the raw PTY, the runner (storage on, read directly)
+    // and the gateway path (storage on), the order rotating; ratios are per round, against
+    // that round's raw PTY, so drift on a shared machine hits both sides of a ratio.
+    let (mut raw, mut runner, mut via) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut runner_ratio, mut via_ratio) = (Vec::new(), Vec::new());
+    let (mut whole, mut api_cpu, mut stored_mb) = (0, Duration::ZERO, 0.0);
+    let paths = [Path::Raw, Path::Runner, Path::Gateway];
+    for round in 0..rounds {
+        let mut figures = [0.0; 3];
+        for k in 0..3 {
+            let path = paths[(round + k) % 3];
+            let mbs = match path {
+                Path::Raw => {
+                    let file = payload.clone();
+                    let (mbs, bytes) =
+                        tokio::task::spawn_blocking(move || raw_pty_throughput(&file))
+                            .await
+                            .unwrap();
+                    assert_eq!(bytes as usize, expected);
+                    mbs
+                }
+                Path::Runner | Path::Gateway => {
+                    let (sid, token) = session(&up, &throughput_command(&payload)).await;
+                    let addr = runner_addr(&up, &sid).await;
+                    let url = match path {
+                        Path::Runner => direct_url(&addr, &token),
+                        _ => gateway_url(&up, &sid, &token),
+                    };
+                    let cpu_before = cpu_time(up.child.id() as i32);
+                    let mbs = throughput(&url, expected).await;
+                    let (end, gaps) = stored(&up, &sid).await;
+                    api_cpu += cpu_time(up.child.id() as i32) - cpu_before;
+                    stored_mb += end as f64 / 1e6;
+                    // The log is the PTY's bytes plus the `R` the session printed first.
+                    if gaps.is_empty() && end as usize == expected + 1 {
+                        whole += 1;
+                    }
+                    mbs
+                }
+            };
+            figures[paths.iter().position(|p| *p == path).unwrap()] = mbs;
+        }
+        println!(
+            "round {round}: raw {:.1} MB/s, runner {:.1} MB/s, gateway {:.1} MB/s",
+            figures[0], figures[1], figures[2]
+        );
+        raw.push(figures[0]);
+        runner.push(figures[1]);
+        via.push(figures[2]);
+        runner_ratio.push(figures[1] / figures[0]);
+        via_ratio.push(figures[2] / figures[0]);
+    }
+    report("raw PTY", &mut raw, " MB/s");
+    report("runner, storage on", &mut runner, " MB/s");
+    report("runner + store + gateway", &mut via, " MB/s");
+    report("runner with storage on / raw PTY", &mut runner_ratio, "x");
+    report("whole path / raw PTY", &mut via_ratio, "x");
+    println!(
+        "stored whole, without a gap: {whole} of {} runs; API process CPU per stored MB \
+         (appends, and the gateway's relay on gateway runs): {:.2} ms",
+        rounds * 2,
+        api_cpu.as_secs_f64() * 1e3 / stored_mb
+    );
+
+    // 2. Memory per open output stream: READERS Server-Sent Events readers of one running
+    // session, each past its `hello`.
+    let (sid, _) = session(&up, "printf R; read -r x").await;
+    runner_addr(&up, &sid).await;
+    let url = up.url(&format!("/api/sessions/{sid}/output/stream"));
+    let before = rss_anon_kib(up.child.id() as i32);
+    let mut streams = Vec::new();
+    for _ in 0..READERS {
+        let resp = up.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        let mut body = resp.bytes_stream();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(String::from_utf8_lossy(&first).contains("event: hello"));
+        streams.push(body);
+    }
+    let after = rss_anon_kib(up.child.id() as i32);
+    println!(
+        "API memory per open output stream: {:.1} KiB ({READERS} streams, {before} -> {after} KiB)",
+        after.saturating_sub(before) as f64 / READERS as f64
+    );
+    drop(streams);
+
+    // 3. Serving a finished 100 MB log.
+    let big = dir.path().join("big.b64");
+    write_payload(&big, BIG_LOG_MB);
+    let created = up
+        .create(ADMIN_KEY, serde_json::json!({ "command": format!("cat '{}'", big.display()) }))
+        .await;
+    let sid = created["sessionId"].as_str().unwrap();
+    up.wait_for_phase(sid, "Succeeded").await;
+    let (end, gaps) = stored(&up, sid).await;
+    println!("finished log: {:.1} MB stored, gaps: {:?}", end as f64 / 1e6, gaps);
+    let mut secs = Vec::new();
+    for _ in 0..SERVES {
+        let t = Instant::now();
+        let resp = up
+            .http
+            .get(up.url(&format!("/api/sessions/{sid}/output")))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let mut body = resp.bytes_stream();
+        let mut n = 0u64;
+        while let Some(chunk) = body.next().await {
+            n += chunk.unwrap().len() as u64;
+        }
+        assert_eq!(n, end);
+        secs.push(t.elapsed().as_secs_f64());
+    }
+    report("time to serve the finished log", &mut secs, " s");
+    let t = Instant::now();
+    let text = up
+        .http
+        .get(up.url(&format!("/api/sessions/{sid}/output?format=text")))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    println!(
+        "as text: {:.2} s for {:.1} MB of text",
+        t.elapsed().as_secs_f64(),
+        text.len() as f64 / 1e6
+    );
+}
