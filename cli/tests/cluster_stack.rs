@@ -60,12 +60,17 @@ impl Cluster {
                 let _ = rx.wait_for(|s| *s).await;
             }
         };
-        let ctx = Arc::new(Context::new(client.clone(), OperatorConfig::default()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        // Runners append their output to this API, as the chart points them at the Service.
+        let config = OperatorConfig { output_url: Some(base.clone()), ..Default::default() };
+        let ctx = Arc::new(Context {
+            output_keys: Some(keys.clone()),
+            ..Context::new(client.clone(), config)
+        });
         tokio::spawn(run(ctx, stopped()));
         tokio::spawn(run_mirror(client.clone(), NS.into(), store.clone(), stopped()));
 
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
         let api_state = ApiState::new(
             store.clone(),
             keys,
@@ -223,6 +228,28 @@ async fn scenario(database_url: Option<String>) {
     let (out, last, _) = read_session(&mut ws).await;
     assert!(String::from_utf8_lossy(&out).contains("got-typed"));
     assert_eq!(last["exitCode"], 3);
+    // The runner stored its output with the credential the operator gave its Job, and its
+    // final event brought the output's tail into the CommandSession's status.
+    c.wait_for_phase(&sid, "Failed").await;
+    let stored = c
+        .http
+        .get(format!("{}/api/sessions/{sid}/output?format=text", c.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(stored, "cluster-ready\ntyped\ngot-typed\n");
+    c.api
+        .wait_until("the status carries the output's tail", |a| {
+            a.get("commandsessions", NS, &sid)
+                .is_some_and(|cs| cs["status"]["outputTail"].is_string())
+        })
+        .await;
+    let cs = c.api.get("commandsessions", NS, &sid).unwrap();
+    assert_eq!(cs["status"]["outputTail"], "cluster-ready\ntyped\ngot-typed");
     // The same token again is a replay, refused before any upgrade.
     assert_eq!(open_terminal(&url).await.err().map(|e| e.0), Some(401));
 

@@ -7,8 +7,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 use common::{ADMIN_KEY, Backend, Stack, open_terminal, read_session, read_until};
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
 
 /// The stack's own signing key, to mint tokens the way the API does.
 fn signing_key(stack: &Stack) -> cliscale_core::token::SessionSigningKey {
@@ -155,25 +157,43 @@ async fn an_unreachable_runner_is_a_clear_refusal_and_the_gateway_stays_up() {
     );
 }
 
+/// Once its runner has left, a session's terminal opens from the output store: read-only,
+/// its output, its final status, then 1000 "session ended" (a gateway without the store
+/// answers 410 `session_gone`, which the gateway's unit tests hold).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_whose_runner_has_left_is_gone() {
+async fn a_session_whose_runner_has_left_opens_from_the_store() {
     let stack = Stack::start(Backend::Sqlite, &["--linger", "0s"]).await.unwrap();
-    let created = stack.create(ADMIN_KEY, json!({"command": "exit 0"})).await;
+    let created = stack.create(ADMIN_KEY, json!({"command": "echo left-behind"})).await;
     let sid = created["sessionId"].as_str().unwrap();
     stack.wait_for_phase(sid, "Succeeded").await;
-    let key = signing_key(&stack);
-    // The runner exits right after reporting; the executor notices the exit.
     let deadline = std::time::Instant::now() + common::HANG_GUARD;
-    loop {
-        match open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await {
-            Err((410, code)) => {
-                assert_eq!(code, "session_gone");
-                break;
+    while cliscale_testkit::procinfo::any_process_with_env("CLISCALE_SESSION_ID", sid) {
+        assert!(std::time::Instant::now() < deadline, "the runner never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let key = signing_key(&stack);
+    let mut ws =
+        open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();
+    let mut hello = None;
+    while hello.is_none() {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) if t.contains("\"hello\"") => {
+                hello = Some(serde_json::from_str::<serde_json::Value>(&t).unwrap())
             }
-            other => {
-                assert!(std::time::Instant::now() < deadline, "never gone: {:?}", other.map(|_| ()))
-            }
+            _ => {}
         }
+    }
+    let hello = hello.unwrap();
+    assert_eq!(
+        (hello["readOnly"].as_bool(), hello["status"]["phase"].as_str()),
+        (Some(true), Some("Succeeded"))
+    );
+    let (out, status, _) = common::read_session(&mut ws).await;
+    assert_eq!(out, b"left-behind\r\n");
+    assert_eq!(status["exitCode"], 0);
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(u16::from(frame.code), 1000),
+        other => panic!("expected a close, got {other:?}"),
     }
 }
 
@@ -264,9 +284,7 @@ async fn output_piled_up_behind_a_late_reader_arrives_whole_and_in_order() {
     let (out, _) = read_until(&mut late, "DONE\r\n").await;
     assert_eq!(out.len(), expected.len(), "the late reader got {} bytes", out.len());
     assert!(out == expected, "the late reader's copy differs from the command's output");
-    late.send(tokio_tungstenite::tungstenite::Message::Binary(b"\r".to_vec().into()))
-        .await
-        .unwrap();
+    late.send(Message::Binary(b"\r".to_vec().into())).await.unwrap();
     let (_, status, _) = read_session(&mut late).await;
     assert_eq!(status["phase"], "Succeeded", "{status}");
 }

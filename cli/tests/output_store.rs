@@ -28,6 +28,7 @@ on_both_backends!(
     an_api_restart_loses_no_byte_and_a_gap_is_recorded_only_past_the_window,
     stored_output_goes_with_the_session_at_its_ttl,
     past_the_cap_the_head_and_the_tail_are_kept_around_a_gap,
+    the_event_stream_is_live_then_resumes_at_last_event_id,
 );
 
 /// A GET with the admin key: status, headers and the whole body.
@@ -361,9 +362,8 @@ async fn an_api_restart_loses_no_byte_and_a_gap_is_recorded_only_past_the_window
 
 /// The output stream is live while the session runs; a client that reconnects with
 /// `Last-Event-ID` gets exactly what follows; the stream ends with the final status.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_event_stream_is_live_then_resumes_at_last_event_id() {
-    let Some(stack) = stack(Backend::Sqlite, &[]).await else { return };
+async fn the_event_stream_is_live_then_resumes_at_last_event_id(backend: Backend) {
+    let Some(stack) = stack(backend, &[]).await else { return };
     let created = stack
         .create(
             ADMIN_KEY,

@@ -312,6 +312,31 @@ mod tests {
     }
 
     #[test]
+    fn secret_variables_are_masked_and_the_output_credential_reaches_the_runner_only() {
+        let cs = session(
+            "s1",
+            serde_json::json!({
+                "command": "make",
+                "env": [{"name": "MODE", "value": "ci"}, {"name": "PW", "value": "x", "secret": true}],
+                "envFromSecrets": [{"name": "TOKEN", "secretName": "api", "key": "token"}]
+            }),
+        );
+        let config =
+            OperatorConfig { output_url: Some("http://api:8080".into()), ..Default::default() };
+        let job = with_output_token(desired_job(&cs, &config), "the-credential".into());
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let env = pod.containers[0].env.clone().unwrap();
+        let value = |name: &str| env.iter().find(|e| e.name == name).and_then(|e| e.value.clone());
+        assert_eq!(value(launch::MASK_ENV).as_deref(), Some("PW,TOKEN"));
+        assert_eq!(value(launch::OUTPUT_URL).as_deref(), Some("http://api:8080"));
+        assert_eq!(value(launch::OUTPUT_TOKEN).as_deref(), Some("the-credential"));
+        // Without a URL nothing is stored, and no credential is given.
+        let plain = desired_job(&cs, &OperatorConfig::default());
+        let env = plain.spec.unwrap().template.spec.unwrap().containers[0].env.clone().unwrap();
+        assert!(!env.iter().any(|e| e.name == launch::OUTPUT_URL));
+    }
+
+    #[test]
     fn the_runner_pod_is_locked_down() {
         let job = desired_job(
             &session("s1", serde_json::json!({"command": "npm test"})),
