@@ -381,10 +381,15 @@ impl LiveReader {
         }
     }
 
-    /// Picks up a change of the session's status.
+    /// Picks up a change of the session's status; a deleted session ends the stream.
     async fn refresh(&mut self) {
-        let Ok(Some(session)) = self.state.store.get_session(&self.session.id).await else {
-            return;
+        let session = match self.state.store.get_session(&self.session.id).await {
+            Ok(Some(session)) => session,
+            Ok(None) => {
+                self.cursor.shut_down();
+                return;
+            }
+            Err(_) => return,
         };
         let status = status_of(&session);
         if status != self.status {

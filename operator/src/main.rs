@@ -162,11 +162,19 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             output_cap_bytes: args.output_cap_bytes,
         },
     );
+    // Open output streams end when the process stops, or they would hold its shutdown open.
+    let stopping = {
+        let (streams, requested) = (api.shutdown.clone(), shutdown.requested());
+        async move {
+            requested.await;
+            streams.cancel();
+        }
+    };
     let api_app = cliscale_api::routes::router(api);
     let api_listener = tokio::net::TcpListener::bind(args.api_listen).await?;
     shutdown.spawn(
         axum::serve(api_listener, api_app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.requested())
+            .with_graceful_shutdown(stopping)
             .into_future(),
     );
     shutdown.spawn(run_mirror(client.clone(), namespace.clone(), store, shutdown.requested()));
