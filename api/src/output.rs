@@ -248,21 +248,24 @@ impl Store {
     ) -> Result<AppendOutcome> {
         let t = now();
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
+        // One statement makes the row, takes its write lock (so appends to one session apply
+        // one after the other) and reads where the log stands.
+        let row = sqlx::query(
             "INSERT INTO session_output_state (session_id, end_offset, stored_bytes, closed, \
-             updated_at) VALUES ($1, 0, 0, 0, $2) ON CONFLICT (session_id) DO NOTHING",
+             updated_at) VALUES ($1, 0, 0, 0, $2) ON CONFLICT (session_id) DO UPDATE \
+             SET updated_at = excluded.updated_at \
+             RETURNING end_offset, stored_bytes, closed, updated_at",
         )
         .bind(id)
         .bind(t)
-        .execute(&mut *tx)
+        .fetch_one(&mut *tx)
         .await?;
-        // The row's write lock first, so appends to one session apply one after the other.
-        sqlx::query("UPDATE session_output_state SET updated_at = $1 WHERE session_id = $2")
-            .bind(t)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        let state = Self::output_state_in(&mut tx, id).await?.unwrap_or_default();
+        let state = OutputState {
+            end: u(row.try_get("end_offset")?),
+            stored_bytes: u(row.try_get("stored_bytes")?),
+            closed: row.try_get::<i64, _>("closed")? != 0,
+            updated_at: row.try_get("updated_at")?,
+        };
         let resizes = q.resizes.as_deref().and_then(Resize::parse_list).unwrap_or_default();
         for r in &resizes {
             sqlx::query(
@@ -336,7 +339,7 @@ async fn insert_segment(
     .bind(end as i64)
     .bind(kind)
     .bind(at_ms as i64)
-    .bind(data.map(<[u8]>::to_vec))
+    .bind(data)
     .execute(conn)
     .await?;
     Ok(())

@@ -86,6 +86,9 @@ impl Store {
                     // In WAL mode NORMAL skips the fsync per commit and stays consistent; a power
                     // cut may lose the last commits (docs/api.md).
                     conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    // Stored output arrives in batches of up to 4 MiB: checkpoint the WAL into
+                    // the database every 64 MiB rather than after nearly every batch.
+                    conn.execute("PRAGMA wal_autocheckpoint = 16384").await?;
                     Ok(())
                 })
             });

@@ -102,7 +102,14 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
     let mut upload = match upload_target(args) {
         None => None,
         Some(target) => match Uploader::new(target, log.clone()) {
-            Ok(uploader) => Some(tokio::spawn(uploader.run())),
+            // A thread of its own: the appends' HTTP work then never shares the PTY's thread
+            // (the runner's runtime has one).
+            Ok(uploader) => Some(tokio::task::spawn_blocking(move || {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(uploader.run()),
+                    Err(e) => tracing::error!(error = %e, "cannot start the output uploader"),
+                }
+            })),
             Err(e) => {
                 return could_not_start(
                     &mut events,
