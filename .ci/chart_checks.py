@@ -28,6 +28,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "cliscale"
 K8S_VERSIONS = ["1.33.0", "1.37.0"]
 RUNNER_PORT = 7681
+API_PORT = 8080
 FAILURES = []
 
 
@@ -163,6 +164,19 @@ def check_network_policies(docs, values):
                     fail(f"{p['metadata']['name']}: an egress rule without ports")
                 continue
             peers = rule.get("to", [])
+            # The API's output store, which runners append to: the operator's pods, in the
+            # release's namespace, on the API port only.
+            to_api = ports == {API_PORT} and peers and all(
+                "ipBlock" not in x
+                and "namespaceSelector" in x
+                and x.get("podSelector", {}).get("matchLabels", {}).get("cliscale.dev/component")
+                == "operator"
+                for x in peers
+            )
+            if to_api:
+                continue
+            if ports == {API_PORT}:
+                fail(f"{p['metadata']['name']}: the API port is open to more than the operator: {peers}")
             if cidrs and sorted(x["ipBlock"]["cidr"] for x in peers) != sorted(cidrs):
                 fail(f"{p['metadata']['name']}: egress must be limited to the allowlist")
 
