@@ -40,9 +40,10 @@ enum Path {
     Gateway,
 }
 
-/// Waits until the store holds the session's whole log; returns (end, gaps).
+/// Waits until the store holds the session's whole log; returns (end, gaps). Reads the
+/// headers of the whole log's read (its gaps are listed there) and drops the body.
 async fn stored(up: &Stack, sid: &str) -> (u64, String) {
-    let url = up.url(&format!("/api/sessions/{sid}/output?since=0&until=0"));
+    let url = up.url(&format!("/api/sessions/{sid}/output"));
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let resp = up.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
@@ -166,7 +167,12 @@ async fn run() {
     let sid = created["sessionId"].as_str().unwrap();
     up.wait_for_phase(sid, "Succeeded").await;
     let (end, gaps) = stored(&up, sid).await;
-    println!("finished log: {:.1} MB stored, gaps: {:?}", end as f64 / 1e6, gaps);
+    let missing: u64 = gaps
+        .split(',')
+        .filter_map(|g| g.split_once('-'))
+        .map(|(from, to)| to.parse::<u64>().unwrap() - from.parse::<u64>().unwrap())
+        .sum();
+    println!("finished log: {:.1} MB written, gaps: {gaps:?}", end as f64 / 1e6);
     let mut secs = Vec::new();
     for _ in 0..SERVES {
         let t = Instant::now();
@@ -182,7 +188,7 @@ async fn run() {
         while let Some(chunk) = body.next().await {
             n += chunk.unwrap().len() as u64;
         }
-        assert_eq!(n, end);
+        assert_eq!(n, end - missing);
         secs.push(t.elapsed().as_secs_f64());
     }
     report("time to serve the finished log", &mut secs, " s");
