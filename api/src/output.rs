@@ -294,7 +294,20 @@ impl Store {
             }
         };
         if let Some((from, to)) = gap {
-            insert_segment(&mut tx, id, from, to, "gap", q.at_ms, None).await?;
+            // A gap right after another (the runner's window overflowing again before the
+            // store caught up) lengthens it: one range for readers, not a list of pieces.
+            let merged = sqlx::query(
+                "UPDATE session_output SET end_offset = $1 \
+                 WHERE session_id = $2 AND kind = 'gap' AND end_offset = $3",
+            )
+            .bind(to as i64)
+            .bind(id)
+            .bind(from as i64)
+            .execute(&mut *tx)
+            .await?;
+            if merged.rows_affected() == 0 {
+                insert_segment(&mut tx, id, from, to, "gap", q.at_ms, None).await?;
+            }
         }
         let data = body.slice(skip..);
         let mut stored = state.stored_bytes;

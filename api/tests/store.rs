@@ -78,3 +78,26 @@ async fn concurrent_updates_on_postgres() {
     let Some(url) = fresh_postgres().await else { return };
     concurrent_updates_never_undo_a_finished_phase(Store::connect(&url).await.unwrap()).await;
 }
+
+/// Gaps declared back to back (the runner's window overflowing again before the store caught
+/// up) are kept as one range; the bytes around them are kept exactly.
+#[tokio::test]
+async fn gaps_declared_back_to_back_are_one_range() {
+    use cliscale_api::output::{Output, OutputBackend};
+    use cliscale_core::output::AppendQuery;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("output.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    let output = Output::new(Arc::new(store.clone()), cliscale_api::output::DEFAULT_CAP_BYTES);
+    let append = |offset: u64, gap_from: Option<u64>, body: &'static [u8]| {
+        let q = AppendQuery { offset, gap_from, ..Default::default() };
+        let output = &output;
+        async move { output.append("s", &q, bytes::Bytes::from_static(body)).await.unwrap() }
+    };
+    append(0, None, b"ab").await;
+    append(10, Some(2), b"").await;
+    append(20, Some(10), b"cd").await;
+    append(40, Some(22), b"ef").await;
+    assert_eq!(store.gaps("s").await.unwrap(), vec![(2, 20), (22, 40)]);
+    assert_eq!(store.state("s").await.unwrap().unwrap().end, 42);
+}
