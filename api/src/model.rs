@@ -155,6 +155,18 @@ pub struct SessionRecord {
     pub updated_at: i64,
 }
 
+impl SessionRecord {
+    /// The session's status as the terminal protocol carries it.
+    pub fn status(&self) -> cliscale_core::protocol::SessionStatus {
+        cliscale_core::protocol::SessionStatus {
+            phase: self.phase,
+            exit_code: self.exit_code.and_then(|c| i32::try_from(c).ok()),
+            reason: self.reason,
+            message: self.message.clone(),
+        }
+    }
+}
+
 /// What `GET /api/sessions/{id}` answers. Env values are never echoed back.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

@@ -36,15 +36,6 @@ const EVENT_BYTES: usize = 1024 * 1024;
 /// How often a live reader looks for appends another replica took, and for status changes.
 const POLL: Duration = Duration::from_secs(1);
 
-fn status_of(s: &SessionRecord) -> SessionStatus {
-    SessionStatus {
-        phase: s.phase,
-        exit_code: s.exit_code.and_then(|c| i32::try_from(c).ok()),
-        reason: s.reason,
-        message: s.message.clone(),
-    }
-}
-
 fn header(name: &'static str, value: impl ToString) -> (header::HeaderName, HeaderValue) {
     let value = HeaderValue::from_str(&value.to_string()).unwrap_or(HeaderValue::from_static(""));
     (header::HeaderName::from_static(name), value)
@@ -289,7 +280,7 @@ pub(crate) async fn stream(
     let wake = state.output.watch(&id);
     let reader = LiveReader {
         cursor: LogCursor::new(since, Ends::AfterFinalStatus),
-        status: status_of(&session),
+        status: session.status(),
         finished_at: session.finished_at,
         session,
         wake,
@@ -391,7 +382,7 @@ impl LiveReader {
             }
             Err(_) => return,
         };
-        let status = status_of(&session);
+        let status = session.status();
         if status != self.status {
             self.status = status.clone();
             self.cursor.status_changed(status);

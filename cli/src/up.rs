@@ -104,12 +104,7 @@ impl RunnerResolver for LocalResolver {
         let id = session_id.to_owned();
         Box::pin(async move {
             let row = self.store.get_session(&id).await.ok()??;
-            row.phase.is_finished().then(|| SessionStatus {
-                phase: row.phase,
-                exit_code: row.exit_code.and_then(|c| i32::try_from(c).ok()),
-                reason: row.reason,
-                message: row.message,
-            })
+            row.phase.is_finished().then(|| row.status())
         })
     }
 }

@@ -782,11 +782,7 @@ async fn a_finished_session_opens_from_the_store_with_its_output() {
     let done = b.stack.create(ADMIN_KEY, json!({ "command": command })).await;
     let done_sid = done["sessionId"].as_str().unwrap().to_owned();
     b.stack.wait_for_phase(&done_sid, "Failed").await;
-    let deadline = std::time::Instant::now() + HANG_GUARD;
-    while cliscale_testkit::procinfo::any_process_with_env("CLISCALE_SESSION_ID", &done_sid) {
-        assert!(std::time::Instant::now() < deadline, "the finished session's runner never left");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    common::wait_for_runner_exit(&done_sid).await;
     b.browser.events.clear();
     let url = b.page(&done_sid, &b.token(&done_sid, TokenScope::View, 300));
     b.browser.open_watched(&url).await;

@@ -9,7 +9,6 @@ use std::process::Command;
 use common::{ADMIN_KEY, Backend, Stack, open_terminal, read_session, read_until};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
-use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 /// The stack's own signing key, to mint tokens the way the API does.
@@ -166,11 +165,7 @@ async fn a_session_whose_runner_has_left_opens_from_the_store() {
     let created = stack.create(ADMIN_KEY, json!({"command": "echo left-behind"})).await;
     let sid = created["sessionId"].as_str().unwrap();
     stack.wait_for_phase(sid, "Succeeded").await;
-    let deadline = std::time::Instant::now() + common::HANG_GUARD;
-    while cliscale_testkit::procinfo::any_process_with_env("CLISCALE_SESSION_ID", sid) {
-        assert!(std::time::Instant::now() < deadline, "the runner never left");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_for_runner_exit(sid).await;
     let key = signing_key(&stack);
     let mut ws =
         open_terminal(&stack.ws_url(sid, &format!("token={}", token(&key, sid)))).await.unwrap();

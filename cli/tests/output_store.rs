@@ -66,7 +66,21 @@ async fn run_to_the_end(
     let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
     let sid = created["sessionId"].as_str().unwrap().to_owned();
     stack.wait_for_phase(&sid, "Succeeded").await;
-    wait_until_runner_gone(stack, &sid).await;
+    common::wait_for_runner_exit(&sid).await;
+    // A finished session whose runner is gone still opens: from the store.
+    let (status, minted) = stack
+        .call("POST", &format!("/api/sessions/{sid}/tokens"), Some(ADMIN_KEY), Some(json!({})))
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let check = stack
+        .http
+        .get(stack.url(&format!("/t/{sid}/check")))
+        .bearer_auth(minted["token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let text = check.text().await.unwrap();
+    assert!(text.contains("\"ok\":true"), "{text}");
     let (status, headers, body) =
         get(stack, &format!("/api/sessions/{sid}/output"), ADMIN_KEY).await;
     assert_eq!(status, 200);
@@ -78,38 +92,6 @@ async fn stack(backend: Backend, extra: &[&str]) -> Option<Stack> {
     let mut args = vec!["--linger", "0"];
     args.extend_from_slice(extra);
     Stack::start(backend, &args).await
-}
-
-/// Waits until the session's runner is gone: the gateway then answers from the store.
-async fn wait_until_runner_gone(stack: &Stack, sid: &str) {
-    let deadline = std::time::Instant::now() + HANG_GUARD;
-    loop {
-        let (status, body) = stack
-            .call("POST", &format!("/api/sessions/{sid}/tokens"), Some(ADMIN_KEY), Some(json!({})))
-            .await;
-        assert_eq!(status, 201, "{body}");
-        let check = stack
-            .http
-            .get(stack.url(&format!("/t/{sid}/check")))
-            .bearer_auth(body["token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
-        let text = check.text().await.unwrap();
-        // A finished session whose runner is gone still opens: from the store.
-        if text.contains("\"ok\":true") && stack_runner_exited(stack, sid).await {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "the runner of {sid} never went: {text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Whether the session's runner process has exited.
-async fn stack_runner_exited(stack: &Stack, sid: &str) -> bool {
-    let (_, s) = stack.call("GET", &format!("/api/sessions/{sid}"), Some(ADMIN_KEY), None).await;
-    let finished = matches!(s["phase"].as_str(), Some("Succeeded" | "Failed" | "TimedOut"));
-    finished && !cliscale_testkit::procinfo::any_process_with_env("CLISCALE_SESSION_ID", sid)
 }
 
 /// 100 MB of random bytes (the PTY's output processing off, so they pass unchanged) are read

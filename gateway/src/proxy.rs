@@ -373,6 +373,11 @@ fn to_client(message: tungstenite::Message) -> Option<ws::Message> {
     })
 }
 
+/// A control message as a text frame.
+fn text_frame(message: &ServerMessage) -> ws::Message {
+    ws::Message::Text(serde_json::to_string(message).expect("server messages serialize").into())
+}
+
 fn close(code: CloseCode) -> ws::Message {
     ws::Message::Close(Some(CloseFrame { code: code.code(), reason: code.reason().into() }))
 }
@@ -473,9 +478,6 @@ async fn replay(
     gateway.metrics.accepted.inc();
     gateway.metrics.connections.inc();
     let (mut client_tx, mut client_rx) = client.split();
-    let text = |m: &ServerMessage| {
-        ws::Message::Text(serde_json::to_string(m).expect("server messages serialize").into())
-    };
     let log_end = match archive.read(&sid, u64::MAX, 1).await {
         Ok(LogRead::UpToDate { end, .. }) => end,
         _ => 0,
@@ -491,9 +493,9 @@ async fn replay(
     let mut cursor = LogCursor::new(since, Ends::AfterFinalStatus);
     cursor.greeted(&status);
     if let Some(token) = reconnect {
-        let _ = client_tx.send(text(&ServerMessage::Reconnect { token })).await;
+        let _ = client_tx.send(text_frame(&ServerMessage::Reconnect { token })).await;
     }
-    let mut open = client_tx.send(text(&hello)).await.is_ok();
+    let mut open = client_tx.send(text_frame(&hello)).await.is_ok();
     while open {
         let read = match archive.read(&sid, cursor.offset(), REPLAY_READ).await {
             // Nothing more is coming: the runner is gone.
@@ -505,42 +507,34 @@ async fn replay(
                 break;
             }
         };
-        let message = match cursor.next(read) {
-            Step::Output { offset, data } => {
-                // All frames but the last go here; the last goes below, like any message.
-                let mut frames = data.chunks(REPLAY_FRAME).enumerate().peekable();
-                let mut last = None;
-                while let Some((i, chunk)) = frames.next() {
+        let messages: Vec<ws::Message> = match cursor.next(read) {
+            Step::Output { offset, data } => data
+                .chunks(REPLAY_FRAME)
+                .enumerate()
+                .map(|(i, chunk)| {
                     let at = offset + (i * REPLAY_FRAME) as u64;
-                    let frame = cliscale_core::protocol::encode_output(at, chunk);
-                    if frames.peek().is_none() {
-                        last = Some(frame);
-                        break;
-                    }
-                    let send = client_tx.feed(ws::Message::Binary(frame.into()));
-                    if !matches!(
-                        tokio::time::timeout(gateway.config.stall_timeout, send).await,
-                        Ok(Ok(()))
-                    ) {
-                        open = false;
-                        break;
-                    }
-                }
-                match last {
-                    Some(frame) if open => ws::Message::Binary(frame.into()),
-                    _ => break,
-                }
-            }
-            Step::Gap { from, to } => text(&ServerMessage::Gap { from, to }),
-            Step::Status(status) => text(&ServerMessage::Status(status)),
+                    ws::Message::Binary(cliscale_core::protocol::encode_output(at, chunk).into())
+                })
+                .collect(),
+            Step::Gap { from, to } => vec![text_frame(&ServerMessage::Gap { from, to })],
+            Step::Status(status) => vec![text_frame(&ServerMessage::Status(status))],
             Step::Wait | Step::End => {
                 let frame = close(CloseCode::SessionEnded);
                 say_goodbye(&mut client_tx, &mut client_rx, frame, Duration::from_secs(5)).await;
                 break;
             }
         };
-        let send = tokio::time::timeout(gateway.config.stall_timeout, client_tx.send(message));
-        open = matches!(send.await, Ok(Ok(())));
+        // One write to the client per read; a client that takes none of it for the stall
+        // timeout is left.
+        let stall = gateway.config.stall_timeout;
+        for message in messages {
+            open &=
+                matches!(tokio::time::timeout(stall, client_tx.feed(message)).await, Ok(Ok(())));
+            if !open {
+                break;
+            }
+        }
+        open &= matches!(tokio::time::timeout(stall, client_tx.flush()).await, Ok(Ok(())));
     }
     gateway.metrics.connections.dec();
 }
@@ -557,9 +551,7 @@ async fn relay(
     let (mut client_tx, mut client_rx) = client.split();
     let (mut up_tx, mut up_rx) = upstream.split();
     if let Some(token) = reconnect {
-        let message = serde_json::to_string(&ServerMessage::Reconnect { token })
-            .expect("server messages serialize");
-        let _ = client_tx.send(ws::Message::Text(message.into())).await;
+        let _ = client_tx.send(text_frame(&ServerMessage::Reconnect { token })).await;
     }
     let interval = gateway.config.ping_interval;
     // The first ping is one interval away; nothing waits for the timer before the first frame.
@@ -599,8 +591,7 @@ async fn relay(
                             message: "this connection is read-only; input and resize are ignored"
                                 .into(),
                         };
-                        let text = serde_json::to_string(&error).expect("server messages serialize");
-                        let _ = client_tx.send(ws::Message::Text(text.into())).await;
+                        let _ = client_tx.send(text_frame(&error)).await;
                         continue;
                     }
                 };

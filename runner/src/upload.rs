@@ -121,23 +121,17 @@ impl Uploader {
                         _ => (to, Bytes::new(), false),
                     }
                 }
-                LogRead::UpToDate { end, closed: true } if end <= acked && resizes.is_empty() => {
-                    (end, Bytes::new(), true)
-                }
-                LogRead::UpToDate { end, closed } => {
-                    if resizes.is_empty() || closed {
-                        // Nothing new: wait for output, then let a batch gather.
-                        if !closed && end_rx.changed().await.is_err() {
-                            return;
-                        }
-                        if !closed {
-                            tokio::time::sleep(self.target.interval).await;
-                        }
-                        if resizes.is_empty() {
-                            continue;
-                        }
+                // Resizes go on their own when no output carries them.
+                LogRead::UpToDate { end, .. } if !resizes.is_empty() => (end, Bytes::new(), false),
+                // Everything is stored: say the log is complete.
+                LogRead::UpToDate { end, closed: true } => (end, Bytes::new(), true),
+                LogRead::UpToDate { .. } => {
+                    // Nothing new: wait for output, then let a batch gather.
+                    if end_rx.changed().await.is_err() {
+                        return;
                     }
-                    (end, Bytes::new(), false)
+                    tokio::time::sleep(self.target.interval).await;
+                    continue;
                 }
             };
             let q = AppendQuery {

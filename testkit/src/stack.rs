@@ -200,6 +200,16 @@ fn nix_kill(pid: u32, signal: &str) -> std::io::Result<std::process::ExitStatus>
     Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).status()
 }
 
+/// Waits until session `sid`'s runner process has exited (it carries the id in its
+/// environment): its terminal is then served from the output store.
+pub async fn wait_for_runner_exit(sid: &str) {
+    let deadline = std::time::Instant::now() + HANG_GUARD;
+    while crate::procinfo::any_process_with_env("CLISCALE_SESSION_ID", sid) {
+        assert!(std::time::Instant::now() < deadline, "the runner of {sid} never left");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
