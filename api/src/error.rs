@@ -26,6 +26,23 @@ pub enum ApiError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
     Internal(String),
+    /// Something the request needs is down or used up for now; retrying later may work.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Any other refusal with a code of its own.
+    #[error("{message}")]
+    Refused { status: StatusCode, code: &'static str, message: String },
+}
+
+/// Whether a storage error means the database cannot be reached (503), not a fault (500).
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+    )
 }
 
 impl ApiError {
@@ -37,6 +54,10 @@ impl ApiError {
         Self::Unauthorized { code, message: message.into() }
     }
 
+    pub fn refused(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self::Refused { status, code, message: message.into() }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -46,6 +67,9 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Refused { status, .. } => *status,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(e) if unreachable(e) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Store(_) | Self::Migrate(_) | Self::Internal(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -61,6 +85,9 @@ impl ApiError {
             Self::Conflict(_) => "conflict",
             Self::TooManyRequests { .. } => "rate_limited",
             Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Refused { code, .. } => code,
+            Self::Unavailable(_) => "unavailable",
+            Self::Store(e) if unreachable(e) => "storage_unavailable",
             Self::Store(_) | Self::Migrate(_) => "storage_error",
             Self::Internal(_) => "internal_error",
         }
@@ -83,6 +110,9 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody::new(self.code(), message);
         let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
         if let Self::TooManyRequests { retry_after_secs } = self {
             response.headers_mut().insert(
                 header::RETRY_AFTER,

@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 
 use cliscale_core::event::RunnerEvent;
 use cliscale_core::exit;
-use cliscale_core::launch::RunnerLaunch;
+use cliscale_core::launch::{RunnerLaunch, command_env_name};
 use cliscale_core::{SessionPhase, TerminalReason};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::watch;
@@ -30,8 +30,12 @@ use crate::store::{StatusUpdate, Store, now};
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     pub runner_bin: PathBuf,
-    /// One directory per session: its work dir and its full output log.
+    /// One directory per session, private to this process: the runner's copy of the output.
     pub sessions_dir: PathBuf,
+    /// Where sessions' work dirs are made, one per session, each its command's own.
+    pub work_root: PathBuf,
+    /// How sessions are kept from this process and from each other.
+    pub isolation: Isolation,
     /// JWKS the runners check tokens against.
     pub jwks_path: PathBuf,
     pub grace_period: Duration,
@@ -55,6 +59,76 @@ impl std::fmt::Debug for OutputSink {
     }
 }
 
+/// How the local executor keeps a session's command from the server and from other sessions
+/// (docs/security.md, "Local mode").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Isolation {
+    /// Each running session has a user and group of its own, from `first..first + count`: it
+    /// cannot read the data dir, signal or trace other processes, or read another session's
+    /// work dir. Needs this process to run as root.
+    Users { first: u32, count: u32 },
+    /// Sessions run as this process' own user, so any session could act as the server: only
+    /// admin keys are accepted. `why` says why the host gives no isolation.
+    SingleTenant { why: String },
+}
+
+/// The users sessions get by default: far above people's and system users, and below 2^31,
+/// which some tools still read as a signed number.
+pub const DEFAULT_SESSION_UIDS: (u32, u32) = (2_000_000_000, 65_536);
+
+impl Isolation {
+    /// What this host gives: users of their own when this process is root. Pure but for euid.
+    pub fn detect(first: u32, count: u32) -> Self {
+        if nix::unistd::geteuid().is_root() {
+            Self::Users { first, count }
+        } else {
+            Self::SingleTenant {
+                why: "cliscale up is not running as root, so sessions cannot be given users of \
+                      their own and would run as the server's user"
+                    .into(),
+            }
+        }
+    }
+
+    /// Why only admin keys are accepted, when they are.
+    pub fn admin_only(&self) -> Option<&str> {
+        match self {
+            Self::Users { .. } => None,
+            Self::SingleTenant { why } => Some(why),
+        }
+    }
+}
+
+/// The first free user of `first..first + count`, looking from `start` on: not held by a running
+/// session and owning no process (`busy`), so nothing a finished session left behind shares it.
+/// Pure but for `busy`.
+pub fn pick_uid(
+    first: u32,
+    count: u32,
+    start: u32,
+    held: &std::collections::HashSet<u32>,
+    busy: impl Fn(u32) -> bool,
+) -> Option<u32> {
+    (0..count)
+        .map(|i| first + (start.wrapping_add(i) % count))
+        .find(|uid| !held.contains(uid) && !busy(*uid))
+}
+
+/// Whether any process runs as `uid`.
+fn uid_has_processes(uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.flatten().any(|e| {
+        e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            && e.metadata().is_ok_and(|m| m.uid() == uid)
+    })
+}
+
+/// Variables of this process a session's runner gets when sessions are isolated: enough to
+/// find programs and speak the host's language, and nothing else of the server's.
+const PASSED_ENV: [&str; 5] = ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"];
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// What the gateway needs to know of a runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerState {
@@ -69,12 +143,17 @@ struct RunnerHandle {
     pid: u32,
     state: watch::Sender<RunnerState>,
     cancel_requested: Arc<AtomicBool>,
+    /// The session's user, held until its runner exits.
+    uid: Option<u32>,
 }
 
 pub struct LocalExecutor {
     config: LocalConfig,
     store: Store,
     runners: Mutex<HashMap<String, RunnerHandle>>,
+    /// Where the search for a free session user starts next: users are used in turn, not reused
+    /// at once.
+    next_uid: std::sync::atomic::AtomicU32,
 }
 
 /// How a runner ended when it did not say so itself: decided from its exit alone. Pure.
@@ -93,8 +172,9 @@ pub fn outcome_from_exit(
     (phase, reason, code.map(i64::from))
 }
 
-/// The descriptor number the runner finds its event pipe at.
+/// The descriptor numbers the runner finds its event pipe and its lifeline at.
 const EVENTS_FD: i32 = 3;
+const LIFELINE_FD: i32 = 4;
 
 /// What a runner event changes in the store. Pure.
 pub fn update_for(event: RunnerEvent) -> StatusUpdate {
@@ -119,7 +199,12 @@ pub fn update_for(event: RunnerEvent) -> StatusUpdate {
 
 impl LocalExecutor {
     pub fn new(config: LocalConfig, store: Store) -> Arc<Self> {
-        Arc::new(Self { config, store, runners: Mutex::new(HashMap::new()) })
+        Arc::new(Self {
+            config,
+            store,
+            runners: Mutex::new(HashMap::new()),
+            next_uid: std::sync::atomic::AtomicU32::new(rand::random()),
+        })
     }
 
     /// Marks sessions left unfinished by a previous process as `Lost`.
@@ -129,7 +214,11 @@ impl LocalExecutor {
             let update = StatusUpdate {
                 phase: Some(SessionPhase::Lost),
                 reason: Some(TerminalReason::RunnerLost),
-                message: Some("the runner was gone when cliscale restarted".into()),
+                // A runner stops its session when the process that launched it goes.
+                message: Some(
+                    "cliscale up stopped while the session ran, and its runner stopped with it"
+                        .into(),
+                ),
                 ..Default::default()
             };
             self.store.update_status(&s.id, &update).await?;
@@ -147,6 +236,7 @@ impl LocalExecutor {
         let expired = self.store.expired_sessions(now()).await?;
         for s in &expired {
             let _ = tokio::fs::remove_dir_all(self.config.sessions_dir.join(&s.id)).await;
+            let _ = tokio::fs::remove_dir_all(self.config.work_root.join(&s.id)).await;
             self.store.delete_session(&s.id).await?;
             self.runners.lock().expect("runners lock").remove(&s.id);
             tracing::info!(session_id = %s.id, "session expired and was deleted");
@@ -179,7 +269,9 @@ impl LocalExecutor {
             let runners = self.runners.lock().expect("runners lock");
             runners
                 .values()
-                .filter(|h| !h.state.borrow().phase.is_finished())
+                // What runs, not what was recorded: a runner lingering after its command ended
+                // is still a process to stop.
+                .filter(|h| !h.state.borrow().exited)
                 .map(|h| {
                     h.cancel_requested.store(true, Ordering::Release);
                     terminate(h.pid);
@@ -191,38 +283,75 @@ impl LocalExecutor {
         let _ = tokio::time::timeout(self.config.grace_period + Duration::from_secs(2), all).await;
     }
 
-    /// How this session's runner is launched. Pure.
-    pub fn runner_launch(&self, session: &SessionRecord) -> RunnerLaunch {
-        let dir = self.config.sessions_dir.join(&session.id);
+    /// How this session's runner is launched, as user `uid` when it has one. Pure.
+    pub fn runner_launch(&self, session: &SessionRecord, uid: Option<u32>) -> RunnerLaunch {
         RunnerLaunch {
             listen: Some("127.0.0.1:0".into()),
             jwks_file: Some(self.config.jwks_path.display().to_string()),
-            work_dir: Some(dir.join("work").display().to_string()),
+            work_dir: Some(self.config.work_root.join(&session.id).display().to_string()),
             grace_period: Some(self.config.grace_period),
             allow_private_addresses: self.config.allow_private_code_urls,
             log_format: Some("json".into()),
             events_fd: Some(EVENTS_FD),
+            lifeline_fd: Some(LIFELINE_FD),
+            command_uid: uid,
+            command_gid: uid,
             ..RunnerLaunch::for_session(&session.id, &session.spec)
         }
     }
 
+    /// A free user for a new session, when sessions get their own.
+    fn session_uid(&self) -> Result<Option<u32>> {
+        let Isolation::Users { first, count } = self.config.isolation else { return Ok(None) };
+        let held: std::collections::HashSet<u32> =
+            self.runners.lock().expect("runners lock").values().filter_map(|h| h.uid).collect();
+        let start = self.next_uid.fetch_add(1, Ordering::Relaxed);
+        let uid = pick_uid(first, count, start, &held, uid_has_processes).ok_or_else(|| {
+            ApiError::Unavailable(format!("all {count} session users are in use"))
+        })?;
+        self.next_uid.store(uid.wrapping_sub(first).wrapping_add(1), Ordering::Relaxed);
+        Ok(Some(uid))
+    }
+
     fn launch(self: Arc<Self>, session: SessionRecord) -> Result<()> {
         let dir = self.config.sessions_dir.join(&session.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| ApiError::Internal(format!("creating {}: {e}", dir.display())))?;
-        let output = std::fs::File::create(dir.join("output.log"))
-            .map_err(|e| ApiError::Internal(format!("creating output log: {e}")))?;
-        let (events_rx, events_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-            .map_err(|e| ApiError::Internal(format!("creating the event pipe: {e}")))?;
+        private_dir(&dir)?;
+        let output = private_file(&dir.join("output.log"))?;
+        // Root's until the runner hands it to the session's user.
+        private_dir(&self.config.work_root.join(&session.id))?;
+        let uid = self.session_uid()?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| ApiError::Internal(format!("creating a pipe: {e}")))
+        };
+        let (events_rx, events_tx) = pipe()?;
+        // The runner reads; this process holds the write end until it dies, however it dies.
+        let (lifeline_rx, lifeline_tx) = pipe()?;
         let mut cmd = tokio::process::Command::new(&self.config.runner_bin);
-        // Everything of the session's own travels by environment, not argv (`ps` shows argv);
-        // nothing of this process' own configuration reaches the runner.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("CLISCALE_") {
-                cmd.env_remove(key);
+        // Everything of the session's own travels by environment, not argv (`ps` shows argv).
+        // Nothing of this process' own configuration reaches the runner; with isolation, nothing
+        // of its environment but the few variables every program needs.
+        match self.config.isolation {
+            Isolation::Users { .. } => {
+                cmd.env_clear();
+                for name in PASSED_ENV {
+                    if let Some(value) = std::env::var_os(name) {
+                        cmd.env(name, value);
+                    }
+                }
+                if std::env::var_os("PATH").is_none() {
+                    cmd.env("PATH", DEFAULT_PATH);
+                }
+            }
+            Isolation::SingleTenant { .. } => {
+                for (key, _) in std::env::vars_os() {
+                    if key.to_string_lossy().starts_with("CLISCALE_") {
+                        cmd.env_remove(key);
+                    }
+                }
             }
         }
-        let mut launch = self.runner_launch(&session);
+        let mut launch = self.runner_launch(&session, uid);
         if let Some(sink) = &self.config.output {
             launch.output_url = Some(sink.url.clone());
             launch.output_token = Some(sink.keys.output_token(
@@ -232,16 +361,18 @@ impl LocalExecutor {
             )?);
         }
         cmd.env("CLISCALE_LOG", "info").envs(launch.env());
-        cmd.envs(session.spec.env.iter().map(|e| (&e.name, &e.value)));
+        // Under a prefix: the runner gives them to the command, and never uses them itself.
+        cmd.envs(session.spec.env.iter().map(|e| (command_env_name(&e.name), &e.value)));
         cmd.stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
-        let write_end = events_tx.as_raw_fd();
-        // SAFETY: between fork and exec only dup2 or fcntl runs, both async-signal-safe.
+        let passed = [(events_tx.as_raw_fd(), EVENTS_FD), (lifeline_rx.as_raw_fd(), LIFELINE_FD)];
+        // SAFETY: between fork and exec only fcntl and dup2 run, both async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || pass_fd(write_end, EVENTS_FD));
+            cmd.pre_exec(move || pass_fds(&passed));
         }
         let spawned = cmd.spawn();
-        // The runner holds the write end now; ours must go, or the pipe never reports its end.
+        // The runner holds these ends now; ours must go, or the pipe never reports its end.
         drop(events_tx);
+        drop(lifeline_rx);
         let mut child = spawned.map_err(|e| {
             ApiError::Internal(format!("starting {}: {e}", self.config.runner_bin.display()))
         })?;
@@ -253,7 +384,12 @@ impl LocalExecutor {
         let cancel_requested = Arc::new(AtomicBool::new(false));
         self.runners.lock().expect("runners lock").insert(
             session.id.clone(),
-            RunnerHandle { pid, state: state.clone(), cancel_requested: cancel_requested.clone() },
+            RunnerHandle {
+                pid,
+                state: state.clone(),
+                cancel_requested: cancel_requested.clone(),
+                uid,
+            },
         );
         let stderr = child.stderr.take().expect("stderr is piped");
         tokio::spawn(pass_on_logs(session.id.clone(), stderr));
@@ -262,7 +398,12 @@ impl LocalExecutor {
         tokio::spawn(async move {
             let reported = this.follow_events(&id, events, &state).await;
             let status = child.wait().await;
+            drop(lifeline_tx);
             state.send_modify(|s| s.exited = true);
+            // Its user is free again once nothing runs as it (checked when next picked).
+            if let Some(handle) = this.runners.lock().expect("runners lock").get_mut(&id) {
+                handle.uid = None;
+            }
             if reported {
                 return;
             }
@@ -338,19 +479,52 @@ impl LocalExecutor {
     }
 }
 
-/// In the child between fork and exec: makes descriptor `from` available as `to` across the
-/// exec, and only it (the pipe was made close-on-exec). `dup2` clears close-on-exec on the
-/// copy; when `from` already is `to` there is no copy, so the flag is cleared on it instead.
-fn pass_fd(from: i32, to: i32) -> std::io::Result<()> {
-    // SAFETY: plain system calls on descriptors; no memory is touched.
-    let done = unsafe {
-        if from == to {
-            nix::libc::fcntl(to, nix::libc::F_SETFD, 0)
-        } else {
-            nix::libc::dup2(from, to)
+/// In the child between fork and exec: makes each `from` descriptor available as its `to`
+/// across the exec, and only those (the pipes were made close-on-exec). Each is first copied
+/// above every target, so a source already sitting on another's target survives; `dup2` then
+/// clears close-on-exec on the target, and the close-on-exec copies vanish at the exec.
+fn pass_fds(pairs: &[(i32, i32)]) -> std::io::Result<()> {
+    const ABOVE_TARGETS: i32 = 64;
+    let mut copies = [(-1, -1); 4];
+    assert!(pairs.len() <= copies.len(), "at most four descriptors");
+    for (slot, &(from, to)) in copies.iter_mut().zip(pairs) {
+        // SAFETY: a plain system call on a descriptor; no memory is touched.
+        let copy = unsafe { nix::libc::fcntl(from, nix::libc::F_DUPFD_CLOEXEC, ABOVE_TARGETS) };
+        if copy < 0 {
+            return Err(std::io::Error::last_os_error());
         }
-    };
-    if done < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) }
+        *slot = (copy, to);
+    }
+    for &(copy, to) in copies.iter().take(pairs.len()) {
+        // SAFETY: as above.
+        if unsafe { nix::libc::dup2(copy, to) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dir` (and missing parents) with mode 0700, whatever the umask.
+pub fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |e: std::io::Error| ApiError::Internal(format!("creating {}: {e}", dir.display()));
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)
+}
+
+/// Creates (or truncates) `path` with mode 0600, whatever the umask.
+pub fn private_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |e: std::io::Error| ApiError::Internal(format!("creating {}: {e}", path.display()));
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(err)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(file)
 }
 
 /// Passes the runner's own log lines on to this process' log, tagged with the session. They
@@ -450,23 +624,41 @@ mod tests {
     }
 
     #[test]
-    fn the_event_pipe_is_passed_whatever_number_it_has() {
+    fn descriptors_are_passed_whatever_numbers_they_have() {
         use std::os::fd::AsRawFd;
         let cloexec =
             |fd: i32| unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } & nix::libc::FD_CLOEXEC;
-        let (_r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        let w = w.as_raw_fd();
-        assert_ne!(cloexec(w), 0);
-        // Already at the wanted number: the flag is cleared on it.
-        pass_fd(w, w).unwrap();
-        assert_eq!(cloexec(w), 0);
-        // Elsewhere: a copy without the flag.
-        let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let same = |a: i32, b: i32| {
+            use std::os::unix::fs::MetadataExt;
+            let ino = |fd: i32| std::fs::metadata(format!("/proc/self/fd/{fd}")).unwrap().ino();
+            ino(a) == ino(b)
+        };
+        let (r1, w1) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (r2, _w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        let (a, b) = (w1.as_raw_fd(), r2.as_raw_fd());
+        // Crossed over: each source sits on the other's target, and one is already its own.
+        pass_fds(&[(a, b), (b, a)]).unwrap();
+        assert_eq!((cloexec(a), cloexec(b)), (0, 0));
+        assert!(
+            same(b, r1.as_raw_fd()),
+            "the first pipe's write end is now at the second's number"
+        );
+        let (r3, w3) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         let target = 900;
-        pass_fd(w2.as_raw_fd(), target).unwrap();
+        pass_fds(&[(w3.as_raw_fd(), target)]).unwrap();
         assert_eq!(cloexec(target), 0);
-        assert_ne!(cloexec(w2.as_raw_fd()), 0);
+        assert!(same(target, r3.as_raw_fd()));
+        assert_ne!(cloexec(w3.as_raw_fd()), 0);
         unsafe { nix::libc::close(target) };
+    }
+
+    #[test]
+    fn session_users_are_taken_in_turn_and_never_shared() {
+        let held: std::collections::HashSet<u32> = [101, 102].into();
+        assert_eq!(pick_uid(100, 4, 0, &held, |_| false), Some(100));
+        assert_eq!(pick_uid(100, 4, 1, &held, |_| false), Some(103), "held users are skipped");
+        assert_eq!(pick_uid(100, 4, 1, &held, |u| u == 103), Some(100), "and wraps around");
+        assert_eq!(pick_uid(100, 4, 5, &held, |u| u == 100 || u == 103), None);
     }
 
     #[test]

@@ -76,6 +76,7 @@ fn openapi_json() {}
         crate::routes::create_key,
         crate::routes::list_keys,
         crate::routes::revoke_key,
+        crate::routes::update_key,
         crate::routes::jwks,
         crate::routes::readyz,
         crate::routes::metrics,

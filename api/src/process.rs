@@ -83,6 +83,8 @@ pub fn init_json_logs() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .json()
+        // A closed stdout must not turn a log line into a panic.
+        .log_internal_errors(false)
         .init();
 }
 

@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::output_routes;
 use crate::signing::KeyRing;
-use crate::store::{ApiKeyRecord, SessionQuery, Store, now};
+use crate::store::{ApiKeyRecord, KeyChange, SessionQuery, Store, now};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -50,6 +50,9 @@ pub struct ApiConfig {
     pub spec_defaults: SpecDefaults,
     /// Most bytes of output stored per session (head and tail kept, a gap between).
     pub output_cap_bytes: u64,
+    /// Set when sessions cannot be isolated from the server: why. Only admin keys are then
+    /// accepted, and no other kind can be made.
+    pub admin_only: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -62,6 +65,7 @@ impl Default for ApiConfig {
             trusted_proxies: Vec::new(),
             spec_defaults: SpecDefaults::default(),
             output_cap_bytes: crate::output::DEFAULT_CAP_BYTES,
+            admin_only: None,
         }
     }
 }
@@ -132,7 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/output/stream", get(output_routes::stream))
         .route("/api/sessions/{id}/recording", get(output_routes::recording))
         .route("/api/keys", post(create_key).get(list_keys))
-        .route("/api/keys/{id}", delete(revoke_key))
+        .route("/api/keys/{id}", delete(revoke_key).patch(update_key))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -184,7 +188,12 @@ impl FromRequestParts<AppState> for Caller {
                 "missing_api_key",
                 "send Authorization: Bearer <API key>",
             )),
-            Some(full) => authenticate(&state.store, full).await,
+            Some(full) => authenticate(&state.store, full).await.and_then(|caller| {
+                match &state.config.admin_only {
+                    Some(why) if caller.role != Role::Admin => Err(single_tenant(why)),
+                    _ => Ok(caller),
+                }
+            }),
         };
         match authenticated {
             Ok(caller) => {
@@ -200,6 +209,15 @@ impl FromRequestParts<AppState> for Caller {
             }
         }
     }
+}
+
+/// The refusal of a non-admin key where sessions cannot be isolated.
+fn single_tenant(why: &str) -> ApiError {
+    ApiError::refused(
+        StatusCode::FORBIDDEN,
+        "single_tenant",
+        format!("this server accepts only admin keys: {why}"),
+    )
 }
 
 async fn authenticate(store: &Store, full: &str) -> Result<Caller> {
@@ -586,6 +604,11 @@ pub(crate) async fn create_key(
     JsonBody(request): JsonBody<CreateKeyRequest>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin])?;
+    if let Some(why) = &state.config.admin_only
+        && request.role != Role::Admin
+    {
+        return Err(single_tenant(why));
+    }
     if request.name.trim().is_empty() || request.name.len() > 128 {
         return Err(ApiError::bad_request("invalid_field", "name must be 1-128 characters"));
     }
@@ -615,21 +638,67 @@ pub(crate) async fn list_keys(
     Ok(axum::Json(KeyPage { items: keys.iter().map(key_view).collect() }))
 }
 
+/// The refusal of a change that would leave no admin key standing.
+fn last_admin() -> ApiError {
+    ApiError::refused(
+        StatusCode::CONFLICT,
+        "last_admin",
+        "this is the last admin key: make another admin key first",
+    )
+}
+
+fn key_changed(change: KeyChange, id: &str) -> Result<()> {
+    match change {
+        KeyChange::Done => Ok(()),
+        KeyChange::NotFound => Err(ApiError::NotFound(format!("API key {id:?}"))),
+        KeyChange::LastAdmin => Err(last_admin()),
+    }
+}
+
 #[utoipa::path(delete, path = "/api/keys/{id}", tag = "keys", summary = "Revoke an API key (admin)",
+    description = "Its terminals end within seconds, and its tokens, reconnect tokens included, open nothing.",
     params(("id" = String, Path, description = "Key id")),
     responses((status = 204, description = "Revoked"),
-        (status = 404, description = "No such key", body = crate::error::ErrorBody)))]
+        (status = 404, description = "No such key", body = crate::error::ErrorBody),
+        (status = 409, description = "The last admin key (last_admin)", body = crate::error::ErrorBody)))]
 pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
     require(&caller, &[Role::Admin])?;
-    if state.store.revoke_api_key(&id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound(format!("API key {id:?}")))
+    key_changed(state.store.revoke_api_key(&id).await?, &id)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = UpdateKey)]
+pub(crate) struct UpdateKeyRequest {
+    role: Role,
+}
+
+#[utoipa::path(patch, path = "/api/keys/{id}", tag = "keys", summary = "Change an API key's role (admin)",
+    description = "A key demoted to viewer keeps its watching terminals; those that type end within seconds.",
+    params(("id" = String, Path, description = "Key id")), request_body = UpdateKeyRequest,
+    responses((status = 200, description = "Changed", body = KeyView),
+        (status = 404, description = "No such key", body = crate::error::ErrorBody),
+        (status = 409, description = "The last admin key (last_admin)", body = crate::error::ErrorBody)))]
+pub(crate) async fn update_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<UpdateKeyRequest>,
+) -> Result<axum::Json<KeyView>> {
+    require(&caller, &[Role::Admin])?;
+    if let Some(why) = &state.config.admin_only
+        && request.role != Role::Admin
+    {
+        return Err(single_tenant(why));
     }
+    key_changed(state.store.set_api_key_role(&id, request.role).await?, &id)?;
+    let key = state.store.get_api_key(&id).await?.ok_or_else(|| ApiError::NotFound(id.clone()))?;
+    Ok(axum::Json(key_view(&key)))
 }
 
 // --- public endpoints ---------------------------------------------------------------------

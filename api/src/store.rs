@@ -35,6 +35,16 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// What a change to an API key did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    Done,
+    /// No standing key has that id.
+    NotFound,
+    /// It is the last admin key standing: administrators would lock themselves out.
+    LastAdmin,
+}
+
 /// Filters and page of `GET /api/sessions`.
 #[derive(Debug, Clone, Default)]
 pub struct SessionQuery {
@@ -151,14 +161,49 @@ impl Store {
     }
 
     /// Revokes a key; false when no such unrevoked key exists.
-    pub async fn revoke_api_key(&self, id: &str) -> Result<bool> {
+    /// Revokes key `id`, unless it is the last admin key standing.
+    pub async fn revoke_api_key(&self, id: &str) -> Result<KeyChange> {
+        self.change_key(
+            id,
+            "UPDATE api_keys SET revoked_at = $3 WHERE id = $1",
+            Role::Viewer,
+            now(),
+        )
+        .await
+    }
+
+    /// Gives key `id` the role `role`, unless that leaves no admin key standing.
+    pub async fn set_api_key_role(&self, id: &str, role: Role) -> Result<KeyChange> {
+        let update = "UPDATE api_keys SET role = $2 WHERE id = $1 AND $3 = $3";
+        self.change_key(id, update, role, now()).await
+    }
+
+    /// Runs `update` (binding $1 id, $2 the role, $3 the time) on a standing key, but never so
+    /// that no admin key stands. On PostgreSQL the standing admin keys are locked first, so two
+    /// changes at once cannot each leave the other the last; SQLite runs one write at a time.
+    async fn change_key(&self, id: &str, update: &str, role: Role, t: i64) -> Result<KeyChange> {
+        let guarded = format!(
+            "{update} AND revoked_at IS NULL AND (role <> 'admin' OR $2 = 'admin' OR \
+             (SELECT COUNT(*) FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL) > 1)"
+        );
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query(
+                "SELECT id FROM api_keys WHERE role = 'admin' AND revoked_at IS NULL FOR UPDATE",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+        }
         let done =
-            sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
-                .bind(now())
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
-        Ok(done.rows_affected() == 1)
+            sqlx::query(&guarded).bind(id).bind(role.as_str()).bind(t).execute(&mut *tx).await?;
+        tx.commit().await?;
+        if done.rows_affected() == 1 {
+            return Ok(KeyChange::Done);
+        }
+        Ok(match self.get_api_key(id).await? {
+            Some(k) if k.revoked_at.is_none() && k.role == Role::Admin => KeyChange::LastAdmin,
+            _ => KeyChange::NotFound,
+        })
     }
 
     // --- terminal token ids ---------------------------------------------------------------

@@ -1,6 +1,6 @@
 //! The gateway's backends over the API's store and signing keys, shared by `cliscale up` and
 //! `cliscale-gateway`: the JTI ledger is the store's atomic consume; reconnect tokens are
-//! signed with the API's active key. Here, in the binaries' crate, so that the gateway library
+//! signed with the API's active key; tokens' keys are looked up in the store. Here, in the binaries' crate, so that the gateway library
 //! links neither the store nor the keys.
 
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_core::token::{SessionClaims, TERMINAL_AUDIENCE, new_claims};
 
-use cliscale_gateway::{BoxFuture, JtiLedger, ReconnectIssuer};
+use cliscale_gateway::{BoxFuture, JtiLedger, KeyDirectory, KeyStanding, ReconnectIssuer};
 
 /// Consumed JTIs in the API's database (SQLite locally, PostgreSQL on a cluster).
 pub struct StoreLedger(pub Store);
@@ -26,6 +26,27 @@ impl JtiLedger for StoreLedger {
     fn is_used(&self, jti: &str) -> BoxFuture<'_, Result<bool, String>> {
         let jti = jti.to_owned();
         Box::pin(async move { self.0.jti_used(&jti).await.map_err(|e| e.to_string()) })
+    }
+}
+
+/// Terminal tokens' keys, as the API's store has them now.
+pub struct StoreKeys(pub Store);
+
+impl KeyDirectory for StoreKeys {
+    fn standing(&self, key_id: &str) -> BoxFuture<'_, Result<KeyStanding, String>> {
+        let id = key_id.to_owned();
+        Box::pin(async move {
+            let key = self.0.get_api_key(&id).await.map_err(|e| e.to_string())?;
+            Ok(match key {
+                Some(k) if k.revoked_at.is_none() => match k.role {
+                    cliscale_api::keys::Role::Admin | cliscale_api::keys::Role::Operator => {
+                        KeyStanding::Interact
+                    }
+                    cliscale_api::keys::Role::Viewer => KeyStanding::View,
+                },
+                _ => KeyStanding::Gone,
+            })
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cliscale_api::executor::Executor;
-use cliscale_api::local::{LocalConfig, LocalExecutor, OutputSink};
+use cliscale_api::local::{Isolation, LocalConfig, LocalExecutor, OutputSink};
 use cliscale_api::model::SpecDefaults;
 use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
@@ -18,7 +18,9 @@ use cliscale_api::store::Store;
 use cliscale_core::protocol::SessionStatus;
 use cliscale_gateway::{BoxFuture, Gateway, JwksCache, ResolveError, RunnerResolver};
 use cliscale_wiring::GatewayArgs;
-use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreLedger};
+use cliscale_wiring::backends::{
+    KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreKeys, StoreLedger,
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -29,6 +31,18 @@ pub struct UpArgs {
     /// Where the database, keys and session files live.
     #[arg(long, env = "CLISCALE_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Where sessions' work dirs are made (default: `cliscale-work-<uid>` in the temp dir).
+    /// It must belong to this process' user; it is made traversable, not listable.
+    #[arg(long, env = "CLISCALE_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// The users sessions run as when cliscale up runs as root: FIRST-LAST, one per running
+    /// session (docs/security.md, "Local mode").
+    #[arg(long, default_value = "2000000000-2000065535", value_parser = uid_range)]
+    pub session_uids: (u32, u32),
+    /// Run every session as this process' own user even as root. Only admin keys are then
+    /// accepted, since any session could act as the server.
+    #[arg(long, default_value_t = false)]
+    pub single_tenant: bool,
     /// `postgres://…` to use PostgreSQL instead of SQLite in the data dir.
     #[arg(long, env = "CLISCALE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -127,10 +141,75 @@ fn linger(raw: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--session-uids`: FIRST-LAST, not root's, at least one. Pure.
+fn uid_range(raw: &str) -> Result<(u32, u32), String> {
+    let (first, last) = raw.split_once('-').ok_or("expected FIRST-LAST")?;
+    let first: u32 = first.trim().parse().map_err(|e| format!("{first:?}: {e}"))?;
+    let last: u32 = last.trim().parse().map_err(|e| format!("{last:?}: {e}"))?;
+    if first == 0 || last < first || last == u32::MAX {
+        return Err(format!("{raw:?} must be a range of users above 0, lowest first"));
+    }
+    Ok((first, last - first + 1))
+}
+
+/// How sessions are isolated on this host with these flags.
+fn isolation(args: &UpArgs) -> Isolation {
+    if args.single_tenant {
+        return Isolation::SingleTenant {
+            why: "--single-tenant was given: sessions run as the server's own user".into(),
+        };
+    }
+    Isolation::detect(args.session_uids.0, args.session_uids.1)
+}
+
+/// The data dir is this process' alone: 0700, and every file in it 0600, whatever the umask
+/// or an older version left. The database file is made first so SQLite's journal files, which
+/// take its mode, are private too.
+fn secure_data_dir(data_dir: &std::path::Path, sqlite: bool) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    cliscale_api::local::private_dir(data_dir)?;
+    let db = data_dir.join("cliscale.db");
+    if sqlite && !db.exists() {
+        cliscale_api::local::private_file(&db)?;
+    }
+    for entry in std::fs::read_dir(data_dir)? {
+        let entry = entry?;
+        let mode = if entry.file_type()?.is_dir() { 0o700 } else { 0o600 };
+        if !entry.file_type()?.is_symlink() {
+            std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode))?;
+        }
+    }
+    Ok(())
+}
+
+/// The work dirs' parent: this user's, traversable by sessions' users but not listable, so a
+/// session reaches its own work dir and cannot find the others.
+fn work_root(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let euid = nix::unistd::geteuid().as_raw();
+    let root =
+        explicit.unwrap_or_else(|| std::env::temp_dir().join(format!("cliscale-work-{euid}")));
+    match std::os::unix::fs::DirBuilderExt::mode(&mut std::fs::DirBuilder::new(), 0o700)
+        .create(&root)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("creating {}", root.display())),
+    }
+    // Never a symlink or someone else's: in a shared temp dir another user could have made it.
+    let meta = std::fs::symlink_metadata(&root)?;
+    if !meta.is_dir() || meta.uid() != euid {
+        anyhow::bail!("{} is not a directory of this user's; pass --work-dir", root.display());
+    }
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o711))?;
+    Ok(root)
+}
+
 /// The local executor's settings. Pure.
 fn local_config(
     args: &UpArgs,
     data_dir: &std::path::Path,
+    work_root: PathBuf,
     jwks_path: PathBuf,
     output: Option<OutputSink>,
 ) -> LocalConfig {
@@ -138,6 +217,8 @@ fn local_config(
         output,
         runner_bin: runner_bin(args.runner_bin.clone()),
         sessions_dir: data_dir.join("sessions"),
+        work_root,
+        isolation: isolation(args),
         jwks_path,
         grace_period: Duration::from_secs(10),
         allow_private_code_urls: args.allow_private_code_urls,
@@ -147,6 +228,7 @@ fn local_config(
 /// The REST API's settings; a session's linger is `--linger` unless it names one. Pure.
 fn api_config(args: &UpArgs) -> ApiConfig {
     ApiConfig {
+        admin_only: isolation(args).admin_only().map(str::to_owned),
         public_url: args.public_url.clone(),
         token_ttl: args.token_ttl,
         issuer: "cliscale".into(),
@@ -172,8 +254,9 @@ fn runner_bin(explicit: Option<PathBuf>) -> PathBuf {
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     cliscale_core::tls::install_crypto_provider();
     let data_dir = args.data_dir.clone().unwrap_or_else(default_data_dir);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    secure_data_dir(&data_dir, args.database_url.is_none())
+        .with_context(|| format!("making {} private", data_dir.display()))?;
+    let work_root = work_root(args.work_dir.clone())?;
     let database_url = args
         .database_url
         .clone()
@@ -185,7 +268,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         KeyRing::from_files(&args.signing_key_file)?
     });
     let jwks_path = data_dir.join("jwks.json");
-    std::fs::write(&jwks_path, keys.jwks()).context("writing the runners' JWKS")?;
+    std::io::Write::write_all(
+        &mut cliscale_api::local::private_file(&jwks_path)?,
+        keys.jwks().as_bytes(),
+    )
+    .context("writing the runners' JWKS")?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -203,8 +290,18 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Runners append their output to this process' own API.
     let sink =
         OutputSink { url: local_base.clone(), keys: keys.clone(), issuer: "cliscale".into() };
-    let executor =
-        LocalExecutor::new(local_config(&args, &data_dir, jwks_path, Some(sink)), store.clone());
+    let executor = LocalExecutor::new(
+        local_config(&args, &data_dir, work_root, jwks_path, Some(sink)),
+        store.clone(),
+    );
+    let isolation = isolation(&args);
+    match isolation.admin_only() {
+        None => tracing::info!(?isolation, "each session runs as a user of its own"),
+        Some(why) => {
+            tracing::warn!(why, "single-tenant: only admin keys are accepted");
+            println!("single-tenant: only admin keys are accepted ({why})");
+        }
+    }
     let lost = executor.recover().await?;
     if lost > 0 {
         tracing::warn!(lost, "sessions whose runner died with the previous process are now Lost");
@@ -233,8 +330,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         reissuer: Some(Arc::new(KeyRingIssuer { keys: keys.clone(), ttl: RECONNECT_TOKEN_TTL })),
         archive: Some(Arc::new(StoreArchive::new(store.clone()))),
         config: args.gateway.config(),
+        keys: Some(Arc::new(StoreKeys(store.clone()))),
+        key_watch: Default::default(),
         metrics: Default::default(),
     });
+    gateway.watch_keys();
     let streams = api.shutdown.clone();
     let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api));
 

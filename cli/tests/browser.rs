@@ -672,7 +672,7 @@ fn signed_token(
     let mut claims = cliscale_core::token::new_claims(
         "cliscale",
         cliscale_core::token::TERMINAL_AUDIENCE,
-        "test",
+        cliscale_testkit::stack::ADMIN_KEY_ID,
         sid,
         scope,
         300,

@@ -22,7 +22,7 @@ use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
 use cliscale_testkit::fake_kube::FakeApi;
 use cliscale_testkit::fixtures;
-use cliscale_wiring::backends::{StoreArchive, StoreLedger};
+use cliscale_wiring::backends::{StoreArchive, StoreKeys, StoreLedger};
 use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -89,8 +89,11 @@ impl Cluster {
             reissuer: None,
             archive: Some(Arc::new(StoreArchive::new(store.clone()))),
             config: GatewayConfig { ready_wait: Duration::from_secs(20), ..Default::default() },
+            keys: Some(Arc::new(StoreKeys(store.clone()))),
+            key_watch: Default::default(),
             metrics: Default::default(),
         });
+        gateway.watch_keys();
         let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api_state));
         tokio::spawn(async move {
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())

@@ -29,7 +29,7 @@ fn token(key: &cliscale_core::token::SessionSigningKey, sid: &str) -> String {
     let claims = cliscale_core::token::new_claims(
         "cliscale",
         cliscale_core::token::TERMINAL_AUDIENCE,
-        "test",
+        cliscale_testkit::stack::ADMIN_KEY_ID,
         sid,
         cliscale_core::token::TokenScope::View,
         300,
@@ -218,11 +218,11 @@ async fn finished_sessions_are_deleted_after_their_ttl() {
 async fn stopping_cliscale_up_sends_sigterm_to_its_runners() {
     let mut stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
     let created = stack
-        .create(ADMIN_KEY, json!({"command": "trap '' HUP; trap 'echo got-sigterm > ../stopped; exit 0' TERM; echo up; while :; do sleep 0.1; done"}))
+        .create(ADMIN_KEY, json!({"command": "trap '' HUP; trap 'echo got-sigterm > stopped; exit 0' TERM; echo up; while :; do sleep 0.1; done"}))
         .await;
     let sid = created["sessionId"].as_str().unwrap().to_owned();
     stack.wait_for_phase(&sid, "Running").await;
-    let marker = stack.data.path().join("sessions").join(&sid).join("stopped");
+    let marker = stack.work.path().join(&sid).join("stopped");
     std::process::Command::new("kill")
         .args(["-INT", &stack.child.id().to_string()])
         .status()

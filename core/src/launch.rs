@@ -30,6 +30,19 @@ pub const TERMINATION_LOG: &str = "CLISCALE_RUNNER_TERMINATION_LOG";
 pub const OUTPUT_URL: &str = "CLISCALE_RUNNER_OUTPUT_URL";
 pub const OUTPUT_TOKEN: &str = "CLISCALE_RUNNER_OUTPUT_TOKEN";
 pub const MASK_ENV: &str = "CLISCALE_RUNNER_MASK_ENV";
+pub const COMMAND_UID: &str = "CLISCALE_RUNNER_COMMAND_UID";
+pub const COMMAND_GID: &str = "CLISCALE_RUNNER_COMMAND_GID";
+pub const LIFELINE_FD: &str = "CLISCALE_RUNNER_LIFELINE_FD";
+
+/// Prefix under which the session's own variables reach the runner. The runner gives each to
+/// the command and the install step without the prefix, and never uses them itself: a request
+/// naming `LD_PRELOAD` or `HTTPS_PROXY` changes the command's world, not the runner's fetches.
+pub const COMMAND_ENV_PREFIX: &str = "CLISCALE_ENV_";
+
+/// The runner's name for the session variable `name`. Pure.
+pub fn command_env_name(name: &str) -> String {
+    format!("{COMMAND_ENV_PREFIX}{name}")
+}
 
 /// The terminal type commands see, and recordings name.
 pub const DEFAULT_TERM: &str = "xterm-256color";
@@ -66,6 +79,12 @@ pub struct RunnerLaunch {
     pub output_token: Option<String>,
     /// Names of the command's environment variables whose values are masked in the output.
     pub mask_env: Vec<String>,
+    /// The user and group the install step and the command run as (the runner must be root).
+    pub command_uid: Option<u32>,
+    pub command_gid: Option<u32>,
+    /// A pipe's read end whose writer is the launcher: when it closes, the launcher is gone and
+    /// the runner stops the session.
+    pub lifeline_fd: Option<i32>,
 }
 
 impl RunnerLaunch {
@@ -123,6 +142,9 @@ impl RunnerLaunch {
             (OUTPUT_URL, self.output_url.clone()),
             (OUTPUT_TOKEN, self.output_token.clone()),
             (MASK_ENV, (!self.mask_env.is_empty()).then(|| self.mask_env.join(","))),
+            (COMMAND_UID, self.command_uid.map(|id| id.to_string())),
+            (COMMAND_GID, self.command_gid.map(|id| id.to_string())),
+            (LIFELINE_FD, self.lifeline_fd.map(|fd| fd.to_string())),
         ];
         env.extend(optional.into_iter().filter_map(|(k, v)| Some((k, v?))));
         env

@@ -151,16 +151,20 @@ pub enum CloseCode {
     KeepaliveTimeout,
     /// The client could not take output fast enough.
     TooSlow,
+    /// The API key the token was minted for was revoked, deleted or demoted: the terminal ends
+    /// and its reconnect token opens nothing.
+    AccessRevoked,
 }
 
 impl CloseCode {
-    pub const ALL: [CloseCode; 6] = [
+    pub const ALL: [CloseCode; 7] = [
         Self::SessionEnded,
         Self::GoingAway,
         Self::MessageTooBig,
         Self::RunnerLost,
         Self::KeepaliveTimeout,
         Self::TooSlow,
+        Self::AccessRevoked,
     ];
 
     pub fn code(self) -> u16 {
@@ -171,6 +175,7 @@ impl CloseCode {
             Self::RunnerLost => 1011,
             Self::KeepaliveTimeout => 4000,
             Self::TooSlow => 4008,
+            Self::AccessRevoked => 4401,
         }
     }
 
@@ -183,6 +188,7 @@ impl CloseCode {
             Self::RunnerLost => "runner connection lost",
             Self::KeepaliveTimeout => "keepalive timeout",
             Self::TooSlow => "client too slow",
+            Self::AccessRevoked => "access revoked",
         }
     }
 

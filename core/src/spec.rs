@@ -216,6 +216,18 @@ impl SessionSpec {
         if self.prompt.as_ref().is_some_and(|p| p.len() > MAX_PROMPT_LEN) {
             return Err(too_long("prompt", MAX_PROMPT_LEN));
         }
+        // The OS carries these as C strings: a NUL would cut them short or fail the launch after
+        // the session exists, so it is refused here.
+        let texts =
+            [("command", Some(&self.command)), ("install_cmd", self.install_command.as_ref())]
+                .into_iter()
+                .chain([("prompt", self.prompt.as_ref())])
+                .chain(self.env.iter().map(|e| ("env", Some(&e.value))));
+        if let Some((field, _)) =
+            texts.into_iter().find(|(_, v)| v.is_some_and(|v| v.contains('\0')))
+        {
+            return Err(refuse("invalid_field", format!("{field} must not contain a NUL byte")));
+        }
         if let Some(code) = &self.code {
             if code.url.len() > MAX_URL_LEN {
                 return Err(too_long("code_url", MAX_URL_LEN));

@@ -8,6 +8,7 @@ pub mod assets;
 pub mod cluster;
 pub mod jwks;
 mod proxy;
+pub mod standing;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 pub use jwks::{JwksCache, JwksSource};
+pub use standing::{KeyDirectory, KeyStanding, KeyWatch};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -87,6 +89,9 @@ pub struct GatewayConfig {
     pub stall_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_message: usize,
+    /// How often the keys holding open terminals are checked: a revoked or demoted key's
+    /// terminals end within about this long.
+    pub key_check_interval: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -97,6 +102,7 @@ impl Default for GatewayConfig {
             stall_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             max_message: 1024 * 1024,
+            key_check_interval: Duration::from_secs(2),
         }
     }
 }
@@ -169,8 +175,25 @@ pub struct Gateway {
     /// Where a finished session's output is replayed from; without it such a link is refused
     /// with 410.
     pub archive: Option<Arc<dyn OutputArchive>>,
+    /// Where tokens' keys are checked (the API's keys). Without it a token is good for its
+    /// whole lifetime, whatever becomes of its key.
+    pub keys: Option<Arc<dyn KeyDirectory>>,
+    pub key_watch: Arc<KeyWatch>,
     pub config: GatewayConfig,
     pub metrics: GatewayMetrics,
+}
+
+impl Gateway {
+    /// Starts checking the keys of open terminals, until shutdown. Call once, in a runtime.
+    pub fn watch_keys(&self) {
+        if let Some(directory) = &self.keys {
+            tokio::spawn(self.key_watch.clone().run(
+                directory.clone(),
+                self.config.key_check_interval,
+                self.shutdown.clone(),
+            ));
+        }
+    }
 }
 
 /// The gateway's routes: `/t/{sid}` (page), `/t/{sid}/check` (why a link does not open),

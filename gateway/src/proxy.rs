@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use cliscale_core::protocol::{
     AttachMode, CloseCode, ErrorBody, ServerMessage, SessionStatus, credential,
 };
-use cliscale_core::token::{SessionClaims, TokenError};
+use cliscale_core::token::{SessionClaims, TokenError, TokenScope};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
 
@@ -118,6 +118,7 @@ pub async fn ws_entry(
         }
         Ok(Admitted::Live { claims, upstream, read_only }) => {
             let reconnect = gateway.reissuer.as_ref().and_then(|r| r.issue(&claims));
+            let key = (claims.sub.clone(), used_scope(&claims, read_only));
             upgrade
                 .max_message_size(gateway.config.max_message)
                 // Refuse an oversize frame at its header, not after buffering it (16 MiB by
@@ -125,7 +126,9 @@ pub async fn ws_entry(
                 .max_frame_size(gateway.config.max_message)
                 .read_buffer_size(4 * 1024)
                 .write_buffer_size(0)
-                .on_upgrade(move |client| relay(gateway, client, *upstream, read_only, reconnect))
+                .on_upgrade(move |client| {
+                    relay(gateway, client, *upstream, read_only, reconnect, key)
+                })
         }
         Err(refusal) => refusal.into_response(&gateway),
     }
@@ -159,6 +162,9 @@ pub async fn check(
         }
         Err(ResolveError::NotReady) | Ok(_) => {}
     }
+    if let Err(refusal) = key_stands(&gateway, &claims, claims.scope == TokenScope::View).await {
+        return refusal.into_body(None);
+    }
     match gateway.ledger.is_used(&claims.jti).await {
         Ok(true) => Refusal::replayed().into_body(None),
         Ok(false) => {
@@ -168,6 +174,33 @@ pub async fn check(
         Err(m) => {
             Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m).into_body(None)
         }
+    }
+}
+
+/// The scope a connection uses: a read-only one only watches, whatever its token allows. Pure.
+fn used_scope(claims: &SessionClaims, read_only: bool) -> TokenScope {
+    if read_only { TokenScope::View } else { claims.scope }
+}
+
+/// Refuses a token whose key was revoked, deleted or demoted below what the connection does.
+async fn key_stands(
+    gateway: &Gateway,
+    claims: &SessionClaims,
+    read_only: bool,
+) -> Result<(), Refusal> {
+    let Some(keys) = &gateway.keys else { return Ok(()) };
+    let standing = keys
+        .standing(&claims.sub)
+        .await
+        .map_err(|m| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "keys_unavailable", m))?;
+    if standing.allows(used_scope(claims, read_only)) {
+        Ok(())
+    } else {
+        Err(Refusal::new(
+            StatusCode::UNAUTHORIZED,
+            "key_revoked",
+            "the API key this token was made for was revoked, or may no longer do this",
+        ))
     }
 }
 
@@ -201,8 +234,8 @@ enum Admitted {
     },
 }
 
-/// Every check, in order: mode, token, runner, JTI (last, so a refusal never burns a token),
-/// upstream.
+/// Every check, in order: mode, token, runner, upstream, JTI (last, so no refusal of the
+/// gateway's burns a token). The runner keeps its own record of used tokens.
 async fn admit(
     gateway: &Gateway,
     sid: &str,
@@ -228,15 +261,16 @@ async fn admit(
         (Err(_), true) => String::new(),
         (Err(e), false) => return Err(unresolved_refusal(e, sid, wait)),
     };
-    let first = gateway
-        .ledger
-        .consume(&claims.jti, claims.exp as i64)
-        .await
-        .map_err(|m| Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m))?;
-    if !first {
-        return Err(Refusal::replayed());
-    }
+    key_stands(gateway, &claims, read_only).await?;
+    let consume = || async {
+        let first =
+            gateway.ledger.consume(&claims.jti, claims.exp as i64).await.map_err(|m| {
+                Refusal::new(StatusCode::SERVICE_UNAVAILABLE, "ledger_unavailable", m)
+            })?;
+        if first { Ok(()) } else { Err(Refusal::replayed()) }
+    };
     if let Some((archive, status)) = archived {
+        consume().await?;
         return Ok(Admitted::Archived { claims, archive, status });
     }
     let url = runner_url(&addr, query.since.unwrap_or(0), read_only);
@@ -259,13 +293,14 @@ async fn admit(
         .write_buffer_size(0)
         .max_message_size(Some(gateway.config.max_message.max(MAX_RUNNER_FRAME)));
     let connect = tokio_tungstenite::connect_async_with_config(request, Some(config), true);
-    match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
-        Ok(Ok((upstream, _))) => {
-            Ok(Admitted::Live { claims, upstream: Box::new(upstream), read_only })
-        }
-        Ok(Err(e)) => Err(upstream_refusal(Some(e))),
-        Err(_) => Err(upstream_refusal(None)),
-    }
+    let upstream = match tokio::time::timeout(gateway.config.connect_timeout, connect).await {
+        Ok(Ok((upstream, _))) => upstream,
+        Ok(Err(e)) => return Err(upstream_refusal(Some(e))),
+        Err(_) => return Err(upstream_refusal(None)),
+    };
+    // Only a connection that stands uses the token up here (the runner has used its own copy).
+    consume().await?;
+    Ok(Admitted::Live { claims, upstream: Box::new(upstream), read_only })
 }
 
 /// The runner's WebSocket URL for a client that resumes at `since`. Pure.
@@ -301,6 +336,20 @@ fn upstream_refusal(error: Option<tungstenite::Error>) -> Refusal {
     match error {
         Some(tungstenite::Error::Http(response)) => {
             let body = response.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            // The runner's refusals of the client's own mistakes pass through as they are.
+            let code = serde_json::from_str::<serde_json::Value>(&body).ok();
+            match code.as_ref().and_then(|v| v["error"].as_str()) {
+                Some("token_replayed") => return Refusal::replayed(),
+                Some("since_beyond_end") => {
+                    let message = code.as_ref().and_then(|v| v["message"].as_str());
+                    return Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        "since_beyond_end",
+                        message.unwrap_or("since is past the end of the log"),
+                    );
+                }
+                _ => {}
+            }
             Refusal::new(
                 StatusCode::BAD_GATEWAY,
                 "runner_refused",
@@ -545,9 +594,13 @@ async fn relay(
     upstream: Upstream,
     read_only: bool,
     reconnect: Option<String>,
+    (key, scope): (String, TokenScope),
 ) {
     gateway.metrics.accepted.inc();
     gateway.metrics.connections.inc();
+    let _live = gateway.key_watch.hold(&key);
+    let mut fallen = gateway.key_watch.subscribe();
+    let mut watching_keys = true;
     let (mut client_tx, mut client_rx) = client.split();
     let (mut up_tx, mut up_rx) = upstream.split();
     if let Some(token) = reconnect {
@@ -634,6 +687,22 @@ async fn relay(
                         break;
                     }
                 }
+            }
+            changed = fallen.changed(), if watching_keys => {
+                if changed.is_err() {
+                    watching_keys = false;
+                    continue;
+                }
+                if !crate::standing::must_end(&fallen.borrow_and_update(), &key, scope) {
+                    continue;
+                }
+                let revoked = CodeLabel { code: "key_revoked" };
+                gateway.metrics.dropped.get_or_create(&revoked).inc();
+                tracing::info!("ended a terminal whose API key fell");
+                let _ = up_tx.send(tungstenite::Message::Close(None)).await;
+                let frame = close(CloseCode::AccessRevoked);
+                say_goodbye(&mut client_tx, &mut client_rx, frame, Duration::from_secs(1)).await;
+                break;
             }
             _ = gateway.shutdown.cancelled() => {
                 let _ = up_tx.send(tungstenite::Message::Close(None)).await;

@@ -120,18 +120,24 @@ fn timeout_of(session: &CommandSession, config: &OperatorConfig) -> Option<u32> 
     session.spec.session.timeout_seconds.or(config.default_timeout_seconds)
 }
 
-/// The runner container's environment: the launch settings, then the user's variables, which
-/// may not override them (CLISCALE_* is refused). Secrets arrive only as Secret key references.
+/// The runner container's environment: the launch settings, then the user's variables under
+/// the command prefix, so they reach the command and never the runner's own process (a request
+/// naming `LD_PRELOAD` changes nothing of the runner's). Secrets arrive only as Secret key
+/// references.
 fn container_env(session: &CommandSession, config: &OperatorConfig) -> Vec<EnvVar> {
     let spec = &session.spec.session;
     let mut env_vars: Vec<EnvVar> =
         runner_launch(session, config).env().into_iter().map(|(k, v)| env(k, v)).collect();
     env_vars.push(env("HOME", "/home/runner"));
     let ours = |name: &str| name.starts_with(RESERVED_ENV_PREFIX);
-    env_vars
-        .extend(spec.env.iter().filter(|e| !ours(&e.name)).map(|e| env(&e.name, e.value.clone())));
+    env_vars.extend(
+        spec.env
+            .iter()
+            .filter(|e| !ours(&e.name))
+            .map(|e| env(&launch::command_env_name(&e.name), e.value.clone())),
+    );
     env_vars.extend(spec.env_from_secrets.iter().filter(|e| !ours(&e.name)).map(|e| EnvVar {
-        name: e.name.clone(),
+        name: launch::command_env_name(&e.name),
         value_from: Some(EnvVarSource {
             secret_key_ref: Some(SecretKeySelector {
                 name: e.secret_name.clone(),
@@ -397,7 +403,13 @@ mod tests {
         });
         let job = desired_job(&cs, &OperatorConfig::default());
         let env = env_of(&job);
-        let secret = env.iter().find(|e| e.name == "API_TOKEN").unwrap();
+        let secret = env.iter().find(|e| e.name == "CLISCALE_ENV_API_TOKEN").unwrap();
+        assert!(
+            !env.iter().any(|e| e.name == "API_TOKEN" || e.name == "MODE"),
+            "only under the prefix"
+        );
+        let mode = env.iter().find(|e| e.name == "CLISCALE_ENV_MODE").unwrap();
+        assert_eq!(mode.value.as_deref(), Some("ci"));
         assert!(secret.value.is_none());
         let key = secret.value_from.as_ref().unwrap().secret_key_ref.as_ref().unwrap();
         assert_eq!((key.name.as_str(), key.key.as_str()), ("agent-keys", "token"));

@@ -160,6 +160,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 linger_secs: args.session_linger_seconds,
             },
             output_cap_bytes: args.output_cap_bytes,
+            // Each session has a pod of its own.
+            admin_only: None,
         },
     );
     // Open output streams end when the process stops, or they would hold its shutdown open.

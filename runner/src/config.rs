@@ -132,7 +132,6 @@ pub struct RunnerArgs {
     /// which the kubelet copies into the pod's status for the operator.
     #[arg(long, env = launch::TERMINATION_LOG)]
     pub termination_log: Option<PathBuf>,
-    /// Log format of the runner's own logs (on stderr): json or text.
     /// Base URL of the API whose output store keeps the session's log (unset: not stored).
     #[arg(long, env = launch::OUTPUT_URL)]
     pub output_url: Option<Url>,
@@ -148,8 +147,21 @@ pub struct RunnerArgs {
     /// Names of environment variables whose values are masked in the output.
     #[arg(long, env = launch::MASK_ENV, value_delimiter = ',')]
     pub mask_env: Vec<String>,
+    /// Log format of the runner's own logs (on stderr): json or text.
     #[arg(long, env = launch::LOG_FORMAT, default_value = "json")]
     pub log_format: String,
+    /// Run the install step and the command as this user (the runner must run as root). The
+    /// work dir becomes theirs; the runner's own files, memory and credentials stay out of
+    /// their reach (docs/security.md).
+    #[arg(long, env = launch::COMMAND_UID, requires = "command_gid")]
+    pub command_uid: Option<u32>,
+    /// The group the install step and the command run as; goes with --command-uid.
+    #[arg(long, env = launch::COMMAND_GID, requires = "command_uid")]
+    pub command_gid: Option<u32>,
+    /// A pipe's read end (inherited descriptor) held open by whoever launched the runner: when
+    /// it closes, the launcher is gone and the session stops as if cancelled.
+    #[arg(long, env = launch::LIFELINE_FD)]
+    pub lifeline_fd: Option<i32>,
 }
 
 /// Validated configuration.
@@ -189,6 +201,12 @@ impl RunnerConfig {
                 "output batch must be 4096 to {} bytes",
                 cliscale_core::output::MAX_APPEND_BYTES
             ));
+        }
+        if args.command_uid.is_some() && !nix::unistd::geteuid().is_root() {
+            return bad("--command-uid needs the runner to run as root".into());
+        }
+        if args.command_uid == Some(0) || args.command_gid == Some(0) {
+            return bad("--command-uid and --command-gid must not be root's".into());
         }
         if !matches!(args.log_format.as_str(), "json" | "text") {
             return bad(format!("log format {:?} is not json or text", args.log_format));

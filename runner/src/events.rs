@@ -24,21 +24,7 @@ impl EventSink {
     pub fn open(events_fd: Option<i32>, termination_log: Option<PathBuf>) -> Result<Self> {
         let pipe = match events_fd {
             None => None,
-            Some(fd) if fd <= 2 => {
-                return Err(RunnerError::Config(format!(
-                    "events fd {fd} is a standard stream; pass a descriptor of 3 or more"
-                )));
-            }
-            Some(fd) => {
-                // SAFETY: the descriptor is only borrowed until it is known to be open; then this
-                // is its one owner (the launcher handed it over for exactly this).
-                let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-                fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| {
-                    RunnerError::Config(format!("events fd {fd} is not an open descriptor: {e}"))
-                })?;
-                // SAFETY: as above: open, and owned by nothing else in this process.
-                Some(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
-            }
+            Some(fd) => Some(File::from(take_inherited_fd(fd, "events")?)),
         };
         Ok(Self { pipe, termination_log })
     }
@@ -57,4 +43,22 @@ impl EventSink {
             tracing::warn!(%error, path = %path.display(), "could not write the termination message");
         }
     }
+}
+
+/// Takes ownership of descriptor `fd`, handed over by the launcher, and marks it close-on-exec
+/// at once so no child inherits it. Call before anything is spawned.
+pub fn take_inherited_fd(fd: i32, what: &str) -> Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(RunnerError::Config(format!(
+            "{what} fd {fd} is a standard stream; pass a descriptor of 3 or more"
+        )));
+    }
+    // SAFETY: the descriptor is only borrowed until it is known to be open; then this is its one
+    // owner (the launcher handed it over for exactly this).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| {
+        RunnerError::Config(format!("{what} fd {fd} is not an open descriptor: {e}"))
+    })?;
+    // SAFETY: as above: open, and owned by nothing else in this process.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

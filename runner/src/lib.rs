@@ -16,5 +16,6 @@ pub mod server;
 pub mod session;
 pub mod source;
 pub mod upload;
+pub mod user;
 
 pub use error::{RunnerError, exit_code};

@@ -1,7 +1,7 @@
 use clap::Parser;
 use cliscale_runner::config::{RunnerArgs, RunnerConfig};
 use cliscale_runner::error::RunnerError;
-use cliscale_runner::events::EventSink;
+use cliscale_runner::events::{EventSink, take_inherited_fd};
 use cliscale_runner::exit_code;
 
 fn main() {
@@ -13,12 +13,21 @@ fn main() {
             std::process::exit(code);
         }
     };
+    // Before anything else: a non-dumpable process' memory, environment and descriptors under
+    // /proc, and ptrace, are closed to every process without CAP_SYS_PTRACE, the command
+    // included even when it runs as the runner's own user (a pod). Its children are dumpable
+    // again once they exec.
+    let _ = nix::sys::prctl::set_dumpable(false);
     init_tracing(&args.log_format);
     cliscale_core::tls::install_crypto_provider();
     // First, before anything can be spawned: the event channel is never inherited.
     let mut events = match EventSink::open(args.events_fd, args.termination_log.clone()) {
         Ok(events) => events,
         Err(e) => fail(&mut EventSink::default(), e),
+    };
+    let lifeline = match args.lifeline_fd.map(|fd| take_inherited_fd(fd, "lifeline")).transpose() {
+        Ok(lifeline) => lifeline,
+        Err(e) => fail(&mut events, e),
     };
     let config = match RunnerConfig::from_args(args) {
         Ok(config) => config,
@@ -31,8 +40,14 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fail(&mut events, RunnerError::io("cannot start the async runtime", e)),
     };
-    let code = runtime.block_on(cliscale_runner::session::run(config, events));
-    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    // A panic ends the runner (dropping the runtime on the way out could wait forever on the
+    // uploader's thread); whoever launched it then sees an exit without a final event.
+    let session = cliscale_runner::session::run(config, events, lifeline);
+    let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(session)))
+        .unwrap_or(cliscale_runner::exit_code::RUNNER_FAILED);
+    // The session has waited, with limits, for all it needs (the output store, the tee). The
+    // runtime is not dropped: what is left, such as an uploader retrying an API that is gone,
+    // would hold up the exit.
     std::process::exit(code);
 }
 
@@ -45,7 +60,12 @@ fn fail(events: &mut EventSink, error: RunnerError) -> ! {
 fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CLISCALE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A launcher that is gone leaves stderr a broken pipe: its logs are then lost, and writing
+    // them must not panic (the default reports a failed write with `eprintln!`, which does).
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     if format == "text" {
         builder.init();
     } else {

@@ -97,6 +97,8 @@ pub struct CommandSpec {
     pub env: Vec<(String, String)>,
     /// Variables of the runner's own that the command must not inherit.
     pub env_remove: Vec<String>,
+    /// The command's own user, when it is not the runner's.
+    pub user: Option<crate::user::SessionUser>,
     pub cols: u16,
     pub rows: u16,
 }
@@ -127,6 +129,17 @@ pub fn spawn(spec: &CommandSpec, log: Arc<OutputLog>) -> Result<PtyProcess> {
         cmd = cmd.env_remove(key);
     }
     cmd = cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str()))).current_dir(&spec.dir);
+    if let Some(user) = spec.user {
+        // The terminal is the command's, as login makes it: programs that reopen it (ssh, sudo
+        // prompts, `tty`) then can.
+        nix::unistd::fchown(
+            &pts,
+            Some(nix::unistd::Uid::from_raw(user.uid)),
+            Some(nix::unistd::Gid::from_raw(user.gid)),
+        )
+        .map_err(|e| RunnerError::Spawn(format!("handing the terminal over: {e}")))?;
+        cmd = cmd.uid(user.uid).gid(user.gid);
+    }
     let child = cmd.spawn(pts).map_err(spawn_err)?;
     let id = child.id().ok_or_else(|| RunnerError::Spawn("no pid".into()))?;
     let managed = crate::reaper::Managed::new(id);

@@ -58,6 +58,30 @@ pub struct Shared {
     pub shutdown: CancellationToken,
     /// Tracks live connections so the runner can let them say goodbye before exiting.
     pub connections: TaskTracker,
+    /// Token ids already used here: a token opens one connection at the runner too, whoever
+    /// presents it (the gateway, or someone who reached the runner's port directly).
+    pub spent: std::sync::Mutex<SpentTokens>,
+}
+
+/// The ids of tokens used at this runner, each kept until its token expires.
+#[derive(Debug, Default)]
+pub struct SpentTokens {
+    expiries: std::collections::HashMap<String, u64>,
+}
+
+impl SpentTokens {
+    /// Records `jti` (valid until `exp`, seconds) as used at `now`; false when it already was.
+    /// Expired ids are forgotten: their tokens are refused as expired anyway. Pure.
+    pub fn spend(&mut self, jti: &str, exp: u64, now: u64) -> bool {
+        if self.expiries.len() >= 1024 {
+            self.expiries.retain(|_, e| *e >= now);
+        }
+        if self.expiries.contains_key(jti) {
+            return false;
+        }
+        self.expiries.insert(jti.to_owned(), exp);
+        true
+    }
 }
 
 impl Shared {
@@ -157,6 +181,18 @@ fn authorize(
             status: StatusCode::BAD_REQUEST,
             code: "since_beyond_end",
             message: format!("since={since} is past the end of the log ({end})"),
+        });
+    }
+    // Last, so a refusal never uses the token up.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if !shared.spent.lock().expect("spent tokens lock").spend(&claims.jti, claims.exp, now) {
+        shared.metrics.auth_failures.get_or_create(&ReasonLabel { reason: "token_replayed" }).inc();
+        return Err(HttpError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "token_replayed",
+            message: "this token has already been used".into(),
         });
     }
     Ok((read_only, since))
@@ -572,5 +608,25 @@ async fn next_sse_event(st: &mut SseState) -> Option<Event> {
             }
             _ = st.shared.shutdown.cancelled() => st.cursor.shut_down(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SpentTokens;
+
+    #[test]
+    fn a_token_is_spent_once_and_forgotten_after_it_expires() {
+        let mut spent = SpentTokens::default();
+        assert!(spent.spend("a", 100, 10));
+        assert!(!spent.spend("a", 100, 11), "a second use is refused");
+        assert!(spent.spend("b", 100, 11));
+        for i in 0..1100 {
+            assert!(spent.spend(&format!("old-{i}"), 50, 20));
+        }
+        // Past 1024 ids the expired ones go; the live ones stay spent.
+        assert!(spent.spend("c", 200, 60));
+        assert!(spent.expiries.len() < 1024, "{}", spent.expiries.len());
+        assert!(!spent.spend("a", 100, 60));
     }
 }

@@ -28,28 +28,70 @@ use crate::reaper;
 use crate::server::{self, Shared};
 use crate::source::{self, progress};
 use crate::upload::{UploadTarget, Uploader};
+use crate::user::SessionUser;
+use cliscale_core::launch::{COMMAND_ENV_PREFIX, command_env_name};
 use cliscale_core::output::{STATUS_TAIL_BYTES, tail_text};
 
 /// Longest wait for the PTY's last bytes after the command exits (background processes may
 /// hold the terminal open).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// SIGTERM and SIGINT, the two ways a runner is asked to stop.
+/// SIGTERM, SIGINT and the launcher's end: the ways a runner is told to stop.
 struct StopSignals {
     term: Signal,
     int: Signal,
+    /// Reaches end of file when the launcher holding its other end is gone, however it died.
+    lifeline: Option<tokio::net::unix::pipe::Receiver>,
+    orphaned: bool,
 }
 
 impl StopSignals {
-    fn new() -> std::io::Result<Self> {
-        Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    fn new(lifeline: Option<std::os::fd::OwnedFd>) -> std::io::Result<Self> {
+        let lifeline = lifeline.map(tokio::net::unix::pipe::Receiver::from_owned_fd).transpose()?;
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            lifeline,
+            orphaned: false,
+        })
     }
 
-    /// Waits for either; returns its number.
+    /// Waits for either signal, or the launcher's end (reported as SIGTERM); returns its number.
     async fn recv(&mut self) -> i32 {
+        if self.orphaned {
+            return libc_signal::SIGTERM;
+        }
+        let launcher_gone = async {
+            match &self.lifeline {
+                Some(pipe) => launcher_gone(pipe).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = self.term.recv() => libc_signal::SIGTERM,
             _ = self.int.recv() => libc_signal::SIGINT,
+            _ = launcher_gone => {
+                tracing::warn!("the launcher is gone; stopping the session");
+                self.orphaned = true;
+                libc_signal::SIGTERM
+            }
+        }
+    }
+}
+
+/// Resolves at end of file (or an error) on the lifeline: every writer has closed it.
+async fn launcher_gone(pipe: &tokio::net::unix::pipe::Receiver) {
+    let mut buf = [0u8; 64];
+    loop {
+        if pipe.readable().await.is_err() {
+            return;
+        }
+        match pipe.try_read(&mut buf) {
+            Ok(0) => return,
+            // Nothing is meant to be written; whatever is, is ignored.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
         }
     }
 }
@@ -69,7 +111,11 @@ pub fn could_not_start(events: &mut EventSink, error: RunnerError) -> i32 {
 }
 
 /// Runs the session to the end, reporting it on `events`, and returns the runner's exit code.
-pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
+pub async fn run(
+    config: RunnerConfig,
+    mut events: EventSink,
+    lifeline: Option<std::os::fd::OwnedFd>,
+) -> i32 {
     let args = &config.args;
     let audiences: Vec<&str> = args.token_audience.iter().map(String::as_str).collect();
     let verifier = match JwksVerifier::from_jwks_json(
@@ -83,7 +129,7 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
             return could_not_start(&mut events, error);
         }
     };
-    let mut signals = match StopSignals::new() {
+    let mut signals = match StopSignals::new(lifeline) {
         Ok(s) => s,
         Err(e) => {
             return could_not_start(&mut events, RunnerError::io("installing signal handlers", e));
@@ -92,7 +138,8 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
     // Before anything is spawned: every orphan of the session is ours to reap and to stop.
     reaper::become_subreaper();
     tokio::spawn(reaper::reap_orphans_forever());
-    let secrets: Vec<String> = args.mask_env.iter().filter_map(|n| std::env::var(n).ok()).collect();
+    let secrets: Vec<String> =
+        args.mask_env.iter().filter_map(|n| std::env::var(command_env_name(n)).ok()).collect();
     let masker = Masker::new(secrets.iter().map(|s| s.as_bytes()));
     let masking = masker.is_some();
     let log = Arc::new(OutputLog::with_masker(args.log_window_bytes, masker));
@@ -133,6 +180,7 @@ pub async fn run(config: RunnerConfig, mut events: EventSink) -> i32 {
         stall_timeout: args.client_stall_timeout,
         shutdown: CancellationToken::new(),
         connections: tokio_util::task::TaskTracker::new(),
+        spent: Default::default(),
     });
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -282,19 +330,13 @@ async fn drive(
     };
 
     let args = &config.args;
-    let mut env = vec![
-        ("TERM".to_string(), args.term.clone()),
-        ("COLORTERM".to_string(), "truecolor".to_string()),
-        ("CLISCALE_SESSION_ID".to_string(), args.session_id.clone()),
-    ];
-    if let Some(prompt) = &args.prompt {
-        env.push(("CLISCALE_PROMPT".to_string(), prompt.clone()));
-    }
+    let world = CommandWorld::new(config, &dir);
     let spec = CommandSpec {
         command: args.command.clone(),
         dir,
-        env,
-        env_remove: runner_env_vars(),
+        env: world.env,
+        env_remove: world.remove,
+        user: world.user,
         cols: args.cols,
         rows: args.rows,
     };
@@ -363,12 +405,60 @@ async fn drive(
     }
 }
 
-/// The runner's own configuration variables, which the command must not inherit.
-fn runner_env_vars() -> Vec<String> {
-    std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with(RUNNER_ENV_PREFIX))
-        .collect()
+/// What the install step and the command are given: their variables (the runner's own taken
+/// out, the session's put in) and, when set, their own user.
+struct CommandWorld {
+    env: Vec<(String, String)>,
+    remove: Vec<String>,
+    user: Option<SessionUser>,
+}
+
+impl CommandWorld {
+    fn new(config: &RunnerConfig, dir: &std::path::Path) -> Self {
+        let args = &config.args;
+        let user = SessionUser::from_args(args.command_uid, args.command_gid);
+        let (env, remove) = command_env(
+            std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))),
+            &args.term,
+            &args.session_id,
+            args.prompt.as_deref(),
+            user.map(|_| dir),
+        );
+        Self { env, remove, user }
+    }
+}
+
+/// The command's variables from the runner's: the runner's own (`CLISCALE_RUNNER_*`) and the
+/// session's prefixed ones are removed; the session's are set under their own names, last, so
+/// they win. A session with a user of its own gets its work dir as HOME. Pure.
+fn command_env(
+    runner_env: impl Iterator<Item = (String, std::ffi::OsString)>,
+    term: &str,
+    session_id: &str,
+    prompt: Option<&str>,
+    home: Option<&std::path::Path>,
+) -> (Vec<(String, String)>, Vec<String>) {
+    let mut env = vec![
+        ("TERM".to_string(), term.to_string()),
+        ("COLORTERM".to_string(), "truecolor".to_string()),
+        ("CLISCALE_SESSION_ID".to_string(), session_id.to_string()),
+    ];
+    if let Some(prompt) = prompt {
+        env.push(("CLISCALE_PROMPT".to_string(), prompt.to_string()));
+    }
+    if let Some(home) = home {
+        env.push(("HOME".to_string(), home.display().to_string()));
+    }
+    let mut remove = Vec::new();
+    for (key, value) in runner_env {
+        if let Some(name) = key.strip_prefix(COMMAND_ENV_PREFIX) {
+            env.push((name.to_string(), value.to_string_lossy().into_owned()));
+            remove.push(key);
+        } else if key.starts_with(RUNNER_ENV_PREFIX) {
+            remove.push(key);
+        }
+    }
+    (env, remove)
 }
 
 /// Fetches the code and runs the install command; returns the directory to run in.
@@ -382,15 +472,24 @@ async fn prepare(config: &RunnerConfig, log: &Arc<OutputLog>) -> Result<PathBuf>
             config.work_dir.clone()
         }
     };
+    let world = CommandWorld::new(config, &dir);
+    if let Some(user) = world.user {
+        let root = config.work_dir.clone();
+        tokio::task::spawn_blocking(move || user.give_tree(&root))
+            .await
+            .map_err(|e| RunnerError::Spawn(format!("handing the work dir over: {e}")))??;
+    }
     if let Some(install) = config.args.install_cmd.as_deref().filter(|c| !c.trim().is_empty()) {
         progress(log, &format!("installing: {install}"));
         let mut cmd = tokio::process::Command::new(pty::shell());
         cmd.arg("-c").arg(install).current_dir(&dir);
-        for key in runner_env_vars() {
+        for key in &world.remove {
             cmd.env_remove(key);
         }
-        if let Some(prompt) = &config.args.prompt {
-            cmd.env("CLISCALE_PROMPT", prompt);
+        cmd.envs(world.env.iter().map(|(k, v)| (k, v)));
+        if let Some(user) = world.user {
+            // std drops supplementary groups when root changes user.
+            cmd.uid(user.uid).gid(user.gid);
         }
         match run_logged(cmd, log, config.args.install_timeout).await {
             Outcome::Exited(status) if status.success() => {}

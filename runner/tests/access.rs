@@ -221,10 +221,14 @@ async fn server_sent_events_carry_the_same_log_and_resume_from_last_event_id() {
     assert_eq!(status["exitCode"], 5);
     assert_eq!(status["phase"], "Failed");
 
-    // EventSource reconnects with Last-Event-ID: it gets only what follows.
+    // A token opens one stream, as it opens one terminal.
+    let again =
+        client.get(format!("http://{}/events", r.addr)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(again.status(), 401);
+    // A reconnect with Last-Event-ID (and a fresh token) gets only what follows.
     let resume = client
         .get(format!("http://{}/events", r.addr))
-        .bearer_auth(&token)
+        .bearer_auth(r.keys.token(TokenScope::View))
         .header("Last-Event-ID", "4")
         .send()
         .await

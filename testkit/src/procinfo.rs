@@ -39,3 +39,18 @@ pub fn any_process_with_env(name: &str, value: &str) -> bool {
             .is_ok_and(|env| env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()))
     })
 }
+
+/// Pids of the processes carrying `CLISCALE_SESSION_ID=sid`, with their command names.
+pub fn session_processes(sid: &str) -> Vec<(i32, String)> {
+    let wanted = format!("CLISCALE_SESSION_ID={sid}");
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else { continue };
+        if env.split(|b| *b == 0).any(|kv| kv == wanted.as_bytes()) {
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            found.push((pid, comm.trim().to_owned()));
+        }
+    }
+    found
+}

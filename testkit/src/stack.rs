@@ -10,6 +10,8 @@ use futures_util::StreamExt;
 use tokio_tungstenite::tungstenite::Message;
 
 pub const ADMIN_KEY: &str = "csk_00000000000000aa_test-admin-secret-0123456789abcdefghij";
+/// The id of [`ADMIN_KEY`]: the subject of the tokens it mints.
+pub const ADMIN_KEY_ID: &str = "00000000000000aa";
 pub const HANG_GUARD: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub struct Stack {
     pub child: Child,
     pub base: String,
     pub data: tempfile::TempDir,
+    /// Where sessions' work dirs are made.
+    pub work: tempfile::TempDir,
     pub http: reqwest::Client,
     args: Vec<String>,
 }
@@ -72,10 +76,10 @@ impl Stack {
             args.push("--database-url".into());
             args.push(fresh_postgres().await?);
         }
-        Some(Self::launch(data, args))
+        Some(Self::launch(data, tempfile::tempdir().unwrap(), args))
     }
 
-    fn launch(data: tempfile::TempDir, mut args: Vec<String>) -> Stack {
+    fn launch(data: tempfile::TempDir, work: tempfile::TempDir, mut args: Vec<String>) -> Stack {
         cliscale_core::tls::install_crypto_provider();
         if !args.iter().any(|a| a == "--runner-bin") {
             args.push("--runner-bin".into());
@@ -85,6 +89,8 @@ impl Stack {
             .args(["up", "--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data.path())
+            .arg("--work-dir")
+            .arg(work.path())
             .args(&args)
             .env("CLISCALE_API_KEY", ADMIN_KEY)
             .env("CLISCALE_LOG", "warn")
@@ -102,7 +108,7 @@ impl Stack {
             }
         });
         let base = rx.recv_timeout(HANG_GUARD).expect("cliscale up did not start");
-        Stack { child, base, data, http: reqwest::Client::new(), args }
+        Stack { child, base, data, work, http: reqwest::Client::new(), args }
     }
 
     /// Stops this process abruptly (runners included) and starts again on the same data.
@@ -112,8 +118,9 @@ impl Stack {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
+        let work = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
         let args = std::mem::take(&mut self.args);
-        Self::launch(data, args)
+        Self::launch(data, work, args)
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -16,7 +16,9 @@ use cliscale_api::store::Store;
 use cliscale_gateway::cluster::ReflectorResolver;
 use cliscale_gateway::{Gateway, JwksCache, ReconnectIssuer};
 use cliscale_wiring::GatewayArgs;
-use cliscale_wiring::backends::{KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreLedger};
+use cliscale_wiring::backends::{
+    KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreKeys, StoreLedger,
+};
 
 #[derive(Parser)]
 #[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]
@@ -72,8 +74,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         reissuer,
         archive: Some(Arc::new(StoreArchive::new(store.clone()))),
         config: args.gateway.config(),
+        keys: Some(Arc::new(StoreKeys(store.clone()))),
+        key_watch: Default::default(),
         metrics: Default::default(),
     });
+    gateway.watch_keys();
     let metrics = gateway.clone();
     let app = cliscale_gateway::router(gateway)
         .route("/healthz", get(|| async { "ok" }))

@@ -241,6 +241,7 @@
     token_wrong_audience: ["This link is not a terminal link", "It was made for something else. " + NEW_LINK],
     token_wrong_issuer: ["This link is not valid here", "It was made by another server. " + NEW_LINK],
     token_wrong_session: ["This link is for another session", "It opens a different session than the one in the address. Use the link made for this session."],
+    key_revoked: ["Access to this session was withdrawn", "The API key this link was made for was revoked, or may no longer do this. Ask an administrator for access."],
     session_not_found: ["There is no such session", "No session " + sid + " exists here. It may have ended and been deleted after its time to live; list your sessions to find it."],
   };
   function notice(title, text) {
@@ -320,6 +321,8 @@
       if (ws === socket) ws = null;
       if (finished) { show("conn", "closed"); return; }
       if (!opened) { refused(); return; }
+      // 4401: the link's key was revoked or demoted; reconnecting would only be refused.
+      if (ev.code === 4401) { refused(); return; }
       if (ev.reason) show("note", ev.reason);
       scheduleReconnect();
     };
