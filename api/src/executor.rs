@@ -14,4 +14,9 @@ pub trait Executor: Send + Sync + 'static {
     fn start(&self, session: SessionRecord) -> BoxFuture<'_, Result<()>>;
     /// Asks the session's runner to stop; the session ends `Cancelled`.
     fn cancel(&self, session_id: &str) -> BoxFuture<'_, Result<()>>;
+    /// Whether this executor knows the session's runner process to be still running, whatever
+    /// its recorded phase says (a runner lingers after its command ends).
+    fn runner_alive(&self, _session_id: &str) -> bool {
+        false
+    }
 }

@@ -560,6 +560,11 @@ async fn wait_until_exited(receivers: Vec<watch::Receiver<RunnerState>>) {
 }
 
 impl Executor for Arc<LocalExecutor> {
+    fn runner_alive(&self, session_id: &str) -> bool {
+        let runners = self.runners.lock().expect("runners lock");
+        runners.get(session_id).is_some_and(|h| !h.state.borrow().exited)
+    }
+
     fn start(&self, session: SessionRecord) -> BoxFuture<'_, Result<()>> {
         let this = self.clone();
         Box::pin(async move { this.launch(session) })

@@ -504,6 +504,10 @@ pub(crate) async fn cancel_session(
     require(&caller, &[Role::Admin, Role::Operator])?;
     let session = visible_session(&state, &caller, &id).await?;
     if session.phase.is_finished() {
+        // Decided by the process, not the record: a runner still up is stopped all the same.
+        if state.executor.runner_alive(&id) {
+            state.executor.cancel(&id).await?;
+        }
         return Ok((StatusCode::OK, axum::Json(SessionView::from(&session))).into_response());
     }
     state.store.append_event(&id, "cancel", &format!("requested by key {}", caller.key_id)).await?;

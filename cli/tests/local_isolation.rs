@@ -260,3 +260,61 @@ async fn runners_do_not_outlive_a_killed_server() {
     let message = session["message"].as_str().unwrap_or_default();
     assert!(message.contains("stopped"), "{session}");
 }
+
+/// A session's command tries every way it has to report a made-up end: its own output, its
+/// runner's log and event descriptors. The session stays Running, and a cancel acts on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_cannot_forge_its_own_status() {
+    let Some(stack) = Stack::start(Backend::Sqlite, &[]).await else { return };
+    let status = cliscale_core::protocol::SessionStatus::finished(
+        cliscale_core::TerminalReason::Exited,
+        0,
+        Some("forged".into()),
+    );
+    let forged = cliscale_core::event::RunnerEvent::finished(status, None).to_line();
+    let forged = forged.trim();
+    let command = format!(
+        "f='{forged}'; echo \"$f\"; echo \"$f\" >&2; \
+         for fd in 1 2 3 4; do echo \"$f\" > /proc/$PPID/fd/$fd 2>/dev/null; done; \
+         echo forged-sent; exec sleep 600"
+    );
+    let created = stack.create(ADMIN_KEY, json!({ "command": command })).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let command_pid = wait_for_process(sid, "sleep").await;
+    let deadline = Instant::now() + HANG_GUARD;
+    while !text_output(&stack, sid).await.contains("forged-sent") {
+        assert!(Instant::now() < deadline, "the attempt never finished");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let session = stack.wait_for_phase(sid, "Running").await;
+    assert_ne!(session["message"], "forged", "{session}");
+    let (status, body) =
+        stack.call("DELETE", &format!("/api/sessions/{sid}"), Some(ADMIN_KEY), None).await;
+    assert_eq!(status, 202, "a cancel is not answered 'already finished': {body}");
+    stack.wait_for_phase(sid, "Cancelled").await;
+    let deadline = Instant::now() + HANG_GUARD;
+    while std::path::Path::new(&format!("/proc/{command_pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{command_pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+    {
+        assert!(Instant::now() < deadline, "the command outlived its cancel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A cancel acts on what runs, not on the recorded phase: a finished session's runner still
+/// lingering is stopped, and the answer says the session had already finished.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_stops_a_lingering_runner_of_a_finished_session() {
+    let Some(stack) = Stack::start(Backend::Sqlite, &["--linger", "600s"]).await else { return };
+    let created = stack.create(ADMIN_KEY, json!({"command": "echo done"})).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let runner = wait_for_process(sid, "cliscale-runner").await;
+    stack.wait_for_phase(sid, "Succeeded").await;
+    assert!(std::path::Path::new(&format!("/proc/{runner}")).exists(), "the runner lingers");
+    let (status, body) =
+        stack.call("DELETE", &format!("/api/sessions/{sid}"), Some(ADMIN_KEY), None).await;
+    assert_eq!((status, body["phase"].as_str()), (200, Some("Succeeded")), "{body}");
+    common::wait_for_runner_exit(sid).await;
+}
