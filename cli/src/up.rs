@@ -67,6 +67,8 @@ pub struct UpArgs {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     #[command(flatten)]
     pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub limits: cliscale_serve::LimitArgs,
     /// How long runners keep serving after their command ends (whole seconds, at most 1h).
     #[arg(long, default_value = "10s", value_parser = linger)]
     pub linger: Duration,
@@ -362,12 +364,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             streams.cancel();
         }
     };
-    axum::serve(
-        cliscale_gateway::without_nagle(listener),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stopping)
-    .await?;
+    cliscale_serve::serve(listener, app, args.limits.limits(), cliscale_serve::no_delay, stopping)
+        .await?;
     shutdown.drain(Duration::from_secs(5)).await;
     Ok(())
 }

@@ -277,3 +277,173 @@ async fn a_refusal_never_uses_a_token_up(backend: Backend) {
     let mut ws = open_terminal(&stack.ws_url(sid, &format!("token={token}"))).await.unwrap();
     common::read_until(&mut ws, "hello").await;
 }
+
+/// Sends `head` raw and reads the whole answer until the server closes (or `HANG_GUARD`).
+async fn raw_exchange(addr: &str, head: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(head).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(HANG_GUARD, tcp.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Status and JSON error code of a raw HTTP answer.
+fn status_and_code(answer: &str) -> (u16, String) {
+    let status = answer.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let json: serde_json::Value = serde_json::from_str(body.trim()).unwrap_or_default();
+    (status, json["error"].as_str().unwrap_or_default().to_owned())
+}
+
+/// The framework's own refusals carry the same JSON error body as the handlers', with a
+/// stable code, on `cliscale up` and on a runner's own port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frameworks_own_refusals_are_json() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let host = stack.base.trim_start_matches("http://").to_owned();
+    let created = stack.create(ADMIN_KEY, json!({"command": "exec sleep 600"})).await;
+    let sid = created["sessionId"].as_str().unwrap();
+    let runner = runner_addr_of(&stack, sid).await;
+    let long_query = "a".repeat(9000);
+    let many_headers: String = (0..150).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let huge_header = format!("x-big: {}\r\n", "b".repeat(70_000));
+    for addr in [host.as_str(), runner.as_str()] {
+        let cases = [
+            (
+                "GET /no/such/route HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_string(),
+                404,
+                "not_found",
+            ),
+            (
+                format!(
+                    "GET /nope?q={long_query} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                ),
+                414,
+                "uri_too_long",
+            ),
+            (
+                format!(
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\n{many_headers}Connection: close\r\n\r\n"
+                ),
+                431,
+                "headers_too_large",
+            ),
+            (
+                format!(
+                    "GET /healthz HTTP/1.1\r\nHost: x\r\n{huge_header}Connection: close\r\n\r\n"
+                ),
+                431,
+                "headers_too_large",
+            ),
+        ];
+        for (head, status, code) in cases {
+            let answer = raw_exchange(addr, head.as_bytes()).await;
+            assert_eq!(
+                status_and_code(&answer),
+                (status, code.to_string()),
+                "{addr}: {answer:.300}"
+            );
+            assert!(answer.to_ascii_lowercase().contains("content-type: application/json"));
+        }
+    }
+    // Wrong method, and a body over the limit, on the API.
+    let head =
+        "PUT /api/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        status_and_code(&raw_exchange(&host, head.as_bytes()).await),
+        (405, "method_not_allowed".into())
+    );
+    let big = "x".repeat(3 * 1024 * 1024);
+    let resp = stack
+        .http
+        .post(stack.url("/api/sessions"))
+        .bearer_auth(ADMIN_KEY)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+}
+
+/// Requests that never finish their head are closed at the header-read timeout, and a
+/// thousand of them neither fill the server nor hold up its stop past the shutdown deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_requests_are_closed_and_cannot_hold_a_stop() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stack = Stack::start(Backend::Sqlite, &["--header-read-timeout", "1s"]).await.unwrap();
+    let host = stack.base.trim_start_matches("http://").to_owned();
+    // One alone: closed by the server soon after the timeout.
+    let mut slow = tokio::net::TcpStream::connect(&host).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut rest = Vec::new();
+    let started = Instant::now();
+    let closed = tokio::time::timeout(HANG_GUARD, slow.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "a request head that never ends was held open");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
+    // A thousand that stay within a long header timeout, then a stop: the server is gone
+    // within the shutdown deadline and a margin.
+    drop(stack);
+    let args = [
+        "--header-read-timeout",
+        "120s",
+        "--shutdown-deadline",
+        "2s",
+        "--max-connections-per-address",
+        "5000",
+    ];
+    let mut stack = Stack::start(Backend::Sqlite, &args).await.unwrap();
+    let host = stack.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ").await.unwrap();
+        held.push(tcp);
+    }
+    let (status, _) = stack.call("GET", "/api/sessions", Some(ADMIN_KEY), None).await;
+    assert_eq!(status, 200, "the server still answers with a thousand slow clients");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(stack.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let stopping = Instant::now();
+    let deadline = stopping + HANG_GUARD;
+    while stack.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "cliscale up never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stopping.elapsed() < Duration::from_secs(15), "stopped in {:?}", stopping.elapsed());
+    drop(held);
+}
+
+/// One address may hold only so many connections; past that it is answered 429 in JSON and
+/// closed, and a closed connection makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_take_every_connection() {
+    let stack =
+        Stack::start(Backend::Sqlite, &["--max-connections-per-address", "20"]).await.unwrap();
+    let host = stack.base.trim_start_matches("http://").to_owned();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(tokio::net::TcpStream::connect(&host).await.unwrap());
+    }
+    let head = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let answer = raw_exchange(&host, head).await;
+    assert_eq!(status_and_code(&answer), (429, "too_many_connections".into()), "{answer}");
+    held.pop();
+    // The server notices the close on its own time: poll until the slot is back.
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let answer = raw_exchange(&host, head).await;
+        if status_and_code(&answer).0 == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot never came back: {answer}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -305,6 +305,11 @@ async fn bad_requests_get_precise_errors(backend: Backend) {
         (r#"{"command": ""}"#, "invalid_field"),
         (r#"{"command": "x", "code_url": "file:///etc/passwd"}"#, "invalid_code_url"),
         (r#"{"command": "x", "cols": 0}"#, "invalid_size"),
+        // Bytes a C string cannot carry: refused up front, never a half-made session.
+        (r#"{"command": "echo a\u0000b"}"#, "invalid_field"),
+        (r#"{"command": "x", "install_cmd": "make\u0000"}"#, "invalid_field"),
+        (r#"{"command": "x", "prompt": "\u0000"}"#, "invalid_field"),
+        (r#"{"command": "x", "env": {"A": "b\u0000c"}}"#, "invalid_field"),
     ] {
         let resp = raw(body).send().await.unwrap();
         assert_eq!(resp.status(), 400, "{body}");
@@ -335,6 +340,8 @@ async fn bad_requests_get_precise_errors(backend: Backend) {
         "invalid_cursor"
     );
     assert_eq!(stack.call("GET", "/api/sessions/nope", Some(ADMIN_KEY), None).await.0, 404);
+    let (_, listed) = stack.call("GET", "/api/sessions", Some(ADMIN_KEY), None).await;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a refusal made a session");
     // The store is intact: a good request still works.
     stack.create(ADMIN_KEY, json!({"command": "true"})).await;
 }

@@ -150,20 +150,6 @@ impl GatewayMetrics {
     }
 }
 
-/// Terminal traffic is small writes both ways (keystrokes, echoes, status frames): accepted
-/// connections get `TCP_NODELAY`, so Nagle never holds a frame back waiting for an ACK while
-/// output is in flight. For the listener the gateway (and `cliscale up`) serves on.
-pub fn without_nagle(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-    }
-    axum::serve::ListenerExt::tap_io(listener, set_nodelay)
-}
-
 pub struct Gateway {
     /// Cancelled when the process stops: open relays close with 1001 so browsers reconnect
     /// elsewhere, instead of holding the server's graceful shutdown open.
@@ -212,19 +198,4 @@ pub fn router(gateway: Arc<Gateway>) -> Router {
             get(|State(g): State<Arc<Gateway>>| async move { g.metrics.render() }),
         )
         .with_state(gateway)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn accepted_connections_have_nagle_off() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut listener = without_nagle(listener);
-        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (accepted, _) = axum::serve::Listener::accept(&mut listener).await;
-        assert!(accepted.nodelay().unwrap());
-    }
 }

@@ -27,6 +27,8 @@ use cliscale_operator::leader::{LeaderConfig, run_when_leading};
     about = "Reconciles CommandSessions into runner Jobs and serves the REST API"
 )]
 struct Args {
+    #[command(flatten)]
+    limits: cliscale_serve::LimitArgs,
     /// Image of the runner, unless a session names its own.
     #[arg(long, env = "CLISCALE_RUNNER_IMAGE")]
     runner_image: Option<String>,
@@ -174,11 +176,14 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let api_app = cliscale_api::routes::router(api);
     let api_listener = tokio::net::TcpListener::bind(args.api_listen).await?;
-    shutdown.spawn(
-        axum::serve(api_listener, api_app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(stopping)
-            .into_future(),
-    );
+    let limits = args.limits.limits();
+    shutdown.spawn(cliscale_serve::serve(
+        api_listener,
+        api_app,
+        limits.clone(),
+        cliscale_serve::as_is,
+        stopping,
+    ));
     shutdown.spawn(run_mirror(client.clone(), namespace.clone(), store, shutdown.requested()));
 
     let metrics_ctx = ctx.clone();
@@ -186,9 +191,13 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(move || async move { metrics_ctx.render_metrics() }));
     let ops_listener = tokio::net::TcpListener::bind(args.listen).await?;
-    shutdown.spawn(
-        axum::serve(ops_listener, ops).with_graceful_shutdown(shutdown.requested()).into_future(),
-    );
+    shutdown.spawn(cliscale_serve::serve(
+        ops_listener,
+        ops,
+        limits,
+        cliscale_serve::as_is,
+        shutdown.requested(),
+    ));
 
     let identity =
         args.identity.unwrap_or_else(|| format!("cliscale-operator-{}", std::process::id()));

@@ -196,14 +196,13 @@ pub async fn run(
     tracing::info!(addr, session_id = %args.session_id, "listening");
     events.send(&RunnerEvent::Listening { addr });
     // Keystrokes and echoes are tiny writes: never let Nagle hold them back.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = tokio::spawn(
-        axum::serve(listener, server::router(shared.clone()))
-            .with_graceful_shutdown(shared.shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let server = tokio::spawn(cliscale_serve::serve(
+        listener,
+        server::router(shared.clone()),
+        cliscale_serve::Limits::default(),
+        cliscale_serve::no_delay,
+        shared.shutdown.clone().cancelled_owned(),
+    ));
     let tee = args.tee_stdout.then(|| tokio::spawn(tee_stdout(log.clone())));
 
     let code = drive(&config, &shared, &mut signals, &mut events).await;

@@ -8,12 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 const ALLOWED: &[(&str, &[&str])] = &[
     ("cliscale-core", &[]),
     ("cliscale-crd", &["cliscale-core"]),
+    ("cliscale-serve", &["cliscale-core"]),
     ("cliscale-testkit", &["cliscale-core", "cliscale-crd"]),
-    ("cliscale-runner", &["cliscale-core"]),
+    ("cliscale-runner", &["cliscale-core", "cliscale-serve"]),
     ("cliscale-api", &["cliscale-core"]),
     ("cliscale-gateway", &["cliscale-core", "cliscale-crd"]),
-    ("cliscale-operator", &["cliscale-core", "cliscale-crd", "cliscale-api"]),
-    ("cliscale", &["cliscale-core", "cliscale-api", "cliscale-gateway"]),
+    ("cliscale-operator", &["cliscale-core", "cliscale-crd", "cliscale-serve", "cliscale-api"]),
+    ("cliscale", &["cliscale-core", "cliscale-serve", "cliscale-api", "cliscale-gateway"]),
 ];
 
 fn workspace_links() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {

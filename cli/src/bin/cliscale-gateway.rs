@@ -23,6 +23,8 @@ use cliscale_wiring::backends::{
 #[derive(Parser)]
 #[command(name = "cliscale-gateway", version, about = "cliscale's terminal gateway (cluster)")]
 struct Args {
+    #[command(flatten)]
+    limits: cliscale_serve::LimitArgs,
     /// Address to listen on.
     #[arg(long, env = "CLISCALE_GATEWAY_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
@@ -99,11 +101,8 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .route("/metrics", get(move || async move { metrics.metrics.render() }));
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(listen = %args.listen, namespace = %args.sessions_namespace, "gateway up");
-    axum::serve(
-        cliscale_gateway::without_nagle(listener),
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown.requested())
-    .await?;
+    let limits = args.limits.limits();
+    cliscale_serve::serve(listener, app, limits, cliscale_serve::no_delay, shutdown.requested())
+        .await?;
     Ok(())
 }
