@@ -36,13 +36,21 @@ pub enum ApiError {
 
 /// Whether a storage error means the database cannot be reached (503), not a fault (500).
 fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
+    match e {
         sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-    )
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        // A connection cut during its handshake reads as a protocol error.
+        | sqlx::Error::Protocol(_) => true,
+        // PostgreSQL's own "not now": connection exceptions (08), shutting down or starting up
+        // (57P01-57P03), too many connections (53300).
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03" | "53300")
+        }),
+        _ => false,
+    }
 }
 
 impl ApiError {

@@ -473,8 +473,22 @@ impl LocalExecutor {
                 s.addr = update.runner_addr.clone();
             }
         });
-        if let Err(e) = self.store.update_status(id, &update).await {
-            tracing::error!(session_id = id, error = %e, "could not record the session's status");
+        // A database that is down for a while must not lose how a session ended: retry, with
+        // backoff, for about two minutes.
+        let mut wait = Duration::from_millis(100);
+        for attempt in 1.. {
+            match self.store.update_status(id, &update).await {
+                Ok(_) => return,
+                Err(e) if attempt < 12 => {
+                    tracing::warn!(session_id = id, error = %e, ?wait, "could not record the session's status; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(15));
+                }
+                Err(e) => {
+                    tracing::error!(session_id = id, error = %e, "could not record the session's status");
+                    return;
+                }
+            }
         }
     }
 }

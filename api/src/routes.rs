@@ -29,7 +29,7 @@ use crate::model::{
 };
 use crate::output_routes;
 use crate::signing::KeyRing;
-use crate::store::{ApiKeyRecord, KeyChange, SessionQuery, Store, now};
+use crate::store::{ApiKeyRecord, Created, KeyChange, SessionQuery, Store, now};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -340,11 +340,30 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 
 // --- sessions -----------------------------------------------------------------------------
 
+/// The `Idempotency-Key` of a request, if it has a usable one. Pure.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<&str>> {
+    let Some(value) = headers.get("idempotency-key") else { return Ok(None) };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| (1..=255).contains(&k.len()) && k.bytes().all(|b| b.is_ascii_graphic()));
+    key.map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        )
+    })
+}
+
 #[utoipa::path(post, path = "/api/sessions", tag = "sessions",
     summary = "Create a session (returns at once)",
+    description = "With an `Idempotency-Key` header, a retry by the same API key returns the session the first request made (200, with a fresh token) instead of making another.",
     request_body = CreateSessionRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-255 visible ASCII characters")),
     responses((status = 201, description = "Created", body = SessionCreated),
-        (status = 403, description = "This role may not create sessions", body = crate::error::ErrorBody)))]
+        (status = 200, description = "Made already by an earlier request with this Idempotency-Key", body = SessionCreated),
+        (status = 403, description = "This role may not create sessions", body = crate::error::ErrorBody),
+        (status = 409, description = "The Idempotency-Key was used for a different session (idempotency_key_reused)", body = crate::error::ErrorBody)))]
 pub(crate) async fn create_session(
     State(state): State<AppState>,
     Peer(peer): Peer,
@@ -353,28 +372,46 @@ pub(crate) async fn create_session(
     JsonBody(request): JsonBody<CreateSessionRequest>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
+    let key = idempotency_key(&headers)?;
     let spec = validate_create(request, state.config.spec_defaults)?;
     let base = base_url(&state, &headers, peer)?;
     let id = uuid::Uuid::new_v4().to_string();
-    state.store.insert_session(&id, &caller.key_id, &spec).await?;
-    state.store.append_event(&id, "created", &format!("by key {}", caller.key_id)).await?;
-    let record = state
+    let (id, status, phase) = match state
         .store
-        .get_session(&id)
+        .create_session(&id, &caller.key_id, &spec, key)
         .await?
-        .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
-    state.executor.start(record).await?;
-    state.metrics.sessions_created.inc();
+    {
+        Created::New => {
+            state.store.append_event(&id, "created", &format!("by key {}", caller.key_id)).await?;
+            let record = state
+                .store
+                .get_session(&id)
+                .await?
+                .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
+            state.executor.start(record).await?;
+            state.metrics.sessions_created.inc();
+            (id, StatusCode::CREATED, cliscale_core::SessionPhase::Pending)
+        }
+        Created::Existing(existing) => {
+            let record = state
+                .store
+                .get_session(&existing)
+                .await?
+                .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
+            if record.spec != spec {
+                return Err(ApiError::refused(
+                    StatusCode::CONFLICT,
+                    "idempotency_key_reused",
+                    "this Idempotency-Key made a different session",
+                ));
+            }
+            (existing, StatusCode::OK, record.phase)
+        }
+    };
     let token = sign_token(&state, &caller, &id, TokenScope::Interact)?;
     let (ws_url, terminal_url) = terminal_links(&base, &id, &token);
-    let body = SessionCreated {
-        session_id: id,
-        ws_url,
-        token,
-        terminal_url,
-        phase: cliscale_core::SessionPhase::Pending,
-    };
-    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+    let body = SessionCreated { session_id: id, ws_url, token, terminal_url, phase };
+    Ok((status, axum::Json(body)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", summary = "Get a session",

@@ -35,6 +35,14 @@ pub struct ApiKeyRecord {
     pub revoked_at: Option<i64>,
 }
 
+/// What a create did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New,
+    /// The idempotency key named this session already.
+    Existing(String),
+}
+
 /// What a change to an API key did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyChange {
@@ -87,6 +95,11 @@ impl Store {
         };
         let mut options =
             AnyPoolOptions::new().max_connections(if backend == Backend::Sqlite { 4 } else { 16 });
+        if backend == Backend::Postgres {
+            // A database that cannot be reached fails a request in seconds (503), not after the
+            // default half minute.
+            options = options.acquire_timeout(std::time::Duration::from_secs(5));
+        }
         if backend == Backend::Sqlite {
             // Concurrent writers wait for the lock instead of failing with SQLITE_BUSY.
             options = options.after_connect(|conn, _| {
@@ -247,6 +260,62 @@ impl Store {
         self.insert_session_with(id, owner, spec, "").await.map(|_| ())
     }
 
+    /// Inserts session `id`, unless `owner` made one with `idempotency_key` already: then that
+    /// one's id. The key and the session are written in one transaction, so a crash leaves
+    /// both or neither.
+    pub async fn create_session(
+        &self,
+        id: &str,
+        owner: &str,
+        spec: &SessionSpec,
+        idempotency_key: Option<&str>,
+    ) -> Result<Created> {
+        let Some(key) = idempotency_key else {
+            self.insert_session(id, owner, spec).await?;
+            return Ok(Created::New);
+        };
+        let mut tx = self.pool.begin().await?;
+        // Concurrent retries wait here on the primary key; the one that loses reads the winner.
+        let claimed = sqlx::query(
+            "INSERT INTO idempotency_keys (owner, idem_key, session_id, created_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (owner, idem_key) DO NOTHING",
+        )
+        .bind(owner)
+        .bind(key)
+        .bind(id)
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            let row = sqlx::query(
+                "SELECT session_id FROM idempotency_keys WHERE owner = $1 AND idem_key = $2",
+            )
+            .bind(owner)
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+            return Ok(Created::Existing(row.try_get("session_id")?));
+        }
+        let t = now();
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(spec_json)
+        .bind(SessionPhase::Pending.as_str())
+        .bind(t)
+        .bind(t)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Created::New)
+    }
+
     /// Inserts the session unless its id exists (idempotent, for several writers mirroring the
     /// same source). Returns whether it was inserted.
     pub async fn insert_session_if_absent(
@@ -381,8 +450,13 @@ impl Store {
     /// Deletes the session with everything kept for it: its events and its stored output.
     pub async fn delete_session(&self, id: &str) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        for table in ["session_events", "session_output", "session_output_state", "session_resizes"]
-        {
+        for table in [
+            "session_events",
+            "session_output",
+            "session_output_state",
+            "session_resizes",
+            "idempotency_keys",
+        ] {
             sqlx::query(&format!("DELETE FROM {table} WHERE session_id = $1"))
                 .bind(id)
                 .execute(&mut *tx)

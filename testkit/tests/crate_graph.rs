@@ -15,6 +15,9 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cliscale-gateway", &["cliscale-core", "cliscale-crd"]),
     ("cliscale-operator", &["cliscale-core", "cliscale-crd", "cliscale-serve", "cliscale-api"]),
     ("cliscale", &["cliscale-core", "cliscale-serve", "cliscale-api", "cliscale-gateway"]),
+    // Test support: drives the parsers that meet hostile bytes, the runner's archive extraction
+    // among them.
+    ("cliscale-fuzz", &["cliscale-core", "cliscale-runner", "cliscale-api"]),
 ];
 
 fn workspace_links() -> BTreeMap<String, (BTreeSet<String>, BTreeSet<String>)> {
