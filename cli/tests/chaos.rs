@@ -108,10 +108,8 @@ async fn an_api_killed_during_a_burst_of_creates_makes_no_duplicate(backend: Bac
     let mut killed = None;
     while let Some(done) = burst.join_next().await {
         let (key, answer) = done.unwrap();
-        if let Some((status, body)) = answer {
-            if status == 201 {
-                answered.insert(key, body["sessionId"].as_str().unwrap().to_owned());
-            }
+        if let Some((201, body)) = answer {
+            answered.insert(key, body["sessionId"].as_str().unwrap().to_owned());
         }
         if answered.len() >= 3 && killed.is_none() {
             killed = Some(stack.child.id());
