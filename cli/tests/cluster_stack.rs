@@ -22,7 +22,9 @@ use cliscale_operator::controller::{Context, run};
 use cliscale_operator::desired::OperatorConfig;
 use cliscale_testkit::fake_kube::FakeApi;
 use cliscale_testkit::fixtures;
-use cliscale_wiring::backends::{StoreArchive, StoreKeys, StoreLedger};
+use cliscale_wiring::backends::{
+    KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreKeys, StoreLedger,
+};
 use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
@@ -33,6 +35,8 @@ const NS: &str = "sessions";
 struct Cluster {
     api: Arc<FakeApi>,
     base: String,
+    /// Two more gateways of their own, as Deployment replicas: (address, stop).
+    gateways: Vec<(String, tokio_util::sync::CancellationToken)>,
     http: reqwest::Client,
     dir: tempfile::TempDir,
     store: Store,
@@ -71,36 +75,55 @@ impl Cluster {
         tokio::spawn(run(ctx, stopped()));
         tokio::spawn(run_mirror(client.clone(), NS.into(), store.clone(), stopped()));
 
+        let gateway_for = |shutdown: tokio_util::sync::CancellationToken| {
+            let gateway = Arc::new(Gateway {
+                shutdown,
+                jwks: JwksCache::terminal_tokens_from(
+                    format!("{base}/.well-known/jwks.json"),
+                    "cliscale",
+                    Duration::from_secs(300),
+                ),
+                ledger: Arc::new(StoreLedger(store.clone())),
+                resolver: Arc::new(ReflectorResolver::spawn(client.clone(), NS)),
+                reissuer: Some(Arc::new(KeyRingIssuer {
+                    keys: keys.clone(),
+                    ttl: RECONNECT_TOKEN_TTL,
+                })),
+                archive: Some(Arc::new(StoreArchive::new(store.clone()))),
+                config: GatewayConfig { ready_wait: Duration::from_secs(20), ..Default::default() },
+                keys: Some(Arc::new(StoreKeys(store.clone()))),
+                key_watch: Default::default(),
+                metrics: Default::default(),
+            });
+            gateway.watch_keys();
+            gateway
+        };
+        let mut gateways = Vec::new();
+        for _ in 0..2 {
+            let stop = tokio_util::sync::CancellationToken::new();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            gateways.push((listener.local_addr().unwrap().to_string(), stop.clone()));
+            let app = cliscale_gateway::router(gateway_for(stop.clone()));
+            tokio::spawn(
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .into_future(),
+            );
+        }
+        let gateway = gateway_for(Default::default());
         let api_state = ApiState::new(
             store.clone(),
             keys,
             Arc::new(ClusterExecutor::new(client.clone(), NS)) as Arc<dyn Executor>,
             ApiConfig::default(),
         );
-        let gateway = Arc::new(Gateway {
-            shutdown: Default::default(),
-            jwks: JwksCache::terminal_tokens_from(
-                format!("{base}/.well-known/jwks.json"),
-                "cliscale",
-                Duration::from_secs(300),
-            ),
-            ledger: Arc::new(StoreLedger(store.clone())),
-            resolver: Arc::new(ReflectorResolver::spawn(client, NS)),
-            reissuer: None,
-            archive: Some(Arc::new(StoreArchive::new(store.clone()))),
-            config: GatewayConfig { ready_wait: Duration::from_secs(20), ..Default::default() },
-            keys: Some(Arc::new(StoreKeys(store.clone()))),
-            key_watch: Default::default(),
-            metrics: Default::default(),
-        });
-        gateway.watch_keys();
         let app = cliscale_gateway::router(gateway).merge(cliscale_api::routes::router(api_state));
         tokio::spawn(async move {
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(stopped())
                 .await
         });
-        Cluster { api, base, http: reqwest::Client::new(), dir, store, _stop: stop }
+        Cluster { api, base, gateways, http: reqwest::Client::new(), dir, store, _stop: stop }
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -317,6 +340,51 @@ async fn scenario(database_url: Option<String>) {
         "{killed}"
     );
     assert!(killed["message"].as_str().unwrap().contains("killed by signal 9"), "{killed}");
+}
+
+/// A gateway replica killed mid-stream: the client, cut off, reconnects through another replica
+/// with its one-time reconnect token from the offset it had, and loses no byte and sees none
+/// twice. The kill is what a client and a runner see of one: the client's connection reset
+/// (a proxy the test cuts) and the gateway's connections to the runner dropped.
+async fn a_gateway_killed_mid_stream_loses_no_byte(database_url: Option<String>) {
+    let mut c = Cluster::start(database_url).await;
+    let (status, created) = c
+        .call(
+            reqwest::Method::POST,
+            "/api/sessions",
+            Some(json!({ "command": "for i in $(seq 1 4000); do echo line-$i; done; sleep 1; exit 0" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let sid = created["sessionId"].as_str().unwrap().to_owned();
+    let (first, stop_first) = c.gateways[0].clone();
+    let proxy = cliscale_testkit::netcut::Proxy::start(first.parse().unwrap()).await;
+    let url = |addr: &str, token: &str, since: usize| {
+        format!("ws://{addr}/ws/{sid}?token={token}&since={since}")
+    };
+    let token = created["token"].as_str().unwrap();
+    let pod = c.run_pod(&sid);
+    let first_url = url(&proxy.addr.to_string(), token, 0);
+    let (ws, ()) = tokio::join!(open_terminal(&first_url), pod);
+    let mut ws = ws.expect("the first gateway proxied the terminal");
+    let (before, reconnect) = read_until(&mut ws, "line-1000\r\n").await;
+    let reconnect = reconnect.expect("a reconnect token");
+    proxy.cut();
+    stop_first.cancel();
+    drop(ws);
+    let second = c.gateways[1].0.clone();
+    let mut ws = open_terminal(&url(&second, &reconnect, before.len())).await.unwrap();
+    let (after, last, _) = read_session(&mut ws).await;
+    assert_eq!(last["phase"], "Succeeded", "{last}");
+    let mut all = before;
+    all.extend_from_slice(&after);
+    let expected: String = (1..=4000).map(|i| format!("line-{i}\r\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&all), expected, "bytes were lost or repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_killed_mid_stream_loses_no_byte_on_sqlite() {
+    a_gateway_killed_mid_stream_loses_no_byte(None).await;
 }
 
 /// After a (re)list, an unfinished session whose CommandSession is gone (deleted while no
