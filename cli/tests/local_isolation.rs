@@ -318,3 +318,64 @@ async fn a_cancel_stops_a_lingering_runner_of_a_finished_session() {
     assert_eq!((status, body["phase"].as_str()), (200, Some("Succeeded")), "{body}");
     common::wait_for_runner_exit(sid).await;
 }
+
+/// A pod's case: the command runs as the runner's own user. The runner is non-dumpable, so
+/// the command still cannot read its environment (the output token), memory or descriptors.
+/// Run as root, the runner is started as `nobody` (65534), as a pod's non-root user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_a_pod_the_command_cannot_read_its_runners_credentials() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let key = cliscale_core::token::SessionSigningKey::generate("k");
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, cliscale_core::token::jwks_json([&key])).unwrap();
+    std::fs::set_permissions(&jwks, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let probe = r#"
+probe() { name=$1; shift; if "$@" >/dev/null 2>&1; then echo "BREACH $name"; else echo "DENIED $name"; fi; }
+probe read-runner-environ cat /proc/$PPID/environ
+probe open-runner-memory sh -c "exec 9< /proc/$PPID/mem"
+probe list-runner-descriptors ls /proc/$PPID/fd
+probe find-output-token sh -c 'env | grep -q OUTPUT_TOKEN'
+echo "same-user=$(stat -c %u /proc/$PPID)/$(id -u)"
+echo PROBE-DONE
+"#;
+    let mut cmd = if is_root() {
+        let mut c = std::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"]);
+        c.arg(common::runner_bin());
+        c
+    } else {
+        std::process::Command::new(common::runner_bin())
+    };
+    let out = cmd
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap())
+        .env("HOME", dir.path())
+        .env("CLISCALE_SESSION_ID", "pod-test")
+        .env("CLISCALE_RUNNER_COMMAND", probe)
+        .env("CLISCALE_RUNNER_JWKS_FILE", &jwks)
+        .env("CLISCALE_RUNNER_LISTEN", "127.0.0.1:0")
+        .env("CLISCALE_RUNNER_WORK_DIR", dir.path().join("work"))
+        .env("CLISCALE_RUNNER_LINGER", "0s")
+        .env("CLISCALE_RUNNER_OUTPUT_URL", "http://127.0.0.1:9")
+        .env("CLISCALE_RUNNER_OUTPUT_TOKEN", "secret-output-token-0123456789")
+        .stderr(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("PROBE-DONE"), "{text}");
+    for probe in [
+        "read-runner-environ",
+        "open-runner-memory",
+        "list-runner-descriptors",
+        "find-output-token",
+    ] {
+        assert!(text.contains(&format!("DENIED {probe}")), "{probe}:\n{text}");
+    }
+    assert!(!text.contains("secret-output-token"), "{text}");
+    // The probes ran as the runner's own user, as in a pod.
+    let same = text.lines().find_map(|l| l.trim().strip_prefix("same-user=")).unwrap();
+    let (runner_uid, command_uid) = same.split_once('/').unwrap();
+    assert_eq!(command_uid.trim(), runner_uid.trim(), "{text}");
+}
