@@ -158,11 +158,12 @@ async fn run() {
         // Only the time from connecting to the first output frame, runner direct and through
         // the gateway, alternating; medians with their 95 % intervals.
         let samples = samples.parse().unwrap_or(FIRST_BYTE_SAMPLES);
-        let (sid, direct_token) = session(&up, "stty raw -echo; printf R; exec cat").await;
+        let (sid, _) = session(&up, "stty raw -echo; printf R; exec cat").await;
         let addr = runner_addr(&up, &sid).await;
         let (mut direct, mut via) = (Vec::new(), Vec::new());
         for _ in 0..samples {
-            let token = token(&up, &sid).await;
+            // A token opens one connection, at the runner as at the gateway.
+            let (token, direct_token) = (token(&up, &sid).await, token(&up, &sid).await);
             direct.push(first_byte(&direct_url(&addr, &direct_token)).await.as_secs_f64() * 1e3);
             via.push(first_byte(&gateway_url(&up, &sid, &token)).await.as_secs_f64() * 1e3);
         }
@@ -201,11 +202,11 @@ async fn run() {
     drop((direct, via));
     let mut gateway_tokens = Vec::new();
     for _ in 0..FIRST_BYTE_SAMPLES {
-        gateway_tokens.push(token(&up, &sid).await);
+        gateway_tokens.push((token(&up, &sid).await, token(&up, &sid).await));
     }
     let (mut fb_direct, mut fb_gateway) = (Vec::new(), Vec::new());
-    for token in &gateway_tokens {
-        fb_direct.push(first_byte(&direct_url(&addr, &direct_token)).await);
+    for (token, direct_token) in &gateway_tokens {
+        fb_direct.push(first_byte(&direct_url(&addr, direct_token)).await);
         fb_gateway.push(first_byte(&gateway_url(&up, &sid, token)).await);
     }
 
