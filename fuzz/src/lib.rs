@@ -56,14 +56,16 @@ pub fn bodies(data: &[u8]) {
     assert!(spec.env.iter().all(|e| !e.value.contains('\0') && !e.name.contains('\0')));
 }
 
-/// Code URLs: whatever parses is an http(s) URL without credentials (no `file:`, `ssh:` or
-/// `ftp:` source, and no user or password to leak into logs or fetches).
+/// Code URLs: whatever parses is an http(s) URL (or `git+` one) without credentials: no
+/// `file:`, `ssh:` or `ftp:` source, and no user or password to leak into logs or fetches.
 pub fn code_urls(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
     if cliscale_core::source::parse_code_url(text).is_err() {
         return;
     }
-    let url = url::Url::parse(text.trim()).expect("a code URL that parses is a URL");
+    let trimmed = text.trim();
+    let url = url::Url::parse(trimmed.strip_prefix("git+").unwrap_or(trimmed))
+        .expect("a code URL that parses is a URL");
     assert!(matches!(url.scheme(), "http" | "https"), "a {} URL parsed: {text}", url.scheme());
     assert!(url.password().is_none() && url.username().is_empty(), "credentials parsed: {text}");
 }
