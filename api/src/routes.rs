@@ -188,12 +188,9 @@ impl FromRequestParts<AppState> for Caller {
                 "missing_api_key",
                 "send Authorization: Bearer <API key>",
             )),
-            Some(full) => authenticate(&state.store, full).await.and_then(|caller| {
-                match &state.config.admin_only {
-                    Some(why) if caller.role != Role::Admin => Err(single_tenant(why)),
-                    _ => Ok(caller),
-                }
-            }),
+            Some(full) => authenticate(&state.store, full)
+                .await
+                .and_then(|caller| role_allowed(&state.config, caller.role).map(|()| caller)),
         };
         match authenticated {
             Ok(caller) => {
@@ -218,6 +215,14 @@ fn single_tenant(why: &str) -> ApiError {
         "single_tenant",
         format!("this server accepts only admin keys: {why}"),
     )
+}
+
+/// Whether a key may have `role` here: where sessions cannot be isolated, only admin.
+fn role_allowed(config: &ApiConfig, role: Role) -> Result<()> {
+    match &config.admin_only {
+        Some(why) if role != Role::Admin => Err(single_tenant(why)),
+        _ => Ok(()),
+    }
 }
 
 async fn authenticate(store: &Store, full: &str) -> Result<Caller> {
@@ -645,11 +650,7 @@ pub(crate) async fn create_key(
     JsonBody(request): JsonBody<CreateKeyRequest>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin])?;
-    if let Some(why) = &state.config.admin_only
-        && request.role != Role::Admin
-    {
-        return Err(single_tenant(why));
-    }
+    role_allowed(&state.config, request.role)?;
     if request.name.trim().is_empty() || request.name.len() > 128 {
         return Err(ApiError::bad_request("invalid_field", "name must be 1-128 characters"));
     }
@@ -732,11 +733,7 @@ pub(crate) async fn update_key(
     JsonBody(request): JsonBody<UpdateKeyRequest>,
 ) -> Result<axum::Json<KeyView>> {
     require(&caller, &[Role::Admin])?;
-    if let Some(why) = &state.config.admin_only
-        && request.role != Role::Admin
-    {
-        return Err(single_tenant(why));
-    }
+    role_allowed(&state.config, request.role)?;
     key_changed(state.store.set_api_key_role(&id, request.role).await?, &id)?;
     let key = state.store.get_api_key(&id).await?.ok_or_else(|| ApiError::NotFound(id.clone()))?;
     Ok(axum::Json(key_view(&key)))

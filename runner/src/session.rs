@@ -320,8 +320,8 @@ async fn drive(
             return finish(shared, TerminalReason::Cancelled, 128 + signal, Some(message));
         }
     };
-    let dir = match prepared {
-        Ok(dir) => dir,
+    let (dir, world) = match prepared {
+        Ok(prepared) => prepared,
         Err(e) => {
             tracing::error!(error = %e, "session could not start");
             return finish(shared, e.reason(), e.exit_code(), Some(e.to_string()));
@@ -329,7 +329,6 @@ async fn drive(
     };
 
     let args = &config.args;
-    let world = CommandWorld::new(config, &dir);
     let spec = CommandSpec {
         command: args.command.clone(),
         dir,
@@ -460,8 +459,9 @@ fn command_env(
     (env, remove)
 }
 
-/// Fetches the code and runs the install command; returns the directory to run in.
-async fn prepare(config: &RunnerConfig, log: &Arc<OutputLog>) -> Result<PathBuf> {
+/// Fetches the code and runs the install command; returns the directory to run in, and the
+/// world the install step had, which the command gets too.
+async fn prepare(config: &RunnerConfig, log: &Arc<OutputLog>) -> Result<(PathBuf, CommandWorld)> {
     let dir = match &config.source {
         Some(source) => source::fetch(&config.fetch, source, &config.work_dir, log).await?,
         None => {
@@ -504,7 +504,7 @@ async fn prepare(config: &RunnerConfig, log: &Arc<OutputLog>) -> Result<PathBuf>
             Outcome::SpawnFailed(e) => return Err(RunnerError::Install(e.to_string())),
         }
     }
-    Ok(dir)
+    Ok((dir, world))
 }
 
 /// How long the stdout tee gathers output before writing it. A log reader needs no keystroke
