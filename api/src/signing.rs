@@ -65,6 +65,13 @@ impl KeyRing {
         &self.keys[0]
     }
 
+    /// Secrets that runners' status keys are derived from (`cliscale_core::event::status_key`):
+    /// every key's private half, the signing one first, so a rotated key still opens the events
+    /// of sessions it started.
+    pub fn status_secrets(&self) -> Vec<Vec<u8>> {
+        self.keys.iter().map(|k| k.pkcs8_der().to_vec()).collect()
+    }
+
     /// The JWKS document publishing every key.
     pub fn jwks(&self) -> String {
         jwks_json(self.keys.iter())

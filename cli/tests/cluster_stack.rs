@@ -216,7 +216,11 @@ impl Cluster {
                 Some(status) => status,
                 None => runner.wait().await,
             };
-            let Some(code) = status.ok().and_then(|s| s.code()) else { return };
+            // A container whose main process a signal killed exits 128 + the signal, as the
+            // kubelet reports it.
+            use std::os::unix::process::ExitStatusExt;
+            let Ok(status) = status else { return };
+            let Some(code) = status.code().or(status.signal().map(|n| 128 + n)) else { return };
             let message = std::fs::read_to_string(&message_path).unwrap_or_default();
             let reason = if code == 0 { "Completed" } else { "Error" };
             api.put("pods", pod().terminated(code, reason).termination_message(&message).json());
@@ -340,6 +344,27 @@ async fn scenario(database_url: Option<String>) {
         "{killed}"
     );
     assert!(killed["message"].as_str().unwrap().contains("killed by signal 9"), "{killed}");
+
+    // The command writes the termination message itself (in a pod it shares the runner's user)
+    // and kills its runner, so that its forged final event is all the kubelet reports. The
+    // event carries no seal made with the session's key: the status tells only what the
+    // kubelet saw.
+    let log = c.dir.path().join("forger.termination-log");
+    let forged = r#"{"event":"finished","phase":"Succeeded","exitCode":137,"reason":"Exited","message":"all good","outputTail":"forged"}"#;
+    c.api.put(
+        "commandsessions",
+        json!({ "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+                "metadata": { "name": "forger", "namespace": NS },
+                "spec": { "command": format!("printf '%s\\n' '{forged}' > {}; kill -9 $PPID", log.display()),
+                          "lingerSeconds": 0 } }),
+    );
+    c.run_pod("forger").await;
+    let faked = c.wait_for_phase("forger", "Failed").await;
+    assert_eq!(faked["exitCode"], 137, "{faked}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().trim(), forged, "the forgery was written");
+    assert_ne!(faked["message"], "all good", "{faked}");
+    let cs = c.api.get("commandsessions", NS, "forger").unwrap();
+    assert!(cs["status"].get("outputTail").is_none_or(|t| t != "forged"), "{cs}");
 }
 
 /// A gateway replica killed mid-stream: the client, cut off, reconnects through another replica

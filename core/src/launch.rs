@@ -29,6 +29,7 @@ pub const EVENTS_FD: &str = "CLISCALE_RUNNER_EVENTS_FD";
 pub const TERMINATION_LOG: &str = "CLISCALE_RUNNER_TERMINATION_LOG";
 pub const OUTPUT_URL: &str = "CLISCALE_RUNNER_OUTPUT_URL";
 pub const OUTPUT_TOKEN: &str = "CLISCALE_RUNNER_OUTPUT_TOKEN";
+pub const STATUS_KEY: &str = "CLISCALE_RUNNER_STATUS_KEY";
 pub const MASK_ENV: &str = "CLISCALE_RUNNER_MASK_ENV";
 pub const COMMAND_UID: &str = "CLISCALE_RUNNER_COMMAND_UID";
 pub const COMMAND_GID: &str = "CLISCALE_RUNNER_COMMAND_GID";
@@ -77,6 +78,9 @@ pub struct RunnerLaunch {
     pub output_url: Option<String>,
     /// The credential that appends to this session's stored output, and does nothing else.
     pub output_token: Option<String>,
+    /// The key that seals the final event in the termination message
+    /// ([`crate::event::encode_status_key`]).
+    pub status_key: Option<String>,
     /// Names of the command's environment variables whose values are masked in the output.
     pub mask_env: Vec<String>,
     /// The user and group the install step and the command run as (the runner must be root).
@@ -141,6 +145,7 @@ impl RunnerLaunch {
             (TERMINATION_LOG, self.termination_log.clone()),
             (OUTPUT_URL, self.output_url.clone()),
             (OUTPUT_TOKEN, self.output_token.clone()),
+            (STATUS_KEY, self.status_key.clone()),
             (MASK_ENV, (!self.mask_env.is_empty()).then(|| self.mask_env.join(","))),
             (COMMAND_UID, self.command_uid.map(|id| id.to_string())),
             (COMMAND_GID, self.command_gid.map(|id| id.to_string())),

@@ -17,8 +17,11 @@ use kube::runtime::reflector::{ObjectRef, Store as Cache};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::desired::{OperatorConfig, SESSION_LABEL, desired_job, job_name, with_output_token};
+use crate::desired::{
+    OperatorConfig, SESSION_LABEL, desired_job, job_name, with_output_token, with_status_key,
+};
 use crate::status::{Observed, derive_status, transition};
+use cliscale_core::event::{StatusKey, status_key};
 use cliscale_crd::CommandSession;
 
 /// The one field manager of every server-side apply.
@@ -46,6 +49,9 @@ pub struct Context {
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<CommandSession>, u32>>,
     /// Signs runners' output credentials, when their output is stored (config.output_url).
     pub output_keys: Option<Arc<cliscale_api::signing::KeyRing>>,
+    /// What runners' status keys derive from: the signing keys' private halves on every replica
+    /// (`KeyRing::status_secrets`), so any replica, now or after a restart, checks any seal.
+    pub status_secrets: Vec<Vec<u8>>,
 }
 
 impl Context {
@@ -60,7 +66,17 @@ impl Context {
             sessions: Default::default(),
             failures: Default::default(),
             output_keys: None,
+            // Without the signing keys a replica checks only the seals it made itself.
+            status_secrets: vec![rand::random::<[u8; 32]>().to_vec()],
         }
+    }
+
+    /// The keys that may have sealed `session`'s final event; the first seals new Jobs.
+    pub fn status_keys(&self, session: &CommandSession) -> Vec<StatusKey> {
+        // A real API server always gives an object its uid; the name stands in only for one
+        // that does not.
+        let uid = session.metadata.uid.clone().unwrap_or_else(|| session.name_any());
+        self.status_secrets.iter().map(|secret| status_key(secret, &uid)).collect()
     }
 
     /// The metrics text, with the by-phase gauges counted from the cache now.
@@ -119,6 +135,7 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let now = now();
+    let status_keys = ctx.status_keys(&session);
 
     if ttl_remaining(&session, &now) == Some(Duration::ZERO) {
         tracing::info!(session = %name, "TTL passed; deleting the session");
@@ -132,7 +149,7 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         Some(job) => Some(job),
         None if !finished && !deleting => {
             let params = PatchParams::apply(FIELD_MANAGER).force();
-            let mut desired = desired_job(&session, &ctx.config);
+            let mut desired = with_status_key(desired_job(&session, &ctx.config), &status_keys[0]);
             if let (Some(_), Some(keys)) = (&ctx.config.output_url, &ctx.output_keys) {
                 let timeout = session.spec.session.timeout_seconds;
                 let token = keys
@@ -151,6 +168,7 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         job: job.as_ref(),
         pod: pod.as_ref(),
         now: now.clone(),
+        status_keys: &status_keys,
     });
     // A cancelled session's Job goes; the runner gets SIGTERM as its pod is deleted.
     if status.reason == Some(cliscale_core::TerminalReason::Cancelled)

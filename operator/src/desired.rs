@@ -274,6 +274,17 @@ pub fn with_output_token(mut job: Job, token: String) -> Job {
     job
 }
 
+/// Gives the Job's runner the key that seals its final event. Pure.
+pub fn with_status_key(mut job: Job, key: &cliscale_core::event::StatusKey) -> Job {
+    let encoded = cliscale_core::event::encode_status_key(key);
+    let containers =
+        job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).map(|p| p.containers.iter_mut());
+    for container in containers.into_iter().flatten().filter(|c| c.name == "runner") {
+        container.env.get_or_insert_with(Vec::new).push(env(launch::STATUS_KEY, encoded.clone()));
+    }
+    job
+}
+
 /// The Job for `session`. Pure.
 pub fn desired_job(session: &CommandSession, config: &OperatorConfig) -> Job {
     let name = session.name_any();

@@ -142,6 +142,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     publish_jwks(&client, &namespace, &config.jwks_config_map, &keys.jwks()).await?;
     let ctx = Arc::new(Context {
         output_keys: Some(keys.clone()),
+        status_secrets: keys.status_secrets(),
         ..Context::new(client.clone(), config)
     });
 

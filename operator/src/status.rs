@@ -9,7 +9,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
 use crate::desired::{CANCEL_ANNOTATION, RUNNER_PORT, SPEC_HASH_ANNOTATION, spec_hash};
-use cliscale_core::event::RunnerEvent;
+use cliscale_core::event::{RunnerEvent, StatusKey};
 use cliscale_core::exit;
 use cliscale_crd::condition::{READY, SPEC_CHANGE_REJECTED, reason};
 use cliscale_crd::{CommandSession, CommandSessionStatus};
@@ -20,6 +20,8 @@ pub struct Observed<'a> {
     pub job: Option<&'a Job>,
     pub pod: Option<&'a Pod>,
     pub now: Time,
+    /// The keys one of which sealed the runner's final event (its termination message).
+    pub status_keys: &'a [StatusKey],
 }
 
 fn condition(
@@ -51,10 +53,16 @@ fn condition(
 /// How a terminated runner container ended: its reason, exit code and message. The kubelet's
 /// word wins on what it knows (an OOM kill, the exit code); the runner's final event, which it
 /// wrote as its termination message, tells the rest (a signal death, a deadline, its own
-/// message). An event whose exit code disagrees with the kubelet's is not believed. Pure.
-fn terminated(t: &ContainerStateTerminated) -> (TerminalReason, i32, String, Option<String>) {
+/// message). Only an event sealed with the session's status key is the runner's: the command
+/// shares the runner's user in a pod and can write the message file, or kill the runner and
+/// leave a message of its own. An event whose exit code disagrees with the kubelet's is not
+/// believed either. Pure.
+fn terminated(
+    t: &ContainerStateTerminated,
+    keys: &[StatusKey],
+) -> (TerminalReason, i32, String, Option<String>) {
     let code = t.exit_code;
-    let event = t.message.as_deref().and_then(RunnerEvent::parse);
+    let event = t.message.as_deref().and_then(|m| RunnerEvent::open_sealed(m, keys));
     // The output's last lines are the runner's to tell, whoever says how it ended.
     let tail = match &event {
         Some(RunnerEvent::Finished { output_tail, .. }) => output_tail.clone(),
@@ -124,14 +132,15 @@ pub enum PodView {
     Waiting { reason: Option<TerminalReason>, message: String },
 }
 
-/// Reads a runner pod as the kubelet reports it. Pure.
-pub fn pod_view(pod: &Pod) -> PodView {
+/// Reads a runner pod as the kubelet reports it, believing only final events sealed with one
+/// of `keys`. Pure.
+pub fn pod_view(pod: &Pod, keys: &[StatusKey]) -> PodView {
     let status = pod.status.clone().unwrap_or_default();
     let container = status.container_statuses.iter().flatten().find(|c| c.name == "runner");
     let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
     match (status.phase.as_deref(), ended) {
         (Some("Succeeded" | "Failed"), Some(t)) => {
-            let (reason, code, message, output_tail) = terminated(t);
+            let (reason, code, message, output_tail) = terminated(t, keys);
             PodView::Ended { reason, exit_code: Some(code), message, output_tail }
         }
         (Some("Failed"), None) => {
@@ -270,7 +279,7 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         if status.start_time.is_none() {
             status.start_time = pod_status.start_time.clone();
         }
-        let ready = match pod_view(pod) {
+        let ready = match pod_view(pod, o.status_keys) {
             PodView::Ended { reason, exit_code, message, output_tail } => {
                 finish(&mut status, reason, exit_code, message);
                 if output_tail.is_some() {
@@ -333,8 +342,10 @@ mod tests {
         Time(Timestamp::from_second(1_800_000_000).unwrap())
     }
 
+    const KEY: StatusKey = [7; 32];
+
     fn derive(cs: &CommandSession, job: Option<&Job>, pod: Option<&Pod>) -> CommandSessionStatus {
-        derive_status(&Observed { session: cs, job, pod, now: now() })
+        derive_status(&Observed { session: cs, job, pod, now: now(), status_keys: &[KEY] })
     }
 
     fn terminated_pod(code: i32, reason: &str) -> Pod {
@@ -418,7 +429,7 @@ mod tests {
                 message: Some(message.into()),
             };
             RunnerEvent::finished(status, Some(format!("last line of {code}")))
-                .to_termination_message()
+                .to_sealed_termination_message(&KEY)
         };
         let ended = |code: i32, kubelet_reason: &str, message: &str| {
             let p = pod("cs-s1-abc").terminated(code, kubelet_reason).termination_message(message);
@@ -450,6 +461,26 @@ mod tests {
         // Free text is no event: judged by the exit code.
         let text = ended(121, "Error", "could not fetch");
         assert_eq!(text.reason, Some(TerminalReason::FetchFailed));
+        // The command killed its runner and wrote the message file itself: an event it wrote
+        // has no seal, or a seal made with another key, and is not believed.
+        let status = cliscale_core::protocol::SessionStatus {
+            phase: SessionPhase::TimedOut,
+            exit_code: Some(137),
+            reason: Some(TerminalReason::DeadlineExceeded),
+            message: Some("all good".into()),
+        };
+        let forged = RunnerEvent::finished(status, Some("forged tail".into()));
+        for message in
+            [forged.to_termination_message(), forged.to_sealed_termination_message(&[8; 32])]
+        {
+            let s = ended(137, "Error", &message);
+            assert_eq!(
+                (s.phase, s.reason, s.exit_code, s.output_tail.as_deref()),
+                (Some(SessionPhase::Failed), Some(TerminalReason::Exited), Some(137), None),
+                "{message}"
+            );
+            assert_ne!(s.message.as_deref(), Some("all good"));
+        }
     }
 
     #[test]
@@ -464,22 +495,28 @@ mod tests {
             (pod("p").evicted("disk pressure").build(), Some(R::Evicted), None),
         ];
         for (p, reason, code) in cases {
-            let got = match pod_view(&p) {
+            let got = match pod_view(&p, &[KEY]) {
                 PodView::Ended { reason, exit_code, .. } => ended(reason, exit_code),
                 _ => (None, None),
             };
             assert_eq!(got, (reason, code), "{p:?}");
         }
-        assert_eq!(pod_view(&pod("p").running().ready().build()), PodView::Running { ready: true });
-        assert_eq!(pod_view(&pod("p").running().build()), PodView::Running { ready: false });
-        let pulling = pod_view(&pod("p").waiting("ErrImagePull", "no such image").build());
+        assert_eq!(
+            pod_view(&pod("p").running().ready().build(), &[KEY]),
+            PodView::Running { ready: true }
+        );
+        assert_eq!(
+            pod_view(&pod("p").running().build(), &[KEY]),
+            PodView::Running { ready: false }
+        );
+        let pulling = pod_view(&pod("p").waiting("ErrImagePull", "no such image").build(), &[KEY]);
         assert!(
             matches!(&pulling, PodView::Waiting { reason: Some(R::ImagePullFailed), message } if message.contains("no such image")),
             "{pulling:?}"
         );
         let failed: Pod =
             serde_json::from_value(json!({ "status": { "phase": "Failed" } })).unwrap();
-        assert!(matches!(pod_view(&failed), PodView::Ended { reason: R::RunnerLost, .. }));
+        assert!(matches!(pod_view(&failed, &[KEY]), PodView::Ended { reason: R::RunnerLost, .. }));
     }
 
     #[test]

@@ -132,6 +132,10 @@ pub struct RunnerArgs {
     /// which the kubelet copies into the pod's status for the operator.
     #[arg(long, env = launch::TERMINATION_LOG)]
     pub termination_log: Option<PathBuf>,
+    /// The key that seals the final event in the termination message, so the operator can tell
+    /// it from one the command wrote (base64url, 32 bytes).
+    #[arg(long, env = launch::STATUS_KEY, hide_env_values = true)]
+    pub status_key: Option<String>,
     /// Base URL of the API whose output store keeps the session's log (unset: not stored).
     #[arg(long, env = launch::OUTPUT_URL)]
     pub output_url: Option<Url>,

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
-use cliscale_core::event::RunnerEvent;
+use cliscale_core::event::{RunnerEvent, StatusKey, decode_status_key};
 use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 
 use crate::error::{Result, RunnerError};
@@ -16,17 +16,29 @@ use crate::error::{Result, RunnerError};
 pub struct EventSink {
     pipe: Option<File>,
     termination_log: Option<PathBuf>,
+    status_key: Option<StatusKey>,
 }
 
 impl EventSink {
     /// Takes the inherited descriptor `events_fd` (marking it close-on-exec at once, so no child
-    /// inherits it) and the termination message path. Call once, before anything is spawned.
-    pub fn open(events_fd: Option<i32>, termination_log: Option<PathBuf>) -> Result<Self> {
+    /// inherits it), the termination message path and the key that seals what is written there.
+    /// Call once, before anything is spawned.
+    pub fn open(
+        events_fd: Option<i32>,
+        termination_log: Option<PathBuf>,
+        status_key: Option<&str>,
+    ) -> Result<Self> {
+        let status_key = match status_key {
+            None => None,
+            Some(text) => Some(decode_status_key(text).ok_or_else(|| {
+                RunnerError::Config("the status key must be 32 bytes in base64url".into())
+            })?),
+        };
         let pipe = match events_fd {
             None => None,
             Some(fd) => Some(File::from(take_inherited_fd(fd, "events")?)),
         };
-        Ok(Self { pipe, termination_log })
+        Ok(Self { pipe, termination_log, status_key })
     }
 
     /// Reports `event`. A launcher that stopped listening costs the session nothing.
@@ -38,7 +50,13 @@ impl EventSink {
             self.pipe = None;
         }
         if let (RunnerEvent::Finished { .. }, Some(path)) = (event, &self.termination_log)
-            && let Err(error) = std::fs::write(path, event.to_termination_message())
+            && let Err(error) = std::fs::write(
+                path,
+                match &self.status_key {
+                    Some(key) => event.to_sealed_termination_message(key),
+                    None => event.to_termination_message(),
+                },
+            )
         {
             tracing::warn!(%error, path = %path.display(), "could not write the termination message");
         }

@@ -21,7 +21,11 @@ fn main() {
     init_tracing(&args.log_format);
     cliscale_core::tls::install_crypto_provider();
     // First, before anything can be spawned: the event channel is never inherited.
-    let mut events = match EventSink::open(args.events_fd, args.termination_log.clone()) {
+    let mut events = match EventSink::open(
+        args.events_fd,
+        args.termination_log.clone(),
+        args.status_key.as_deref(),
+    ) {
         Ok(events) => events,
         Err(e) => fail(&mut EventSink::default(), e),
     };
