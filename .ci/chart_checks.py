@@ -102,9 +102,10 @@ def check_restricted(where, spec):
 ALLOWED_RULES = {
     "operator": {
         ("cliscale.dev", "commandsessions"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("cliscale.dev", "commandsessions/status"): {"get", "patch"},
-        ("batch", "jobs"): {"get", "list", "watch", "create", "patch", "delete"},
-        ("", "pods"): {"get", "list", "watch"},
+        ("cliscale.dev", "commandsessions/status"): {"patch"},
+        ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
+        ("", "pods"): {"list", "watch"},
+        ("", "events"): {"list"},
         ("events.k8s.io", "events"): {"create", "patch"},
         ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
         ("", "configmaps"): {"get", "create", "patch"},
@@ -130,8 +131,8 @@ def check_rbac(docs):
                         extra = set(rule["verbs"]) - allowed.get((g, r), set())
                         if extra:
                             fail(f"{who} may {sorted(extra)} {g}/{r} beyond the documented list")
-            if who == "gateway" and b["kind"] == "ClusterRoleBinding":
-                fail("the gateway must not be bound cluster-wide")
+            if b["kind"] == "ClusterRoleBinding":
+                fail(f"the {who} serves one namespace and must not be bound cluster-wide")
 
 
 def check_network_policies(docs, values):

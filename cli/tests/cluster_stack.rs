@@ -67,7 +67,11 @@ impl Cluster {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         // Runners append their output to this API, as the chart points them at the Service.
-        let config = OperatorConfig { output_url: Some(base.clone()), ..Default::default() };
+        let config = OperatorConfig {
+            output_url: Some(base.clone()),
+            namespace: NS.into(),
+            ..Default::default()
+        };
         let ctx = Arc::new(Context {
             output_keys: Some(keys.clone()),
             ..Context::new(client.clone(), config)

@@ -172,7 +172,7 @@ async fn chart_install_sessions_both_ways_and_terminals() {
     let phase = run(
         &kc,
         "kubectl",
-        &["-n", NS, "get", "cs", "e2e-kubectl", "-o", "jsonpath={.status.phase}"],
+        &["-n", NS, "get", "cmds", "e2e-kubectl", "-o", "jsonpath={.status.phase}"],
     );
     assert_eq!(phase, "Running");
     run(&kc, "helm", &["uninstall", RELEASE, "-n", NS]);

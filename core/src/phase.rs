@@ -101,6 +101,22 @@ pub enum TerminalReason {
     Unschedulable,
     /// The session's resource was deleted by a user.
     DeletedByUser,
+    /// The runner container could not be made: a missing Secret, ConfigMap or key, or a bad
+    /// container setting (while waiting, then fatal at the start deadline).
+    ContainerConfigError,
+    /// A volume of the runner pod could not be mounted (fatal at the start deadline).
+    MountFailed,
+    /// The cluster refused the Job or its pod: admission, quota or validation.
+    JobRejected,
+    /// The runner pod was preempted by a higher-priority pod.
+    Preempted,
+    /// The runner's node was lost or shut down.
+    NodeLost,
+    /// The session's Job was deleted by someone other than the operator. The command is not
+    /// run again.
+    JobDeleted,
+    /// The runner did not start before the start deadline.
+    StartDeadlineExceeded,
 }
 
 impl TerminalReason {
@@ -121,6 +137,13 @@ impl TerminalReason {
             Self::ImagePullFailed => "ImagePullFailed",
             Self::Unschedulable => "Unschedulable",
             Self::DeletedByUser => "DeletedByUser",
+            Self::ContainerConfigError => "ContainerConfigError",
+            Self::MountFailed => "MountFailed",
+            Self::JobRejected => "JobRejected",
+            Self::Preempted => "Preempted",
+            Self::NodeLost => "NodeLost",
+            Self::JobDeleted => "JobDeleted",
+            Self::StartDeadlineExceeded => "StartDeadlineExceeded",
         }
     }
 }
@@ -132,9 +155,12 @@ pub fn finished_phase(reason: TerminalReason, exit_code: Option<i32>) -> Session
         TerminalReason::Exited if exit_code == Some(0) => SessionPhase::Succeeded,
         TerminalReason::DeadlineExceeded => SessionPhase::TimedOut,
         TerminalReason::Cancelled | TerminalReason::DeletedByUser => SessionPhase::Cancelled,
-        TerminalReason::OomKilled | TerminalReason::Evicted | TerminalReason::RunnerLost => {
-            SessionPhase::Lost
-        }
+        TerminalReason::OomKilled
+        | TerminalReason::Evicted
+        | TerminalReason::RunnerLost
+        | TerminalReason::Preempted
+        | TerminalReason::NodeLost
+        | TerminalReason::JobDeleted => SessionPhase::Lost,
         _ => SessionPhase::Failed,
     }
 }
@@ -155,6 +181,13 @@ mod tests {
         assert_eq!(finished_phase(TerminalReason::Cancelled, None), SessionPhase::Cancelled);
         assert_eq!(finished_phase(TerminalReason::OomKilled, None), SessionPhase::Lost);
         assert_eq!(finished_phase(TerminalReason::FetchFailed, None), SessionPhase::Failed);
+        assert_eq!(finished_phase(TerminalReason::JobDeleted, None), SessionPhase::Lost);
+        assert_eq!(finished_phase(TerminalReason::NodeLost, None), SessionPhase::Lost);
+        assert_eq!(finished_phase(TerminalReason::JobRejected, None), SessionPhase::Failed);
+        assert_eq!(
+            finished_phase(TerminalReason::StartDeadlineExceeded, None),
+            SessionPhase::Failed
+        );
     }
 
     #[test]

@@ -83,7 +83,9 @@ fn the_crd_has_a_status_subresource_short_name_and_printer_columns() {
     let crd = serde_json::to_value(cliscale_crd::CommandSession::crd()).unwrap();
     assert_eq!(crd["spec"]["group"], "cliscale.dev");
     assert_eq!(crd["spec"]["scope"], "Namespaced");
-    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["cs"]));
+    // `cs` is core ComponentStatus's: `kubectl get cs` would never reach a session.
+    assert_eq!(crd["spec"]["names"]["shortNames"], serde_json::json!(["cmds"]));
+    assert_eq!(crd["spec"]["names"]["categories"], serde_json::json!(["cliscale"]));
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha1");
     assert!(version["subresources"]["status"].is_object());

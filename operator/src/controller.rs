@@ -7,22 +7,24 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 // kube calls its watch-fed cache a Store; here that name belongs to the SQL store.
 use kube::runtime::reflector::{ObjectRef, Store as Cache};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::desired::{
-    OperatorConfig, SESSION_LABEL, desired_job, job_name, with_output_token, with_status_key,
+    COMPONENT_LABEL, OperatorConfig, SESSION_LABEL, desired_job, job_name, with_output_token,
+    with_status_key,
 };
-use crate::status::{Observed, derive_status, transition};
+use crate::status::{ClusterWarning, JobSeen, Observed, derive_status, job_must_stop, transition};
 use cliscale_core::event::{StatusKey, status_key};
-use cliscale_crd::CommandSession;
+use cliscale_crd::{CommandSession, CommandSessionStatus};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "cliscale-operator";
@@ -37,6 +39,14 @@ pub enum Error {
     Config(String),
 }
 
+/// The reflector caches the reconciler reads Jobs and pods from: watch-fed, labelled runner
+/// objects of the sessions namespace only.
+#[derive(Clone)]
+pub struct Caches {
+    pub jobs: Cache<Job>,
+    pub pods: Cache<Pod>,
+}
+
 pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
@@ -45,8 +55,13 @@ pub struct Context {
     pub recorder: Recorder,
     /// The controller's cache of sessions while this replica leads (for the by-phase gauges).
     pub sessions: std::sync::Mutex<Option<Cache<CommandSession>>>,
+    /// Jobs and pods, while the controller runs.
+    pub caches: std::sync::Mutex<Option<Caches>>,
     /// Consecutive failed reconciles per session, for the error policy's backoff.
     pub failures: std::sync::Mutex<std::collections::HashMap<ObjectRef<CommandSession>, u32>>,
+    /// Sessions whose Job creation failed without an answer from the API server, in this
+    /// process: only these may try to create their Job again.
+    pub unsure_creates: std::sync::Mutex<std::collections::HashSet<ObjectRef<CommandSession>>>,
     /// Signs runners' output credentials, when their output is stored (config.output_url).
     pub output_keys: Option<Arc<cliscale_api::signing::KeyRing>>,
     /// What runners' status keys derive from: the signing keys' private halves on every replica
@@ -64,7 +79,9 @@ impl Context {
             config,
             metrics: Default::default(),
             sessions: Default::default(),
+            caches: Default::default(),
             failures: Default::default(),
+            unsure_creates: Default::default(),
             output_keys: None,
             // Without the signing keys a replica checks only the seals it made itself.
             status_secrets: vec![rand::random::<[u8; 32]>().to_vec()],
@@ -128,27 +145,80 @@ pub async fn reconcile(session: Arc<CommandSession>, ctx: Arc<Context>) -> Resul
     result
 }
 
+/// Whether an API error is the server refusing the request itself (a 4xx that retrying
+/// cannot fix), as opposed to a conflict, a rate limit or an outage. Pure.
+fn is_refusal(error: &kube::Error) -> Option<String> {
+    match error {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code)
+                && ![404, 408, 409, 429].contains(&status.code) =>
+        {
+            Some(format!("{} ({})", status.message, status.reason))
+        }
+        _ => None,
+    }
+}
+
+fn status_patch(status: &CommandSessionStatus) -> serde_json::Value {
+    // Server-side apply of the whole status: a field this manager set before and leaves out
+    // now is removed, so a recovered pull leaves no stale reason behind.
+    serde_json::json!({
+        "apiVersion": "cliscale.dev/v1alpha1",
+        "kind": "CommandSession",
+        "status": status,
+    })
+}
+
 async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<Action, Error> {
     let name = session.name_any();
     let ns = session.namespace().ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let key = ObjectRef::from_obj(&*session);
     let sessions: Api<CommandSession> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let caches = ctx
+        .caches
+        .lock()
+        .expect("not poisoned")
+        .clone()
+        .ok_or_else(|| Error::Config("the Job and pod caches are not running".into()))?;
     let now = now();
     let status_keys = ctx.status_keys(&session);
+    let apply_status = PatchParams::apply(FIELD_MANAGER).force();
 
     if ttl_remaining(&session, &now) == Some(Duration::ZERO) {
         tracing::info!(session = %name, "TTL passed; deleting the session");
         sessions.delete(&name, &DeleteParams::background()).await?;
         return Ok(Action::await_change());
     }
-    let finished = session.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished());
+    let previous = session.status.clone().unwrap_or_default();
+    let finished = previous.phase.is_some_and(|p| p.is_finished());
     let deleting = session.metadata.deletion_timestamp.is_some();
-    // The Job is made once. A later spec change is surfaced in status, never half-applied.
-    let job = match jobs.get_opt(&job_name(&name)).await? {
-        Some(job) => Some(job),
-        None if !finished && !deleting => {
-            let params = PatchParams::apply(FIELD_MANAGER).force();
+    let cancelled = session.annotations().contains_key(crate::desired::CANCEL_ANNOTATION);
+    let job_key = ObjectRef::<Job>::new(&job_name(&name)).within(&ns);
+    let unsure = ctx.unsure_creates.lock().expect("not poisoned").contains(&key);
+    // The Job is made once. The session records it (status.jobName) before it is made, so
+    // a Job deleted by someone, even one the operator never saw, is never made again.
+    let fetched: Option<Job>;
+    let mut refusal = None;
+    let seen = match caches.jobs.get(&job_key) {
+        Some(job) => {
+            fetched = Some((*job).clone());
+            JobSeen::Made(fetched.as_ref().expect("just set"))
+        }
+        None if finished || deleting || cancelled => JobSeen::NotYet,
+        // The cache may lag behind the API server: only a live read says the Job is gone.
+        None if previous.job_name.is_some() && !unsure => {
+            fetched = jobs.get_opt(&job_name(&name)).await?;
+            fetched.as_ref().map_or(JobSeen::Vanished, JobSeen::Made)
+        }
+        None => {
+            if previous.job_name.is_none() {
+                let intent =
+                    CommandSessionStatus { job_name: Some(job_name(&name)), ..previous.clone() };
+                sessions
+                    .patch_status(&name, &apply_status, &Patch::Apply(status_patch(&intent)))
+                    .await?;
+            }
             let mut desired = with_status_key(desired_job(&session, &ctx.config), &status_keys[0]);
             if let (Some(_), Some(keys)) = (&ctx.config.output_url, &ctx.output_keys) {
                 let timeout = session.spec.session.timeout_seconds;
@@ -157,28 +227,56 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
                     .map_err(|e| Error::Config(format!("signing the output credential: {e}")))?;
                 desired = with_output_token(desired, token);
             }
-            Some(jobs.patch(&job_name(&name), &params, &Patch::Apply(&desired)).await?)
+            let params =
+                PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+            ctx.unsure_creates.lock().expect("not poisoned").insert(key.clone());
+            let created = match jobs.create(&params, &desired).await {
+                Ok(job) => Some(job),
+                Err(kube::Error::Api(e)) if e.code == 409 => jobs.get_opt(&job_name(&name)).await?,
+                Err(e) => match is_refusal(&e) {
+                    Some(message) => {
+                        refusal = Some(message);
+                        None
+                    }
+                    None => return Err(e.into()),
+                },
+            };
+            ctx.unsure_creates.lock().expect("not poisoned").remove(&key);
+            fetched = created;
+            match (&refusal, &fetched) {
+                (Some(message), _) => JobSeen::Refused(message),
+                (None, Some(job)) => JobSeen::Made(job),
+                (None, None) => JobSeen::NotYet,
+            }
         }
-        None => None,
     };
-    let selector = ListParams::default().labels(&format!("{SESSION_LABEL}={name}"));
-    let pod = pods.list(&selector).await?.items.into_iter().next();
-    let status = derive_status(&Observed {
+    let pod = runner_pod_of(&caches.pods, &ns, &name);
+    let mut observed = Observed {
         session: &session,
-        job: job.as_ref(),
-        pod: pod.as_ref(),
+        job: seen,
+        pod: pod.as_deref(),
         now: now.clone(),
         status_keys: &status_keys,
-    });
-    // A cancelled session's Job goes; the runner gets SIGTERM as its pod is deleted.
-    if status.reason == Some(cliscale_core::TerminalReason::Cancelled)
-        && job.as_ref().is_some_and(|j| j.metadata.deletion_timestamp.is_none())
+        start_deadline: ctx.config.start_deadline,
+        warnings: &[],
+    };
+    // Past the start deadline, the cluster's own warnings tell what the session waited for.
+    let warnings;
+    if observed.start_deadline_left() == Some(Duration::ZERO) {
+        warnings = cluster_warnings(ctx, &ns, &name, pod.as_deref()).await?;
+        observed.warnings = &warnings;
+    }
+    let status = derive_status(&observed);
+    let start_left = observed.start_deadline_left();
+    // A session that ended before its runner (a cancel, a start deadline) stops its Job; the
+    // runner gets SIGTERM as its pod is deleted.
+    if let JobSeen::Made(job) = seen
+        && job_must_stop(&status, job, pod.as_deref())
     {
         jobs.delete(&job_name(&name), &DeleteParams::background()).await?;
     }
     if session.status.as_ref() != Some(&status) {
-        let patch = serde_json::json!({ "status": status });
-        sessions.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        sessions.patch_status(&name, &apply_status, &Patch::Apply(status_patch(&status))).await?;
         if let Some(t) = transition(session.status.as_ref(), &status) {
             let event = KubeEvent {
                 type_: if t.warning { EventType::Warning } else { EventType::Normal },
@@ -193,10 +291,58 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
             }
         }
     }
-    Ok(match ttl_remaining(&CommandSession { status: Some(status), ..(*session).clone() }, &now) {
-        Some(left) => Action::requeue(left.max(Duration::from_secs(1))),
+    if let Some(left) =
+        ttl_remaining(&CommandSession { status: Some(status), ..(*session).clone() }, &now)
+    {
+        return Ok(Action::requeue(left.max(Duration::from_secs(1))));
+    }
+    Ok(match start_left {
+        // Woken at the start deadline, a second late so it has surely passed.
+        Some(left) => Action::requeue(left + Duration::from_secs(1)),
         None => Action::await_change(),
     })
+}
+
+/// The runner pod of a session, from the cache: the one not being deleted, if there are two.
+fn runner_pod_of(pods: &Cache<Pod>, ns: &str, session: &str) -> Option<Arc<Pod>> {
+    let mut found: Vec<Arc<Pod>> = pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.namespace().as_deref() == Some(ns)
+                && p.labels().get(SESSION_LABEL).map(String::as_str) == Some(session)
+        })
+        .collect();
+    found.sort_by_key(|p| p.metadata.deletion_timestamp.is_some());
+    found.into_iter().next()
+}
+
+/// Warning Events the cluster recorded about the session's Job and pod, oldest first.
+async fn cluster_warnings(
+    ctx: &Context,
+    ns: &str,
+    session: &str,
+    pod: Option<&Pod>,
+) -> Result<Vec<ClusterWarning>, Error> {
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
+    let mut names = vec![job_name(session)];
+    names.extend(pod.map(|p| p.name_any()));
+    let mut found = Vec::new();
+    for name in names {
+        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
+        for e in events.list(&params).await?.items {
+            if e.type_.as_deref() == Some("Warning") {
+                let when = e.last_timestamp.clone().map(|t| t.0.as_second()).unwrap_or(0);
+                let reason = e.reason.unwrap_or_default();
+                found.push((
+                    when,
+                    ClusterWarning { reason, message: e.message.unwrap_or_default() },
+                ));
+            }
+        }
+    }
+    found.sort_by_key(|(when, _)| *when);
+    Ok(found.into_iter().map(|(_, w)| w).collect())
 }
 
 /// Retry delay after `failures` consecutive failures of one session: 1 s doubling to 5 min,
@@ -233,26 +379,37 @@ pub fn error_policy(session: Arc<CommandSession>, error: &Error, ctx: Arc<Contex
     Action::requeue(delay)
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves: CommandSessions, and the Jobs and pods
+/// carrying the runner label, of the sessions namespace only.
 pub async fn run(
     ctx: Arc<Context>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let sessions: Api<CommandSession> = Api::all(ctx.client.clone());
-    let jobs: Api<Job> = Api::all(ctx.client.clone());
-    let pods: Api<Pod> = Api::all(ctx.client.clone());
-    // Only runner pods (those carrying the session label) are watched.
-    let runner_pods = watcher::Config::default().labels(SESSION_LABEL);
+    let ns = ctx.config.namespace.clone();
+    let sessions: Api<CommandSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
+    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let runners = watcher::Config::default().labels(&format!("{COMPONENT_LABEL}=runner"));
+    let (job_cache, job_writer) = reflector::store();
+    let (pod_cache, pod_writer) = reflector::store();
+    let job_events =
+        watcher(jobs, runners.clone()).default_backoff().reflect(job_writer).touched_objects();
+    let pod_events = watcher(pods, runners).default_backoff().reflect(pod_writer).touched_objects();
+    *ctx.caches.lock().expect("not poisoned") = Some(Caches { jobs: job_cache, pods: pod_cache });
     let controller = Controller::new(sessions, watcher::Config::default());
     *ctx.sessions.lock().expect("not poisoned") = Some(controller.store());
-    controller
-        .owns(jobs, watcher::Config::default())
-        .watches(pods, runner_pods, |pod| {
-            let session = pod.labels().get(SESSION_LABEL)?.clone();
-            Some(ObjectRef::<CommandSession>::new(&session).within(&pod.namespace()?))
-        })
+    let session_of = |labels: &std::collections::BTreeMap<String, String>, ns: Option<String>| {
+        Some(ObjectRef::<CommandSession>::new(labels.get(SESSION_LABEL)?).within(&ns?))
+    };
+    let controller = controller
+        .owns_stream(job_events)
+        .watches_stream(pod_events, move |pod: Pod| session_of(pod.labels(), pod.namespace()))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(reconcile, error_policy, ctx);
+    // The caches fill as the controller polls their watches. Until they have, a reconcile
+    // may miss a Job that exists: the create then meets 409 and reads it, and a session that
+    // had one reads it live, so a cold cache costs reads, never a second Job.
+    controller
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "controller event");

@@ -47,7 +47,16 @@ pub struct OperatorConfig {
     pub default_timeout_seconds: Option<u32>,
     /// The API runners append their sessions' output to (`None`: output is not stored).
     pub output_url: Option<String>,
+    /// The one namespace whose CommandSessions are served (docs/operator.md, "Namespaces").
+    pub namespace: String,
+    /// How long a session may wait for its runner pod to run (scheduling, pulls, mounts)
+    /// before it fails with what it waited for.
+    pub start_deadline: Duration,
 }
+
+/// Default of [`OperatorConfig::start_deadline`]: long enough for a cold node to pull a large
+/// image, short enough that nobody waits on a session that will never start.
+pub const DEFAULT_START_DEADLINE: Duration = Duration::from_secs(600);
 
 impl Default for OperatorConfig {
     fn default() -> Self {
@@ -67,6 +76,8 @@ impl Default for OperatorConfig {
             },
             default_timeout_seconds: None,
             output_url: None,
+            namespace: "default".into(),
+            start_deadline: DEFAULT_START_DEADLINE,
         }
     }
 }

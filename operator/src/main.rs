@@ -88,6 +88,10 @@ struct Args {
     /// Proxies whose X-Forwarded-* headers are trusted (CIDRs, comma-separated).
     #[arg(long, env = "CLISCALE_TRUSTED_PROXIES", value_delimiter = ',')]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a session may wait for its runner pod to run (scheduling, image pulls,
+    /// mounts, quota) before it fails with the reason it waited for.
+    #[arg(long, env = "CLISCALE_START_DEADLINE", default_value = "10m", value_parser = cliscale_core::args::positive_duration)]
+    start_deadline: Duration,
     /// Name of the leader-election Lease.
     #[arg(long, env = "CLISCALE_LEASE_NAME", default_value = "cliscale-operator")]
     lease_name: String,
@@ -136,9 +140,11 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         },
         default_timeout_seconds: args.runner_default_timeout_seconds,
         output_url: args.output_url.clone(),
+        namespace: args.sessions_namespace.clone().unwrap_or_else(|| args.pod_namespace.clone()),
+        start_deadline: args.start_deadline,
     };
     let client = kube::Client::try_default().await?;
-    let namespace = args.sessions_namespace.clone().unwrap_or_else(|| args.pod_namespace.clone());
+    let namespace = config.namespace.clone();
     publish_jwks(&client, &namespace, &config.jwks_config_map, &keys.jwks()).await?;
     let ctx = Arc::new(Context {
         output_keys: Some(keys.clone()),

@@ -1,6 +1,8 @@
 //! A CommandSession's status, derived from what is observed of its Job and Pod: a pure
 //! function. Waiting states (scheduling, image pulls) are reported, never acted on.
 
+use std::time::Duration;
+
 use cliscale_core::phase::finished_phase;
 use cliscale_core::{SessionPhase, TerminalReason};
 use k8s_openapi::api::batch::v1::Job;
@@ -14,14 +16,56 @@ use cliscale_core::exit;
 use cliscale_crd::condition::{READY, SPEC_CHANGE_REJECTED, reason};
 use cliscale_crd::{CommandSession, CommandSessionStatus};
 
+/// What is known of the session's Job.
+#[derive(Debug, Clone, Copy)]
+pub enum JobSeen<'a> {
+    /// No Job, and the session never had one: it is about to be made.
+    NotYet,
+    /// The Job, as the cache or the API server gave it.
+    Made(&'a Job),
+    /// The API server refused to make the Job (a 4xx): its message.
+    Refused(&'a str),
+    /// The session had a Job (`status.jobName`) and the API server no longer has it.
+    Vanished,
+}
+
+/// A warning the cluster recorded about the runner's Job or pod (a core Event): why a pod
+/// never came (`FailedCreate`: quota, admission) or never started (`FailedMount`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterWarning {
+    pub reason: String,
+    pub message: String,
+}
+
 /// Everything the status is derived from.
 pub struct Observed<'a> {
     pub session: &'a CommandSession,
-    pub job: Option<&'a Job>,
+    pub job: JobSeen<'a>,
     pub pod: Option<&'a Pod>,
     pub now: Time,
     /// The keys one of which sealed the runner's final event (its termination message).
     pub status_keys: &'a [StatusKey],
+    /// How long a session may wait for its runner to run before it fails.
+    pub start_deadline: Duration,
+    /// The cluster's warnings about the Job and pod, read once the start deadline has passed.
+    pub warnings: &'a [ClusterWarning],
+}
+
+impl Observed<'_> {
+    /// Time left before the start deadline, `None` once the runner runs or the session ended,
+    /// `Some(ZERO)` once it has passed. Pure.
+    pub fn start_deadline_left(&self) -> Option<Duration> {
+        let status = self.session.status.as_ref();
+        if status.and_then(|s| s.phase).is_some_and(SessionPhase::is_finished) {
+            return None;
+        }
+        if self.pod.is_some_and(|p| !matches!(pod_view(p, &[]), PodView::Waiting { .. })) {
+            return None;
+        }
+        let created = self.session.metadata.creation_timestamp.as_ref()?.0.as_second();
+        let age = (self.now.0.as_second() - created).max(0) as u64;
+        Some(self.start_deadline.saturating_sub(Duration::from_secs(age)))
+    }
 }
 
 fn condition(
@@ -106,13 +150,45 @@ fn waiting(pod: &Pod) -> Option<(TerminalReason, String)> {
         .iter()
         .flatten()
         .find_map(|c| c.state.as_ref()?.waiting.as_ref())?;
-    match w.reason.as_deref() {
-        Some(r @ ("ErrImagePull" | "ImagePullBackOff" | "InvalidImageName")) => Some((
-            TerminalReason::ImagePullFailed,
-            format!("{r}: {}", w.message.clone().unwrap_or_default()),
-        )),
-        _ => None,
-    }
+    let reason = match w.reason.as_deref()? {
+        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName" | "ErrImageNeverPull" => {
+            TerminalReason::ImagePullFailed
+        }
+        "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
+            TerminalReason::ContainerConfigError
+        }
+        _ => return None,
+    };
+    let kubelet = w.reason.clone().unwrap_or_default();
+    Some((reason, format!("{kubelet}: {}", w.message.clone().unwrap_or_default())))
+}
+
+/// Why the cluster took a pod away, from its `DisruptionTarget` condition or its own reason:
+/// it outranks the runner's word, which only saw a SIGTERM. Pure.
+fn disruption(pod: &Pod) -> Option<(TerminalReason, String)> {
+    let status = pod.status.as_ref()?;
+    let condition = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True");
+    let pod_reason = status.reason.as_deref().unwrap_or("");
+    let reason = match (condition.and_then(|c| c.reason.as_deref()), pod_reason) {
+        (Some("PreemptionByScheduler"), _) | (_, "Preempting") => TerminalReason::Preempted,
+        (Some("DeletionByTaintManager" | "DeletionByPodGC"), _) => TerminalReason::NodeLost,
+        (_, "NodeLost" | "NodeShutdown" | "Terminated" | "Shutdown") => TerminalReason::NodeLost,
+        (Some("EvictionByEvictionAPI" | "TerminationByKubelet"), _) | (_, "Evicted") => {
+            TerminalReason::Evicted
+        }
+        (Some(_), _) => TerminalReason::Evicted,
+        (None, _) => return None,
+    };
+    let message = status
+        .message
+        .clone()
+        .or_else(|| condition.and_then(|c| c.message.clone()))
+        .unwrap_or_else(|| format!("the pod was disrupted: {}", reason.as_str()));
+    Some((reason, message))
 }
 
 /// What a runner pod says about its session.
@@ -128,7 +204,7 @@ pub enum PodView {
     },
     /// The runner runs; `ready` once its PTY is up (the readiness probe passes).
     Running { ready: bool },
-    /// Scheduling or pulling: visible, never fatal by itself.
+    /// Scheduling, pulling, mounting: visible, and fatal only at the start deadline.
     Waiting { reason: Option<TerminalReason>, message: String },
 }
 
@@ -138,43 +214,102 @@ pub fn pod_view(pod: &Pod, keys: &[StatusKey]) -> PodView {
     let status = pod.status.clone().unwrap_or_default();
     let container = status.container_statuses.iter().flatten().find(|c| c.name == "runner");
     let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
-    match (status.phase.as_deref(), ended) {
-        (Some("Succeeded" | "Failed"), Some(t)) => {
+    let phase = status.phase.as_deref();
+    if matches!(phase, Some("Succeeded" | "Failed")) || phase == Some("Unknown") {
+        // An OOM kill is the kubelet's to tell; a disruption outranks the runner's SIGTERM.
+        let oom = ended.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
+        let lost = (phase == Some("Unknown"))
+            .then(|| (TerminalReason::NodeLost, "the runner's node stopped reporting".into()));
+        if let Some((reason, message)) = lost.or_else(|| disruption(pod)).filter(|_| !oom) {
+            let exit_code = ended.map(|t| t.exit_code);
+            let output_tail = ended.and_then(|t| terminated(t, keys).3);
+            return PodView::Ended { reason, exit_code, message, output_tail };
+        }
+        if let Some(t) = ended {
             let (reason, code, message, output_tail) = terminated(t, keys);
-            PodView::Ended { reason, exit_code: Some(code), message, output_tail }
+            return PodView::Ended { reason, exit_code: Some(code), message, output_tail };
         }
-        (Some("Failed"), None) => {
-            let evicted = status.reason.as_deref() == Some("Evicted");
-            PodView::Ended {
-                reason: if evicted { TerminalReason::Evicted } else { TerminalReason::RunnerLost },
-                exit_code: None,
-                message: status.message.clone().unwrap_or_else(|| {
-                    if evicted { "the pod was evicted" } else { "the pod failed" }.into()
-                }),
-                output_tail: None,
-            }
+        return PodView::Ended {
+            reason: TerminalReason::RunnerLost,
+            exit_code: None,
+            message: status.message.clone().unwrap_or_else(|| "the pod failed".into()),
+            output_tail: None,
+        };
+    }
+    if phase == Some("Running") {
+        return PodView::Running { ready: container.is_some_and(|c| c.ready) };
+    }
+    match waiting(pod) {
+        Some((reason, message)) => PodView::Waiting { reason: Some(reason), message },
+        None => {
+            PodView::Waiting { reason: None, message: "waiting for the runner pod to start".into() }
         }
-        (Some("Running"), _) => PodView::Running { ready: container.is_some_and(|c| c.ready) },
-        _ => match waiting(pod) {
-            Some((reason, message)) => PodView::Waiting { reason: Some(reason), message },
-            None => PodView::Waiting {
-                reason: None,
-                message: "waiting for the runner pod to start".into(),
-            },
-        },
     }
 }
 
-/// How a Job without a pod failed, if it did: the backstop deadline, or anything else. Pure.
-pub fn job_failure(job: &Job) -> Option<(TerminalReason, String)> {
+/// How a Job ended when its pod cannot tell (gone, or cut short by the Job's own deadline):
+/// `None` while it has not ended. Pure.
+pub fn job_outcome(job: &Job) -> Option<(TerminalReason, Option<i32>, String)> {
     let conditions = job.status.as_ref()?.conditions.as_ref()?;
-    let failed = conditions.iter().find(|c| c.type_ == "Failed" && c.status == "True")?;
-    Some(match failed.reason.as_deref() {
-        Some("DeadlineExceeded") => {
-            (TerminalReason::DeadlineExceeded, "the Job's deadline passed".into())
-        }
-        _ => (TerminalReason::RunnerLost, failed.message.clone().unwrap_or_default()),
+    let holds = |type_: &str| conditions.iter().find(|c| c.type_ == type_ && c.status == "True");
+    let name = job.name_any();
+    if let Some(failed) = holds("Failed") {
+        let said = failed.message.clone().unwrap_or_default();
+        return Some(match failed.reason.as_deref() {
+            Some("DeadlineExceeded") => (
+                TerminalReason::DeadlineExceeded,
+                None,
+                format!("the Job's deadline passed: {said}"),
+            ),
+            other => (
+                TerminalReason::RunnerLost,
+                None,
+                format!(
+                    "the Job {name} failed ({}) and its pod is gone: {said}",
+                    other.unwrap_or("no reason given")
+                ),
+            ),
+        });
+    }
+    holds("Complete").map(|_| {
+        let message =
+            format!("the Job {name} completed; its pod was removed before its end was read");
+        (TerminalReason::Exited, Some(0), message)
     })
+}
+
+/// Why a session that never started failed at its start deadline: what it waited for, from
+/// its pod or from the cluster's warnings, and the cluster's own words. Pure.
+pub fn start_failure(
+    pod: Option<&Pod>,
+    warnings: &[ClusterWarning],
+    deadline: Duration,
+) -> (TerminalReason, String) {
+    let waited = humantime::format_duration(deadline);
+    if let Some(PodView::Waiting { reason: Some(reason), message }) = pod.map(|p| pod_view(p, &[]))
+    {
+        return (reason, format!("not started within {waited}: {message}"));
+    }
+    let found =
+        |reasons: &[&str]| warnings.iter().rev().find(|w| reasons.contains(&w.reason.as_str()));
+    if let Some(w) = found(&["FailedMount", "FailedAttachVolume"]) {
+        return (
+            TerminalReason::MountFailed,
+            format!("not started within {waited}: {}", w.message),
+        );
+    }
+    if let Some(w) = found(&["FailedCreate"]) {
+        return (
+            TerminalReason::JobRejected,
+            format!("not started within {waited}: {}", w.message),
+        );
+    }
+    let last =
+        warnings.last().map(|w| format!(": {}: {}", w.reason, w.message)).unwrap_or_default();
+    (
+        TerminalReason::StartDeadlineExceeded,
+        format!("the runner did not start within {waited}{last}"),
+    )
 }
 
 /// A Kubernetes Event worth recording for a status change: (warning?, reason, note).
@@ -236,7 +371,7 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         return status;
     }
     let mut conditions = Vec::new();
-    if let Some(job) = o.job {
+    if let JobSeen::Made(job) = o.job {
         status.job_name = job.metadata.name.clone();
         let made_from = job.annotations().get(SPEC_HASH_ANNOTATION).cloned().unwrap_or_default();
         let changed = made_from != spec_hash(session);
@@ -263,7 +398,14 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         status.exit_code = code;
         status.message = Some(message);
         status.completion_time = Some(o.now.clone());
+        status.runner_address = None;
     };
+    let job_ended = match o.job {
+        JobSeen::Made(job) => job_outcome(job),
+        _ => None,
+    };
+    let deadline_passed = o.start_deadline_left() == Some(Duration::ZERO);
+    let mut ready = false;
 
     if session.metadata.deletion_timestamp.is_some() {
         let code = status.exit_code;
@@ -271,6 +413,20 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
     } else if session.annotations().contains_key(CANCEL_ANNOTATION) {
         let code = status.exit_code;
         finish(&mut status, TerminalReason::Cancelled, code, "cancelled by a user".into());
+    } else if let JobSeen::Refused(message) = o.job {
+        let message = format!("the cluster refused the Job: {message}");
+        finish(&mut status, TerminalReason::JobRejected, None, message);
+    } else if let JobSeen::Vanished = o.job {
+        let name = status.job_name.clone().unwrap_or_default();
+        let message =
+            format!("the Job {name} was deleted by someone; the command is not run again");
+        let code = status.exit_code;
+        finish(&mut status, TerminalReason::JobDeleted, code, message);
+    } else if let Some((reason @ TerminalReason::DeadlineExceeded, code, message)) =
+        job_ended.clone()
+    {
+        // The Job's own deadline killed the pod: the runner only saw a SIGTERM.
+        finish(&mut status, reason, code, message);
     } else if let Some(pod) = o.pod {
         status.pod_name = pod.metadata.name.clone();
         let pod_status = pod.status.clone().unwrap_or_default();
@@ -279,28 +435,45 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
         if status.start_time.is_none() {
             status.start_time = pod_status.start_time.clone();
         }
-        let ready = match pod_view(pod, o.status_keys) {
+        match pod_view(pod, o.status_keys) {
             PodView::Ended { reason, exit_code, message, output_tail } => {
                 finish(&mut status, reason, exit_code, message);
                 if output_tail.is_some() {
                     status.output_tail = output_tail;
                 }
-                false
             }
-            PodView::Running { ready } => {
+            PodView::Running { ready: up } => {
+                ready = up;
                 status.phase =
-                    Some(if ready { SessionPhase::Running } else { SessionPhase::Starting });
+                    Some(if up { SessionPhase::Running } else { SessionPhase::Starting });
                 status.reason = None;
                 status.message = None;
-                ready
+            }
+            PodView::Waiting { .. } if deadline_passed => {
+                let (reason, message) = start_failure(Some(pod), o.warnings, o.start_deadline);
+                finish(&mut status, reason, None, message);
             }
             PodView::Waiting { reason, message } => {
                 status.phase = Some(SessionPhase::Pending);
                 status.reason = reason;
                 status.message = Some(message);
-                false
+                status.runner_address = None;
             }
-        };
+        }
+    } else if let Some((reason, code, message)) = job_ended {
+        finish(&mut status, reason, code, message);
+    } else if deadline_passed {
+        let (reason, message) = start_failure(None, o.warnings, o.start_deadline);
+        finish(&mut status, reason, None, message);
+    } else {
+        status.phase = Some(SessionPhase::Pending);
+        status.reason = None;
+        status.message = Some(match o.job {
+            JobSeen::Made(_) => "the Job exists; no pod yet".into(),
+            _ => "accepted; creating the Job".into(),
+        });
+    }
+    if o.pod.is_some() {
         conditions.push(condition(
             READY,
             ready && status.phase == Some(SessionPhase::Running),
@@ -310,20 +483,20 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
             &o.now,
             &previous.conditions,
         ));
-    } else if let Some(job) = o.job {
-        match job_failure(job) {
-            Some((reason, message)) => finish(&mut status, reason, None, message),
-            None => {
-                status.phase = Some(SessionPhase::Pending);
-                status.message = Some("the Job exists; no pod yet".into());
-            }
-        }
-    } else {
-        status.phase = Some(SessionPhase::Pending);
-        status.message = Some("accepted; creating the Job".into());
     }
     status.conditions = conditions;
     status
+}
+
+/// Whether the session's Job should be stopped: the session ended before its runner did (a
+/// cancel, a start deadline), so a pod still waiting or running must not go on. Pure.
+pub fn job_must_stop(status: &CommandSessionStatus, job: &Job, pod: Option<&Pod>) -> bool {
+    let finished = status.phase.is_some_and(SessionPhase::is_finished);
+    let pod_ended = pod.is_some_and(|p| matches!(pod_view(p, &[]), PodView::Ended { .. }));
+    finished
+        && job.metadata.deletion_timestamp.is_none()
+        && job_outcome(job).is_none()
+        && !pod_ended
 }
 
 #[cfg(test)]
@@ -345,7 +518,16 @@ mod tests {
     const KEY: StatusKey = [7; 32];
 
     fn derive(cs: &CommandSession, job: Option<&Job>, pod: Option<&Pod>) -> CommandSessionStatus {
-        derive_status(&Observed { session: cs, job, pod, now: now(), status_keys: &[KEY] })
+        let job = job.map_or(JobSeen::NotYet, JobSeen::Made);
+        derive_status(&Observed {
+            session: cs,
+            job,
+            pod,
+            now: now(),
+            status_keys: &[KEY],
+            start_deadline: Duration::from_secs(600),
+            warnings: &[],
+        })
     }
 
     fn terminated_pod(code: i32, reason: &str) -> Pod {

@@ -21,13 +21,17 @@ fn pod(session: &str) -> PodBuilder {
     fixtures::pod(&format!("cs-{session}-x1")).of_session("team", session).ip("10.1.2.3")
 }
 
+fn config() -> OperatorConfig {
+    OperatorConfig { namespace: "team".into(), ..Default::default() }
+}
+
 fn start(api: &Arc<FakeApi>) -> tokio::sync::oneshot::Sender<()> {
     start_with(api).1
 }
 
 fn start_with(api: &Arc<FakeApi>) -> (Arc<Context>, tokio::sync::oneshot::Sender<()>) {
     let client = kube::Client::new(api.router(), "default");
-    let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
+    let ctx = Arc::new(Context::new(client, config()));
     let handle = ctx.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(run(ctx, async move {
@@ -56,13 +60,13 @@ async fn a_session_runs_fails_and_expires_and_a_restart_makes_no_second_job() {
 
     // An operator restart: the new controller finds the Job and applies nothing.
     stop.send(()).unwrap();
-    let applies = api.applies("jobs");
+    let creates = api.creates("jobs");
     let stop = start(&api);
     api.put("pods", pod("s1").terminated(3, "Error").json());
     api.wait_until("status Failed", |a| status_of(a, "s1")["phase"] == "Failed").await;
     assert_eq!(status_of(&api, "s1")["exitCode"], 3);
     assert_eq!(status_of(&api, "s1")["reason"], "Exited");
-    assert_eq!(api.applies("jobs"), applies, "no second apply after the restart");
+    assert_eq!(api.creates("jobs"), creates, "no second create after the restart");
     assert_eq!(api.count("jobs"), 1);
 
     // TTL: one second after finishing, the session (and by ownership its Job) is deleted.
@@ -83,9 +87,12 @@ async fn deleting_a_session_takes_its_job_and_pod_with_it() {
     let job_uid = api.get("jobs", "team", "cs-s2").unwrap()["metadata"]["uid"].clone();
     api.put("pods", pod("s2").running().owned_by_job("cs-s2", &job_uid).json());
     api.remove("commandsessions", "team", "s2");
-    // The pod's deletion is what stops the runner (SIGTERM, then the grace period).
-    assert!(api.get("jobs", "team", "cs-s2").is_none());
-    assert!(api.get("pods", "team", "cs-s2-x1").is_none());
+    // The garbage collector takes the Job, then its pod. The pod's deletion is what stops the
+    // runner (SIGTERM, then the grace period).
+    api.wait_until("the Job and its pod are collected", |a| {
+        a.get("jobs", "team", "cs-s2").is_none() && a.get("pods", "team", "cs-s2-x1").is_none()
+    })
+    .await;
     stop.send(()).unwrap();
 }
 
@@ -137,7 +144,7 @@ fn replica(
 ) -> (Arc<Context>, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     use cliscale_operator::leader::{LeaderConfig, run_when_leading};
     let client = kube::Client::new(api.router(), "default");
-    let ctx = Arc::new(Context::new(client, OperatorConfig::default()));
+    let ctx = Arc::new(Context::new(client, config()));
     let config = LeaderConfig {
         lease_name: "cliscale-operator".into(),
         namespace: "cliscale".into(),

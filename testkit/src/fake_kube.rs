@@ -1,7 +1,18 @@
-//! An in-memory Kubernetes API server, enough for kube-runtime's Controller: list, streamed
-//! watch (with history, so nothing falls between a list and its watch), create, server-side
-//! apply (with field-ownership conflicts), merge patches, delete with owner-reference garbage collection, and a
-//! resourceVersion that only moves when an object really changes.
+//! An in-memory Kubernetes API server that behaves as kube-apiserver does where the operator
+//! could tell the difference:
+//! - list, and streamed watch with history (so nothing falls between a list and its watch),
+//!   bookmarks when asked for, and 410 Gone for a resourceVersion older than the history kept
+//!   ([`FakeApi::compact`]);
+//! - create, server-side apply with field ownership (409 conflicts, and fields a manager stops
+//!   applying are removed), merge patches;
+//! - the status subresource apart from the main resource, both ways: writes to the object
+//!   keep its status, writes to `/status` change nothing else;
+//! - the CRD's structural schema (crds/commandsession.yaml): unknown fields pruned, wrong
+//!   types, enums and bounds refused with 422, as are invalid names and label values;
+//! - random uids, `deletionTimestamp` and finalizers, and owner-reference garbage collection
+//!   that happens after the owner is gone, as the garbage collector does it.
+//!
+//! `crate::cluster_sim` adds a Job controller and a kubelet on top.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,7 +33,11 @@ struct Store {
     rv: u64,
     objects: BTreeMap<Key, Value>,
     history: Vec<(u64, String, Value)>,
+    /// The oldest resourceVersion a watch may still start from (older: 410 Gone).
+    compacted: u64,
     applies: BTreeMap<String, u32>,
+    creates: BTreeMap<String, u32>,
+    made: BTreeMap<String, u32>,
     /// Writes (POST/PATCH) to refuse with 500 per collection: fault injection.
     failing_writes: BTreeMap<String, u32>,
     /// Server-side apply field ownership: (object, leaf path) -> field manager.
@@ -52,6 +67,219 @@ pub struct FakeApi {
     store: Mutex<Store>,
     events: broadcast::Sender<(u64, String, Value)>,
     changed: watch::Sender<u64>,
+    /// Ends every open watch when bumped, as an API server restart or a load balancer would.
+    cut_watches: watch::Sender<u64>,
+    /// Itself, for the garbage collector's work after a request has been answered.
+    this: std::sync::Weak<FakeApi>,
+    schema: Option<Value>,
+}
+
+/// The kind and apiVersion of the collections the operator uses, for bookmarks and errors.
+fn type_of(collection: &str) -> (&'static str, &'static str) {
+    match collection {
+        "commandsessions" => ("cliscale.dev/v1alpha1", "CommandSession"),
+        "jobs" => ("batch/v1", "Job"),
+        "pods" => ("v1", "Pod"),
+        "configmaps" => ("v1", "ConfigMap"),
+        "leases" => ("coordination.k8s.io/v1", "Lease"),
+        "events" => ("v1", "Event"),
+        _ => ("v1", "Unknown"),
+    }
+}
+
+/// Whether `s` is a DNS-1123 label (names of most objects, at most 63 characters).
+fn dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// Whether `s` is a DNS-1123 subdomain (names of CommandSessions, at most 253 characters;
+/// kube-apiserver does not hold its parts to 63).
+fn dns_subdomain(s: &str) -> bool {
+    let part = |p: &str| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !p.starts_with('-')
+            && !p.ends_with('-')
+    };
+    !s.is_empty() && s.len() <= 253 && s.split('.').all(part)
+}
+
+/// Whether `s` is a valid label value: at most 63 characters of `[A-Za-z0-9_.-]`, beginning
+/// and ending alphanumeric, or empty.
+fn label_value(s: &str) -> bool {
+    s.is_empty()
+        || (s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && s.as_bytes()[0].is_ascii_alphanumeric()
+            && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric())
+}
+
+/// Whether `s` is a resource quantity as the API server parses one (`100m`, `2Gi`, `1e3`).
+pub fn quantity(s: &str) -> bool {
+    let digits = s.trim_start_matches(['+', '-']);
+    let number_end =
+        digits.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(digits.len());
+    let (number, suffix) = digits.split_at(number_end);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let suffix_ok = matches!(
+        suffix,
+        "" | "Ki"
+            | "Mi"
+            | "Gi"
+            | "Ti"
+            | "Pi"
+            | "Ei"
+            | "n"
+            | "u"
+            | "m"
+            | "k"
+            | "M"
+            | "G"
+            | "T"
+            | "P"
+            | "E"
+    ) || (suffix.len() > 1
+        && matches!(&suffix[..1], "e" | "E")
+        && suffix[1..].trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit())
+        && !suffix[1..].trim_start_matches(['+', '-']).is_empty());
+    number_ok && suffix_ok
+}
+
+/// The checks the API server makes of every object's metadata, and of the parts of Jobs and
+/// pods the operator writes: names, label values, quantities. The reason for a refusal.
+fn validate_core(collection: &str, obj: &Value) -> Result<(), String> {
+    let name = obj["metadata"]["name"].as_str().unwrap_or("");
+    let name_ok = match collection {
+        "jobs" | "pods" | "configmaps" | "namespaces" => {
+            if collection == "jobs" {
+                dns_label(name)
+            } else {
+                dns_subdomain(name)
+            }
+        }
+        _ => dns_subdomain(name),
+    };
+    if !name_ok {
+        return Err(format!("metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 name"));
+    }
+    let mut labels = vec![("metadata.labels", &obj["metadata"]["labels"])];
+    labels.push(("spec.template.metadata.labels", &obj["spec"]["template"]["metadata"]["labels"]));
+    for (at, map) in labels {
+        for (k, v) in map.as_object().into_iter().flatten() {
+            let v = v.as_str().unwrap_or("");
+            if !label_value(v) {
+                return Err(format!(
+                    "{at}: Invalid value: \"{v}\": must be no more than 63 characters of [A-Za-z0-9_.-] (label {k})"
+                ));
+            }
+        }
+    }
+    let containers = obj["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .or(obj["spec"]["containers"].as_array());
+    for c in containers.into_iter().flatten() {
+        for kind in ["requests", "limits"] {
+            for (r, q) in c["resources"][kind].as_object().into_iter().flatten() {
+                let text = q.as_str().map(str::to_owned).unwrap_or_else(|| q.to_string());
+                if !quantity(&text) {
+                    return Err(format!(
+                        "spec.containers.resources.{kind}[{r}]: Invalid value: \"{text}\": quantities must match the regular expression"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks `value` against a structural OpenAPI schema and prunes the fields it does not
+/// declare, as the API server does for a CRD. The first problem, with its path.
+fn conform(value: &mut Value, schema: &Value, path: &str) -> Result<(), String> {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true))
+        && schema.get("properties").is_none()
+    {
+        return Ok(());
+    }
+    if value.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
+        return Ok(());
+    }
+    if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
+        return if value.is_string() || value.is_i64() || value.is_u64() {
+            Ok(())
+        } else {
+            Err(format!("{path}: Invalid value: must be an integer or a string"))
+        };
+    }
+    let bad = |what: &str| Err(format!("{path}: Invalid value: {what}"));
+    match schema["type"].as_str() {
+        Some("object") => {
+            let Some(map) = value.as_object_mut() else { return bad("must be an object") };
+            for required in schema["required"].as_array().into_iter().flatten() {
+                let r = required.as_str().unwrap_or("");
+                if !map.contains_key(r) {
+                    return Err(format!("{path}.{r}: Required value"));
+                }
+            }
+            if let Some(props) = schema["properties"].as_object() {
+                map.retain(|k, _| props.contains_key(k));
+                for (k, v) in map.iter_mut() {
+                    conform(v, &props[k], &format!("{path}.{k}"))?;
+                }
+            } else if let Some(extra) = schema.get("additionalProperties").filter(|a| a.is_object())
+            {
+                for (k, v) in map.iter_mut() {
+                    conform(v, extra, &format!("{path}.{k}"))?;
+                }
+            }
+        }
+        Some("array") => {
+            let Some(items) = value.as_array_mut() else { return bad("must be an array") };
+            if let Some(max) = schema["maxItems"].as_u64().filter(|m| items.len() as u64 > *m) {
+                return bad(&format!("must have at most {max} items"));
+            }
+            for (i, item) in items.iter_mut().enumerate() {
+                conform(item, &schema["items"], &format!("{path}[{i}]"))?;
+            }
+        }
+        Some("string") => {
+            let Some(text) = value.as_str() else { return bad("must be a string") };
+            if let Some(max) =
+                schema["maxLength"].as_u64().filter(|m| text.chars().count() as u64 > *m)
+            {
+                return bad(&format!("may not be longer than {max}"));
+            }
+            if let Some(min) =
+                schema["minLength"].as_u64().filter(|m| (text.chars().count() as u64) < *m)
+            {
+                return bad(&format!("must be at least {min} characters"));
+            }
+        }
+        Some("integer") => {
+            let Some(n) = value.as_i64() else { return bad("must be an integer") };
+            if schema["minimum"].as_f64().is_some_and(|m| (n as f64) < m) {
+                return bad(&format!("must be at least {}", schema["minimum"]));
+            }
+            if schema["maximum"].as_f64().is_some_and(|m| (n as f64) > m) {
+                return bad(&format!("must be at most {}", schema["maximum"]));
+            }
+        }
+        Some("number") if !value.is_number() => return bad("must be a number"),
+        Some("boolean") if !value.is_boolean() => return bad("must be a boolean"),
+        _ => {}
+    }
+    if let Some(allowed) = schema["enum"].as_array().filter(|a| !a.contains(value)) {
+        return bad(&format!("supported values: {}", Value::Array(allowed.clone())));
+    }
+    Ok(())
+}
+
+/// A JSON merge patch (RFC 7386) of `patch` into `target`.
+pub fn merge_into(target: &mut Value, patch: &Value) {
+    merge(target, patch)
 }
 
 fn merge(target: &mut Value, patch: &Value) {
@@ -67,6 +295,37 @@ fn merge(target: &mut Value, patch: &Value) {
         }
         (t, p) => *t = p.clone(),
     }
+}
+
+/// Removes the leaf at a `/a/b/c` path, and objects left empty on the way.
+fn remove_path(obj: &mut Value, path: &str) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    fn go(v: &mut Value, parts: &[&str]) {
+        let Some(map) = v.as_object_mut() else { return };
+        match parts {
+            [last] => {
+                map.remove(*last);
+            }
+            [first, rest @ ..] => {
+                if let Some(child) = map.get_mut(*first) {
+                    go(child, rest);
+                    if child.as_object().is_some_and(|m| m.is_empty()) {
+                        map.remove(*first);
+                    }
+                }
+            }
+            [] => {}
+        }
+    }
+    go(obj, &parts);
+}
+
+/// 422 Unprocessable Entity, as the API server refuses an invalid object.
+fn invalid(collection: &str, message: &str) -> Response {
+    let (_, kind) = type_of(collection);
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "Invalid", "code": 422, "message": format!("{kind} is invalid: {message}")});
+    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
 }
 
 fn status_error(code: StatusCode, reason: &str) -> Response {
@@ -109,11 +368,84 @@ fn matches_labels(obj: &Value, selector: Option<&String>) -> bool {
     })
 }
 
+/// The CRD's OpenAPI schema of a CommandSession, from the generated manifest.
+fn session_schema() -> Value {
+    use kube::CustomResourceExt;
+    let crd =
+        serde_json::to_value(cliscale_crd::CommandSession::crd()).expect("the CRD serializes");
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+/// `a.b=c` field selectors (the ones the operator uses: `involvedObject.name=…`).
+fn matches_fields(obj: &Value, selector: Option<&String>) -> bool {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
+    selector.split(',').all(|term| match term.split_once('=') {
+        Some((path, want)) => {
+            let pointer = format!("/{}", path.replace('.', "/"));
+            obj.pointer(&pointer).and_then(Value::as_str) == Some(want)
+        }
+        None => false,
+    })
+}
+
 impl FakeApi {
     pub fn new() -> Arc<Self> {
-        let (events, _) = broadcast::channel(4096);
+        let (events, _) = broadcast::channel(65536);
         let (changed, _) = watch::channel(0);
-        Arc::new(Self { store: Mutex::new(Store::default()), events, changed })
+        let (cut_watches, _) = watch::channel(0);
+        Arc::new_cyclic(|this| Self {
+            store: Mutex::new(Store::default()),
+            events,
+            changed,
+            cut_watches,
+            this: this.clone(),
+            schema: Some(session_schema()),
+        })
+    }
+
+    /// Every change as it is stored: (resourceVersion, collection, watch event).
+    pub fn subscribe(&self) -> broadcast::Receiver<(u64, String, Value)> {
+        self.events.subscribe()
+    }
+
+    /// Forgets the watch history before now, as etcd's compaction does: a watch from an older
+    /// resourceVersion gets 410 Gone and its client must list again. Open watches are cut.
+    pub fn compact(&self) {
+        let mut s = self.store.lock().unwrap();
+        s.compacted = s.rv;
+        s.history.clear();
+        drop(s);
+        self.cut_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Ends every open watch (clients reconnect from their last resourceVersion).
+    pub fn cut_watches(&self) {
+        self.cut_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Validates and prunes `obj` as the API server would before storing it. The refusal,
+    /// as a reason.
+    fn admit(&self, collection: &str, obj: &mut Value) -> Result<(), String> {
+        validate_core(collection, obj)?;
+        if collection == "commandsessions"
+            && let Some(schema) = &self.schema
+        {
+            // apiVersion, kind and metadata are the server's own, never pruned; status is
+            // checked apart, against its own schema.
+            let Some(map) = obj.as_object_mut() else { return Err("not an object".into()) };
+            let own: Vec<(String, Value)> = ["apiVersion", "kind", "metadata", "status"]
+                .iter()
+                .filter_map(|k| Some((k.to_string(), map.remove(*k)?)))
+                .collect();
+            conform(obj, schema, "")?;
+            for (k, mut v) in own {
+                if k == "status" {
+                    conform(&mut v, &schema["properties"]["status"], ".status")?;
+                }
+                obj[k] = v;
+            }
+        }
+        Ok(())
     }
 
     pub fn router(self: &Arc<Self>) -> axum::Router {
@@ -145,9 +477,24 @@ impl FakeApi {
                 old["metadata"]["generation"].as_i64().unwrap_or(1) + i64::from(spec_changed);
             obj["metadata"]["generation"] = json!(generation);
         } else {
-            obj["metadata"]["uid"] = json!(format!("uid-{collection}-{name}"));
-            obj["metadata"]["creationTimestamp"] = json!("2026-11-23T00:00:00Z");
+            obj["metadata"]["uid"] = json!(format!(
+                "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+                rand::random::<u32>(),
+                rand::random::<u16>(),
+                rand::random::<u16>() & 0xfff,
+                rand::random::<u16>() & 0xfff,
+                rand::random::<u64>() & 0xffff_ffff_ffff
+            ));
+            if obj["metadata"]["creationTimestamp"].is_null() {
+                obj["metadata"]["creationTimestamp"] = json!(
+                    k8s_openapi::jiff::Timestamp::now()
+                        .round(k8s_openapi::jiff::Unit::Second)
+                        .unwrap()
+                        .to_string()
+                );
+            }
             obj["metadata"]["generation"] = json!(1);
+            *s.made.entry(collection.to_owned()).or_default() += 1;
         }
         s.rv += 1;
         let rv = s.rv;
@@ -185,10 +532,52 @@ impl FakeApi {
         drop(s);
         let _ = self.events.send((rv, collection.to_owned(), event));
         self.changed.send_replace(rv);
-        for (c, n, name) in owned {
-            self.remove(&c, &n, &name);
+        // The garbage collector notices the owner is gone and deletes its dependents later,
+        // each through the same deletion (finalizers respected).
+        if !owned.is_empty() {
+            let api = self.this.upgrade().expect("the API outlives its requests");
+            tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                for (c, n, name) in owned {
+                    api.delete(&c, &n, &name);
+                }
+            });
         }
         Some(obj)
+    }
+
+    /// Deletes as a DELETE request does: an object with finalizers only gets its
+    /// `deletionTimestamp` and goes once they are all removed; any other goes at once.
+    pub fn delete(&self, collection: &str, ns: &str, name: &str) -> Option<Value> {
+        let mut obj = self.get(collection, ns, name)?;
+        let finalizers = obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
+        if !finalizers {
+            return self.remove(collection, ns, name);
+        }
+        if obj["metadata"]["deletionTimestamp"].is_null() {
+            obj["metadata"]["deletionTimestamp"] = json!(
+                k8s_openapi::jiff::Timestamp::now()
+                    .round(k8s_openapi::jiff::Unit::Second)
+                    .unwrap()
+                    .to_string()
+            );
+            return Some(self.put(collection, obj));
+        }
+        Some(obj)
+    }
+
+    /// Stores `obj` as an update: an object being deleted whose last finalizer this removes
+    /// goes.
+    pub fn update(&self, collection: &str, obj: Value) -> Value {
+        let done = !obj["metadata"]["deletionTimestamp"].is_null()
+            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+        let stored = self.put(collection, obj);
+        if done {
+            let ns = stored["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
+            let name = stored["metadata"]["name"].as_str().unwrap_or("").to_owned();
+            return self.remove(collection, &ns, &name).unwrap_or(stored);
+        }
+        stored
     }
 
     pub fn get(&self, collection: &str, ns: &str, name: &str) -> Option<Value> {
@@ -216,6 +605,16 @@ impl FakeApi {
 
     pub fn applies(&self, collection: &str) -> u32 {
         self.store.lock().unwrap().applies.get(collection).copied().unwrap_or(0)
+    }
+
+    /// How many objects of `collection` were made by POST.
+    pub fn creates(&self, collection: &str) -> u32 {
+        self.store.lock().unwrap().creates.get(collection).copied().unwrap_or(0)
+    }
+
+    /// How many objects of `collection` were ever made, deleted or not.
+    pub fn ever_made(&self, collection: &str) -> u32 {
+        self.store.lock().unwrap().made.get(collection).copied().unwrap_or(0)
     }
 
     /// Waits until `condition` holds, re-checking on every change (a hang guard, no polling).
@@ -252,25 +651,32 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
         (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
             let rx = api.events.subscribe();
-            let backlog: Vec<(u64, String, Value)> = {
+            let (api_version, kind) = type_of(&collection);
+            let (backlog, expired, now_rv) = {
                 let s = api.store.lock().unwrap();
-                s.history
+                let backlog: Vec<(u64, String, Value)> = s
+                    .history
                     .iter()
                     .filter(|(rv, c, _)| *rv > from && *c == collection)
                     .cloned()
-                    .collect()
+                    .collect();
+                (backlog, from < s.compacted, s.rv)
             };
+            if expired {
+                // What kube-apiserver sends for a compacted resourceVersion: an ERROR event
+                // carrying 410 Gone, then the end of the stream.
+                let gone = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+                    "status": "Failure", "reason": "Expired", "code": 410,
+                    "message": format!("too old resource version: {from} ({now_rv})")}});
+                return Response::builder()
+                    .header("content-type", "application/json")
+                    .body(Body::from(format!("{gone}\n")))
+                    .unwrap();
+            }
             let last = backlog.last().map(|e| e.0).unwrap_or(from);
-            let (c1, c2, ns1, ns2, sel1, sel2) = (
-                collection.clone(),
-                collection,
-                ns.clone(),
-                ns,
-                q.get("labelSelector").cloned(),
-                q.get("labelSelector").cloned(),
-            );
-            let keep = move |c: &str, ev: &Value, ns: &Option<String>, sel: &Option<String>| {
-                c == c1.as_str()
+            let sel = q.get("labelSelector").cloned();
+            let keep = move |c: &str, ev: &Value| {
+                c == collection.as_str()
                     && ns
                         .as_ref()
                         .is_none_or(|n| ev["object"]["metadata"]["namespace"] == n.as_str())
@@ -278,22 +684,39 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             };
             let keep2 = keep.clone();
             let old = futures_util::stream::iter(
-                backlog
-                    .into_iter()
-                    .filter(move |(_, c, ev)| keep(c, ev, &ns1, &sel1))
-                    .map(|(_, _, ev)| ev),
+                backlog.into_iter().filter(move |(_, c, ev)| keep(c, ev)).map(|(_, _, ev)| ev),
             );
             let live = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(move |item| {
                 let out = match item {
-                    Ok((rv, c, ev)) if rv > last && keep2(&c, &ev, &ns2, &sel2) => Some(ev),
+                    Ok((rv, c, ev)) if rv > last && keep2(&c, &ev) => Some(ev),
                     _ => None,
                 };
                 std::future::ready(out)
             });
-            let _ = c2;
             use futures_util::StreamExt;
-            let stream =
-                old.chain(live).map(|ev| Ok::<_, Infallible>(Bytes::from(format!("{ev}\n"))));
+            // Bookmarks, when asked for: the latest resourceVersion, so a client that
+            // reconnects resumes from there rather than from an event long compacted.
+            let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+            let marks_api = api.clone();
+            let marks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                std::time::Duration::from_millis(500),
+            ))
+            .skip(1)
+            .filter(move |_| std::future::ready(bookmarks))
+            .map(move |_| {
+                let rv = marks_api.store.lock().unwrap().rv;
+                json!({"type": "BOOKMARK", "object": {"kind": kind, "apiVersion": api_version,
+                    "metadata": {"resourceVersion": rv.to_string(),
+                                 "annotations": {"k8s.io/initial-events-end": "true"}}}})
+            });
+            let mut cut = api.cut_watches.subscribe();
+            cut.borrow_and_update();
+            let until_cut = async move {
+                let _ = cut.changed().await;
+            };
+            let stream = futures_util::stream::select(old.chain(live), marks)
+                .take_until(until_cut)
+                .map(|ev| Ok::<_, Infallible>(Bytes::from(format!("{ev}\n"))));
             Response::builder()
                 .header("content-type", "application/json")
                 .body(Body::from_stream(stream))
@@ -308,6 +731,7 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                     *c == collection
                         && ns.as_ref().is_none_or(|ns| ns == n)
                         && matches_labels(o, q.get("labelSelector"))
+                        && matches_fields(o, q.get("fieldSelector"))
                 })
                 .map(|(_, o)| o.clone())
                 .collect();
@@ -319,29 +743,76 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             None => status_error(StatusCode::NOT_FOUND, "NotFound"),
         },
         (Method::POST, None) => {
-            let mut obj: Value = serde_json::from_slice(&body).unwrap();
+            let Ok(mut obj) = serde_json::from_slice::<Value>(&body) else {
+                return status_error(StatusCode::BAD_REQUEST, "BadRequest");
+            };
             obj["metadata"]["namespace"] = json!(ns.clone().unwrap_or_default());
-            let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+            // Status is the status subresource's: a create never sets it.
+            if let Some(o) = obj.as_object_mut() {
+                o.remove("status");
+            }
+            if let Err(message) = api.admit(&collection, &mut obj) {
+                return invalid(&collection, &message);
+            }
+            let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
             if api.get(&collection, ns.as_deref().unwrap_or(""), &name).is_some() {
                 return status_error(StatusCode::CONFLICT, "AlreadyExists");
             }
+            *api.store.lock().unwrap().creates.entry(collection.clone()).or_default() += 1;
             (StatusCode::CREATED, axum::Json(api.put(&collection, obj))).into_response()
         }
         (Method::PATCH, Some(name)) => {
             let patch: Value = serde_json::from_slice(&body).unwrap();
             let ns = ns.unwrap_or_default();
             let existing = api.get(&collection, &ns, &name);
+            let is_apply = content_type.starts_with("application/apply-patch");
             if status {
+                // The status subresource changes status and nothing else.
                 let Some(mut obj) = existing else {
                     return status_error(StatusCode::NOT_FOUND, "NotFound");
                 };
-                merge(&mut obj["status"], &patch["status"]);
+                let key: Key = (collection.clone(), ns.clone(), name.clone());
+                if is_apply && let Some(manager) = q.get("fieldManager") {
+                    // Server-side apply: fields this manager applied before and leaves out now
+                    // are removed; the rest are merged in and become its own.
+                    let mut touched = Vec::new();
+                    leaves(&json!({"status": patch["status"].clone()}), "", &mut touched);
+                    let now: std::collections::BTreeSet<String> =
+                        touched.iter().map(|(p, _)| p.clone()).collect();
+                    let mut s = api.store.lock().unwrap();
+                    let dropped: Vec<String> = s
+                        .owners
+                        .iter()
+                        .filter(|((k, path), m)| {
+                            *k == key
+                                && *m == manager
+                                && path.starts_with("/status/")
+                                && !now.contains(path)
+                        })
+                        .map(|((_, path), _)| path.clone())
+                        .collect();
+                    for path in &dropped {
+                        s.owners.remove(&(key.clone(), path.clone()));
+                        remove_path(&mut obj, path);
+                    }
+                    for path in now {
+                        s.owners.insert((key.clone(), path), manager.clone());
+                    }
+                }
+                let mut new_status = obj["status"].take();
+                if new_status.is_null() {
+                    new_status = json!({});
+                }
+                merge(&mut new_status, &patch["status"]);
+                obj["status"] = new_status;
+                if let Err(message) = api.admit(&collection, &mut obj) {
+                    return invalid(&collection, &message);
+                }
                 return axum::Json(api.put(&collection, obj)).into_response();
             }
             // Field ownership, as the real server keeps it: an unforced apply may not change a
             // field another manager owns (409 Conflict); every patch with a field manager
             // takes over the fields it sets.
-            let is_apply = content_type.starts_with("application/apply-patch");
             let key: Key = (collection.clone(), ns.clone(), name.clone());
             if let Some(manager) = q.get("fieldManager") {
                 let mut touched = Vec::new();
@@ -369,15 +840,28 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             if is_apply {
                 *api.store.lock().unwrap().applies.entry(collection.clone()).or_default() += 1;
             }
+            let kept_status = existing.as_ref().map(|o| o["status"].clone());
             let mut obj =
                 existing.unwrap_or_else(|| json!({"metadata": {"name": name, "namespace": ns}}));
             let mut applied = patch;
             applied["metadata"]["namespace"] = json!(ns);
             merge(&mut obj, &applied);
-            axum::Json(api.put(&collection, obj)).into_response()
+            // The main resource never changes status: that is the subresource's.
+            match kept_status {
+                Some(status) if !status.is_null() => obj["status"] = status,
+                _ => {
+                    if let Some(o) = obj.as_object_mut() {
+                        o.remove("status");
+                    }
+                }
+            }
+            if let Err(message) = api.admit(&collection, &mut obj) {
+                return invalid(&collection, &message);
+            }
+            axum::Json(api.update(&collection, obj)).into_response()
         }
         (Method::DELETE, Some(name)) => {
-            match api.remove(&collection, ns.as_deref().unwrap_or(""), &name) {
+            match api.delete(&collection, ns.as_deref().unwrap_or(""), &name) {
                 Some(o) => axum::Json(o).into_response(),
                 None => status_error(StatusCode::NOT_FOUND, "NotFound"),
             }

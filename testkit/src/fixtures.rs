@@ -86,10 +86,11 @@ pub fn pod(name: &str) -> PodBuilder {
 }
 
 impl PodBuilder {
-    /// The runner pod of `session` in `namespace`: the label the operator selects it by.
+    /// The runner pod of `session` in `namespace`: the labels the operator selects it by.
     pub fn of_session(mut self, namespace: &str, session: &str) -> Self {
         self.metadata["namespace"] = namespace.into();
-        self.metadata["labels"] = json!({ "cliscale.dev/session": session });
+        self.metadata["labels"] =
+            json!({ "cliscale.dev/session": session, "cliscale.dev/component": "runner" });
         self
     }
 

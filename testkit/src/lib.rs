@@ -1,6 +1,8 @@
 //! Test support shared by the workspace's tests and benchmarks; no binary links it.
 //!
 //! - [`fake_kube`]: an in-memory Kubernetes API server for kube-runtime clients.
+//! - [`cluster_sim`]: a Job controller and kubelet over it, walking pods through scripted
+//!   lifecycles.
 //! - [`fixtures`]: builders for the sessions and pods tests observe.
 //! - [`harness`]: what the benchmark harnesses share (the release stack, throughput, the
 //!   raw PTY).
@@ -10,6 +12,7 @@
 //! - [`stack`]: the real `cliscale up` with real runners, and a terminal client for it.
 //! - [`stats`]: the order statistics the benchmark harnesses report.
 
+pub mod cluster_sim;
 pub mod fake_kube;
 pub mod fixtures;
 pub mod harness;
