@@ -156,7 +156,12 @@ def check_network_policies(docs, values):
                     fail(f"{p['metadata']['name']}: ingress admits non-gateway peers: {peer}")
                 if "namespaceSelector" not in peer:
                     fail(f"{p['metadata']['name']}: the gateway peer must name its namespace")
-    cidrs = values.get("runner", {}).get("networkPolicy", {}).get("egressCidrs", [])
+    np = values.get("runner", {}).get("networkPolicy", {})
+    cidrs = np.get("egressCidrs", [])
+    allowed = [(a["cidr"], set(a["ports"])) for a in np.get("allowEgress", [])]
+    # Never reachable unless allowlisted: cloud metadata and the cluster's private ranges.
+    must_deny = {"0.0.0.0/0": {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"},
+                 "::/0": {"fe80::/10", "fc00::/7"}}
     for p in egress:
         for rule in p["spec"].get("egress", []):
             ports = {x.get("port") for x in rule.get("ports", [])}
@@ -178,8 +183,17 @@ def check_network_policies(docs, values):
                 continue
             if ports == {API_PORT}:
                 fail(f"{p['metadata']['name']}: the API port is open to more than the operator: {peers}")
+            if [(x.get("ipBlock", {}).get("cidr"), ports) for x in peers] in ([a] for a in allowed):
+                continue
             if cidrs and sorted(x["ipBlock"]["cidr"] for x in peers) != sorted(cidrs):
                 fail(f"{p['metadata']['name']}: egress must be limited to the allowlist")
+            for x in peers:
+                block = x.get("ipBlock")
+                if block is None:
+                    fail(f"{p['metadata']['name']}: runner egress to pods or namespaces: {x}")
+                elif block["cidr"] in must_deny and not must_deny[block["cidr"]] <= set(block.get("except", [])):
+                    fail(f"{p['metadata']['name']}: egress to {block['cidr']} must exclude "
+                         f"{sorted(must_deny[block['cidr']])}")
 
 
 def validate_objects(label, docs):
@@ -228,7 +242,8 @@ def main():
     if report.get("errors"):
         fail(f"helm lint: {report['errors']}")
 
-    value_sets = {"default": {"database": {"url": "postgres://u:p@db:5432/cliscale"}}}
+    # The defaults alone (the evaluation database on), and with a database of one's own (off).
+    value_sets = {"default": {}, "database-url": {"database": {"url": "postgres://u:p@db:5432/cliscale"}}}
     for f in sorted((CHART / "ci").glob("*-values.yaml")):
         value_sets[f.stem] = yaml.safe_load(f.read_text())
 
@@ -256,6 +271,21 @@ def main():
                 check_restricted(f"{label} {path}", spec)
         check_rbac(docs)
         check_network_policies(docs, values)
+        evaluation = [d for _, d in docs if d["kind"] == "StatefulSet"]
+        wanted = not (values.get("database", {}).get("url") or values.get("database", {}).get("existingSecret"))
+        wanted = wanted and values.get("database", {}).get("evaluation", {}).get("enabled", True)
+        if bool(evaluation) != bool(wanted):
+            fail(f"{label}: the evaluation database is {'on' if evaluation else 'off'}, expected {'on' if wanted else 'off'}")
+        if evaluation:
+            image = evaluation[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+            if not image.startswith("postgres:"):
+                fail(f"{label}: the evaluation database must be PostgreSQL's official image, not {image}")
+            secrets = {d["metadata"]["name"]: d for _, d in docs if d["kind"] == "Secret"}
+            url = base64.b64decode(secrets["cs-cliscale-database"]["data"]["url"]).decode()
+            if not re.fullmatch(r"postgres://cliscale:[A-Za-z0-9]{32}@cs-cliscale-postgres\.cliscale\.svc:5432/cliscale\?sslmode=disable", url):
+                fail(f"{label}: the evaluation database URL has the wrong shape")
+            if any(d["kind"] == "Job" for _, d in docs):
+                fail(f"{label}: no migration hook can reach the evaluation database before it starts")
         if label == "production-values":
             if not any(d["kind"] == "HorizontalPodAutoscaler" for _, d in docs):
                 fail("production: no HPA")
@@ -299,7 +329,7 @@ def main():
         except helm.HelmError:
             print(f"values schema rejects {what}")
     try:
-        render({})
+        render({"database": {"evaluation": {"enabled": False}}})
         fail("rendering without a database should fail")
     except helm.HelmError as e:
         if "database.url" not in str(e):

@@ -7,8 +7,9 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -52,6 +53,32 @@ pub struct OperatorConfig {
     /// How long a session may wait for its runner pod to run (scheduling, pulls, mounts)
     /// before it fails with what it waited for.
     pub start_deadline: Duration,
+    /// Secrets (in the sessions namespace) the kubelet pulls runner images with.
+    pub image_pull_secrets: Vec<String>,
+    /// Most bytes the work dir (`/workspace`) may hold; the kubelet evicts a pod past it.
+    pub workspace_size_limit: Quantity,
+    /// Most bytes `/tmp` and `$HOME` may each hold.
+    pub scratch_size_limit: Quantity,
+}
+
+const EPHEMERAL_STORAGE: &str = "ephemeral-storage";
+
+/// The runner's resources: the session's own, or the operator's defaults, with the default
+/// ephemeral storage where the session names none, so the scratch volumes are always bounded
+/// and always scheduled for. Pure.
+fn runner_resources(session: &CommandSession, config: &OperatorConfig) -> ResourceRequirements {
+    let defaults = &config.default_resources;
+    let Some(mut own) = session.spec.resources.clone() else { return defaults.clone() };
+    for (mine, theirs) in
+        [(&mut own.requests, &defaults.requests), (&mut own.limits, &defaults.limits)]
+    {
+        if let Some(disk) = theirs.as_ref().and_then(|d| d.get(EPHEMERAL_STORAGE)) {
+            mine.get_or_insert_with(BTreeMap::new)
+                .entry(EPHEMERAL_STORAGE.into())
+                .or_insert_with(|| disk.clone());
+        }
+    }
+    own
 }
 
 /// Default of [`OperatorConfig::start_deadline`]: long enough for a cold node to pull a large
@@ -60,24 +87,28 @@ pub const DEFAULT_START_DEADLINE: Duration = Duration::from_secs(600);
 
 impl Default for OperatorConfig {
     fn default() -> Self {
-        let quantities = |cpu: &str, memory: &str| {
+        let quantities = |cpu: &str, memory: &str, disk: &str| {
             BTreeMap::from([
                 ("cpu".to_string(), Quantity(cpu.into())),
                 ("memory".to_string(), Quantity(memory.into())),
+                (EPHEMERAL_STORAGE.to_string(), Quantity(disk.into())),
             ])
         };
         Self {
             runner_image: "ghcr.io/cliscale/runner:latest".into(),
             jwks_config_map: "cliscale-terminal-jwks".into(),
             default_resources: ResourceRequirements {
-                requests: Some(quantities("100m", "256Mi")),
-                limits: Some(quantities("2", "2Gi")),
+                requests: Some(quantities("100m", "256Mi", "1Gi")),
+                limits: Some(quantities("2", "2Gi", "10Gi")),
                 ..Default::default()
             },
             default_timeout_seconds: None,
             output_url: None,
             namespace: "default".into(),
             start_deadline: DEFAULT_START_DEADLINE,
+            image_pull_secrets: Vec::new(),
+            workspace_size_limit: Quantity("8Gi".into()),
+            scratch_size_limit: Quantity("1Gi".into()),
         }
     }
 }
@@ -202,7 +233,7 @@ fn runner_container(session: &CommandSession, config: &OperatorConfig) -> Contai
             failure_threshold: Some(6),
             ..probe("/healthz")
         }),
-        resources: Some(spec.resources.clone().unwrap_or_else(|| config.default_resources.clone())),
+        resources: Some(runner_resources(session, config)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
@@ -233,9 +264,12 @@ fn runner_container(session: &CommandSession, config: &OperatorConfig) -> Contai
 /// the JWKS mounted read-only, and the session's placement knobs. Pure.
 fn runner_pod(session: &CommandSession, config: &OperatorConfig) -> PodSpec {
     let spec = &session.spec;
-    let empty = |name: &str| Volume {
+    let empty = |name: &str, limit: &Quantity| Volume {
         name: name.into(),
-        empty_dir: Some(EmptyDirVolumeSource::default()),
+        empty_dir: Some(EmptyDirVolumeSource {
+            size_limit: Some(limit.clone()),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     PodSpec {
@@ -255,9 +289,9 @@ fn runner_pod(session: &CommandSession, config: &OperatorConfig) -> PodSpec {
             ..Default::default()
         }),
         volumes: Some(vec![
-            empty("workspace"),
-            empty("tmp"),
-            empty("home"),
+            empty("workspace", &config.workspace_size_limit),
+            empty("tmp", &config.scratch_size_limit),
+            empty("home", &config.scratch_size_limit),
             Volume {
                 name: "jwks".into(),
                 config_map: Some(ConfigMapVolumeSource {
@@ -271,6 +305,13 @@ fn runner_pod(session: &CommandSession, config: &OperatorConfig) -> PodSpec {
         tolerations: (!spec.tolerations.is_empty()).then(|| spec.tolerations.clone()),
         priority_class_name: spec.priority_class_name.clone(),
         termination_grace_period_seconds: Some(15),
+        image_pull_secrets: (!config.image_pull_secrets.is_empty()).then(|| {
+            config
+                .image_pull_secrets
+                .iter()
+                .map(|name| LocalObjectReference { name: name.clone() })
+                .collect()
+        }),
         ..Default::default()
     }
 }
@@ -398,6 +439,37 @@ mod tests {
         assert_eq!((owner.kind.as_str(), owner.controller), ("CommandSession", Some(true)));
         assert_eq!(job.metadata.labels.as_ref().unwrap()[COMPONENT_LABEL], "runner");
         assert_eq!(pod_labels(&job)[SESSION_LABEL], "s1");
+    }
+
+    #[test]
+    fn scratch_space_is_bounded_and_images_pull_with_the_configured_secrets() {
+        let config = OperatorConfig {
+            image_pull_secrets: vec!["registry".into()],
+            ..OperatorConfig::default()
+        };
+        let cs = session(
+            "s1",
+            serde_json::json!({"command": "make",
+            "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}),
+        );
+        let job = desired_job(&cs, &config);
+        let pod = job.spec.unwrap().template.spec.unwrap();
+        let secrets: Vec<_> = pod.image_pull_secrets.unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(secrets, ["registry"]);
+        let limit = |name: &str| {
+            let volume = pod.volumes.as_ref().unwrap().iter().find(|v| v.name == name).unwrap();
+            volume.empty_dir.as_ref().unwrap().size_limit.clone().unwrap().0
+        };
+        assert_eq!(
+            (limit("workspace"), limit("tmp"), limit("home")),
+            ("8Gi".into(), "1Gi".into(), "1Gi".into())
+        );
+        // The session's own limits keep the default ephemeral storage they do not name.
+        let resources = pod.containers[0].resources.clone().unwrap();
+        let limits = resources.limits.unwrap();
+        assert_eq!(limits["cpu"].0, "1");
+        assert_eq!(limits[EPHEMERAL_STORAGE].0, "10Gi");
+        assert_eq!(resources.requests.unwrap()[EPHEMERAL_STORAGE].0, "1Gi");
     }
 
     fn pod_labels(job: &Job) -> BTreeMap<String, String> {

@@ -19,6 +19,7 @@ use cliscale_operator::cluster_api::{ClusterExecutor, run_mirror};
 use cliscale_operator::controller::Context;
 use cliscale_operator::desired::OperatorConfig;
 use cliscale_operator::leader::{LeaderConfig, run_when_leading};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
 #[derive(Parser)]
 #[command(
@@ -92,6 +93,15 @@ struct Args {
     /// mounts, quota) before it fails with the reason it waited for.
     #[arg(long, env = "CLISCALE_START_DEADLINE", default_value = "10m", value_parser = cliscale_core::args::positive_duration)]
     start_deadline: Duration,
+    /// Secrets in the sessions namespace that runner images are pulled with (comma-separated).
+    #[arg(long, env = "CLISCALE_RUNNER_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    runner_image_pull_secrets: Vec<String>,
+    /// Most bytes a runner's work dir may hold (a Kubernetes quantity).
+    #[arg(long, env = "CLISCALE_RUNNER_WORKSPACE_SIZE", default_value = "8Gi")]
+    runner_workspace_size: String,
+    /// Most bytes a runner's /tmp and $HOME may each hold (a Kubernetes quantity).
+    #[arg(long, env = "CLISCALE_RUNNER_SCRATCH_SIZE", default_value = "1Gi")]
+    runner_scratch_size: String,
     /// Name of the leader-election Lease.
     #[arg(long, env = "CLISCALE_LEASE_NAME", default_value = "cliscale-operator")]
     lease_name: String,
@@ -142,6 +152,13 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         output_url: args.output_url.clone(),
         namespace: args.sessions_namespace.clone().unwrap_or_else(|| args.pod_namespace.clone()),
         start_deadline: args.start_deadline,
+        image_pull_secrets: args
+            .runner_image_pull_secrets
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
+        workspace_size_limit: Quantity(args.runner_workspace_size),
+        scratch_size_limit: Quantity(args.runner_scratch_size),
     };
     let client = kube::Client::try_default().await?;
     let namespace = config.namespace.clone();

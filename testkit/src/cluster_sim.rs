@@ -98,7 +98,7 @@ impl ClusterSim {
                 "metadata": {"name": format!("{name}.{id:x}"), "namespace": ns},
                 "involvedObject": {"kind": kind, "name": name, "namespace": ns},
                 "type": "Warning", "reason": reason, "message": message,
-                "lastTimestamp": k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap().to_string()}),
+                "lastTimestamp": now()}),
         );
     }
 
@@ -327,7 +327,7 @@ impl PodSteps<'_> {
 }
 
 fn now() -> String {
-    k8s_openapi::jiff::Timestamp::now().round(k8s_openapi::jiff::Unit::Second).unwrap().to_string()
+    crate::fake_kube::now_rfc3339()
 }
 
 fn suffix() -> String {

@@ -277,6 +277,14 @@ fn conform(value: &mut Value, schema: &Value, path: &str) -> Result<(), String> 
     Ok(())
 }
 
+/// Now, as the API server writes times: RFC 3339 to the second.
+pub fn now_rfc3339() -> String {
+    k8s_openapi::jiff::Timestamp::now()
+        .round(k8s_openapi::jiff::Unit::Second)
+        .expect("now rounds to a second")
+        .to_string()
+}
+
 /// A JSON merge patch (RFC 7386) of `patch` into `target`.
 pub fn merge_into(target: &mut Value, patch: &Value) {
     merge(target, patch)
@@ -486,12 +494,7 @@ impl FakeApi {
                 rand::random::<u64>() & 0xffff_ffff_ffff
             ));
             if obj["metadata"]["creationTimestamp"].is_null() {
-                obj["metadata"]["creationTimestamp"] = json!(
-                    k8s_openapi::jiff::Timestamp::now()
-                        .round(k8s_openapi::jiff::Unit::Second)
-                        .unwrap()
-                        .to_string()
-                );
+                obj["metadata"]["creationTimestamp"] = json!(now_rfc3339());
             }
             obj["metadata"]["generation"] = json!(1);
             *s.made.entry(collection.to_owned()).or_default() += 1;
@@ -555,12 +558,7 @@ impl FakeApi {
             return self.remove(collection, ns, name);
         }
         if obj["metadata"]["deletionTimestamp"].is_null() {
-            obj["metadata"]["deletionTimestamp"] = json!(
-                k8s_openapi::jiff::Timestamp::now()
-                    .round(k8s_openapi::jiff::Unit::Second)
-                    .unwrap()
-                    .to_string()
-            );
+            obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
             return Some(self.put(collection, obj));
         }
         Some(obj)

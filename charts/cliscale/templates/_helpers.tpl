@@ -43,6 +43,27 @@ cliscale.dev/component: {{ .component }}
 {{- .Values.database.existingSecret | default (printf "%s-database" (include "cliscale.fullname" .)) -}}
 {{- end -}}
 
+{{/* Whether the chart runs its own evaluation PostgreSQL: no database named, and allowed. */}}
+{{- define "cliscale.evaluationDatabase" -}}
+{{- if and .Values.database.evaluation.enabled (not .Values.database.url) (not .Values.database.existingSecret) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* An init container that waits for the evaluation database to take connections. */}}
+{{- define "cliscale.waitForDatabase" -}}
+{{- if include "cliscale.evaluationDatabase" . }}
+initContainers:
+  - name: wait-for-database
+    image: {{ .Values.database.evaluation.image }}
+    command: ["sh", "-c", "until pg_isready -q -h {{ include "cliscale.fullname" . }}-postgres -p 5432; do sleep 1; done"]
+    securityContext: {{- include "cliscale.containerSecurityContext" . | nindent 6 }}
+    resources:
+      requests: { cpu: 10m, memory: 16Mi }
+      limits: { cpu: 100m, memory: 64Mi }
+{{- end }}
+{{- end -}}
+
 {{/* The restricted Pod Security Standard, for every pod of the chart. */}}
 {{- define "cliscale.podSecurityContext" -}}
 runAsNonRoot: true
