@@ -47,6 +47,9 @@ pub struct CreateSessionRequest {
     /// Keep the finished session this many seconds (default 3600).
     #[schema(minimum = 0, maximum = 2592000)]
     pub ttl_seconds: Option<u64>,
+    /// Lines the terminal page keeps above the screen (default 100000).
+    #[schema(minimum = 1000, maximum = 1000000)]
+    pub scrollback_lines: Option<u32>,
 }
 
 /// What the server fills in for a request that names nothing.
@@ -123,6 +126,7 @@ pub fn validate_create(req: CreateSessionRequest, defaults: SpecDefaults) -> Res
         )?
         .unwrap_or(defaults.ttl_secs),
         linger_seconds: defaults.linger_secs,
+        scrollback_lines: req.scrollback_lines.unwrap_or(spec::DEFAULT_SCROLLBACK),
         ..SessionSpec::new(req.command)
     };
     spec.validate().map_err(|e| ApiError::bad_request(e.code, e.message))?;
@@ -347,6 +351,11 @@ mod tests {
                 "invalid_env",
             ),
             (CreateSessionRequest { cols: Some(0), ..req("x") }, "invalid_size"),
+            (CreateSessionRequest { scrollback_lines: Some(10), ..req("x") }, "invalid_scrollback"),
+            (
+                CreateSessionRequest { scrollback_lines: Some(2_000_000), ..req("x") },
+                "invalid_scrollback",
+            ),
             (CreateSessionRequest { timeout_seconds: Some(0), ..req("x") }, "invalid_timeout"),
             (CreateSessionRequest { ttl_seconds: Some(u64::MAX), ..req("x") }, "invalid_ttl"),
             (CreateSessionRequest { ttl_seconds: Some(30 * 86400 + 1), ..req("x") }, "invalid_ttl"),

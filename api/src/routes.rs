@@ -284,10 +284,17 @@ fn base_url(state: &ApiState, headers: &HeaderMap, peer: Option<IpAddr>) -> Resu
     Ok(format!("{proto}://{host}"))
 }
 
-/// What a client needs to open a session's terminal: (wsUrl, terminalUrl).
-fn terminal_links(base: &str, id: &str, token: &str) -> (String, String) {
+/// What a client needs to open a session's terminal: (wsUrl, terminalUrl). A session's own
+/// scrollback (`scrollbackLines`) rides in the page's query, so the page keeps that many lines,
+/// live or replayed, and across reloads.
+fn terminal_links(base: &str, id: &str, token: &str, scrollback: u32) -> (String, String) {
+    let query = if scrollback == cliscale_core::spec::DEFAULT_SCROLLBACK {
+        String::new()
+    } else {
+        format!("?scrollback={scrollback}")
+    };
     // The token rides in the fragment: browsers never send it to a server or a log.
-    (format!("/ws/{id}"), format!("{base}/t/{id}#token={token}"))
+    (format!("/ws/{id}"), format!("{base}/t/{id}{query}#token={token}"))
 }
 
 fn sign_token(
@@ -414,7 +421,7 @@ pub(crate) async fn create_session(
         }
     };
     let token = sign_token(&state, &caller, &id, TokenScope::Interact)?;
-    let (ws_url, terminal_url) = terminal_links(&base, &id, &token);
+    let (ws_url, terminal_url) = terminal_links(&base, &id, &token, spec.scrollback_lines);
     let body = SessionCreated { session_id: id, ws_url, token, terminal_url, phase };
     Ok((status, axum::Json(body)).into_response())
 }
@@ -587,7 +594,8 @@ pub(crate) async fn mint_token(
     }
     let base = base_url(&state, &headers, peer)?;
     let token = sign_token(&state, &caller, &session.id, scope)?;
-    let (ws_url, terminal_url) = terminal_links(&base, &session.id, &token);
+    let (ws_url, terminal_url) =
+        terminal_links(&base, &session.id, &token, session.spec.scrollback_lines);
     let body = TokenMinted {
         session_id: session.id,
         ws_url,

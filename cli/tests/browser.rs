@@ -347,6 +347,54 @@ async fn type_see_the_exit_code_and_reload_without_losing_or_duplicating_output(
     assert_eq!(done["exitCode"], 7);
 }
 
+/// A session's `scrollbackLines` reaches the page: the link carries it, the terminal keeps that
+/// many lines, a reload keeps it, and a hand-edited value is held to the spec's bounds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_keeps_the_sessions_scrollback() {
+    let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let created = stack
+        .create(ADMIN_KEY, json!({ "command": "seq 1 3000; sleep 30", "scrollback_lines": 2000 }))
+        .await;
+    let url = created["terminalUrl"].as_str().unwrap();
+    assert!(url.contains("?scrollback=2000#token="), "{url}");
+    let Some(mut browser) = Browser::launch_or_skip().await else { return };
+    browser.open(url).await;
+    browser.wait_until("window.term && window.cliscale.offset > 0").await;
+    assert_eq!(browser.eval("window.term.options.scrollback").await, json!(2000));
+    // 3,000 lines printed, 2,000 kept above the screen: the first lines are gone.
+    browser
+        .wait_until(
+            "(() => { const b = window.term.buffer.active; \
+                      for (let i = 0; i < b.length; i++) \
+                        if (b.getLine(i).translateToString().trim() === '3000') return true; \
+                      return false; })()",
+        )
+        .await;
+    let first =
+        browser.eval("window.term.buffer.active.getLine(0).translateToString().trim()").await;
+    assert_ne!(first, json!("1"), "the terminal kept more than its scrollback");
+    assert!(browser.eval("window.term.buffer.active.length").await.as_u64().unwrap() <= 2000 + 60);
+    browser.call("Page.reload", json!({})).await;
+    browser.wait_until("window.term && window.cliscale.offset > 0").await;
+    assert_eq!(browser.eval("window.term.options.scrollback").await, json!(2000));
+    // A hand-edited address: the bounds of the spec hold.
+    let sid = created["sessionId"].as_str().unwrap();
+    let (status, minted) = stack
+        .call(
+            "POST",
+            &format!("/api/sessions/{sid}/tokens"),
+            Some(ADMIN_KEY),
+            Some(json!({ "scope": "view" })),
+        )
+        .await;
+    assert_eq!(status, 201, "{minted}");
+    let edited =
+        minted["terminalUrl"].as_str().unwrap().replace("?scrollback=2000", "?scrollback=99999999");
+    browser.open(&edited).await;
+    browser.wait_until("window.term && window.cliscale.offset > 0").await;
+    assert_eq!(browser.eval("window.term.options.scrollback").await, json!(1_000_000));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_token_in_the_url_is_never_executed() {
     let stack = Stack::start(Backend::Sqlite, &[]).await.unwrap();

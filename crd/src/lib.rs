@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
     plural = "commandsessions",
     shortname = "cmds",
     category = "cliscale",
+    // The name becomes the Job's (`cs-<name>`, at most 63 characters) and a label value: the
+    // API server refuses a longer one here, before a Job could be refused for it.
+    validation = Rule::new("self.metadata.name.size() <= 60").message("a CommandSession's name may be at most 60 characters: it names the session's Job and labels its pod"),
     namespaced,
     status = "CommandSessionStatus",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,

@@ -264,11 +264,6 @@ async fn a_job_the_cluster_refuses_fails_the_session_at_once_with_its_message() 
     c.api.put("commandsessions", bad);
     let s = c.until("bad-cpu", "Failed", Some("JobRejected")).await;
     assert!(s["message"].as_str().unwrap().contains("two cores"), "{s}");
-    // A name too long for a Job and its labels.
-    let long = "x".repeat(70);
-    c.api.put("commandsessions", session(&long));
-    let s = c.until(&long, "Failed", Some("JobRejected")).await;
-    assert!(s["message"].as_str().unwrap().contains("Invalid value"), "{s}");
     assert_eq!(c.api.ever_made("jobs"), 0);
     // Refused once, never retried: a reconcile later makes no new attempt.
     let before = c.api.creates("jobs");
@@ -358,6 +353,18 @@ async fn the_api_server_keeps_status_and_spec_apart_and_holds_the_schema() {
         }
     }
     assert!(api.get("commandsessions", NS, "bad").is_none());
+    // The CRD's CEL rule: a name too long to name a Job and label a pod is refused here, with
+    // the rule's message, rather than by the Job later.
+    let long: kube::core::DynamicObject = serde_json::from_value(session(&"x".repeat(61))).unwrap();
+    match dynamic.create(&Default::default(), &long).await {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 422);
+            assert!(e.message.contains("at most 60 characters"), "{e:?}");
+        }
+        other => panic!("a 61-character name: {other:?}"),
+    }
+    let fits: kube::core::DynamicObject = serde_json::from_value(session(&"x".repeat(60))).unwrap();
+    dynamic.create(&Default::default(), &fits).await.expect("60 characters fit");
     let uid = |n: &str| api.get("commandsessions", NS, n).unwrap()["metadata"]["uid"].clone();
     api.put("commandsessions", session("other"));
     assert_ne!(uid("schema"), uid("other"), "uids are random, never derived from names");

@@ -446,6 +446,16 @@ impl FakeApi {
                 .filter_map(|k| Some((k.to_string(), map.remove(*k)?)))
                 .collect();
             conform(obj, schema, "")?;
+            let rules_see = own.iter().fold(obj.clone(), |mut whole, (k, v)| {
+                whole[k] = v.clone();
+                whole
+            });
+            // The CRD's CEL rules (x-kubernetes-validations), as the API server runs them.
+            if let Err(errors) =
+                kube::core::cel::Validator::new().validate(schema, &rules_see, None)
+            {
+                return Err(format!("{errors}"));
+            }
             for (k, mut v) in own {
                 if k == "status" {
                     conform(&mut v, &schema["properties"]["status"], ".status")?;

@@ -39,10 +39,14 @@
   const show = (id, text) => { el(id).textContent = text; };
 
   const narrow = window.matchMedia("(max-width: 600px)").matches;
+  // The session's scrollbackLines, as the API put it in the link; the spec's bounds hold
+  // whatever the address bar says.
+  const asked = parseInt(new URLSearchParams(location.search).get("scrollback"), 10);
+  const scrollback = Number.isFinite(asked) ? Math.min(1000000, Math.max(1000, asked)) : 100000;
   const term = new Terminal({
     cursorBlink: true,
     cursorStyle: "block",
-    scrollback: 100000,
+    scrollback,
     convertEol: false,
     allowProposedApi: true, // the unicode11 addon's width tables
     fontFamily: '"DejaVu Sans Mono", "Liberation Mono", Menlo, Consolas, "Courier New", monospace',
