@@ -43,7 +43,9 @@ fn main() {
                         "spec": { "command": "true" } }),
             );
         }
-        api.wait_until("every session ran and succeeded", |a| {
+        // A loaded machine may take minutes; the guard is for a hang, not a figure.
+        let guard = std::time::Duration::from_secs(900);
+        api.wait_until_within("every session ran and succeeded", guard, |a| {
             a.count("jobs") == SESSIONS
                 && (0..SESSIONS).all(|i| {
                     a.get("commandsessions", "team", &format!("load-{i}"))

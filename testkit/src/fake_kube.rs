@@ -627,15 +627,23 @@ impl FakeApi {
 
     /// Waits until `condition` holds, re-checking on every change (a hang guard, no polling).
     pub async fn wait_until(&self, what: &str, condition: impl Fn(&Self) -> bool) {
+        self.wait_until_within(what, std::time::Duration::from_secs(60), condition).await
+    }
+
+    /// [`FakeApi::wait_until`] with a hang guard of `limit`, for harnesses whose work is long.
+    pub async fn wait_until_within(
+        &self,
+        what: &str,
+        limit: std::time::Duration,
+        condition: impl Fn(&Self) -> bool,
+    ) {
         let mut rx = self.changed.subscribe();
         let wait = async {
             while !condition(self) {
                 rx.changed().await.unwrap();
             }
         };
-        tokio::time::timeout(std::time::Duration::from_secs(60), wait)
-            .await
-            .unwrap_or_else(|_| panic!("never: {what}"));
+        tokio::time::timeout(limit, wait).await.unwrap_or_else(|_| panic!("never: {what}"));
     }
 }
 
