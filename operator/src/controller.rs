@@ -199,7 +199,7 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
     // The Job is made once. The session records it (status.jobName) before it is made, so
     // a Job deleted by someone, even one the operator never saw, is never made again.
     let fetched: Option<Job>;
-    let mut refusal = None;
+    let refusal: Option<String>;
     let seen = match caches.jobs.get(&job_key) {
         Some(job) => {
             fetched = Some((*job).clone());
@@ -230,19 +230,14 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
             let params =
                 PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
             ctx.unsure_creates.lock().expect("not poisoned").insert(key.clone());
-            let created = match jobs.create(&params, &desired).await {
-                Ok(job) => Some(job),
-                Err(kube::Error::Api(e)) if e.code == 409 => jobs.get_opt(&job_name(&name)).await?,
-                Err(e) => match is_refusal(&e) {
-                    Some(message) => {
-                        refusal = Some(message);
-                        None
-                    }
-                    None => return Err(e.into()),
-                },
+            (fetched, refusal) = match jobs.create(&params, &desired).await {
+                Ok(job) => (Some(job), None),
+                Err(kube::Error::Api(e)) if e.code == 409 => {
+                    (jobs.get_opt(&job_name(&name)).await?, None)
+                }
+                Err(e) => (None, Some(is_refusal(&e).ok_or(e)?)),
             };
             ctx.unsure_creates.lock().expect("not poisoned").remove(&key);
-            fetched = created;
             match (&refusal, &fetched) {
                 (Some(message), _) => JobSeen::Refused(message),
                 (None, Some(job)) => JobSeen::Made(job),
@@ -398,12 +393,12 @@ pub async fn run(
     *ctx.caches.lock().expect("not poisoned") = Some(Caches { jobs: job_cache, pods: pod_cache });
     let controller = Controller::new(sessions, watcher::Config::default());
     *ctx.sessions.lock().expect("not poisoned") = Some(controller.store());
-    let session_of = |labels: &std::collections::BTreeMap<String, String>, ns: Option<String>| {
-        Some(ObjectRef::<CommandSession>::new(labels.get(SESSION_LABEL)?).within(&ns?))
-    };
     let controller = controller
         .owns_stream(job_events)
-        .watches_stream(pod_events, move |pod: Pod| session_of(pod.labels(), pod.namespace()))
+        .watches_stream(pod_events, |pod: Pod| {
+            let session = pod.labels().get(SESSION_LABEL)?;
+            Some(ObjectRef::<CommandSession>::new(session).within(&pod.namespace()?))
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx);
     // The caches fill as the controller polls their watches. Until they have, a reconcile

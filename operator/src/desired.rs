@@ -316,25 +316,25 @@ fn runner_pod(session: &CommandSession, config: &OperatorConfig) -> PodSpec {
     }
 }
 
-/// Gives the Job's runner the credential that appends to its session's stored output. Pure.
-pub fn with_output_token(mut job: Job, token: String) -> Job {
+/// Adds one variable to the runner container's environment: the credentials the reconciler
+/// signs per session, which are not part of the pure desired Job. Pure.
+fn with_runner_env(mut job: Job, name: &str, value: String) -> Job {
     let containers =
         job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).map(|p| p.containers.iter_mut());
     for container in containers.into_iter().flatten().filter(|c| c.name == "runner") {
-        container.env.get_or_insert_with(Vec::new).push(env(launch::OUTPUT_TOKEN, token.clone()));
+        container.env.get_or_insert_with(Vec::new).push(env(name, value.clone()));
     }
     job
 }
 
+/// Gives the Job's runner the credential that appends to its session's stored output. Pure.
+pub fn with_output_token(job: Job, token: String) -> Job {
+    with_runner_env(job, launch::OUTPUT_TOKEN, token)
+}
+
 /// Gives the Job's runner the key that seals its final event. Pure.
-pub fn with_status_key(mut job: Job, key: &cliscale_core::event::StatusKey) -> Job {
-    let encoded = cliscale_core::event::encode_status_key(key);
-    let containers =
-        job.spec.as_mut().and_then(|s| s.template.spec.as_mut()).map(|p| p.containers.iter_mut());
-    for container in containers.into_iter().flatten().filter(|c| c.name == "runner") {
-        container.env.get_or_insert_with(Vec::new).push(env(launch::STATUS_KEY, encoded.clone()));
-    }
-    job
+pub fn with_status_key(job: Job, key: &cliscale_core::event::StatusKey) -> Job {
+    with_runner_env(job, launch::STATUS_KEY, cliscale_core::event::encode_status_key(key))
 }
 
 /// The Job for `session`. Pure.

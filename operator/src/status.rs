@@ -177,10 +177,9 @@ fn disruption(pod: &Pod) -> Option<(TerminalReason, String)> {
         (Some("PreemptionByScheduler"), _) | (_, "Preempting") => TerminalReason::Preempted,
         (Some("DeletionByTaintManager" | "DeletionByPodGC"), _) => TerminalReason::NodeLost,
         (_, "NodeLost" | "NodeShutdown" | "Terminated" | "Shutdown") => TerminalReason::NodeLost,
-        (Some("EvictionByEvictionAPI" | "TerminationByKubelet"), _) | (_, "Evicted") => {
-            TerminalReason::Evicted
-        }
-        (Some(_), _) => TerminalReason::Evicted,
+        // EvictionByEvictionAPI, TerminationByKubelet (node pressure), and any reason newer
+        // than these.
+        (Some(_), _) | (_, "Evicted") => TerminalReason::Evicted,
         (None, _) => return None,
     };
     let message = status
@@ -215,7 +214,7 @@ pub fn pod_view(pod: &Pod, keys: &[StatusKey]) -> PodView {
     let container = status.container_statuses.iter().flatten().find(|c| c.name == "runner");
     let ended = container.and_then(|c| c.state.as_ref()?.terminated.as_ref());
     let phase = status.phase.as_deref();
-    if matches!(phase, Some("Succeeded" | "Failed")) || phase == Some("Unknown") {
+    if matches!(phase, Some("Succeeded" | "Failed" | "Unknown")) {
         // An OOM kill is the kubelet's to tell; a disruption outranks the runner's SIGTERM.
         let oom = ended.is_some_and(|t| t.reason.as_deref() == Some("OOMKilled"));
         let lost = (phase == Some("Unknown"))

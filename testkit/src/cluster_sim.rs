@@ -241,18 +241,19 @@ impl ClusterSim {
                     key.map(|k| event.to_sealed_termination_message(&k)).unwrap_or_default();
                 let (phase, reason) =
                     if code == 0 { ("Succeeded", "Completed") } else { ("Failed", "Error") };
-                if lifecycle == Lifecycle::CompletesAndPodVanishes {
+                let job_complete = || {
                     set_job(json!({"active": 0, "succeeded": 1, "conditions": [
                         {"type": "SuccessCriteriaMet", "status": "True"},
-                        {"type": "Complete", "status": "True"}]}));
+                        {"type": "Complete", "status": "True"}]}))
+                };
+                if lifecycle == Lifecycle::CompletesAndPodVanishes {
+                    job_complete();
                     self.api.remove("pods", &ns, &pod_name);
                     return;
                 }
                 pod.status(ended(phase, code, reason, &message));
                 if code == 0 {
-                    set_job(json!({"active": 0, "succeeded": 1, "conditions": [
-                        {"type": "SuccessCriteriaMet", "status": "True"},
-                        {"type": "Complete", "status": "True"}]}));
+                    job_complete();
                 } else {
                     set_job(job_failed(
                         "BackoffLimitExceeded",
