@@ -87,25 +87,23 @@ fn type_of(collection: &str) -> (&'static str, &'static str) {
     }
 }
 
-/// Whether `s` is a DNS-1123 label (names of most objects, at most 63 characters).
+/// Lower-case letters, digits and inner dashes: one part of a DNS-1123 name, of any length.
+fn dns_part(p: &str) -> bool {
+    !p.is_empty()
+        && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !p.starts_with('-')
+        && !p.ends_with('-')
+}
+
+/// Whether `s` is a DNS-1123 label (names of Jobs, at most 63 characters).
 fn dns_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-')
+    s.len() <= 63 && dns_part(s)
 }
 
 /// Whether `s` is a DNS-1123 subdomain (names of CommandSessions, at most 253 characters;
 /// kube-apiserver does not hold its parts to 63).
 fn dns_subdomain(s: &str) -> bool {
-    let part = |p: &str| {
-        !p.is_empty()
-            && p.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !p.starts_with('-')
-            && !p.ends_with('-')
-    };
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(part)
+    s.len() <= 253 && s.split('.').all(dns_part)
 }
 
 /// Whether `s` is a valid label value: at most 63 characters of `[A-Za-z0-9_.-]`, beginning
@@ -153,16 +151,8 @@ pub fn quantity(s: &str) -> bool {
 /// pods the operator writes: names, label values, quantities. The reason for a refusal.
 fn validate_core(collection: &str, obj: &Value) -> Result<(), String> {
     let name = obj["metadata"]["name"].as_str().unwrap_or("");
-    let name_ok = match collection {
-        "jobs" | "pods" | "configmaps" | "namespaces" => {
-            if collection == "jobs" {
-                dns_label(name)
-            } else {
-                dns_subdomain(name)
-            }
-        }
-        _ => dns_subdomain(name),
-    };
+    // A Job's name also labels its pods, so it is held to a label's 63 characters.
+    let name_ok = if collection == "jobs" { dns_label(name) } else { dns_subdomain(name) };
     if !name_ok {
         return Err(format!("metadata.name: Invalid value: \"{name}\": a lowercase RFC 1123 name"));
     }
