@@ -290,7 +290,7 @@ impl LocalExecutor {
             jwks_file: Some(self.config.jwks_path.display().to_string()),
             work_dir: Some(self.config.work_root.join(&session.id).display().to_string()),
             grace_period: Some(self.config.grace_period),
-            allow_private_addresses: self.config.allow_private_code_urls,
+            allow_private_code_urls: self.config.allow_private_code_urls,
             log_format: Some("json".into()),
             events_fd: Some(EVENTS_FD),
             lifeline_fd: Some(LIFELINE_FD),

@@ -1,56 +1,15 @@
 //! The API's data: requests, their validation (pure functions), stored records and views.
 
-use std::collections::BTreeMap;
-
+pub use cliscale_core::rest::{
+    CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
+    SessionView, TokenMinted,
+};
 use cliscale_core::source::parse_checksum;
 pub use cliscale_core::spec::SessionSpec;
 use cliscale_core::spec::{self, CodeSpec, EnvVar};
 use cliscale_core::{SessionPhase, TerminalReason};
-use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
 
 use crate::error::{ApiError, Result};
-
-/// `POST /api/sessions`: the CLI Scale seed's fields plus env, size, timeout and TTL. It becomes
-/// a [`SessionSpec`] (`cliscale_core::spec`), whose limits the schema bounds repeat (a test holds
-/// them equal).
-#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = CreateSession)]
-pub struct CreateSessionRequest {
-    /// GitHub tree URL, .zip, .tar.gz/.tgz or git URL.
-    #[schema(max_length = 2048)]
-    pub code_url: Option<String>,
-    /// Expected SHA-256 (hex) of the downloaded archive.
-    pub code_checksum_sha256: Option<String>,
-    /// The command line, run by bash (or sh) -c in the runner's PTY.
-    #[schema(max_length = 8192)]
-    pub command: String,
-    /// Given to the command as CLISCALE_PROMPT.
-    #[schema(max_length = 65536)]
-    pub prompt: Option<String>,
-    /// Run in the code directory before the command.
-    #[schema(max_length = 8192)]
-    pub install_cmd: Option<String>,
-    /// Environment variables (at most 64; CLISCALE_* is reserved).
-    pub env: Option<BTreeMap<String, String>>,
-    /// Names of `env` variables whose values are masked (`***`) in the session's output, its
-    /// stored output, tails and recordings.
-    pub masked_env: Option<Vec<String>>,
-    #[schema(minimum = 1, maximum = 1000)]
-    pub cols: Option<u16>,
-    #[schema(minimum = 1, maximum = 1000)]
-    pub rows: Option<u16>,
-    /// Stop the session after this many seconds.
-    #[schema(minimum = 1, maximum = 604800)]
-    pub timeout_seconds: Option<u64>,
-    /// Keep the finished session this many seconds (default 3600).
-    #[schema(minimum = 0, maximum = 2592000)]
-    pub ttl_seconds: Option<u64>,
-    /// Lines the terminal page keeps above the screen (default 100000).
-    #[schema(minimum = 1000, maximum = 1000000)]
-    pub scrollback_lines: Option<u32>,
-}
 
 /// What the server fills in for a request that names nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,100 +128,6 @@ impl SessionRecord {
             message: self.message.clone(),
         }
     }
-}
-
-/// What `GET /api/sessions/{id}` answers. Env values are never echoed back.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Session)]
-pub struct SessionView {
-    pub session_id: String,
-    pub owner: String,
-    pub phase: SessionPhase,
-    pub exit_code: Option<i64>,
-    pub reason: Option<TerminalReason>,
-    pub message: Option<String>,
-    pub command: String,
-    pub code_url: Option<String>,
-    pub env_names: Vec<String>,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    pub updated_at: String,
-    /// The last few KiB of the session's output as text (`GET /api/sessions/{id}` only).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub output_tail: Option<String>,
-}
-
-/// `POST /api/sessions` answers this, at once.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionCreated {
-    pub session_id: String,
-    /// The terminal WebSocket's path on the gateway.
-    pub ws_url: String,
-    /// A one-time terminal token (interact scope).
-    pub token: String,
-    /// The terminal page, with the token in the URL fragment.
-    pub terminal_url: String,
-    pub phase: SessionPhase,
-}
-
-/// `POST /api/sessions/{id}/tokens` answers this.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Token)]
-pub struct TokenMinted {
-    pub session_id: String,
-    pub ws_url: String,
-    pub token: String,
-    pub terminal_url: String,
-    pub scope: cliscale_core::token::TokenScope,
-    pub expires_in_seconds: u64,
-}
-
-/// A page of `GET /api/sessions`, newest first.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionPage {
-    pub items: Vec<SessionView>,
-    /// Pass as `cursor` for the next page; absent on the last.
-    pub next_cursor: Option<String>,
-}
-
-/// One entry of a session's event log.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EventView {
-    pub at: String,
-    pub kind: String,
-    pub message: String,
-}
-
-/// `GET /api/sessions/{id}/events`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct EventPage {
-    pub items: Vec<EventView>,
-}
-
-/// An API key as the API shows it; `key` (the secret) only in the creation answer.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-#[schema(as = Key)]
-pub struct KeyView {
-    pub id: String,
-    pub name: String,
-    pub role: crate::keys::Role,
-    pub created_at: String,
-    pub revoked_at: Option<String>,
-    /// The full key, shown only when it is created.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub key: Option<String>,
-}
-
-/// `GET /api/keys`.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct KeyPage {
-    pub items: Vec<KeyView>,
 }
 
 pub fn rfc3339(secs: i64) -> String {

@@ -18,11 +18,12 @@ use cliscale_core::token::{TERMINAL_AUDIENCE, TokenScope, new_claims};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use ipnet::IpNet;
-use serde::Deserialize;
 
 use crate::error::{ApiError, Result};
 use crate::executor::Executor;
 use crate::keys::{self, Role};
+pub(crate) use cliscale_core::rest::{CreateKeyRequest, ListQuery, MintRequest, UpdateKeyRequest};
+
 use crate::model::{
     CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
     SessionRecord, SessionView, SpecDefaults, TokenMinted, validate_create,
@@ -440,25 +441,6 @@ pub(crate) async fn get_session(
     Ok(axum::Json(SessionView { output_tail, ..SessionView::from(&session) }))
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct ListParams {
-    /// Only sessions in this phase.
-    phase: Option<String>,
-    /// Only sessions of this API key id (admins; operators see only their own anyway).
-    owner: Option<String>,
-    /// Created at or after (RFC 3339 or Unix seconds).
-    created_after: Option<String>,
-    /// Created before (RFC 3339 or Unix seconds).
-    created_before: Option<String>,
-    /// Page size, 1 to 200 (default 50).
-    #[param(minimum = 1, maximum = 200)]
-    limit: Option<i64>,
-    /// `nextCursor` of the previous page.
-    cursor: Option<String>,
-}
-
 fn parse_time(field: &str, value: &str) -> Result<i64> {
     if let Ok(secs) = value.parse::<i64>() {
         return Ok(secs);
@@ -488,12 +470,12 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
 }
 
 #[utoipa::path(get, path = "/api/sessions", tag = "sessions",
-    summary = "List sessions, newest first", params(ListParams),
+    summary = "List sessions, newest first", params(ListQuery),
     responses((status = 200, description = "A page", body = SessionPage)))]
 pub(crate) async fn list_sessions(
     State(state): State<AppState>,
     caller: Caller,
-    params: std::result::Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
+    params: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<axum::Json<SessionPage>> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
@@ -565,14 +547,6 @@ pub(crate) async fn cancel_session(
     Ok((StatusCode::ACCEPTED, axum::Json(SessionView::from(&session))).into_response())
 }
 
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = MintToken)]
-pub(crate) struct MintRequest {
-    /// interact (default) or view.
-    scope: Option<TokenScope>,
-}
-
 #[utoipa::path(post, path = "/api/sessions/{id}/tokens", tag = "sessions",
     summary = "Mint a one-time terminal token",
     params(("id" = String, Path, description = "Session id")), request_body = MintRequest,
@@ -626,16 +600,6 @@ pub(crate) async fn session_events(
 }
 
 // --- API keys -----------------------------------------------------------------------------
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = CreateKey)]
-pub(crate) struct CreateKeyRequest {
-    /// 1 to 128 characters.
-    #[schema(max_length = 128)]
-    name: String,
-    role: Role,
-}
 
 fn key_view(k: &ApiKeyRecord) -> KeyView {
     KeyView {
@@ -719,13 +683,6 @@ pub(crate) async fn revoke_key(
     require(&caller, &[Role::Admin])?;
     key_changed(state.store.revoke_api_key(&id).await?, &id)?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(as = UpdateKey)]
-pub(crate) struct UpdateKeyRequest {
-    role: Role,
 }
 
 #[utoipa::path(patch, path = "/api/keys/{id}", tag = "keys", summary = "Change an API key's role (admin)",

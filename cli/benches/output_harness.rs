@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use cliscale_client::OutputRange;
 use cliscale_testkit::harness::{
     bytes_through_pty, direct_url, gateway_url, raw_pty_throughput, runner_addr, session,
     start_release, throughput, throughput_command, write_payload,
@@ -40,18 +41,15 @@ enum Path {
     Gateway,
 }
 
-/// Waits until the store holds the session's whole log; returns (end, gaps). Reads the
-/// headers of the whole log's read (its gaps are listed there) and drops the body.
-async fn stored(up: &Stack, sid: &str) -> (u64, String) {
-    let url = up.url(&format!("/api/sessions/{sid}/output"));
+/// Waits until the store holds the session's whole log; returns (end, bytes missing in gaps).
+/// Reads the headers of the whole log's read (its gaps are listed there) and drops the body.
+async fn stored(up: &Stack, sid: &str) -> (u64, u64) {
+    let client = up.client(ADMIN_KEY);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let resp = up.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
-        let h = |name: &str| {
-            resp.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
-        };
-        if h("cliscale-output-complete") == "true" {
-            return (h("cliscale-output-end").parse().unwrap(), h("cliscale-output-gaps"));
+        let (info, _) = client.output(sid, OutputRange::default()).await.unwrap();
+        if info.complete {
+            return (info.end, info.gaps.iter().map(|(from, to)| to - from).sum());
         }
         assert!(Instant::now() < deadline, "the store never completed {sid}");
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -107,7 +105,7 @@ async fn run() {
                     api_cpu += cpu_time(up.child.id() as i32) - cpu_before;
                     stored_mb += end as f64 / 1e6;
                     // The log is the PTY's bytes plus the `R` the session printed first.
-                    if gaps.is_empty() && end as usize == expected + 1 {
+                    if gaps == 0 && end as usize == expected + 1 {
                         whole += 1;
                     }
                     mbs
@@ -141,11 +139,11 @@ async fn run() {
     // session, each past its `hello`.
     let (sid, _) = session(&up, "printf R; read -r x").await;
     runner_addr(&up, &sid).await;
-    let url = up.url(&format!("/api/sessions/{sid}/output/stream"));
+    let client = up.client(ADMIN_KEY);
     let before = rss_anon_kib(up.child.id() as i32);
     let mut streams = Vec::new();
     for _ in 0..READERS {
-        let resp = up.http.get(&url).bearer_auth(ADMIN_KEY).send().await.unwrap();
+        let resp = client.open_output_stream(&sid, 0).await.unwrap();
         let mut body = resp.bytes_stream();
         let first = body.next().await.unwrap().unwrap();
         assert!(String::from_utf8_lossy(&first).contains("event: hello"));
@@ -166,24 +164,12 @@ async fn run() {
         .await;
     let sid = created["sessionId"].as_str().unwrap();
     up.wait_for_phase(sid, "Succeeded").await;
-    let (end, gaps) = stored(&up, sid).await;
-    let missing: u64 = gaps
-        .split(',')
-        .filter_map(|g| g.split_once('-'))
-        .map(|(from, to)| to.parse::<u64>().unwrap() - from.parse::<u64>().unwrap())
-        .sum();
-    println!("finished log: {:.1} MB written, gaps: {gaps:?}", end as f64 / 1e6);
+    let (end, missing) = stored(&up, sid).await;
+    println!("finished log: {:.1} MB written, {missing} bytes in gaps", end as f64 / 1e6);
     let mut secs = Vec::new();
     for _ in 0..SERVES {
         let t = Instant::now();
-        let resp = up
-            .http
-            .get(up.url(&format!("/api/sessions/{sid}/output")))
-            .bearer_auth(ADMIN_KEY)
-            .send()
-            .await
-            .unwrap();
-        let mut body = resp.bytes_stream();
+        let (_, mut body) = client.output(sid, OutputRange::default()).await.unwrap();
         let mut n = 0u64;
         while let Some(chunk) = body.next().await {
             n += chunk.unwrap().len() as u64;
@@ -193,16 +179,9 @@ async fn run() {
     }
     report("time to serve the finished log", &mut secs, " s");
     let t = Instant::now();
-    let text = up
-        .http
-        .get(up.url(&format!("/api/sessions/{sid}/output?format=text")))
-        .bearer_auth(ADMIN_KEY)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let as_text = OutputRange { text: true, ..Default::default() };
+    let (_, body) = client.output(sid, as_text).await.unwrap();
+    let text: Vec<u8> = body.map(|chunk| chunk.unwrap().to_vec()).concat().await;
     println!(
         "as text: {:.2} s for {:.1} MB of text",
         t.elapsed().as_secs_f64(),

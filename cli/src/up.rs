@@ -133,6 +133,20 @@ fn default_data_dir() -> PathBuf {
         .join("cliscale")
 }
 
+/// What `cliscale up` prints for a newcomer: the line that logs the command line in, and a
+/// first session. Pure.
+fn next_steps(public: &str, new_key: Option<&str>) -> String {
+    let login = match new_key {
+        Some(key) => format!("cliscale login {public} --api-key {key}"),
+        None => format!("cliscale login {public}    # asks for the API key"),
+    };
+    format!(
+        "log the command line in:\n  {login}\nthen run a session:\n  cliscale run -- bash\n\
+         or over REST:\n  curl -s -X POST {public}/api/sessions -H \"Authorization: Bearer $CLISCALE_API_KEY\" \\\n    \
+         -H 'Content-Type: application/json' -d '{{\"command\":\"bash\"}}'\n"
+    )
+}
+
 /// `--linger`: whole seconds, as a session's spec holds it. Pure.
 fn linger(raw: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
@@ -345,14 +359,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let public = args.public_url.clone().unwrap_or_else(|| local_base.clone());
     println!("cliscale is up: {public}");
     println!("listening on {local_base}");
-    match printed_key {
+    match &printed_key {
         Some(key) => println!("admin API key (shown once, keep it): {key}"),
         None => println!("using the existing API keys (CLISCALE_API_KEY or from an earlier start)"),
     }
-    println!(
-        "create a session:\n  curl -s -X POST {public}/api/sessions -H \"Authorization: Bearer $CLISCALE_API_KEY\" \
-         -H 'Content-Type: application/json' -d '{{\"command\":\"bash\"}}'"
-    );
+    print!("{}", next_steps(&public, printed_key.as_deref()));
 
     let stopping = {
         let (shutdown, executor) = (shutdown.clone(), executor.clone());
@@ -373,6 +384,14 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_key_is_in_the_login_line() {
+        let steps = next_steps("http://127.0.0.1:8080", Some("csk_1_x"));
+        assert!(steps.contains("cliscale login http://127.0.0.1:8080 --api-key csk_1_x\n"));
+        let kept = next_steps("http://127.0.0.1:8080", None);
+        assert!(kept.contains("cliscale login http://127.0.0.1:8080 ") && !kept.contains("csk_"));
+    }
 
     #[test]
     fn linger_is_whole_seconds_up_to_an_hour() {

@@ -23,7 +23,7 @@ pub const ROWS: &str = "CLISCALE_RUNNER_ROWS";
 pub const LINGER: &str = "CLISCALE_RUNNER_LINGER";
 pub const GRACE_PERIOD: &str = "CLISCALE_RUNNER_GRACE_PERIOD";
 pub const TIMEOUT: &str = "CLISCALE_RUNNER_TIMEOUT";
-pub const ALLOW_PRIVATE_ADDRESSES: &str = "CLISCALE_RUNNER_ALLOW_PRIVATE_ADDRESSES";
+pub const ALLOW_PRIVATE_CODE_URLS: &str = "CLISCALE_RUNNER_ALLOW_PRIVATE_CODE_URLS";
 pub const LOG_FORMAT: &str = "CLISCALE_RUNNER_LOG_FORMAT";
 pub const EVENTS_FD: &str = "CLISCALE_RUNNER_EVENTS_FD";
 pub const TERMINATION_LOG: &str = "CLISCALE_RUNNER_TERMINATION_LOG";
@@ -68,7 +68,7 @@ pub struct RunnerLaunch {
     pub linger: Option<Duration>,
     pub grace_period: Option<Duration>,
     pub timeout: Option<Duration>,
-    pub allow_private_addresses: bool,
+    pub allow_private_code_urls: bool,
     pub log_format: Option<String>,
     /// A pipe's write end the runner reports [`crate::event::RunnerEvent`]s on.
     pub events_fd: Option<i32>,
@@ -139,7 +139,7 @@ impl RunnerLaunch {
             (LINGER, self.linger.map(duration)),
             (GRACE_PERIOD, self.grace_period.map(duration)),
             (TIMEOUT, self.timeout.map(duration)),
-            (ALLOW_PRIVATE_ADDRESSES, self.allow_private_addresses.then(|| "true".into())),
+            (ALLOW_PRIVATE_CODE_URLS, self.allow_private_code_urls.then(|| "true".into())),
             (LOG_FORMAT, self.log_format.clone()),
             (EVENTS_FD, self.events_fd.map(|fd| fd.to_string())),
             (TERMINATION_LOG, self.termination_log.clone()),
@@ -175,7 +175,7 @@ mod tests {
         let get = |k: &str| env.iter().find(|(name, _)| *name == k).map(|(_, v)| v.as_str());
         assert_eq!(get(COMMAND), Some("make"));
         assert_eq!(get(CODE_URL), None);
-        assert_eq!(get(ALLOW_PRIVATE_ADDRESSES), None);
+        assert_eq!(get(ALLOW_PRIVATE_CODE_URLS), None);
         assert_eq!(
             humantime::parse_duration(get(LINGER).unwrap()).unwrap(),
             launch.linger.unwrap()

@@ -103,8 +103,8 @@ pub struct RunnerArgs {
     #[arg(long, env = "CLISCALE_RUNNER_EXTRACT_MAX_ENTRIES", default_value_t = 200_000)]
     pub extract_max_entries: u64,
     /// Allow fetching from loopback, private, link-local and other special addresses.
-    #[arg(long, env = launch::ALLOW_PRIVATE_ADDRESSES, default_value_t = false, action = clap::ArgAction::Set)]
-    pub allow_private_addresses: bool,
+    #[arg(long, env = launch::ALLOW_PRIVATE_CODE_URLS, default_value_t = false, action = clap::ArgAction::Set)]
+    pub allow_private_code_urls: bool,
     /// Special ranges allowed anyway (comma-separated CIDRs), e.g. an internal mirror.
     #[arg(long, env = "CLISCALE_RUNNER_ALLOW_CIDRS", value_delimiter = ',')]
     pub allow_cidrs: Vec<ipnet::IpNet>,
@@ -237,7 +237,7 @@ impl RunnerConfig {
             .unwrap_or_else(|| std::env::temp_dir().join(format!("cliscale-{}", args.session_id)));
         let fetch = FetchConfig {
             policy: Arc::new(AddressPolicy {
-                allow_all: args.allow_private_addresses,
+                allow_all: args.allow_private_code_urls,
                 allowed: args.allow_cidrs.clone(),
             }),
             checksum_sha256: checksum,

@@ -44,11 +44,8 @@ pub async fn session(up: &Stack, command: &str) -> (String, String) {
 
 /// A fresh interact token for `sid`.
 pub async fn token(up: &Stack, sid: &str) -> String {
-    let path = format!("/api/sessions/{sid}/tokens");
-    let (status, body) =
-        up.call("POST", &path, Some(ADMIN_KEY), Some(json!({ "scope": "interact" }))).await;
-    assert_eq!(status, 201, "{body}");
-    body["token"].as_str().unwrap().to_owned()
+    let scope = cliscale_core::token::TokenScope::Interact;
+    up.client(ADMIN_KEY).mint_token(sid, scope).await.unwrap().token
 }
 
 /// The runner's own address once it runs, for the direct measurements (read from the store).

@@ -9,6 +9,7 @@
 //! - [`netcut`]: a TCP proxy that cuts connections when the test says.
 //! - [`postgres`]: a throwaway database per test, and the rule for skipping loudly.
 //! - [`procinfo`]: CPU time and memory of a process, from /proc.
+//! - [`pty`]: a program in a real pseudo-terminal that the test types into.
 //! - [`stack`]: the real `cliscale up` with real runners, and a terminal client for it.
 //! - [`stats`]: the order statistics the benchmark harnesses report.
 
@@ -19,5 +20,6 @@ pub mod harness;
 pub mod netcut;
 pub mod postgres;
 pub mod procinfo;
+pub mod pty;
 pub mod stack;
 pub mod stats;

@@ -151,37 +151,38 @@ impl Stack {
         (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
     }
 
+    /// The typed client, acting with `key`.
+    pub fn client(&self, key: &str) -> cliscale_client::Client {
+        cliscale_client::Client::new(&self.base, Some(key.to_owned())).unwrap()
+    }
+
+    /// Creates a session through the typed client from a JSON body (which must name only the
+    /// API's fields); answers the API's JSON.
     pub async fn create(&self, key: &str, body: serde_json::Value) -> serde_json::Value {
-        let (status, created) = self.call("POST", "/api/sessions", Some(key), Some(body)).await;
-        assert_eq!(status, 201, "{created}");
-        created
+        let request: cliscale_core::rest::CreateSessionRequest =
+            serde_json::from_value(body).expect("a create body of the API's fields");
+        let created = self.client(key).create_session(&request, None).await.unwrap();
+        serde_json::to_value(created).unwrap()
     }
 
     /// Polls the API until the session reaches `phase` (the executor records it asynchronously).
     pub async fn wait_for_phase(&self, sid: &str, phase: &str) -> serde_json::Value {
         let deadline = std::time::Instant::now() + HANG_GUARD;
+        let client = self.client(ADMIN_KEY);
         loop {
-            let (_, s) =
-                self.call("GET", &format!("/api/sessions/{sid}"), Some(ADMIN_KEY), None).await;
-            if s["phase"] == phase {
-                return s;
+            let s = client.session(sid).await.unwrap();
+            if s.phase.as_str() == phase {
+                return serde_json::to_value(s).unwrap();
             }
-            assert!(std::time::Instant::now() < deadline, "{sid} never reached {phase}: {s}");
+            assert!(std::time::Instant::now() < deadline, "{sid} never reached {phase}: {s:?}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     pub async fn new_key(&self, role: &str) -> String {
-        let (status, body) = self
-            .call(
-                "POST",
-                "/api/keys",
-                Some(ADMIN_KEY),
-                Some(serde_json::json!({"name": role, "role": role})),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-        body["key"].as_str().unwrap().to_owned()
+        let role_ = cliscale_core::rest::Role::parse(role).expect("a role");
+        let key = self.client(ADMIN_KEY).create_key(role, role_).await.unwrap();
+        key.key.expect("a new key is shown once")
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
