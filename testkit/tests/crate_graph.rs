@@ -9,12 +9,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("cliscale-core", &[]),
     ("cliscale-crd", &["cliscale-core"]),
     ("cliscale-serve", &["cliscale-core"]),
-    ("cliscale-testkit", &["cliscale-core", "cliscale-crd"]),
+    ("cliscale-client", &["cliscale-core"]),
+    ("cliscale-testkit", &["cliscale-core", "cliscale-crd", "cliscale-client"]),
     ("cliscale-runner", &["cliscale-core", "cliscale-serve"]),
     ("cliscale-api", &["cliscale-core"]),
     ("cliscale-gateway", &["cliscale-core", "cliscale-crd"]),
     ("cliscale-operator", &["cliscale-core", "cliscale-crd", "cliscale-serve", "cliscale-api"]),
-    ("cliscale", &["cliscale-core", "cliscale-serve", "cliscale-api", "cliscale-gateway"]),
+    (
+        "cliscale",
+        &["cliscale-core", "cliscale-serve", "cliscale-client", "cliscale-api", "cliscale-gateway"],
+    ),
     // Test support: drives the parsers that meet hostile bytes, the runner's archive extraction
     // among them.
     ("cliscale-fuzz", &["cliscale-core", "cliscale-runner", "cliscale-api"]),
