@@ -5,6 +5,7 @@
 pub mod bootstrap;
 pub mod error;
 pub mod executor;
+mod feed;
 pub mod keys;
 pub mod local;
 pub mod metrics;

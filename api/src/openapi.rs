@@ -14,6 +14,7 @@ use crate::model::{
     SessionView, TokenMinted,
 };
 use crate::routes::{CreateKeyRequest, MintRequest};
+use cliscale_core::rest::FeedReady;
 
 // The gateway's routes, served beside the API (by `cliscale up`, or the cluster's load
 // balancer); documented here so one document describes every path a client uses.
@@ -65,6 +66,7 @@ fn openapi_json() {}
     paths(
         crate::routes::create_session,
         crate::routes::list_sessions,
+        crate::feed::session_feed,
         crate::routes::get_session,
         crate::routes::cancel_session,
         crate::routes::mint_token,
@@ -87,7 +89,7 @@ fn openapi_json() {}
     ),
     components(schemas(
         CreateSessionRequest, SessionCreated, SessionView, SessionPage, TokenMinted, MintRequest,
-        EventView, EventPage, CreateKeyRequest, KeyView, KeyPage, Role, ErrorBody
+        EventView, EventPage, CreateKeyRequest, KeyView, KeyPage, Role, ErrorBody, FeedReady
     )),
     security(("apiKey" = [])),
     modifiers(&ApiKeyAuth, &CommonErrors)

@@ -120,11 +120,12 @@ impl ApiState {
     }
 }
 
-type AppState = Arc<ApiState>;
+pub(crate) type AppState = Arc<ApiState>;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/api/sessions", post(create_session).get(list_sessions))
+        .route("/api/sessions/feed", get(crate::feed::session_feed))
         .route("/api/sessions/{id}", get(get_session).delete(cancel_session))
         .route("/api/sessions/{id}/tokens", post(mint_token))
         .route("/api/sessions/{id}/events", get(session_events))
@@ -469,16 +470,9 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
     Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
-#[utoipa::path(get, path = "/api/sessions", tag = "sessions",
-    summary = "List sessions, newest first", params(ListQuery),
-    responses((status = 200, description = "A page", body = SessionPage)))]
-pub(crate) async fn list_sessions(
-    State(state): State<AppState>,
-    caller: Caller,
-    params: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<axum::Json<SessionPage>> {
-    let Query(params) =
-        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+/// The store query for a list's filters, as `caller` may see them: operators only ever see
+/// their own sessions, whatever owner filter they ask for.
+pub(crate) fn session_query(caller: &Caller, params: ListQuery) -> Result<SessionQuery> {
     let phase = params
         .phase
         .as_deref()
@@ -488,17 +482,9 @@ pub(crate) async fn list_sessions(
             })
         })
         .transpose()?;
-    let limit = params.limit.unwrap_or(50);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be 1..={MAX_PAGE}"),
-        ));
-    }
-    // Operators only ever see their own sessions, whatever owner filter they ask for.
     let owner =
         if caller.role == Role::Operator { Some(caller.key_id.clone()) } else { params.owner };
-    let query = SessionQuery {
+    Ok(SessionQuery {
         phase,
         owner,
         created_after: params
@@ -512,8 +498,29 @@ pub(crate) async fn list_sessions(
             .map(|v| parse_time("created_before", v))
             .transpose()?,
         after: params.cursor.as_deref().map(decode_cursor).transpose()?,
-        limit: limit + 1,
-    };
+        limit: 0,
+    })
+}
+
+#[utoipa::path(get, path = "/api/sessions", tag = "sessions",
+    summary = "List sessions, newest first", params(ListQuery),
+    responses((status = 200, description = "A page", body = SessionPage)))]
+pub(crate) async fn list_sessions(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: std::result::Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<axum::Json<SessionPage>> {
+    let Query(params) =
+        params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let limit = params.limit.unwrap_or(50);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1..={MAX_PAGE}"),
+        ));
+    }
+    let mut query = session_query(&caller, params)?;
+    query.limit = limit + 1;
     let mut records = state.store.list_sessions(&query).await?;
     let more = records.len() as i64 > limit;
     records.truncate(limit as usize);

@@ -22,6 +22,9 @@ pub enum Backend {
 pub struct Store {
     pub(crate) pool: AnyPool,
     backend: Backend,
+    /// Woken after every committed session write, so this process' feeds answer at once;
+    /// writes by other processes are found by the feeds' polling.
+    changed: std::sync::Arc<tokio::sync::Notify>,
 }
 
 /// A stored API key (never the secret itself).
@@ -118,7 +121,7 @@ impl Store {
         }
         let pool = options.connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, backend })
+        Ok(Self { pool, backend, changed: Default::default() })
     }
 
     pub fn backend(&self) -> Backend {
@@ -297,22 +300,9 @@ impl Store {
             tx.rollback().await?;
             return Ok(Created::Existing(row.try_get("session_id")?));
         }
-        let t = now();
-        let spec_json =
-            serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-        sqlx::query(
-            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(id)
-        .bind(owner)
-        .bind(spec_json)
-        .bind(SessionPhase::Pending.as_str())
-        .bind(t)
-        .bind(t)
-        .execute(&mut *tx)
-        .await?;
+        Self::insert_in(&mut tx, id, owner, spec, "").await?;
         tx.commit().await?;
+        self.changed.notify_waiters();
         Ok(Created::New)
     }
 
@@ -334,11 +324,28 @@ impl Store {
         spec: &SessionSpec,
         on_conflict: &str,
     ) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let inserted = Self::insert_in(&mut tx, id, owner, spec, on_conflict).await?;
+        tx.commit().await?;
+        if inserted {
+            self.changed.notify_waiters();
+        }
+        Ok(inserted)
+    }
+
+    async fn insert_in(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id: &str,
+        owner: &str,
+        spec: &SessionSpec,
+        on_conflict: &str,
+    ) -> Result<bool> {
         let t = now();
         let spec = serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let change = Self::next_change(tx).await?;
         let done = sqlx::query(&format!(
-            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6){on_conflict}"
+            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at, change_seq) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7){on_conflict}"
         ))
         .bind(id)
         .bind(owner)
@@ -346,7 +353,8 @@ impl Store {
         .bind(SessionPhase::Pending.as_str())
         .bind(t)
         .bind(t)
-        .execute(&self.pool)
+        .bind(change)
+        .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -360,6 +368,49 @@ impl Store {
     }
 
     pub async fn list_sessions(&self, q: &SessionQuery) -> Result<Vec<SessionRecord>> {
+        let found = self.query_sessions(q, None).await?;
+        Ok(found.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The sessions matching `q` (its `after` aside) that changed after feed position
+    /// `changed_after`, oldest change first, each with its position.
+    pub async fn session_changes(
+        &self,
+        q: &SessionQuery,
+        changed_after: i64,
+    ) -> Result<Vec<(i64, SessionRecord)>> {
+        self.query_sessions(q, Some(changed_after)).await
+    }
+
+    /// The feed's position now: the last change committed.
+    pub async fn feed_head(&self) -> Result<i64> {
+        let row = sqlx::query("SELECT value FROM session_feed_seq WHERE id = 1")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    /// Resolves after the next session write this process commits.
+    pub fn changed(&self) -> std::sync::Arc<tokio::sync::Notify> {
+        self.changed.clone()
+    }
+
+    /// The next feed position, taken inside the writing transaction: the counter's row stays
+    /// locked to the commit, so positions follow commit order.
+    async fn next_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64> {
+        let row = sqlx::query(
+            "UPDATE session_feed_seq SET value = value + 1 WHERE id = 1 RETURNING value",
+        )
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok(row.try_get("value")?)
+    }
+
+    async fn query_sessions(
+        &self,
+        q: &SessionQuery,
+        changed_after: Option<i64>,
+    ) -> Result<Vec<(i64, SessionRecord)>> {
         let mut sql = format!("{SESSION_COLUMNS} WHERE 1 = 1");
         let mut n = 0;
         let mut next = || {
@@ -378,11 +429,16 @@ impl Store {
         if q.created_before.is_some() {
             sql += &format!(" AND created_at < {}", next());
         }
-        if q.after.is_some() {
+        if changed_after.is_some() {
+            sql += &format!(" AND change_seq > {} ORDER BY change_seq", next());
+        } else if q.after.is_some() {
             let (a, b, c) = (next(), next(), next());
             sql += &format!(" AND (created_at < {a} OR (created_at = {b} AND id < {c}))");
         }
-        sql += &format!(" ORDER BY created_at DESC, id DESC LIMIT {}", next());
+        if changed_after.is_none() {
+            sql += " ORDER BY created_at DESC, id DESC";
+        }
+        sql += &format!(" LIMIT {}", next());
         let mut query = sqlx::query(&sql);
         if let Some(phase) = q.phase {
             query = query.bind(phase.as_str());
@@ -396,11 +452,15 @@ impl Store {
         if let Some(t) = q.created_before {
             query = query.bind(t);
         }
-        if let Some((t, id)) = &q.after {
+        if let Some(position) = changed_after {
+            query = query.bind(position);
+        } else if let Some((t, id)) = &q.after {
             query = query.bind(*t).bind(*t).bind(id.clone());
         }
         let rows = query.bind(q.limit).fetch_all(&self.pool).await?;
-        rows.iter().map(session_from_row).collect()
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("change_seq")?, session_from_row(r)?)))
+            .collect()
     }
 
     /// Applies an observed change, atomically: in one transaction that first takes the row's
@@ -424,9 +484,11 @@ impl Store {
             .await?;
         let current = session_from_row(&row)?;
         let Some(next) = apply_update(&current, update, now()) else { return Ok(false) };
+        let change = Self::next_change(&mut tx).await?;
         sqlx::query(
             "UPDATE sessions SET phase = $1, exit_code = $2, reason = $3, message = $4, \
-             runner_addr = $5, started_at = $6, finished_at = $7, updated_at = $8 WHERE id = $9",
+             runner_addr = $5, started_at = $6, finished_at = $7, updated_at = $8, \
+             change_seq = $9 WHERE id = $10",
         )
         .bind(next.phase.as_str())
         .bind(next.exit_code)
@@ -436,6 +498,7 @@ impl Store {
         .bind(next.started_at)
         .bind(next.finished_at)
         .bind(next.updated_at)
+        .bind(change)
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -444,6 +507,7 @@ impl Store {
             Self::insert_event(&mut tx, id, "phase", &message).await?;
         }
         tx.commit().await?;
+        self.changed.notify_waiters();
         Ok(true)
     }
 
@@ -556,7 +620,7 @@ pub fn apply_update(
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, owner, spec, phase, exit_code, reason, message, \
-    runner_addr, created_at, started_at, finished_at, updated_at FROM sessions";
+    runner_addr, created_at, started_at, finished_at, updated_at, change_seq FROM sessions";
 
 fn reason_str(reason: TerminalReason) -> String {
     serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
 use cliscale_client::rest::TokenMinted;
-use cliscale_client::terminal::{AttachOptions, Input, Terminal, TerminalEvent};
+use cliscale_client::terminal::{AttachOptions, Closer, Input, Terminal, TerminalEvent};
 use cliscale_client::{Client, OutputRange};
 use cliscale_core::SessionPhase;
 use cliscale_core::protocol::SessionStatus;
@@ -202,7 +202,8 @@ pub async fn attach(
     let input = terminal.input();
     let detached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     if !options.read_only {
-        tokio::spawn(forward_stdin(input.clone(), DetachDetector::new(keys), detached.clone()));
+        let detector = DetachDetector::new(keys);
+        tokio::spawn(forward_stdin(input.clone(), terminal.closer(), detector, detached.clone()));
         if interactive {
             tokio::spawn(forward_resizes(input.clone()));
         }
@@ -247,7 +248,7 @@ pub async fn attach(
             // The final status follows the last byte of output: nothing is left to show, so
             // the runner's linger is not waited out.
             TerminalEvent::Status(status) if status.phase.is_finished() => {
-                let _ = input.send(Input::Close).await;
+                terminal.closer().close();
                 return Ok(exit_code(Some(&status)));
             }
             TerminalEvent::Status(status) => last = Some(status),
@@ -298,6 +299,7 @@ fn notice(text: &str) {
 
 async fn forward_stdin(
     input: tokio::sync::mpsc::Sender<Input>,
+    closer: Closer,
     mut detector: DetachDetector,
     detached: std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) {
@@ -314,7 +316,7 @@ async fn forward_stdin(
         }
         if detach {
             detached.store(true, std::sync::atomic::Ordering::Release);
-            let _ = input.send(Input::Close).await;
+            closer.close();
             return;
         }
     }

@@ -5,8 +5,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use cliscale_client::rest::{CreateSessionRequest, ListQuery, SessionView, TokenMinted};
-use cliscale_client::stream::OutputEvent;
+use cliscale_client::rest::{CreateSessionRequest, FeedQuery, ListQuery, SessionView, TokenMinted};
+use cliscale_client::stream::{FeedEvent, OutputEvent};
 use cliscale_client::terminal::AttachOptions;
 use cliscale_client::{Client, OutputRange};
 use cliscale_core::token::TokenScope;
@@ -220,7 +220,8 @@ pub struct ListArgs {
     pub limit: usize,
     #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
     pub output: Format,
-    /// Keep watching: print each session again when it changes.
+    /// Keep watching: print each session again when it is created or changes (from the
+    /// server's session feed).
     #[arg(short = 'w', long)]
     pub watch: bool,
 }
@@ -270,51 +271,65 @@ pub async fn list(args: ListArgs, globals: &Globals) -> Result<i32, Failure> {
     if args.limit == 0 {
         return Err(Failure::new(Outcome::Usage, "--limit must be at least 1"));
     }
-    let sessions = collect(&client, query.clone(), args.limit).await?;
+    // Watching subscribes before it lists: a change between the two is then in the feed.
+    let mut feed = None;
+    if args.watch {
+        let mut subscribed = client.session_feed(FeedQuery {
+            phase: query.phase.clone(),
+            owner: query.owner.clone(),
+            created_after: query.created_after.clone(),
+            created_before: query.created_before.clone(),
+            since: None,
+        });
+        while !matches!(subscribed.next().await?, FeedEvent::Ready { .. }) {}
+        feed = Some(subscribed);
+    }
+    let sessions = collect(&client, query, args.limit).await?;
     let wide = args.output == Format::Wide;
-    let mut out = std::io::stdout();
-    match args.output {
-        Format::Table | Format::Wide if !args.watch || !sessions.is_empty() => {
-            print!("{}", present::sessions_table(&sessions, wide, true, SystemTime::now()));
-        }
-        Format::Json | Format::Yaml if !args.watch => {
-            print!("{}", present::render(args.output, &sessions))
-        }
-        _ => {}
-    }
-    if !args.watch {
-        return Ok(0);
-    }
-    // Watching: each session is printed again whenever its phase or its last change moves. A
-    // JSON watch prints one object per line, so a program reads it line by line.
-    let mut seen: HashMap<String, String> =
-        sessions.iter().map(|s| (s.session_id.clone(), s.updated_at.clone())).collect();
-    let mut header = !sessions.is_empty();
-    if matches!(args.output, Format::Json | Format::Yaml) {
-        for s in &sessions {
-            print_watched(args.output, s, wide, &mut header);
-        }
-    }
-    use std::io::Write;
-    let _ = out.flush();
-    loop {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let latest = match collect(&client, query.clone(), args.limit).await {
-            Ok(latest) => latest,
-            Err(f) if f.outcome == Outcome::Unavailable => continue, // rides out a restart
-            Err(f) => return Err(f),
-        };
-        for s in latest.iter().rev() {
-            if seen.get(&s.session_id) != Some(&s.updated_at) {
-                seen.insert(s.session_id.clone(), s.updated_at.clone());
-                print_watched(args.output, s, wide, &mut header);
+    let Some(mut feed) = feed else {
+        match args.output {
+            Format::Table | Format::Wide => {
+                print!("{}", present::sessions_table(&sessions, wide, true, SystemTime::now()));
             }
+            format => print!("{}", present::render(format, &sessions)),
         }
-        let _ = out.flush();
+        return Ok(0);
+    };
+    // Each session is printed again whenever it changes; a JSON watch prints one object per
+    // line, so a program reads it line by line.
+    let mut header = false;
+    let mut shown: HashMap<String, String> = HashMap::new();
+    for s in sessions.iter().rev() {
+        shown.insert(s.session_id.clone(), change_key(s));
+        print_watched(args.output, s, wide, &mut header);
+    }
+    let mut outage = false;
+    loop {
+        match feed.next().await? {
+            FeedEvent::Session { session, .. } => {
+                outage = false;
+                let key = change_key(&session);
+                if shown.get(&session.session_id) != Some(&key) {
+                    shown.insert(session.session_id.clone(), key);
+                    print_watched(args.output, &session, wide, &mut header);
+                }
+            }
+            FeedEvent::Reconnecting { why, .. } if !outage => {
+                outage = true;
+                eprintln!("[cliscale: {why}; resuming]");
+            }
+            FeedEvent::Reconnecting { .. } | FeedEvent::Ready { .. } => {}
+        }
     }
 }
 
+/// What makes two sightings of a session different enough to print again. Pure.
+fn change_key(s: &SessionView) -> String {
+    format!("{}|{:?}|{:?}|{}", s.phase.as_str(), s.reason, s.exit_code, s.updated_at)
+}
+
 fn print_watched(format: Format, s: &SessionView, wide: bool, header: &mut bool) {
+    use std::io::Write;
     match format {
         Format::Json => println!("{}", serde_json::to_string(s).expect("serializes")),
         Format::Yaml => print!("---\n{}", present::render(Format::Yaml, s)),
@@ -326,6 +341,7 @@ fn print_watched(format: Format, s: &SessionView, wide: bool, header: &mut bool)
             *header = true;
         }
     }
+    let _ = std::io::stdout().flush();
 }
 
 #[derive(clap::Args)]

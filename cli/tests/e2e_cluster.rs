@@ -2,7 +2,8 @@
 //! database on) in a namespace of its own, and checks what the simulator cannot prove:
 //! sessions made through the REST API and with `kubectl apply` get terminals through the
 //! gateway; a failing command, a missing image, a cancel and a TTL end as docs/operator.md
-//! says; and the operator's log holds no RBAC denial.
+//! says; the `cliscale` command line runs, follows and reads a session through the cluster's API;
+//! and the operator's log holds no RBAC denial.
 //!
 //! It needs `CLISCALE_E2E_KUBECONFIG`, `helm` and `kubectl` on PATH, and the three images
 //! loaded into the cluster as `$CLISCALE_E2E_IMAGE_REPOSITORY/{operator,gateway,runner}:
@@ -21,7 +22,7 @@ use cliscale_testkit::stack as common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{open_terminal, read_until};
+use common::{open_terminal, read_until, workspace_bin};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "csk_00000000000000e2_e2e-admin-secret-0123456789abcdefghij";
@@ -235,6 +236,32 @@ async fn a_default_install_serves_sessions_and_names_every_ending() {
     assert_eq!(install.field("e2e-exit", ".status.reason"), "Exited");
     assert_eq!(install.field("e2e-exit", ".status.exitCode"), "3");
     assert!(install.field("e2e-exit", ".status.outputTail").contains("bye"));
+
+    // The command line against the cluster's API: run detached, follow the output to the end
+    // (live, then from the store), and read how the session ended.
+    let config = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(workspace_bin("cliscale"))
+            .args(args)
+            .env("CLISCALE_URL", &api)
+            .env("CLISCALE_API_KEY", ADMIN)
+            .env("XDG_CONFIG_HOME", config.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cliscale {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = cli(&["run", "--detach", "--", "echo e2e-cli-ok; exit 4"]);
+    let cli_sid = started.lines().next().unwrap().to_owned();
+    assert!(cli(&["logs", "-f", "--plain", &cli_sid]).contains("e2e-cli-ok"));
+    let ended: Value = serde_json::from_str(&cli(&["get", "-o", "json", &cli_sid])).unwrap();
+    assert_eq!((ended["phase"].as_str(), ended["exitCode"].as_i64()), (Some("Failed"), Some(4)));
+    let listed: Vec<Value> = serde_json::from_str(&cli(&["ls", "-o", "json"])).unwrap();
+    assert!(listed.iter().any(|s| s["sessionId"] == cli_sid.as_str()));
 
     // An image that does not exist: Pending with ImagePullFailed, then Failed at the deadline.
     install.apply(json!({

@@ -357,7 +357,7 @@ fn zero_intervals_are_refused_at_startup() {
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flag}: {stderr}");
+        assert_eq!(out.status.code(), Some(64), "{flag}: {stderr}");
         assert!(stderr.contains(flag) && stderr.contains("must be more than zero"), "{stderr}");
     }
 }

@@ -5,6 +5,8 @@ use cliscale_testkit::stack as common;
 use std::collections::HashSet;
 
 use base64::Engine;
+use cliscale_core::rest::{CreateSessionRequest, ListQuery};
+use cliscale_core::token::TokenScope;
 use common::{ADMIN_KEY, Backend, Stack, open_terminal, read_session};
 use futures_util::SinkExt;
 use serde_json::json;
@@ -21,20 +23,21 @@ on_both_backends!(
     bad_requests_get_precise_errors,
     a_restart_marks_orphaned_sessions_lost,
     every_ending_reaches_the_api_while_the_runner_lingers,
+    the_feed_sends_creations_and_changes_in_order_to_those_who_may_see_them,
 );
 
 async fn create_get_list_with_pagination_and_cancel(backend: Backend) {
     let Some(stack) = Stack::start(backend, &[]).await else { return };
+    let admin = stack.client(ADMIN_KEY);
     let mut ids = Vec::new();
     for i in 0..5 {
-        let created =
-            stack.create(ADMIN_KEY, json!({"command": format!("echo s{i}; read -r x")})).await;
-        assert!(
-            created["terminalUrl"].as_str().unwrap().starts_with(&format!("{}/t/", stack.base))
-        );
-        assert_eq!(created["wsUrl"], format!("/ws/{}", created["sessionId"].as_str().unwrap()));
-        ids.push(created["sessionId"].as_str().unwrap().to_owned());
+        let request = CreateSessionRequest::new(format!("echo s{i}; read -r x"));
+        let created = admin.create_session(&request, None).await.unwrap();
+        assert!(created.terminal_url.starts_with(&format!("{}/t/", stack.base)));
+        assert_eq!(created.ws_url, format!("/ws/{}", created.session_id));
+        ids.push(created.session_id);
     }
+    // The raw answer names every documented field.
     let (status, one) =
         stack.call("GET", &format!("/api/sessions/{}", ids[0]), Some(ADMIN_KEY), None).await;
     assert_eq!(status, 200);
@@ -43,19 +46,13 @@ async fn create_get_list_with_pagination_and_cancel(backend: Backend) {
     }
     // Pages of two, newest first, no duplicates, nothing missed.
     let mut seen = Vec::new();
-    let mut cursor: Option<String> = None;
+    let mut query = ListQuery { limit: Some(2), ..Default::default() };
     loop {
-        let path = match &cursor {
-            Some(c) => format!("/api/sessions?limit=2&cursor={c}"),
-            None => "/api/sessions?limit=2".to_string(),
-        };
-        let (status, page) = stack.call("GET", &path, Some(ADMIN_KEY), None).await;
-        assert_eq!(status, 200, "{page}");
-        let items = page["items"].as_array().unwrap();
-        assert!(items.len() <= 2);
-        seen.extend(items.iter().map(|s| s["sessionId"].as_str().unwrap().to_owned()));
-        match page["nextCursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
+        let page = admin.list_sessions(&query).await.unwrap();
+        assert!(page.items.len() <= 2);
+        seen.extend(page.items.into_iter().map(|s| s.session_id));
+        match page.next_cursor {
+            Some(c) => query.cursor = Some(c),
             None => break,
         }
     }
@@ -68,19 +65,10 @@ async fn create_get_list_with_pagination_and_cancel(backend: Backend) {
     assert_eq!(status, 202);
     let cancelled = stack.wait_for_phase(&ids[0], "Cancelled").await;
     assert_eq!(cancelled["reason"], "Cancelled");
-    let (status, page) =
-        stack.call("GET", "/api/sessions?phase=Cancelled", Some(ADMIN_KEY), None).await;
-    assert_eq!(status, 200);
-    assert_eq!(page["items"].as_array().unwrap().len(), 1);
-    let (status, events) =
-        stack.call("GET", &format!("/api/sessions/{}/events", ids[0]), Some(ADMIN_KEY), None).await;
-    assert_eq!(status, 200);
-    let kinds: Vec<_> = events["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["kind"].as_str().unwrap().to_owned())
-        .collect();
+    let query = ListQuery { phase: Some("Cancelled".into()), ..Default::default() };
+    assert_eq!(admin.list_sessions(&query).await.unwrap().items.len(), 1);
+    let kinds: Vec<String> =
+        admin.events(&ids[0]).await.unwrap().items.into_iter().map(|e| e.kind).collect();
     assert!(
         kinds.contains(&"created".to_string()) && kinds.contains(&"cancel".to_string()),
         "{kinds:?}"
@@ -89,52 +77,40 @@ async fn create_get_list_with_pagination_and_cancel(backend: Backend) {
 
 async fn roles_limit_what_keys_can_see_and_do(backend: Backend) {
     let Some(stack) = Stack::start(backend, &[]).await else { return };
-    let alice = stack.new_key("operator").await;
-    let bob = stack.new_key("operator").await;
-    let viewer = stack.new_key("viewer").await;
-    let sid = stack.create(&alice, json!({"command": "read -r x"})).await["sessionId"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let path = format!("/api/sessions/{sid}");
+    let (alice_key, bob_key) = (stack.new_key("operator").await, stack.new_key("operator").await);
+    let (alice, bob) = (stack.client(&alice_key), stack.client(&bob_key));
+    let viewer = stack.client(&stack.new_key("viewer").await);
+    let admin = stack.client(ADMIN_KEY);
+    let code = |e: cliscale_client::Error| (e.status().unwrap(), e.code().unwrap().to_owned());
+    let not_found = (404, "not_found".to_owned());
+    let forbidden = (403, "forbidden".to_owned());
+    let sid = alice.create_session(&CreateSessionRequest::new("read -r x"), None).await;
+    let sid = sid.unwrap().session_id;
     // Another operator cannot tell the session exists.
-    assert_eq!(stack.call("GET", &path, Some(&bob), None).await.0, 404);
-    assert_eq!(stack.call("DELETE", &path, Some(&bob), None).await.0, 404);
-    let (_, bobs_list) = stack.call("GET", "/api/sessions", Some(&bob), None).await;
-    assert!(bobs_list["items"].as_array().unwrap().is_empty());
-    assert_eq!(stack.call("GET", &path, Some(&alice), None).await.0, 200);
+    assert_eq!(code(bob.session(&sid).await.unwrap_err()), not_found);
+    assert_eq!(code(bob.cancel_session(&sid).await.unwrap_err()), not_found);
+    assert!(bob.list_sessions(&ListQuery::default()).await.unwrap().items.is_empty());
+    assert_eq!(alice.session(&sid).await.unwrap().session_id, sid);
     // Viewers read everything and get read-only terminals only.
-    assert_eq!(stack.call("GET", &path, Some(&viewer), None).await.0, 200);
-    let tokens = format!("{path}/tokens");
-    assert_eq!(
-        stack.call("POST", &tokens, Some(&viewer), Some(json!({"scope": "interact"}))).await.0,
-        403
-    );
-    let (status, minted) =
-        stack.call("POST", &tokens, Some(&viewer), Some(json!({"scope": "view"}))).await;
-    assert_eq!(status, 201);
-    assert_eq!(minted["scope"], "view");
-    assert_eq!(
-        stack.call("POST", "/api/sessions", Some(&viewer), Some(json!({"command": "x"}))).await.0,
-        403
-    );
-    assert_eq!(stack.call("DELETE", &path, Some(&viewer), None).await.0, 403);
+    assert_eq!(viewer.session(&sid).await.unwrap().session_id, sid);
+    assert_eq!(code(viewer.mint_token(&sid, TokenScope::Interact).await.unwrap_err()), forbidden);
+    let minted = viewer.mint_token(&sid, TokenScope::View).await.unwrap();
+    assert_eq!(minted.scope, TokenScope::View);
+    let create = viewer.create_session(&CreateSessionRequest::new("x"), None).await;
+    assert_eq!(code(create.unwrap_err()), forbidden);
+    assert_eq!(code(viewer.cancel_session(&sid).await.unwrap_err()), forbidden);
     // Keys are for admins only.
-    assert_eq!(stack.call("GET", "/api/keys", Some(&alice), None).await.0, 403);
-    let (status, keys) = stack.call("GET", "/api/keys", Some(ADMIN_KEY), None).await;
-    assert_eq!(status, 200);
-    assert_eq!(keys["items"].as_array().unwrap().len(), 4);
-    assert!(!keys.to_string().contains("secret"), "no secret material is listed");
+    assert_eq!(code(alice.list_keys().await.unwrap_err()), forbidden);
+    let keys = admin.list_keys().await.unwrap().items;
+    assert_eq!(keys.len(), 4);
+    assert!(keys.iter().all(|k| k.key.is_none()), "no secret material is listed");
     // A revoked key stops working at once.
-    let bob_id = bob.split('_').nth(1).unwrap();
-    assert_eq!(
-        stack.call("DELETE", &format!("/api/keys/{bob_id}"), Some(ADMIN_KEY), None).await.0,
-        204
-    );
-    let (status, body) = stack.call("GET", "/api/sessions", Some(&bob), None).await;
-    assert_eq!((status, body["error"].as_str()), (401, Some("invalid_api_key")));
+    let bob_id = bob_key.split('_').nth(1).unwrap();
+    admin.revoke_key(bob_id).await.unwrap();
+    let refused = bob.list_sessions(&ListQuery::default()).await.unwrap_err();
+    assert_eq!(code(refused), (401, "invalid_api_key".to_owned()));
     // The read-only terminal really is read-only.
-    let view_token = minted["token"].as_str().unwrap();
+    let view_token = &minted.token;
     let mut ws = open_terminal(&stack.ws_url(&sid, &format!("token={view_token}"))).await.unwrap();
     ws.send(Message::Binary(b"typed\r".to_vec().into())).await.unwrap();
     loop {
@@ -392,4 +368,97 @@ async fn every_ending_reaches_the_api_while_the_runner_lingers(backend: Backend)
         assert!(said.contains(message), "{phase}: {said:?} should say {message:?}");
         assert!(!said.contains("the runner exited"), "{said}");
     }
+}
+
+/// Feed events until `done` holds for the events so far.
+async fn feed_until(
+    feed: &mut cliscale_client::stream::SessionFeed,
+    done: impl Fn(&[(i64, String, String)]) -> bool,
+) -> Vec<(i64, String, String)> {
+    use cliscale_client::stream::FeedEvent;
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        let next = tokio::time::timeout(common::HANG_GUARD, feed.next()).await;
+        match next.expect("the feed went quiet").unwrap() {
+            FeedEvent::Session { position, session } => {
+                seen.push((position, session.session_id, session.phase.as_str().to_owned()));
+            }
+            FeedEvent::Ready { .. } => {}
+            FeedEvent::Reconnecting { why, .. } => panic!("the feed dropped: {why}"),
+        }
+    }
+    seen
+}
+
+fn ended(id: &str) -> impl Fn(&[(i64, String, String)]) -> bool + '_ {
+    move |seen| seen.iter().any(|(_, s, phase)| s == id && phase == "Succeeded")
+}
+
+async fn the_feed_sends_creations_and_changes_in_order_to_those_who_may_see_them(backend: Backend) {
+    use cliscale_client::rest::FeedQuery;
+    use cliscale_client::stream::FeedEvent;
+    let Some(stack) = Stack::start(backend, &[]).await else { return };
+    let admin = stack.client(ADMIN_KEY);
+    let alice = stack.client(&stack.new_key("operator").await);
+    let bob = stack.client(&stack.new_key("operator").await);
+    let mut everything = admin.session_feed(FeedQuery::default());
+    let FeedEvent::Ready { position: start } = everything.next().await.unwrap() else {
+        panic!("a feed starts with ready")
+    };
+    let mut alices = alice.session_feed(FeedQuery::default());
+    assert!(matches!(alices.next().await.unwrap(), FeedEvent::Ready { .. }));
+
+    let hers = alice.create_session(&CreateSessionRequest::new("echo hers"), None).await;
+    let hers = hers.unwrap().session_id;
+    let his = bob.create_session(&CreateSessionRequest::new("echo his"), None).await;
+    let his = his.unwrap().session_id;
+
+    let seen = feed_until(&mut everything, |seen| ended(&hers)(seen) && ended(&his)(seen)).await;
+    let positions: Vec<i64> = seen.iter().map(|(p, ..)| *p).collect();
+    assert!(positions.windows(2).all(|w| w[0] < w[1]) && positions[0] > start, "{seen:?}");
+    // Each session to its end, its phases never going back (changes that land between two
+    // reads of the feed are folded into the later one).
+    let rank = |phase: &str| ["Pending", "Starting", "Running"].iter().position(|p| *p == phase);
+    for id in [&hers, &his] {
+        let order: Vec<usize> =
+            seen.iter().filter(|(_, s, _)| s == id).map(|(.., p)| rank(p).unwrap_or(3)).collect();
+        assert!(order.windows(2).all(|w| w[0] <= w[1]) && order.last() == Some(&3), "{seen:?}");
+    }
+    // An operator's feed holds only its own sessions.
+    let hers_only = feed_until(&mut alices, ended(&hers)).await;
+    assert!(hers_only.iter().all(|(_, s, _)| *s == hers), "{hers_only:?}");
+
+    // Resumed from a position: exactly what came after it. Filtered: only what matches.
+    let middle = positions[positions.len() / 2];
+    let mut resumed = admin.session_feed(FeedQuery { since: Some(middle), ..Default::default() });
+    assert!(
+        matches!(resumed.next().await.unwrap(), FeedEvent::Ready { position } if position == middle)
+    );
+    // What changed after it, once each, as it is now, in the order of the last changes.
+    let mut latest: Vec<(i64, String, String)> = Vec::new();
+    for event in &seen {
+        latest.retain(|(_, s, _)| *s != event.1);
+        latest.push(event.clone());
+    }
+    latest.retain(|(p, ..)| *p > middle);
+    let rest = feed_until(&mut resumed, |s| s.len() == latest.len()).await;
+    assert_eq!(rest, latest);
+    let finished =
+        FeedQuery { phase: Some("Succeeded".into()), since: Some(start), ..Default::default() };
+    let mut finished = admin.session_feed(finished);
+    let done = feed_until(&mut finished, |s| s.len() == 2).await;
+    assert!(done.iter().all(|(.., phase)| phase == "Succeeded"), "{done:?}");
+
+    // Refusals: a Last-Event-ID that is no position, an unknown phase, no key.
+    let url = stack.url("/api/sessions/feed");
+    let bad = stack.http.get(&url).bearer_auth(ADMIN_KEY).header("Last-Event-ID", "x").send();
+    let bad = bad.await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(bad.json::<serde_json::Value>().await.unwrap()["error"], "invalid_last_event_id");
+    let phase = FeedQuery { phase: Some("Sleeping".into()), ..Default::default() };
+    let refused = admin.session_feed(phase).next().await.unwrap_err();
+    assert_eq!(refused.code(), Some("invalid_query"));
+    let anonymous = cliscale_client::Client::new(&stack.base, None).unwrap();
+    let refused = anonymous.session_feed(FeedQuery::default()).next().await.unwrap_err();
+    assert_eq!(refused.code(), Some("missing_api_key"));
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use cliscale_core::output::{COMPLETE_HEADER, END_HEADER, GAPS_HEADER, SINCE_HEADER, UNTIL_HEADER};
 use cliscale_core::rest::{
-    CreateKeyRequest, CreateSessionRequest, EventPage, KeyPage, KeyView, ListQuery, MintRequest,
-    Role, SessionCreated, SessionPage, SessionView, TokenMinted, UpdateKeyRequest,
+    CreateKeyRequest, CreateSessionRequest, EventPage, FeedQuery, KeyPage, KeyView, ListQuery,
+    MintRequest, Role, SessionCreated, SessionPage, SessionView, TokenMinted, UpdateKeyRequest,
 };
 use cliscale_core::token::TokenScope;
 use futures_util::Stream;
@@ -190,6 +190,27 @@ impl Client {
             .request(Method::GET, &["api", "sessions", id, "output", "stream"])
             .header("Last-Event-ID", since.to_string())
             .header("Accept", "text/event-stream");
+        self.send(req).await
+    }
+
+    /// `GET /api/sessions/feed`: creations and changes as they happen, resumed after every
+    /// drop: see [`stream::SessionFeed`].
+    pub fn session_feed(&self, query: FeedQuery) -> stream::SessionFeed {
+        stream::SessionFeed::new(self.clone(), query)
+    }
+
+    pub(crate) async fn open_feed(
+        &self,
+        query: &FeedQuery,
+        after: Option<i64>,
+    ) -> Result<Response> {
+        let mut req = self
+            .request(Method::GET, &["api", "sessions", "feed"])
+            .query(&FeedQuery { since: None, ..query.clone() })
+            .header("Accept", "text/event-stream");
+        if let Some(position) = after {
+            req = req.header("Last-Event-ID", position.to_string());
+        }
         self.send(req).await
     }
 

@@ -10,6 +10,8 @@ use cliscale_core::protocol::{ServerMessage, SessionStatus, sse};
 use eventsource_stream::{Event, Eventsource};
 use futures_util::{Stream, StreamExt};
 
+use cliscale_core::rest::{FeedQuery, FeedReady, SessionView, feed};
+
 use crate::{Client, Error, Result};
 
 /// The server sends a comment every 15 s; a connection silent for three of them is dead.
@@ -153,6 +155,86 @@ fn events_of(resp: reqwest::Response) -> Events {
         }
     });
     Box::pin(bytes.eventsource().map(|e| e.map_err(|e| e.to_string())))
+}
+
+/// What the session feed yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedEvent {
+    /// A connection opened; changes after `position` follow.
+    Ready { position: i64 },
+    /// A session was created or changed: as it is after the change.
+    Session { position: i64, session: Box<SessionView> },
+    /// The connection dropped; the next call resumes after the last position after `delay`.
+    Reconnecting { position: i64, delay: Duration, why: String },
+}
+
+/// `GET /api/sessions/feed`, resumed after every drop from the last position seen, so no
+/// change is missed. It never ends by itself.
+pub struct SessionFeed {
+    client: Client,
+    query: FeedQuery,
+    /// The last position seen; `None` until the first connection says where it starts.
+    position: Option<i64>,
+    events: Option<Events>,
+    failures: u32,
+    pause: Option<Duration>,
+}
+
+impl SessionFeed {
+    pub(crate) fn new(client: Client, query: FeedQuery) -> Self {
+        let position = query.since;
+        Self { client, query, position, events: None, failures: 0, pause: None }
+    }
+
+    /// The next event. A refusal (a bad filter, a revoked key) is an error; a drop is
+    /// [`FeedEvent::Reconnecting`].
+    pub async fn next(&mut self) -> Result<FeedEvent> {
+        loop {
+            let Some(events) = &mut self.events else {
+                if let Some(pause) = self.pause.take() {
+                    tokio::time::sleep(pause).await;
+                }
+                match self.client.open_feed(&self.query, self.position).await {
+                    Ok(resp) => self.events = Some(events_of(resp)),
+                    Err(e) if e.is_transient() => return Ok(self.drop_connection(e.to_string())),
+                    Err(e) => return Err(e),
+                }
+                continue;
+            };
+            let event = match events.next().await {
+                None => return Ok(self.drop_connection("the feed ended".into())),
+                Some(Err(e)) => return Ok(self.drop_connection(e)),
+                Some(Ok(event)) => event,
+            };
+            self.failures = 0;
+            let bad =
+                |e: serde_json::Error| Error::Unexpected(format!("{} event: {e}", event.event));
+            match event.event.as_str() {
+                feed::READY => {
+                    let ready: FeedReady = serde_json::from_str(&event.data).map_err(bad)?;
+                    self.position = Some(ready.position);
+                    return Ok(FeedEvent::Ready { position: ready.position });
+                }
+                feed::SESSION => {
+                    let session: SessionView = serde_json::from_str(&event.data).map_err(bad)?;
+                    let position = event.id.parse().map_err(|_| {
+                        Error::Unexpected(format!("a session event with id {:?}", event.id))
+                    })?;
+                    self.position = Some(position);
+                    return Ok(FeedEvent::Session { position, session: Box::new(session) });
+                }
+                _ => {} // what a newer server adds
+            }
+        }
+    }
+
+    fn drop_connection(&mut self, why: String) -> FeedEvent {
+        self.events = None;
+        let delay = backoff(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        self.pause = Some(delay);
+        FeedEvent::Reconnecting { position: self.position.unwrap_or(0), delay, why }
+    }
 }
 
 #[cfg(test)]

@@ -6,16 +6,18 @@
 //! One task owns the socket; the caller reads [`TerminalEvent`]s and sends [`Input`] through
 //! channels, so neither ever waits on the other and a reconnect loses no state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use cliscale_core::SessionPhase;
 use cliscale_core::protocol::{
     ClientMessage, CloseCode, ServerMessage, SessionStatus, decode_output,
 };
 use cliscale_core::rest::TokenMinted;
 use cliscale_core::token::TokenScope;
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
@@ -77,17 +79,24 @@ pub enum TerminalEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Input {
     Bytes(Vec<u8>),
-    Resize {
-        cols: u16,
-        rows: u16,
-    },
-    /// Close the connection (the session goes on).
-    Close,
+    Resize { cols: u16, rows: u16 },
+}
+
+/// Closes a terminal's connection (the session goes on), whatever it is doing: waiting for the
+/// command to start, relaying, or between connections.
+#[derive(Debug, Clone)]
+pub struct Closer(Arc<Notify>);
+
+impl Closer {
+    pub fn close(&self) {
+        self.0.notify_one();
+    }
 }
 
 pub struct Terminal {
     events: mpsc::Receiver<Result<TerminalEvent>>,
     input: mpsc::Sender<Input>,
+    closer: Closer,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,13 +132,15 @@ impl Terminal {
             offset: options.since,
             read_only: options.read_only,
             size: None,
+            running: false,
             options,
         };
         let ws = link.connect().await?;
         let (events_tx, events) = mpsc::channel(64);
         let (input, input_rx) = mpsc::channel(256);
-        let task = tokio::spawn(link.run(ws, events_tx, input_rx));
-        Ok(Self { events, input, task })
+        let closer = Closer(Arc::default());
+        let task = tokio::spawn(link.run(ws, events_tx, input_rx, closer.0.clone()));
+        Ok(Self { events, input, closer, task })
     }
 
     /// The next event; `None` after [`TerminalEvent::Closed`] or a fatal error.
@@ -137,10 +148,15 @@ impl Terminal {
         self.events.recv().await
     }
 
-    /// Where to send input, resizes and the close. Input sent while a connection is being
-    /// replaced waits for the new one.
+    /// Where to send input and resizes. Input sent while a connection is being replaced, or
+    /// before the command starts, waits until it can be delivered.
     pub fn input(&self) -> mpsc::Sender<Input> {
         self.input.clone()
+    }
+
+    /// What closes the connection; [`TerminalEvent::Closed`] follows.
+    pub fn closer(&self) -> Closer {
+        self.closer.clone()
     }
 }
 
@@ -175,6 +191,9 @@ struct Link {
     read_only: bool,
     /// The last size asked for, sent again on every new connection.
     size: Option<(u16, u16)>,
+    /// Whether the command runs: the runner refuses input before it starts (`not_running`),
+    /// so keys typed early wait here until it does instead of being lost.
+    running: bool,
     options: AttachOptions,
 }
 
@@ -230,7 +249,9 @@ impl Link {
         first: Ws,
         events: mpsc::Sender<Result<TerminalEvent>>,
         mut input: mpsc::Receiver<Input>,
+        closing: Arc<Notify>,
     ) {
+        let detached = || Ok(closed(1000, "detached"));
         let mut ws = Some(first);
         let mut failures = 0u32;
         loop {
@@ -251,7 +272,13 @@ impl Link {
                         if events.send(Ok(event)).await.is_err() {
                             return;
                         }
-                        tokio::time::sleep(delay).await;
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => {}
+                            _ = closing.notified() => {
+                                let _ = events.send(detached()).await;
+                                return;
+                            }
+                        }
                         continue;
                     }
                     Err(e) => {
@@ -260,7 +287,7 @@ impl Link {
                     }
                 },
             };
-            match self.serve(socket, &events, &mut input).await {
+            match self.serve(socket, &events, &mut input, &closing).await {
                 Ending::Final(event) => {
                     let _ = events.send(Ok(event)).await;
                     return;
@@ -272,7 +299,13 @@ impl Link {
                     if events.send(Ok(event)).await.is_err() {
                         return;
                     }
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = closing.notified() => {
+                            let _ = events.send(detached()).await;
+                            return;
+                        }
+                    }
                 }
             }
         }
@@ -284,6 +317,7 @@ impl Link {
         mut ws: Ws,
         events: &mpsc::Sender<Result<TerminalEvent>>,
         input: &mut mpsc::Receiver<Input>,
+        closing: &Notify,
     ) -> Ending {
         if let Some((cols, rows)) = self.size
             && send(&mut ws, resize(cols, rows)).await.is_err()
@@ -312,14 +346,9 @@ impl Link {
                         Err(ending) => return ending,
                     }
                 }
-                item = input.recv(), if input_open => {
+                item = input.recv(), if input_open && self.running => {
                     let frame = match item {
                         None => { input_open = false; continue; }
-                        Some(Input::Close) => {
-                            let frame = CloseFrame { code: WsCloseCode::Normal, reason: "detached".into() };
-                            let _ = ws.close(Some(frame)).await;
-                            return Ending::Final(closed(1000, "detached"));
-                        }
                         Some(Input::Resize { cols, rows }) => {
                             self.size = Some((cols, rows));
                             resize(cols, rows)
@@ -332,6 +361,11 @@ impl Link {
                     if send(&mut ws, frame).await.is_err() {
                         return Ending::Retry("the connection broke".into());
                     }
+                }
+                _ = closing.notified() => {
+                    let frame = CloseFrame { code: WsCloseCode::Normal, reason: "detached".into() };
+                    let _ = ws.close(Some(frame)).await;
+                    return Ending::Final(closed(1000, "detached"));
                 }
                 _ = ping.tick() => {
                     if send(&mut ws, Message::Ping(Bytes::new())).await.is_err() {
@@ -365,6 +399,7 @@ impl Link {
                     Ok(None)
                 }
                 Ok(ServerMessage::Hello { read_only, log_end, status, .. }) => {
+                    self.running = status.phase == SessionPhase::Running;
                     Ok(Some(TerminalEvent::Hello { read_only, log_end, status }))
                 }
                 Ok(ServerMessage::Gap { from, to }) if to > self.offset => {
@@ -373,7 +408,10 @@ impl Link {
                     Ok(Some(TerminalEvent::Gap { from, to }))
                 }
                 Ok(ServerMessage::Gap { .. }) => Ok(None),
-                Ok(ServerMessage::Status(status)) => Ok(Some(TerminalEvent::Status(status))),
+                Ok(ServerMessage::Status(status)) => {
+                    self.running = status.phase == SessionPhase::Running;
+                    Ok(Some(TerminalEvent::Status(status)))
+                }
                 Ok(ServerMessage::Error { code, message }) => {
                     Ok(Some(TerminalEvent::Refused { code, message }))
                 }

@@ -151,6 +151,44 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// The query of `GET /api/sessions/feed`: the list's filters, and where to resume.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::IntoParams), into_params(parameter_in = Query))]
+pub struct FeedQuery {
+    /// Only sessions in this phase (after the change).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// Only sessions of this API key id (admins and viewers; operators see only their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    /// Created at or after (RFC 3339 or Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_after: Option<String>,
+    /// Created before (RFC 3339 or Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_before: Option<String>,
+    /// Resume after this feed position (an event's `id`); a `Last-Event-ID` header overrides
+    /// it. Default: from now on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<i64>,
+}
+
+/// The feed's first event (`ready`): the position it starts after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FeedReady {
+    pub position: i64,
+}
+
+/// The feed's event names.
+pub mod feed {
+    /// First: `FeedReady`.
+    pub const READY: &str = "ready";
+    /// A session was created or changed: a `SessionView` as it is after the change.
+    pub const SESSION: &str = "session";
+}
+
 /// A page of `GET /api/sessions`, newest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
