@@ -3,6 +3,7 @@
 //! cluster (PostgreSQL, CommandSession executor).
 
 pub mod bootstrap;
+pub mod console;
 pub mod error;
 pub mod executor;
 mod feed;

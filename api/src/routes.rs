@@ -54,6 +54,8 @@ pub struct ApiConfig {
     /// Set when sessions cannot be isolated from the server: why. Only admin keys are then
     /// accepted, and no other kind can be made.
     pub admin_only: Option<String>,
+    /// How long a console login lasts.
+    pub console_session_ttl: Duration,
 }
 
 impl Default for ApiConfig {
@@ -67,9 +69,13 @@ impl Default for ApiConfig {
             spec_defaults: SpecDefaults::default(),
             output_cap_bytes: crate::output::DEFAULT_CAP_BYTES,
             admin_only: None,
+            console_session_ttl: DEFAULT_CONSOLE_SESSION_TTL,
         }
     }
 }
+
+/// How long a console login lasts unless configured: a working day.
+pub const DEFAULT_CONSOLE_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 
 pub struct ApiState {
     pub store: Store,
@@ -138,6 +144,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/output/stream", get(output_routes::stream))
         .route("/api/sessions/{id}/recording", get(output_routes::recording))
         .route("/api/keys", post(create_key).get(list_keys))
+        .route("/api/console/login", post(crate::console::login))
+        .route("/api/console/logout", post(crate::console::logout))
+        .route("/api/console/me", get(crate::console::me))
+        .route("/", get(crate::console::page))
+        .route("/console/console.js", get(crate::console::script))
+        .route("/console/console.css", get(crate::console::style))
+        .route("/console/favicon.svg", get(crate::console::icon))
         .route("/api/keys/{id}", delete(revoke_key).patch(update_key))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))
@@ -186,28 +199,60 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let authenticated = match presented {
-            None => Err(ApiError::unauthorized(
-                "missing_api_key",
-                "send Authorization: Bearer <API key>",
-            )),
-            Some(full) => authenticate(&state.store, full)
-                .await
-                .and_then(|caller| role_allowed(&state.config, caller.role).map(|()| caller)),
+            Some(full) => authenticate(state, full).await,
+            // No key: a console login's cookie, if there is one.
+            None => match crate::console::cookie_caller(parts, state).await {
+                Some(result) => result,
+                None => Err(ApiError::unauthorized(
+                    "missing_api_key",
+                    "send Authorization: Bearer <API key>",
+                )),
+            },
         };
-        match authenticated {
-            Ok(caller) => {
-                state.charge(format!("key:{}", caller.key_id))?;
-                Ok(caller)
+        charge_caller(state, &parts.headers, peer, authenticated)
+    }
+}
+
+/// Charges an authenticated request to its key, and a failed one to its client address,
+/// which slows key guessing.
+fn charge_caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    authenticated: Result<Caller>,
+) -> Result<Caller> {
+    match authenticated {
+        Ok(caller) => {
+            state.charge(format!("key:{}", caller.key_id))?;
+            Ok(caller)
+        }
+        Err(e) => {
+            if let Some(ip) = client_ip(state, headers, peer) {
+                state.charge(format!("ip:{ip}"))?;
             }
-            Err(e) => {
-                // Failed attempts are limited per client address, which slows key guessing.
-                if let Some(ip) = client_ip(state, &parts.headers, peer) {
-                    state.charge(format!("ip:{ip}"))?;
-                }
-                Err(e)
-            }
+            Err(e)
         }
     }
+}
+
+/// Checks a full API key as a request's credential would be checked, rate limits included.
+pub(crate) async fn authenticate_key(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    full: &str,
+) -> Result<Caller> {
+    let authenticated = authenticate(state, full).await;
+    charge_caller(state, headers, peer, authenticated)
+}
+
+/// The caller that key `id` is now: refused if it was revoked, with its current role.
+pub(crate) async fn caller_of_key(state: &AppState, id: &str) -> Result<Caller> {
+    let record = state.store.get_api_key(id).await?.filter(|k| k.revoked_at.is_none());
+    let record = record
+        .ok_or_else(|| ApiError::unauthorized("invalid_api_key", "the API key is not valid"))?;
+    role_allowed(&state.config, record.role)?;
+    Ok(Caller { key_id: record.id, role: record.role })
 }
 
 /// The refusal of a non-admin key where sessions cannot be isolated.
@@ -227,13 +272,14 @@ fn role_allowed(config: &ApiConfig, role: Role) -> Result<()> {
     }
 }
 
-async fn authenticate(store: &Store, full: &str) -> Result<Caller> {
+async fn authenticate(state: &AppState, full: &str) -> Result<Caller> {
     let invalid = || ApiError::unauthorized("invalid_api_key", "the API key is not valid");
     let (id, secret) = keys::parse(full).ok_or_else(invalid)?;
-    let record = store.get_api_key(id).await?.ok_or_else(invalid)?;
+    let record = state.store.get_api_key(id).await?.ok_or_else(invalid)?;
     if record.revoked_at.is_some() || !keys::secret_matches(secret, &record.secret_hash) {
         return Err(invalid());
     }
+    role_allowed(&state.config, record.role)?;
     Ok(Caller { key_id: record.id, role: record.role })
 }
 
@@ -262,7 +308,11 @@ fn is_safe_host(host: &str) -> bool {
 }
 
 /// The base for absolute URLs: configured, else from trusted forwarded headers, else Host.
-fn base_url(state: &ApiState, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<String> {
+pub(crate) fn base_url(
+    state: &ApiState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+) -> Result<String> {
     if let Some(public) = &state.config.public_url {
         return Ok(public.trim_end_matches('/').to_owned());
     }

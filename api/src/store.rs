@@ -68,6 +68,17 @@ pub struct SessionQuery {
     pub limit: i64,
 }
 
+/// A console login: the API key it stands for, until it expires. The cookie holds a secret
+/// whose SHA-256 is the key here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    pub secret_hash: String,
+    pub key_id: String,
+    pub csrf_token: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
 /// A change of a session's observed state.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StatusUpdate {
@@ -226,6 +237,56 @@ impl Store {
 
     /// Consumes a token id: true for exactly one caller, however many race. The primary key
     /// decides, in one statement; there is no read-then-write window.
+    /// Records a console login; expired ones go at the same time.
+    pub async fn insert_console_session(&self, login: &ConsoleSession) -> Result<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE expires_at <= $1")
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "INSERT INTO console_sessions (secret_hash, key_id, csrf_token, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&login.secret_hash)
+        .bind(&login.key_id)
+        .bind(&login.csrf_token)
+        .bind(login.created_at)
+        .bind(login.expires_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The console login whose cookie secret hashes to `secret_hash`, unless it has expired.
+    pub async fn console_session(&self, secret_hash: &str) -> Result<Option<ConsoleSession>> {
+        let row = sqlx::query(
+            "SELECT secret_hash, key_id, csrf_token, created_at, expires_at FROM console_sessions \
+             WHERE secret_hash = $1 AND expires_at > $2",
+        )
+        .bind(secret_hash)
+        .bind(now())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(ConsoleSession {
+                secret_hash: r.try_get("secret_hash")?,
+                key_id: r.try_get("key_id")?,
+                csrf_token: r.try_get("csrf_token")?,
+                created_at: r.try_get("created_at")?,
+                expires_at: r.try_get("expires_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    pub async fn delete_console_session(&self, secret_hash: &str) -> Result<()> {
+        sqlx::query("DELETE FROM console_sessions WHERE secret_hash = $1")
+            .bind(secret_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     pub async fn consume_jti(&self, jti: &str, expires_at: i64) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO used_jtis (jti, expires_at) VALUES ($1, $2) ON CONFLICT (jti) DO NOTHING",

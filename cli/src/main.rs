@@ -57,7 +57,10 @@ enum Command {
         echo \"$KEY\" | cliscale login https://cliscale.example.com --name prod")]
     Login(LoginArgs),
     /// Manage contexts: named servers with their keys.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cliscale config get-contexts\n  cliscale config use-context prod"
+    )]
     Config(ConfigCommand),
     /// Create a session and attach this terminal to it.
     Run(Box<sessions::RunArgs>),
@@ -67,12 +70,19 @@ enum Command {
     #[command(visible_alias = "list")]
     Ls(sessions::ListArgs),
     /// Show one session.
+    #[command(
+        after_help = "Examples:\n  cliscale get SESSION\n  cliscale get -o json SESSION | jq .exitCode"
+    )]
     Get(sessions::GetArgs),
     /// A session's event log.
+    #[command(
+        after_help = "Examples:\n  cliscale events SESSION\n  cliscale events -o yaml SESSION"
+    )]
     Events(sessions::EventsArgs),
     /// Print a session's output, live or after it ended.
     Logs(sessions::LogsArgs),
     /// Cancel a session.
+    #[command(after_help = "Example:\n  cliscale cancel SESSION")]
     Cancel(sessions::IdArgs),
     /// Mint a terminal link for a session, print it and open it in a browser.
     Open(sessions::OpenArgs),
@@ -82,7 +92,11 @@ enum Command {
     )]
     Recording(sessions::IdArgs),
     /// Manage API keys (admin keys only).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cliscale keys create --name ci --role operator\n  \
+        cliscale keys ls\n  cliscale keys revoke KEY_ID"
+    )]
     Keys(keys::KeysCommand),
     /// Print a shell completion script.
     #[command(
@@ -92,6 +106,7 @@ enum Command {
     )]
     Completion { shell: clap_complete::Shell },
     /// Print the version.
+    #[command(after_help = "Example:\n  cliscale version")]
     Version,
 }
 

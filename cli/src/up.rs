@@ -75,6 +75,9 @@ pub struct UpArgs {
     /// Let sessions fetch code from loopback and private addresses.
     #[arg(long, default_value_t = false)]
     pub allow_private_code_urls: bool,
+    /// How long a console login (an API key exchanged for a cookie) lasts.
+    #[arg(long, default_value = "12h", value_parser = cliscale_core::args::positive_duration)]
+    pub console_session_ttl: Duration,
     /// How often expired sessions are deleted.
     #[arg(long, default_value = "30s", value_parser = cliscale_core::args::positive_duration)]
     pub gc_interval: Duration,
@@ -255,6 +258,7 @@ fn api_config(args: &UpArgs) -> ApiConfig {
             ..Default::default()
         },
         output_cap_bytes: args.output_cap_bytes,
+        console_session_ttl: args.console_session_ttl,
     }
 }
 

@@ -24,6 +24,7 @@ on_both_backends!(
     a_restart_marks_orphaned_sessions_lost,
     every_ending_reaches_the_api_while_the_runner_lingers,
     the_feed_sends_creations_and_changes_in_order_to_those_who_may_see_them,
+    a_console_login_is_a_cookie_that_needs_its_csrf_token_to_write,
 );
 
 async fn create_get_list_with_pagination_and_cancel(backend: Backend) {
@@ -461,4 +462,94 @@ async fn the_feed_sends_creations_and_changes_in_order_to_those_who_may_see_them
     let anonymous = cliscale_client::Client::new(&stack.base, None).unwrap();
     let refused = anonymous.session_feed(FeedQuery::default()).next().await.unwrap_err();
     assert_eq!(refused.code(), Some("missing_api_key"));
+}
+
+/// Logs in with `key`: (the cookie header to send back, the Set-Cookie line, the answer).
+async fn console_login(stack: &Stack, key: &str) -> (String, String, serde_json::Value) {
+    let resp = stack
+        .http
+        .post(stack.url("/api/console/login"))
+        .json(&json!({ "key": key }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let set = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let pair = set.split(';').next().unwrap().to_owned();
+    (pair, set, resp.json().await.unwrap())
+}
+
+async fn a_console_login_is_a_cookie_that_needs_its_csrf_token_to_write(backend: Backend) {
+    let Some(stack) = Stack::start(backend, &[]).await else { return };
+    let with_cookie = |method: reqwest::Method, path: &str, cookie: &str| {
+        stack.http.request(method, stack.url(path)).header("cookie", cookie)
+    };
+    // A wrong key gets nothing.
+    let refused = stack
+        .http
+        .post(stack.url("/api/console/login"))
+        .json(&json!({ "key": "csk_0000000000000001_not-a-key-at-all-00000000000" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(refused.headers().get("set-cookie").is_none());
+
+    let operator = stack.new_key("operator").await;
+    let (cookie, set, login) = console_login(&stack, &operator).await;
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age=43200"] {
+        assert!(set.contains(attribute), "{attribute} missing from {set}");
+    }
+    assert!(!set.contains("Secure"), "plain http: {set}");
+    assert!(!set.contains(&operator), "the cookie is not the key");
+    assert_eq!(login["role"], "operator");
+    let csrf = login["csrfToken"].as_str().unwrap().to_owned();
+
+    // Reads need only the cookie; writes need the CSRF token too.
+    let listed = with_cookie(reqwest::Method::GET, "/api/sessions", &cookie).send().await.unwrap();
+    assert_eq!(listed.status(), 200);
+    let create = || {
+        with_cookie(reqwest::Method::POST, "/api/sessions", &cookie)
+            .json(&json!({"command": "true"}))
+    };
+    let forged = create().send().await.unwrap();
+    assert_eq!(forged.status(), 403);
+    assert_eq!(forged.json::<serde_json::Value>().await.unwrap()["error"], "csrf_failed");
+    let wrong = create().header("x-csrf-token", "not-it").send().await.unwrap();
+    assert_eq!(wrong.status(), 403);
+    let made = create().header("x-csrf-token", &csrf).send().await.unwrap();
+    assert_eq!(made.status(), 201);
+    let nobody = stack.http.get(stack.url("/api/console/me")).send().await.unwrap();
+    assert_eq!(nobody.status(), 204);
+    let me = with_cookie(reqwest::Method::GET, "/api/console/me", &cookie).send().await.unwrap();
+    let me: serde_json::Value = me.json().await.unwrap();
+    assert_eq!(
+        (me["role"].as_str(), me["csrfToken"].as_str()),
+        (Some("operator"), Some(csrf.as_str()))
+    );
+
+    // A viewer's login reads but cannot create, CSRF token or not.
+    let (viewer_cookie, _, viewer) = console_login(&stack, &stack.new_key("viewer").await).await;
+    let denied = with_cookie(reqwest::Method::POST, "/api/sessions", &viewer_cookie)
+        .header("x-csrf-token", viewer["csrfToken"].as_str().unwrap())
+        .json(&json!({"command": "true"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 403);
+
+    // Logging out ends the login and clears the cookie.
+    let out = with_cookie(reqwest::Method::POST, "/api/console/logout", &viewer_cookie).send();
+    let out = out.await.unwrap();
+    assert_eq!(out.status(), 204);
+    assert!(out.headers()["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let after = with_cookie(reqwest::Method::GET, "/api/sessions", &viewer_cookie).send().await;
+    let after: serde_json::Value = after.unwrap().json().await.unwrap();
+    assert_eq!(after["error"], "console_login_expired");
+
+    // Revoking the key ends its logins at once.
+    let id = operator.split('_').nth(1).unwrap();
+    stack.client(ADMIN_KEY).revoke_key(id).await.unwrap();
+    let revoked = with_cookie(reqwest::Method::GET, "/api/sessions", &cookie).send().await;
+    assert_eq!(revoked.unwrap().status(), 401);
 }

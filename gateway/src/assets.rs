@@ -5,10 +5,11 @@ use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 
-/// Nothing loads from anywhere but this origin; no inline script or style; no framing.
+/// Nothing loads from anywhere but this origin; no inline script or style; framed only by this
+/// origin (the console shows a session's terminal in a frame).
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; connect-src 'self'; img-src 'self' data:; font-src 'self'; \
-    base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+    base-uri 'none'; form-action 'none'; frame-ancestors 'self'";
 
 /// The page's policy: [`CONTENT_SECURITY_POLICY`], except that `<style>` elements carrying
 /// this response's nonce apply. xterm.js writes its theme and cell metrics into style elements

@@ -51,6 +51,9 @@ struct Args {
     #[arg(long, env = "CLISCALE_OUTPUT_CAP_BYTES", default_value_t = cliscale_api::output::DEFAULT_CAP_BYTES,
           value_parser = clap::value_parser!(u64).range(cliscale_api::output::MIN_CAP_BYTES..))]
     output_cap_bytes: u64,
+    /// How long a console login (an API key exchanged for a cookie) lasts.
+    #[arg(long, env = "CLISCALE_CONSOLE_SESSION_TTL", default_value = "12h", value_parser = cliscale_core::args::positive_duration)]
+    console_session_ttl: std::time::Duration,
     /// TTL after finishing (seconds) of API sessions that name none.
     #[arg(long, env = "CLISCALE_SESSION_TTL_SECONDS", default_value_t = 3600)]
     session_ttl_seconds: u32,
@@ -188,6 +191,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             output_cap_bytes: args.output_cap_bytes,
             // Each session has a pod of its own.
             admin_only: None,
+            console_session_ttl: args.console_session_ttl,
         },
     );
     // Open output streams end when the process stops, or they would hold its shutdown open.

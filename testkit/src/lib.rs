@@ -1,6 +1,7 @@
 //! Test support shared by the workspace's tests and benchmarks; no binary links it.
 //!
 //! - [`fake_kube`]: an in-memory Kubernetes API server for kube-runtime clients.
+//! - [`browser`]: headless Chromium over the DevTools protocol, for the pages' tests.
 //! - [`cluster_sim`]: a Job controller and kubelet over it, walking pods through scripted
 //!   lifecycles.
 //! - [`fixtures`]: builders for the sessions and pods tests observe.
@@ -13,6 +14,7 @@
 //! - [`stack`]: the real `cliscale up` with real runners, and a terminal client for it.
 //! - [`stats`]: the order statistics the benchmark harnesses report.
 
+pub mod browser;
 pub mod cluster_sim;
 pub mod fake_kube;
 pub mod fixtures;

@@ -1,0 +1,210 @@
+//! The web console in headless Chromium against the real `cliscale up`, as a team lead uses it:
+//! log in, watch sessions change without reloading, create one, type into its terminal,
+//! cancel one, make and revoke a key, log out, and log in as a viewer. Every page load is
+//! watched for console errors and policy violations.
+
+use cliscale_core::rest::{CreateSessionRequest, Role};
+use cliscale_testkit::browser::Browser;
+use cliscale_testkit::stack::{ADMIN_KEY, Backend, Stack};
+use serde_json::{Value, json};
+
+fn keep_dir() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// Puts `text` into the field `selector` as typing would (focus, then text input events).
+async fn fill(b: &mut Browser, selector: &str, text: &str) {
+    b.eval(&format!("document.querySelector({selector:?}).focus(); true")).await;
+    b.call("Input.insertText", json!({ "text": text })).await;
+}
+
+async fn click(b: &mut Browser, selector: &str) {
+    b.wait_until(&format!("document.querySelector({selector:?}) !== null")).await;
+    b.eval(&format!("document.querySelector({selector:?}).click(); true")).await;
+}
+
+/// Clicks the button whose text is `text`.
+async fn click_text(b: &mut Browser, text: &str) {
+    let find = format!(
+        "[...document.querySelectorAll('button, a')].find((e) => e.textContent.trim() === {text:?})"
+    );
+    b.wait_until(&format!("{find} !== undefined")).await;
+    b.eval(&format!("{find}.click(); true")).await;
+}
+
+async fn log_in(b: &mut Browser, key: &str) {
+    b.wait_until("document.querySelector('#api-key') !== null").await;
+    fill(b, "#api-key", key).await;
+    click(b, "form button[type=submit]").await;
+    b.wait_until("document.querySelector('h1')?.textContent === 'Sessions'").await;
+}
+
+/// The phase badge of session `id` in the list.
+fn badge_of(id: &str) -> String {
+    format!("document.querySelector('tr[data-session=\"{id}\"] .badge')?.textContent")
+}
+
+fn assert_clean(b: &Browser, violations: &Value) {
+    assert_eq!(violations, &json!([]), "policy violations");
+    assert!(b.errors().is_empty(), "console errors: {:?}", b.errors());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_lead_runs_sessions_from_the_console() {
+    let Some(mut b) = Browser::launch_or_skip(keep_dir()).await else { return };
+    let up = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let admin = up.client(ADMIN_KEY);
+
+    b.open_watched(&format!("{}/", up.base)).await;
+    log_in(&mut b, ADMIN_KEY).await;
+    // The page was never reloaded from here on: this stays.
+    b.eval("window.__sameDocument = true").await;
+
+    // A session made elsewhere appears and goes from its start to Succeeded, live.
+    let later = CreateSessionRequest::new("sleep 1; echo made-elsewhere");
+    let elsewhere = admin.create_session(&later, None).await.unwrap().session_id;
+    b.wait_until(&format!("{} !== undefined", badge_of(&elsewhere))).await;
+    let first = b.eval(&badge_of(&elsewhere)).await;
+    assert_ne!(first, json!("Succeeded"), "seen before it ended");
+    b.wait_until(&format!("{} === 'Succeeded'", badge_of(&elsewhere))).await;
+    b.screenshot(Some("console-sessions.png")).await;
+
+    // New session from the form; its page shows it run and end.
+    click_text(&mut b, "New session").await;
+    b.wait_until("document.querySelector('#f-command') !== null").await;
+    fill(&mut b, "#f-command", "echo made-in-the-console").await;
+    fill(&mut b, "#f-ttl_seconds", "soon").await;
+    click(&mut b, "form button[type=submit]").await;
+    // A bad field is said next to it, and nothing is made.
+    b.wait_until("document.querySelector('#h-ttl_seconds.field-error') !== null").await;
+    assert_eq!(admin.list_sessions(&Default::default()).await.unwrap().items.len(), 1);
+    b.eval("document.querySelector('#f-ttl_seconds').value = ''; true").await;
+    b.eval("document.querySelector('#f-ttl_seconds').dispatchEvent(new Event('input')); true")
+        .await;
+    click(&mut b, "form button[type=submit]").await;
+    b.wait_until("location.hash.startsWith('#/sessions/')").await;
+    b.wait_until("document.querySelector('.title .badge')?.textContent === 'Succeeded'").await;
+
+    // A shell: its terminal in the page takes typing.
+    let bash = CreateSessionRequest::new("bash --norc --noprofile");
+    let shell = admin.create_session(&bash, None).await.unwrap().session_id;
+    b.eval(&format!("location.hash = '#/sessions/{shell}'; true")).await;
+    b.wait_until("document.querySelector('iframe.terminal')?.contentWindow?.term !== undefined")
+        .await;
+    let term = "document.querySelector('iframe.terminal').contentWindow.term";
+    let screen = format!(
+        "(() => {{ const a = {term}.buffer.active; let s = ''; \
+           for (let i = 0; i < a.length; i++) s += a.getLine(i).translateToString(true) + '\\n'; \
+           return s; }})()"
+    );
+    b.wait_until(&format!("{screen}.includes('$')")).await;
+    b.eval(&format!("{term}.focus(); true")).await;
+    b.call("Input.insertText", json!({ "text": "echo typed-$((2+3))" })).await;
+    b.press(json!({ "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r" }))
+        .await;
+    b.wait_until(&format!("{screen}.includes('typed-5')")).await;
+    b.screenshot(Some("console-session.png")).await;
+
+    // Cancel it: asked once more, then done.
+    click_text(&mut b, "Cancel session").await;
+    click_text(&mut b, "Cancel it now").await;
+    b.wait_until("document.querySelector('.title .badge')?.textContent === 'Cancelled'").await;
+    assert_eq!(admin.session(&shell).await.unwrap().phase.as_str(), "Cancelled");
+
+    // A key: made with a role, shown once, then revoked.
+    click_text(&mut b, "API keys").await;
+    b.wait_until("document.querySelector('input[name=key-name]') !== null").await;
+    fill(&mut b, "input[name=key-name]", "from-the-console").await;
+    b.eval("const r = document.querySelector('select[name=key-role]'); r.value = 'viewer'; r.dispatchEvent(new Event('change')); true").await;
+    click_text(&mut b, "Create key").await;
+    b.wait_until("document.querySelector('.secret')?.textContent.startsWith('csk_')").await;
+    let shown = b.eval("document.querySelector('.secret').textContent").await;
+    let shown = shown.as_str().unwrap().to_owned();
+    let id = shown.split('_').nth(1).unwrap().to_owned();
+    let keys = admin.list_keys().await.unwrap().items;
+    let made = keys.iter().find(|k| k.id == id).expect("the key exists");
+    assert_eq!((made.name.as_str(), made.role), ("from-the-console", Role::Viewer));
+    let viewer = up.client(&shown);
+    viewer.list_sessions(&Default::default()).await.expect("the new key works");
+    b.eval(&format!("document.querySelector('tr[data-key=\"{id}\"] button').click(); true")).await;
+    click_text(&mut b, "Revoke now").await;
+    b.wait_until(&format!(
+        "document.querySelector('tr[data-key=\"{id}\"] td:nth-child(5)').textContent !== '-'"
+    ))
+    .await;
+    assert_eq!(
+        viewer.list_sessions(&Default::default()).await.unwrap_err().code(),
+        Some("invalid_api_key")
+    );
+
+    assert_eq!(b.eval("window.__sameDocument").await, json!(true), "the page never reloaded");
+    let violations = b.eval("window.__violations").await;
+    assert_clean(&b, &violations);
+
+    // Log out: back to the login, and the cookie opens nothing.
+    click_text(&mut b, "Log out").await;
+    b.wait_until("document.querySelector('#api-key') !== null").await;
+    let status = b.eval("fetch('/api/sessions').then((r) => r.status)").await;
+    assert_eq!(status, json!(401));
+
+    // A viewer sees sessions and no way to make one.
+    let viewer_key = up.new_key("viewer").await;
+    log_in(&mut b, &viewer_key).await;
+    b.wait_until(&format!("{} === 'Succeeded'", badge_of(&elsewhere))).await;
+    let create = b.eval("[...document.querySelectorAll('a, button')].some((e) => /New session|Create/.test(e.textContent))").await;
+    assert_eq!(create, json!(false), "a viewer is offered no create");
+    let violations = b.eval("window.__violations").await;
+    // The 401 of the logged-out fetch above is the test's own probe.
+    let errors: Vec<String> =
+        b.errors().into_iter().filter(|e| !e.contains("/api/sessions")).collect();
+    assert_eq!(violations, json!([]));
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_has_both_themes_and_fits_a_phone() {
+    let Some(mut b) = Browser::launch_or_skip(keep_dir()).await else { return };
+    let up = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let admin = up.client(ADMIN_KEY);
+    let made = admin.create_session(&CreateSessionRequest::new("echo themed"), None).await.unwrap();
+    up.wait_for_phase(&made.session_id, "Succeeded").await;
+
+    b.open_watched_at(&format!("{}/", up.base), (390, 844, true)).await;
+    log_in(&mut b, ADMIN_KEY).await;
+    b.wait_until(&format!("{} === 'Succeeded'", badge_of(&made.session_id))).await;
+    // Nothing wider than the phone's screen.
+    let width = b.eval("document.documentElement.scrollWidth").await;
+    assert!(width.as_f64().unwrap() <= 390.0, "the page is {width} px wide on a 390 px phone");
+    let light = b.screenshot(Some("console-phone-light.png")).await;
+    let light_bg = b.eval("getComputedStyle(document.body).backgroundColor").await;
+    assert_eq!(light_bg, json!("rgb(255, 255, 255)"));
+
+    click_text(&mut b, "Dark").await;
+    b.wait_until("document.documentElement.dataset.theme === 'dark'").await;
+    let dark_bg = b.eval("getComputedStyle(document.body).backgroundColor").await;
+    assert_eq!(dark_bg, json!("rgb(13, 17, 23)"));
+    let dark = b.screenshot(Some("console-phone-dark.png")).await;
+    // The screen itself changed: the top-left corner is light, then dark.
+    let corner =
+        |shot: &cliscale_testkit::browser::Shot| shot.at(2, shot.pixels.len() / shot.width - 3);
+    let luma = |p: [u8; 3]| p.iter().map(|&c| u32::from(c)).sum::<u32>();
+    assert!(
+        luma(corner(&light)) > 600 && luma(corner(&dark)) < 150,
+        "{:?} {:?}",
+        corner(&light),
+        corner(&dark)
+    );
+    // The badge's colour is the theme's success colour, in text the monospace stack does not use.
+    let badge = b
+        .eval(&format!(
+            "getComputedStyle(document.querySelector('tr[data-session=\"{}\"] .badge')).color",
+            made.session_id
+        ))
+        .await;
+    assert_eq!(badge, json!("rgb(63, 185, 80)"));
+    // The choice survives a reload.
+    b.call("Page.reload", json!({})).await;
+    b.wait_until("document.documentElement.dataset.theme === 'dark' && document.querySelector('h1')?.textContent === 'Sessions'").await;
+    let violations = b.eval("window.__violations").await;
+    assert_clean(&b, &violations);
+}
