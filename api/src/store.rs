@@ -458,11 +458,11 @@ impl Store {
 
     /// The next feed position, taken inside the writing transaction: the counter's row stays
     /// locked to the commit, so positions follow commit order.
-    async fn next_change(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<i64> {
+    async fn next_change(conn: &mut sqlx::AnyConnection) -> Result<i64> {
         let row = sqlx::query(
             "UPDATE session_feed_seq SET value = value + 1 WHERE id = 1 RETURNING value",
         )
-        .fetch_one(&mut **tx)
+        .fetch_one(conn)
         .await?;
         Ok(row.try_get("value")?)
     }
@@ -630,10 +630,12 @@ impl Store {
         kind: &str,
         message: &str,
     ) -> Result<()> {
+        // The id sorts as the events happened: two in the same second keep their order.
+        let order = Self::next_change(&mut *conn).await?;
         sqlx::query(
             "INSERT INTO session_events (id, session_id, at, kind, message) VALUES ($1, $2, $3, $4, $5)",
         )
-        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(format!("{order:020}-{}", uuid::Uuid::new_v4()))
         .bind(session_id)
         .bind(now())
         .bind(kind)

@@ -101,3 +101,39 @@ async fn gaps_declared_back_to_back_are_one_range() {
     assert_eq!(store.gaps("s").await.unwrap(), vec![(2, 20), (22, 40)]);
     assert_eq!(store.state("s").await.unwrap().unwrap().end, 42);
 }
+
+/// A session's event log reads in the order it was written, even when every entry lands in the
+/// same second (a session that starts, runs and ends at once).
+async fn events_read_in_the_order_they_happened(store: Store) {
+    store.insert_session("fast", "k", &SessionSpec::new("true")).await.unwrap();
+    let phases = [SessionPhase::Starting, SessionPhase::Running, SessionPhase::Succeeded];
+    for _ in 0..5 {
+        store.append_event("fast", "note", "between").await.unwrap();
+    }
+    for phase in phases {
+        let update = StatusUpdate { phase: Some(phase), ..Default::default() };
+        assert!(store.update_status("fast", &update).await.unwrap());
+    }
+    let log: Vec<String> =
+        store.events("fast").await.unwrap().into_iter().map(|(_, _, m)| m).collect();
+    let transitions: Vec<&String> = log.iter().filter(|m| m.contains("->")).collect();
+    assert_eq!(
+        transitions,
+        ["Pending -> Starting", "Starting -> Running", "Running -> Succeeded"],
+        "{log:?}"
+    );
+    assert!(log[..5].iter().all(|m| m == "between"), "{log:?}");
+}
+
+#[tokio::test]
+async fn events_keep_their_order_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("events.db").display());
+    events_read_in_the_order_they_happened(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn events_keep_their_order_on_postgres() {
+    let Some(url) = fresh_postgres().await else { return };
+    events_read_in_the_order_they_happened(Store::connect(&url).await.unwrap()).await;
+}

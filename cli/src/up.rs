@@ -145,6 +145,7 @@ fn next_steps(public: &str, new_key: Option<&str>) -> String {
     };
     format!(
         "log the command line in:\n  {login}\nthen run a session:\n  cliscale run -- bash\n\
+         or open the web console (log in with the API key):\n  {public}/\n\
          or over REST:\n  curl -s -X POST {public}/api/sessions -H \"Authorization: Bearer $CLISCALE_API_KEY\" \\\n    \
          -H 'Content-Type: application/json' -d '{{\"command\":\"bash\"}}'\n"
     )

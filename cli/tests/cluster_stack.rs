@@ -2,7 +2,8 @@
 //! (the in-memory one of the operator's tests): the REST API with the cluster executor and the
 //! store mirror, the reconciler, the gateway resolving runners through its reflector, and a
 //! real `cliscale-runner` started with the environment of the Job the operator made, as the
-//! kubelet would. Runs on SQLite and on PostgreSQL.
+//! kubelet would. The `cliscale` command line reads and cancels through the same API. Runs on
+//! SQLite and on PostgreSQL.
 
 use cliscale_testkit::stack as common;
 
@@ -236,6 +237,20 @@ impl Cluster {
     }
 }
 
+/// Runs the `cliscale` command line against `base` with the admin key; answers its output.
+fn cliscale(base: &str, args: &[&str]) -> String {
+    let config = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::workspace_bin("cliscale"))
+        .args(args)
+        .env("CLISCALE_URL", base)
+        .env("CLISCALE_API_KEY", ADMIN_KEY)
+        .env("XDG_CONFIG_HOME", config.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cliscale {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 async fn scenario(database_url: Option<String>) {
     let mut c = Cluster::start(database_url).await;
 
@@ -276,6 +291,11 @@ async fn scenario(database_url: Option<String>) {
         .await
         .unwrap();
     assert_eq!(stored, "cluster-ready\ntyped\ngot-typed\n");
+    // The command line reads the cluster's API as it reads local mode's.
+    assert_eq!(cliscale(&c.base, &["logs", "--plain", &sid]), "cluster-ready\ntyped\ngot-typed\n");
+    let got: Value =
+        serde_json::from_str(&cliscale(&c.base, &["get", "-o", "json", &sid])).unwrap();
+    assert_eq!((got["phase"].as_str(), got["exitCode"].as_i64()), (Some("Failed"), Some(3)));
     c.api
         .wait_until("the status carries the output's tail", |a| {
             a.get("commandsessions", NS, &sid)
@@ -313,8 +333,10 @@ async fn scenario(database_url: Option<String>) {
     // Cancel through the API: the annotation, the Job deleted, the session Cancelled.
     c.run_pod("by-kubectl").await;
     c.wait_for_phase("by-kubectl", "Running").await;
-    let (status, _) = c.call(reqwest::Method::DELETE, "/api/sessions/by-kubectl", None).await;
-    assert_eq!(status, 202);
+    let listed: Vec<Value> =
+        serde_json::from_str(&cliscale(&c.base, &["ls", "-o", "json"])).unwrap();
+    assert!(listed.iter().any(|s| s["sessionId"] == "by-kubectl"), "{listed:?}");
+    assert!(cliscale(&c.base, &["cancel", "by-kubectl"]).contains("being cancelled"));
     let cancelled = c.wait_for_phase("by-kubectl", "Cancelled").await;
     assert_eq!(cancelled["reason"], "Cancelled");
     assert!(c.api.get("jobs", NS, "cs-by-kubectl").is_none());

@@ -44,6 +44,27 @@ fn badge_of(id: &str) -> String {
     format!("document.querySelector('tr[data-session=\"{id}\"] .badge')?.textContent")
 }
 
+/// A human-readable check of what the screen shows: the heading and a session's row are laid
+/// out at a readable size, and the row's pixels hold text (more than one colour), not a blank.
+async fn assert_laid_out(b: &mut Browser, shot: &cliscale_testkit::browser::Shot, id: &str) {
+    let boxes = b
+        .eval(&format!(
+            "(() => {{ const r = (e) => {{ const b = e.getBoundingClientRect(); return [b.x, b.y, b.width, b.height]; }}; \
+               return [r(document.querySelector('h1')), r(document.querySelector('tr[data-session=\"{id}\"]'))]; }})()"
+        ))
+        .await;
+    let rect = |i: usize| {
+        let n = |j: usize| boxes[i][j].as_f64().unwrap();
+        (n(0), n(1), n(2), n(3))
+    };
+    let (heading, row) = (rect(0), rect(1));
+    assert!(heading.2 > 80.0 && heading.3 > 20.0, "the heading collapsed: {heading:?}");
+    assert!(row.2 > 300.0 && row.3 > 20.0 && row.1 > heading.1, "the row collapsed: {row:?}");
+    let pixels = shot.region(row);
+    let distinct: std::collections::HashSet<[u8; 3]> = pixels.iter().copied().collect();
+    assert!(distinct.len() > 8, "the row shows no text: {} colours", distinct.len());
+}
+
 fn assert_clean(b: &Browser, violations: &Value) {
     assert_eq!(violations, &json!([]), "policy violations");
     assert!(b.errors().is_empty(), "console errors: {:?}", b.errors());
@@ -67,7 +88,8 @@ async fn a_team_lead_runs_sessions_from_the_console() {
     let first = b.eval(&badge_of(&elsewhere)).await;
     assert_ne!(first, json!("Succeeded"), "seen before it ended");
     b.wait_until(&format!("{} === 'Succeeded'", badge_of(&elsewhere))).await;
-    b.screenshot(Some("console-sessions.png")).await;
+    let shot = b.screenshot(Some("console-sessions.png")).await;
+    assert_laid_out(&mut b, &shot, &elsewhere).await;
 
     // New session from the form; its page shows it run and end.
     click_text(&mut b, "New session").await;
@@ -104,6 +126,10 @@ async fn a_team_lead_runs_sessions_from_the_console() {
         .await;
     b.wait_until(&format!("{screen}.includes('typed-5')")).await;
     b.screenshot(Some("console-session.png")).await;
+    // The terminal page in the frame is watched too.
+    let framed =
+        b.eval("document.querySelector('iframe.terminal').contentWindow.__violations").await;
+    assert_eq!(framed, json!([]), "policy violations in the terminal's frame");
 
     // Cancel it: asked once more, then done.
     click_text(&mut b, "Cancel session").await;
@@ -176,6 +202,7 @@ async fn the_console_has_both_themes_and_fits_a_phone() {
     let width = b.eval("document.documentElement.scrollWidth").await;
     assert!(width.as_f64().unwrap() <= 390.0, "the page is {width} px wide on a 390 px phone");
     let light = b.screenshot(Some("console-phone-light.png")).await;
+    assert_laid_out(&mut b, &light, &made.session_id).await;
     let light_bg = b.eval("getComputedStyle(document.body).backgroundColor").await;
     assert_eq!(light_bg, json!("rgb(255, 255, 255)"));
 

@@ -505,9 +505,16 @@ async fn a_console_login_is_a_cookie_that_needs_its_csrf_token_to_write(backend:
     assert_eq!(login["role"], "operator");
     let csrf = login["csrfToken"].as_str().unwrap().to_owned();
 
-    // Reads need only the cookie; writes need the CSRF token too.
+    // Reads need only the cookie, and see what the key may see: not another key's session.
+    let others = stack.create(ADMIN_KEY, json!({"command": "true"})).await;
     let listed = with_cookie(reqwest::Method::GET, "/api/sessions", &cookie).send().await.unwrap();
     assert_eq!(listed.status(), 200);
+    let listed: serde_json::Value = listed.json().await.unwrap();
+    assert_eq!(listed["items"], json!([]), "an operator's login lists only its own sessions");
+    let theirs = format!("/api/sessions/{}", others["sessionId"].as_str().unwrap());
+    let hidden = with_cookie(reqwest::Method::GET, &theirs, &cookie).send().await.unwrap();
+    assert_eq!(hidden.status(), 404);
+    // Writes need the CSRF token too.
     let create = || {
         with_cookie(reqwest::Method::POST, "/api/sessions", &cookie)
             .json(&json!({"command": "true"}))

@@ -140,16 +140,23 @@ function SessionsPage({ login }: { login: Login }) {
   const [phase, setPhase] = useState<"" | Phase>("");
   const [owner, setOwner] = useState("");
   const [search, setSearch] = useState("");
+  const [after, setAfter] = useState("");
   const [rows, setRows] = useState<Map<string, Session>>(new Map());
   const [cursor, setCursor] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
-  const ownerQuery = owner.trim() ? `?owner=${encodeURIComponent(owner.trim())}` : "";
+  // A datetime-local value is the browser's local time; the API takes RFC 3339.
+  const createdAfter = after ? new Date(after).toISOString() : "";
+  const feedParams = new URLSearchParams();
+  if (owner.trim()) feedParams.set("owner", owner.trim());
+  if (createdAfter) feedParams.set("created_after", createdAfter);
+  const feedQuery = feedParams.toString() ? `?${feedParams}` : "";
 
   const load = async (from: string | null, replace: boolean) => {
     try {
       const params = new URLSearchParams({ limit: "50" });
       if (phase) params.set("phase", phase);
       if (owner.trim()) params.set("owner", owner.trim());
+      if (createdAfter) params.set("created_after", createdAfter);
       if (from) params.set("cursor", from);
       const page = await call<SessionPage>("GET", `/api/sessions?${params}`);
       setRows((old) => {
@@ -165,14 +172,14 @@ function SessionsPage({ login }: { login: Login }) {
   };
   // Subscribed before the list is read, so nothing that happens in between is missed. The
   // phase filter applies here, so a session that leaves it leaves the list.
-  const live = useFeed(ownerQuery, () => load(null, true), (s) => {
+  const live = useFeed(feedQuery, () => load(null, true), (s) => {
     setRows((old) => {
       const next = new Map(old);
       if (phase && s.phase !== phase) next.delete(s.sessionId);
       else next.set(s.sessionId, { ...(old.get(s.sessionId) ?? {}), ...s });
       return next;
     });
-  }, [phase, ownerQuery]);
+  }, [phase, feedQuery]);
 
   const shown = useMemo(() => {
     const needle = search.trim().toLowerCase();
@@ -200,6 +207,9 @@ function SessionsPage({ login }: { login: Login }) {
             <input value={owner} onChange={(e) => setOwner((e.target as HTMLInputElement).value)} />
           </label>
         )}
+        <label>Created after
+          <input type="datetime-local" value={after} onChange={(e) => setAfter((e.target as HTMLInputElement).value)} />
+        </label>
         <label>Search
           <input type="search" value={search} placeholder="id or command"
             onInput={(e) => setSearch((e.target as HTMLInputElement).value)} />
