@@ -189,7 +189,9 @@ async fn attach_rides_through_network_cuts_of_seconds_and_of_minutes() {
     let env = Env::new(&format!("http://{}", proxy.addr), ADMIN_KEY);
     // A line every 50 ms until a line is typed.
     let script = "i=0; while ! read -r -t 0.05 x; do i=$((i+1)); echo line-$i; done; echo done-$i";
-    let mut cli = env.pty(&["run", "--", script]);
+    let started = env.run(&["run", "--detach", "--", script]).await;
+    let id = stdout(&started).lines().next().unwrap().to_owned();
+    let mut cli = env.pty(&["attach", "--from-start", &id]);
     cli.expect("line-5\r\n").await;
 
     for (cut, resumed) in
