@@ -3,6 +3,7 @@
 // REST API with the login cookie; docs/console.md describes it.
 
 import { render } from "preact";
+import { memo } from "preact/compat";
 import { useEffect, useMemo, useState } from "preact/hooks";
 import {
   ApiError, EventView, Key, Login, Minted, PHASES, Phase, Role, Session, SessionPage, call,
@@ -136,6 +137,19 @@ function LoginPage({ onLogin }: { onLogin: (l: Login) => void }) {
   );
 }
 
+/// One row; unchanged sessions keep their object, so a feed event re-renders its own row only.
+const SessionRow = memo(({ session: s }: { session: Session }) => (
+  <tr data-session={s.sessionId}>
+    <td><a href={`#/sessions/${s.sessionId}`}>{s.sessionId.slice(0, 8)}</a></td>
+    <td><Badge phase={s.phase} /></td>
+    <td>{s.reason ?? "-"}</td>
+    <td>{s.exitCode ?? "-"}</td>
+    <td>{since(s.startedAt, s.finishedAt)}</td>
+    <td>{when(s.createdAt)}</td>
+    <td class="command"><code>{s.command}</code></td>
+  </tr>
+));
+
 function SessionsPage({ login }: { login: Login }) {
   const [phase, setPhase] = useState<"" | Phase>("");
   const [owner, setOwner] = useState("");
@@ -221,17 +235,7 @@ function SessionsPage({ login }: { login: Login }) {
           <tr><th>Session</th><th>Phase</th><th>Reason</th><th>Exit</th><th>Duration</th><th>Created</th><th>Command</th></tr>
         </thead>
         <tbody>
-          {shown.map((s) => (
-            <tr key={s.sessionId} data-session={s.sessionId}>
-              <td><a href={`#/sessions/${s.sessionId}`}>{s.sessionId.slice(0, 8)}</a></td>
-              <td><Badge phase={s.phase} /></td>
-              <td>{s.reason ?? "-"}</td>
-              <td>{s.exitCode ?? "-"}</td>
-              <td>{since(s.startedAt, s.finishedAt)}</td>
-              <td>{when(s.createdAt)}</td>
-              <td class="command"><code>{s.command}</code></td>
-            </tr>
-          ))}
+          {shown.map((s) => <SessionRow key={s.sessionId} session={s} />)}
         </tbody>
       </table>
       {shown.length === 0 && <p class="empty">No sessions.</p>}
