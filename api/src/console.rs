@@ -195,8 +195,9 @@ fn writes(method: &Method) -> bool {
 /// The console's page and assets, embedded: the script built from `api/console/src` with npm
 /// (committed in `dist/`), the page, stylesheet and icon as written.
 /// Its policy: only this origin, no inline script or style, and frames only of this origin
-/// (the terminal page, embedded in a session's view).
-pub const CONSOLE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+/// (the terminal page, embedded in a session's view). `'wasm-unsafe-eval'` lets the recording
+/// player compile its WebAssembly terminal; it allows no JavaScript evaluation.
+pub const CONSOLE_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
     connect-src 'self'; img-src 'self' data:; frame-src 'self'; base-uri 'none'; \
     form-action 'self'; frame-ancestors 'none'";
 
@@ -204,6 +205,8 @@ const PAGE: &str = include_str!("../console/src/index.html");
 const SCRIPT: &str = include_str!("../console/dist/console.js");
 const STYLE: &str = include_str!("../console/src/console.css");
 const ICON: &str = include_str!("../console/src/favicon.svg");
+const PLAYER: &str = include_str!("../console/dist/player.js");
+const PLAYER_STYLE: &str = include_str!("../console/dist/player.css");
 
 fn served(body: &'static str, content_type: &'static str) -> Response {
     let headers = [
@@ -246,6 +249,22 @@ pub(crate) async fn style() -> Response {
     responses((status = 200, description = "SVG", content_type = "image/svg+xml")))]
 pub(crate) async fn icon() -> Response {
     served(ICON, "image/svg+xml")
+}
+
+/// `GET /console/player.js`: the recording player, loaded when a recording is played.
+#[utoipa::path(get, path = "/console/player.js", tag = "console", security(()),
+    summary = "The console's recording player (asciinema-player)",
+    responses((status = 200, description = "JavaScript", content_type = "text/javascript")))]
+pub(crate) async fn player() -> Response {
+    served(PLAYER, "text/javascript; charset=utf-8")
+}
+
+/// `GET /console/player.css`.
+#[utoipa::path(get, path = "/console/player.css", tag = "console", security(()),
+    summary = "The recording player's stylesheet",
+    responses((status = 200, description = "CSS", content_type = "text/css")))]
+pub(crate) async fn player_style() -> Response {
+    served(PLAYER_STYLE, "text/css; charset=utf-8")
 }
 
 #[cfg(test)]

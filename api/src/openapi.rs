@@ -86,6 +86,8 @@ fn openapi_json() {}
         crate::console::script,
         crate::console::style,
         crate::console::icon,
+        crate::console::player,
+        crate::console::player_style,
         crate::routes::jwks,
         crate::routes::readyz,
         crate::routes::metrics,

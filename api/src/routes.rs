@@ -151,6 +151,8 @@ pub fn router(state: AppState) -> Router {
         .route("/console/console.js", get(crate::console::script))
         .route("/console/console.css", get(crate::console::style))
         .route("/console/favicon.svg", get(crate::console::icon))
+        .route("/console/player.js", get(crate::console::player))
+        .route("/console/player.css", get(crate::console::player_style))
         .route("/api/keys/{id}", delete(revoke_key).patch(update_key))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/healthz", get(|| async { "ok" }))

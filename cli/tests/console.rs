@@ -106,6 +106,11 @@ async fn a_team_lead_runs_sessions_from_the_console() {
     click(&mut b, "form button[type=submit]").await;
     b.wait_until("location.hash.startsWith('#/sessions/')").await;
     b.wait_until("document.querySelector('.title .badge')?.textContent === 'Succeeded'").await;
+    // Its recording plays in the page (the player is fetched now, not on the first load).
+    click_text(&mut b, "Play recording").await;
+    b.wait_until("document.querySelector('.player')?.textContent.includes('made-in-the-console')")
+        .await;
+    b.screenshot(Some("console-recording.png")).await;
 
     // A shell: its terminal in the page takes typing.
     let bash = CreateSessionRequest::new("bash --norc --noprofile");

@@ -250,6 +250,7 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
   const [terminal, setTerminal] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [note, setNote] = useState<string | null>(null);
+  const [playing, setPlaying] = useState(false);
   const refresh = async () => {
     try {
       setSession(await call<Session>("GET", `/api/sessions/${id}`));
@@ -309,7 +310,11 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
         {canType && <button type="button" onClick={() => copyLink("interact")}>Copy interact link</button>}
         <a class="button" href={`/api/sessions/${id}/output?format=text`} download={`${id}.txt`}>Download output</a>
         <a class="button" href={`/api/sessions/${id}/recording`} download={`${id}.cast`}>Download recording</a>
+        {isFinished(session.phase) && !playing && (
+          <button type="button" onClick={() => setPlaying(true)}>Play recording</button>
+        )}
       </div>
+      {playing && <Player src={`/api/sessions/${id}/recording`} onError={setError} />}
       {terminal && <iframe class="terminal" title="Terminal" src={terminal} />}
       <h2>Timeline</h2>
       <ol class="timeline">
@@ -317,6 +322,32 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
       </ol>
     </main>
   );
+}
+
+/// The recording, played in the page. The player (asciinema-player, with its WebAssembly
+/// terminal) is fetched the first time one is played, so the console's first load stays small.
+function Player({ src, onError }: { src: string; onError: (e: string) => void }) {
+  const [box, setBox] = useState<HTMLDivElement | null>(null);
+  useEffect(() => {
+    if (!box) return;
+    if (!document.querySelector("link[data-player]")) {
+      const css = document.createElement("link");
+      css.rel = "stylesheet";
+      css.href = "/console/player.css";
+      css.dataset.player = "";
+      document.head.appendChild(css);
+    }
+    let player: { dispose(): void } | null = null;
+    const module = "/console/player.js";
+    import(module).then(
+      (m: { play: (src: string, into: HTMLElement) => { dispose(): void } }) => {
+        player = m.play(src, box);
+      },
+      () => onError("The player could not be loaded."),
+    );
+    return () => player?.dispose();
+  }, [box]);
+  return <div class="player" aria-label="Recording" ref={setBox} />;
 }
 
 interface Draft {
