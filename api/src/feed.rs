@@ -9,10 +9,11 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use cliscale_core::rest::{FeedQuery, FeedReady, ListQuery, SessionView, feed};
+use cliscale_core::rest::{FeedQuery, FeedReady, SessionView, feed};
 use futures_util::Stream;
 
 use crate::error::{ApiError, Result};
+use crate::output_routes::last_event_id;
 use crate::routes::{AppState, Caller, session_query};
 use crate::store::SessionQuery;
 
@@ -35,28 +36,16 @@ pub(crate) async fn session_feed(
 ) -> Result<Response> {
     let Query(params) =
         params.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
-    let resume = match headers.get("last-event-id").map(|v| v.to_str().map(|v| v.trim().parse())) {
-        Some(Ok(Ok(position))) if position >= 0 => Some(position),
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "invalid_last_event_id",
-                "Last-Event-ID must be a position this feed sent",
-            ));
-        }
-        None => None,
-    };
+    let what = "a position this feed sent";
+    let too_far =
+        || ApiError::bad_request("invalid_last_event_id", format!("Last-Event-ID must be {what}"));
+    let resume = last_event_id(&headers, what)?
+        .map(|p| i64::try_from(p).map_err(|_| too_far()))
+        .transpose()?;
     if params.since.is_some_and(|s| s < 0) {
         return Err(ApiError::bad_request("invalid_query", "since must be a position (0 or more)"));
     }
-    let list = ListQuery {
-        phase: params.phase,
-        owner: params.owner,
-        created_after: params.created_after,
-        created_before: params.created_before,
-        limit: None,
-        cursor: None,
-    };
-    let mut query = session_query(&caller, list)?;
+    let mut query = session_query(&caller, params.list())?;
     query.limit = BATCH;
     let position = match resume.or(params.since) {
         Some(position) => position,

@@ -243,6 +243,19 @@ fn byte_stream(
     })
 }
 
+/// Where a reconnecting Server-Sent Events client resumes: its `Last-Event-ID`, which must be a
+/// number an event of this stream carried (`what` says which kind, for the refusal).
+pub(crate) fn last_event_id(headers: &HeaderMap, what: &str) -> Result<Option<u64>> {
+    match headers.get("last-event-id").map(|v| v.to_str().map(|v| v.trim().parse::<u64>())) {
+        Some(Ok(Ok(n))) => Ok(Some(n)),
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_last_event_id",
+            format!("Last-Event-ID must be {what}"),
+        )),
+        None => Ok(None),
+    }
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -264,17 +277,7 @@ pub(crate) async fn stream(
     params: std::result::Result<Query<StreamParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response> {
     let Query(params) = params.map_err(bad_query)?;
-    let last_event = headers.get("last-event-id").and_then(|v| v.to_str().ok());
-    let resume = match last_event.map(|v| v.trim().parse::<u64>()) {
-        Some(Ok(offset)) => Some(offset),
-        Some(Err(_)) => {
-            return Err(ApiError::bad_request(
-                "invalid_last_event_id",
-                "Last-Event-ID must be an offset this stream sent",
-            ));
-        }
-        None => None,
-    };
+    let resume = last_event_id(&headers, "an offset this stream sent")?;
     let session = visible_session(&state, &caller, &id).await?;
     let since = resume.or(params.since).unwrap_or(0);
     let wake = state.output.watch(&id);

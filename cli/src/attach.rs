@@ -4,9 +4,8 @@
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
 
-use cliscale_client::rest::TokenMinted;
+use cliscale_client::OutputRange;
 use cliscale_client::terminal::{AttachOptions, Closer, Input, Terminal, TerminalEvent};
-use cliscale_client::{Client, OutputRange};
 use cliscale_core::SessionPhase;
 use cliscale_core::protocol::SessionStatus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,31 +176,24 @@ pub async fn attach_command(args: AttachArgs, globals: &Globals) -> Result<i32, 
             client.output(&args.id, range).await?.0.end
         }
     };
-    let scope = if args.read_only {
-        cliscale_core::token::TokenScope::View
-    } else {
-        cliscale_core::token::TokenScope::Interact
-    };
-    let minted = client.mint_token(&args.id, scope).await?;
     let options = AttachOptions { since, read_only: args.read_only, ..Default::default() };
-    attach(&client, &minted, options, &args.keys.detach_keys).await
+    let terminal = Terminal::attach(&client, &args.id, options).await?;
+    attach(&args.id, terminal, options.read_only, &args.keys.detach_keys).await
 }
 
 /// Relays between this terminal and the session until it ends (its exit code) or the user
 /// detaches (0).
 pub async fn attach(
-    client: &Client,
-    minted: &TokenMinted,
-    options: AttachOptions,
+    id: &str,
+    mut terminal: Terminal,
+    read_only: bool,
     keys: &DetachKeys,
 ) -> Result<i32, Failure> {
-    let id = minted.session_id.clone();
-    let mut terminal = Terminal::open(client, minted, options).await?;
     let interactive = std::io::stdin().is_terminal();
     let _raw = if interactive { Some(RawMode::enable()?) } else { None };
     let input = terminal.input();
     let detached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if !options.read_only {
+    if !read_only {
         let detector = DetachDetector::new(keys);
         tokio::spawn(forward_stdin(input.clone(), terminal.closer(), detector, detached.clone()));
         if interactive {
@@ -227,7 +219,7 @@ pub async fn attach(
                     notice("reconnected");
                     outage = false;
                 }
-                if !sized && !options.read_only {
+                if !sized && !read_only {
                     sized = true;
                     if let Some((cols, rows)) = terminal_size() {
                         let _ = input.send(Input::Resize { cols, rows }).await;

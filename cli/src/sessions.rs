@@ -5,9 +5,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use cliscale_client::rest::{CreateSessionRequest, FeedQuery, ListQuery, SessionView, TokenMinted};
+use cliscale_client::rest::{CreateSessionRequest, ListQuery, SessionView, TokenMinted};
 use cliscale_client::stream::{FeedEvent, OutputEvent};
-use cliscale_client::terminal::AttachOptions;
+use cliscale_client::terminal::{AttachOptions, Terminal};
 use cliscale_client::{Client, OutputRange};
 use cliscale_core::token::TokenScope;
 use futures_util::StreamExt;
@@ -193,7 +193,8 @@ pub async fn run(args: RunArgs, globals: &Globals) -> Result<i32, Failure> {
         scope: TokenScope::Interact,
         expires_in_seconds: 0,
     };
-    attach::attach(&client, &minted, AttachOptions::default(), &args.keys.detach_keys).await
+    let terminal = Terminal::open(&client, &minted, AttachOptions::default()).await?;
+    attach::attach(&minted.session_id, terminal, false, &args.keys.detach_keys).await
 }
 
 #[derive(clap::Args)]
@@ -274,13 +275,7 @@ pub async fn list(args: ListArgs, globals: &Globals) -> Result<i32, Failure> {
     // Watching subscribes before it lists: a change between the two is then in the feed.
     let mut feed = None;
     if args.watch {
-        let mut subscribed = client.session_feed(FeedQuery {
-            phase: query.phase.clone(),
-            owner: query.owner.clone(),
-            created_after: query.created_after.clone(),
-            created_before: query.created_before.clone(),
-            since: None,
-        });
+        let mut subscribed = client.session_feed(query.feed(None));
         while !matches!(subscribed.next().await?, FeedEvent::Ready { .. }) {}
         feed = Some(subscribed);
     }

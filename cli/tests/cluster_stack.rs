@@ -26,7 +26,9 @@ use cliscale_testkit::fixtures;
 use cliscale_wiring::backends::{
     KeyRingIssuer, RECONNECT_TOKEN_TTL, StoreArchive, StoreKeys, StoreLedger,
 };
-use common::{ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until};
+use common::{
+    ADMIN_KEY, HANG_GUARD, fresh_postgres, open_terminal, read_session, read_until, run_cli,
+};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -237,20 +239,6 @@ impl Cluster {
     }
 }
 
-/// Runs the `cliscale` command line against `base` with the admin key; answers its output.
-fn cliscale(base: &str, args: &[&str]) -> String {
-    let config = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::workspace_bin("cliscale"))
-        .args(args)
-        .env("CLISCALE_URL", base)
-        .env("CLISCALE_API_KEY", ADMIN_KEY)
-        .env("XDG_CONFIG_HOME", config.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "cliscale {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap()
-}
-
 async fn scenario(database_url: Option<String>) {
     let mut c = Cluster::start(database_url).await;
 
@@ -292,9 +280,12 @@ async fn scenario(database_url: Option<String>) {
         .unwrap();
     assert_eq!(stored, "cluster-ready\ntyped\ngot-typed\n");
     // The command line reads the cluster's API as it reads local mode's.
-    assert_eq!(cliscale(&c.base, &["logs", "--plain", &sid]), "cluster-ready\ntyped\ngot-typed\n");
+    assert_eq!(
+        run_cli(&c.base, ADMIN_KEY, &["logs", "--plain", &sid]),
+        "cluster-ready\ntyped\ngot-typed\n"
+    );
     let got: Value =
-        serde_json::from_str(&cliscale(&c.base, &["get", "-o", "json", &sid])).unwrap();
+        serde_json::from_str(&run_cli(&c.base, ADMIN_KEY, &["get", "-o", "json", &sid])).unwrap();
     assert_eq!((got["phase"].as_str(), got["exitCode"].as_i64()), (Some("Failed"), Some(3)));
     c.api
         .wait_until("the status carries the output's tail", |a| {
@@ -334,9 +325,9 @@ async fn scenario(database_url: Option<String>) {
     c.run_pod("by-kubectl").await;
     c.wait_for_phase("by-kubectl", "Running").await;
     let listed: Vec<Value> =
-        serde_json::from_str(&cliscale(&c.base, &["ls", "-o", "json"])).unwrap();
+        serde_json::from_str(&run_cli(&c.base, ADMIN_KEY, &["ls", "-o", "json"])).unwrap();
     assert!(listed.iter().any(|s| s["sessionId"] == "by-kubectl"), "{listed:?}");
-    assert!(cliscale(&c.base, &["cancel", "by-kubectl"]).contains("being cancelled"));
+    assert!(run_cli(&c.base, ADMIN_KEY, &["cancel", "by-kubectl"]).contains("being cancelled"));
     let cancelled = c.wait_for_phase("by-kubectl", "Cancelled").await;
     assert_eq!(cancelled["reason"], "Cancelled");
     assert!(c.api.get("jobs", NS, "cs-by-kubectl").is_none());

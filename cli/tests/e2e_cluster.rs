@@ -22,7 +22,7 @@ use cliscale_testkit::stack as common;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use common::{open_terminal, read_until, workspace_bin};
+use common::{open_terminal, read_until, run_cli};
 use serde_json::{Value, json};
 
 const ADMIN: &str = "csk_00000000000000e2_e2e-admin-secret-0123456789abcdefghij";
@@ -239,22 +239,7 @@ async fn a_default_install_serves_sessions_and_names_every_ending() {
 
     // The command line against the cluster's API: run detached, follow the output to the end
     // (live, then from the store), and read how the session ended.
-    let config = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(workspace_bin("cliscale"))
-            .args(args)
-            .env("CLISCALE_URL", &api)
-            .env("CLISCALE_API_KEY", ADMIN)
-            .env("XDG_CONFIG_HOME", config.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cliscale {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| run_cli(&api, ADMIN, args);
     let started = cli(&["run", "--detach", "--", "echo e2e-cli-ok; exit 4"]);
     let cli_sid = started.lines().next().unwrap().to_owned();
     assert!(cli(&["logs", "-f", "--plain", &cli_sid]).contains("e2e-cli-ok"));

@@ -40,15 +40,13 @@ pub struct OutputStream {
     /// The offset of the next byte wanted: where a new connection resumes.
     next: u64,
     events: Option<Events>,
-    failures: u32,
-    /// How long to wait before the next connection, after a drop.
-    pause: Option<Duration>,
+    backoff: Backoff,
     finished: bool,
 }
 
 impl OutputStream {
     pub(crate) fn new(client: Client, id: String, since: u64) -> Self {
-        Self { client, id, next: since, events: None, failures: 0, pause: None, finished: false }
+        Self { client, id, next: since, events: None, backoff: Backoff::default(), finished: false }
     }
 
     /// The offset after the last byte yielded.
@@ -65,9 +63,7 @@ impl OutputStream {
                 return Ok(None);
             }
             let Some(events) = &mut self.events else {
-                if let Some(pause) = self.pause.take() {
-                    tokio::time::sleep(pause).await;
-                }
+                self.backoff.wait().await;
                 match self.client.open_output_stream(&self.id, self.next).await {
                     Ok(resp) => self.events = Some(events_of(resp)),
                     Err(e) if e.is_transient() => {
@@ -81,7 +77,7 @@ impl OutputStream {
                 None => return Ok(Some(self.drop_connection("the stream ended early".into()))),
                 Some(Err(e)) => return Ok(Some(self.drop_connection(e))),
                 Some(Ok(event)) => {
-                    self.failures = 0;
+                    self.backoff.reset();
                     if let Some(event) = self.read(event)? {
                         return Ok(Some(event));
                     }
@@ -92,9 +88,7 @@ impl OutputStream {
 
     fn drop_connection(&mut self, why: String) -> OutputEvent {
         self.events = None;
-        let delay = backoff(self.failures);
-        self.failures = self.failures.saturating_add(1);
-        self.pause = Some(delay);
+        let delay = self.backoff.dropped();
         OutputEvent::Reconnecting { offset: self.next, delay, why }
     }
 
@@ -132,6 +126,35 @@ impl OutputStream {
                 _ => Ok(None),
             },
             _ => Ok(None), // hello (its status is repeated as events), and what a newer server adds
+        }
+    }
+}
+
+/// The wait before each new connection after a drop: [`backoff`] by the drops in a row, reset by
+/// a connection that brings something.
+#[derive(Debug, Default)]
+pub(crate) struct Backoff {
+    failures: u32,
+    pending: Option<Duration>,
+}
+
+impl Backoff {
+    /// A connection dropped: how long to wait before the next, which [`Backoff::wait`] then waits.
+    pub(crate) fn dropped(&mut self) -> Duration {
+        let delay = backoff(self.failures);
+        self.failures = self.failures.saturating_add(1);
+        self.pending = Some(delay);
+        delay
+    }
+
+    pub(crate) fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    /// Waits out the delay of the last drop, once.
+    async fn wait(&mut self) {
+        if let Some(delay) = self.pending.take() {
+            tokio::time::sleep(delay).await;
         }
     }
 }
@@ -176,14 +199,13 @@ pub struct SessionFeed {
     /// The last position seen; `None` until the first connection says where it starts.
     position: Option<i64>,
     events: Option<Events>,
-    failures: u32,
-    pause: Option<Duration>,
+    backoff: Backoff,
 }
 
 impl SessionFeed {
     pub(crate) fn new(client: Client, query: FeedQuery) -> Self {
         let position = query.since;
-        Self { client, query, position, events: None, failures: 0, pause: None }
+        Self { client, query, position, events: None, backoff: Backoff::default() }
     }
 
     /// The next event. A refusal (a bad filter, a revoked key) is an error; a drop is
@@ -191,9 +213,7 @@ impl SessionFeed {
     pub async fn next(&mut self) -> Result<FeedEvent> {
         loop {
             let Some(events) = &mut self.events else {
-                if let Some(pause) = self.pause.take() {
-                    tokio::time::sleep(pause).await;
-                }
+                self.backoff.wait().await;
                 match self.client.open_feed(&self.query, self.position).await {
                     Ok(resp) => self.events = Some(events_of(resp)),
                     Err(e) if e.is_transient() => return Ok(self.drop_connection(e.to_string())),
@@ -206,7 +226,7 @@ impl SessionFeed {
                 Some(Err(e)) => return Ok(self.drop_connection(e)),
                 Some(Ok(event)) => event,
             };
-            self.failures = 0;
+            self.backoff.reset();
             let bad =
                 |e: serde_json::Error| Error::Unexpected(format!("{} event: {e}", event.event));
             match event.event.as_str() {
@@ -230,9 +250,7 @@ impl SessionFeed {
 
     fn drop_connection(&mut self, why: String) -> FeedEvent {
         self.events = None;
-        let delay = backoff(self.failures);
-        self.failures = self.failures.saturating_add(1);
-        self.pause = Some(delay);
+        let delay = self.backoff.dropped();
         FeedEvent::Reconnecting { position: self.position.unwrap_or(0), delay, why }
     }
 }

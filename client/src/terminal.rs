@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::{self, Message};
 use url::Url;
 
-use crate::stream::backoff;
+use crate::stream::Backoff;
 use crate::{Client, Error, Result};
 
 type Ws =
@@ -251,61 +251,42 @@ impl Link {
         mut input: mpsc::Receiver<Input>,
         closing: Arc<Notify>,
     ) {
-        let detached = || Ok(closed(1000, "detached"));
         let mut ws = Some(first);
-        let mut failures = 0u32;
+        let mut backoff = Backoff::default();
         loop {
-            let socket = match ws.take() {
-                Some(socket) => socket,
+            let why = match ws.take() {
+                Some(socket) => match self.serve(socket, &events, &mut input, &closing).await {
+                    Ending::Final(event) => {
+                        let _ = events.send(Ok(event)).await;
+                        return;
+                    }
+                    Ending::Retry(why) => why,
+                },
                 None => match self.reconnect().await {
                     Ok(socket) => {
-                        failures = 0;
-                        socket
-                    }
-                    Err(e) if e.is_transient() || e.code() == Some("session_gone") => {
-                        // session_gone: a gateway without the output store; the page's rule
-                        // is the same — the store may be back on the next try.
-                        let delay = backoff(failures);
-                        failures = failures.saturating_add(1);
-                        let why = e.to_string();
-                        let event = TerminalEvent::Reconnecting { offset: self.offset, delay, why };
-                        if events.send(Ok(event)).await.is_err() {
-                            return;
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(delay) => {}
-                            _ = closing.notified() => {
-                                let _ = events.send(detached()).await;
-                                return;
-                            }
-                        }
+                        backoff.reset();
+                        ws = Some(socket);
                         continue;
                     }
+                    // session_gone: a gateway without the output store; the page's rule is the
+                    // same — the store may be back on the next try.
+                    Err(e) if e.is_transient() || e.code() == Some("session_gone") => e.to_string(),
                     Err(e) => {
                         let _ = events.send(Err(e)).await;
                         return;
                     }
                 },
             };
-            match self.serve(socket, &events, &mut input, &closing).await {
-                Ending::Final(event) => {
-                    let _ = events.send(Ok(event)).await;
+            let delay = backoff.dropped();
+            let event = TerminalEvent::Reconnecting { offset: self.offset, delay, why };
+            if events.send(Ok(event)).await.is_err() {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = closing.notified() => {
+                    let _ = events.send(Ok(closed(1000, "detached"))).await;
                     return;
-                }
-                Ending::Retry(why) => {
-                    let delay = backoff(failures);
-                    failures = failures.saturating_add(1);
-                    let event = TerminalEvent::Reconnecting { offset: self.offset, delay, why };
-                    if events.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = closing.notified() => {
-                            let _ = events.send(detached()).await;
-                            return;
-                        }
-                    }
                 }
             }
         }

@@ -174,6 +174,35 @@ pub struct FeedQuery {
     pub since: Option<i64>,
 }
 
+// The feed and the list take the same filters; each converts to the other so callers copy no
+// field by hand (serde cannot flatten them into one struct and still refuse unknown fields).
+impl ListQuery {
+    /// The session feed of this list's filters, from `since` (or from now).
+    pub fn feed(&self, since: Option<i64>) -> FeedQuery {
+        FeedQuery {
+            phase: self.phase.clone(),
+            owner: self.owner.clone(),
+            created_after: self.created_after.clone(),
+            created_before: self.created_before.clone(),
+            since,
+        }
+    }
+}
+
+impl FeedQuery {
+    /// The list query of this feed's filters (first page, default size).
+    pub fn list(&self) -> ListQuery {
+        ListQuery {
+            phase: self.phase.clone(),
+            owner: self.owner.clone(),
+            created_after: self.created_after.clone(),
+            created_before: self.created_before.clone(),
+            limit: None,
+            cursor: None,
+        }
+    }
+}
+
 /// The feed's first event (`ready`): the position it starts after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

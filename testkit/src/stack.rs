@@ -53,6 +53,22 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
+/// Runs the real `cliscale` command line against the server at `base` with `key`, in a config
+/// dir of its own; answers its standard output, and fails the test if the command fails.
+pub fn run_cli(base: &str, key: &str, args: &[&str]) -> String {
+    let config = tempfile::tempdir().unwrap();
+    let out = Command::new(workspace_bin("cliscale"))
+        .args(args)
+        .env("CLISCALE_URL", base)
+        .env("CLISCALE_API_KEY", key)
+        .env("XDG_CONFIG_HOME", config.path())
+        .env_remove("CLISCALE_CONTEXT")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "cliscale {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub struct Stack {
     pub child: Child,
     pub base: String,
