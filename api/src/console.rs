@@ -194,24 +194,36 @@ fn writes(method: &Method) -> bool {
 
 /// The console's page and assets, embedded: the script built from `api/console/src` with npm
 /// (committed in `dist/`), the page, stylesheet and icon as written.
-/// Its policy: only this origin, no inline script or style, and frames only of this origin
-/// (the terminal page, embedded in a session's view). `'wasm-unsafe-eval'` lets the recording
-/// player compile its WebAssembly terminal; it allows no JavaScript evaluation.
-pub const CONSOLE_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+/// Its policy is the terminal page's: only this origin, no inline script or style, no
+/// evaluation. It may frame pages of this origin only (the terminal page and the recording
+/// player, in a session's view) and is framed by none.
+pub const CONSOLE_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self' data:; frame-src 'self'; base-uri 'none'; \
     form-action 'self'; frame-ancestors 'none'";
+
+/// The recording player's page: the console's policy, except that it may compile
+/// WebAssembly (`'wasm-unsafe-eval'`, which allows no JavaScript evaluation: asciinema-player
+/// runs its terminal emulator as WebAssembly) and is framed by the console only.
+pub const PLAYER_POLICY: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
+    style-src 'self'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+    form-action 'none'; frame-ancestors 'self'";
 
 const PAGE: &str = include_str!("../console/src/index.html");
 const SCRIPT: &str = include_str!("../console/dist/console.js");
 const STYLE: &str = include_str!("../console/src/console.css");
 const ICON: &str = include_str!("../console/src/favicon.svg");
 const PLAYER: &str = include_str!("../console/dist/player.js");
+const PLAYER_PAGE: &str = include_str!("../console/src/player.html");
 const PLAYER_STYLE: &str = include_str!("../console/dist/player.css");
 
 fn served(body: &'static str, content_type: &'static str) -> Response {
+    served_under(CONSOLE_POLICY, body, content_type)
+}
+
+fn served_under(policy: &'static str, body: &'static str, content_type: &'static str) -> Response {
     let headers = [
         (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
-        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CONSOLE_POLICY)),
+        (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(policy)),
         (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
         (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
         // Assets carry no version in their name: revalidate, so an upgrade shows at once.
@@ -249,6 +261,14 @@ pub(crate) async fn style() -> Response {
     responses((status = 200, description = "SVG", content_type = "image/svg+xml")))]
 pub(crate) async fn icon() -> Response {
     served(ICON, "image/svg+xml")
+}
+
+/// `GET /console/player`: the recording player's page, framed by a session's view.
+#[utoipa::path(get, path = "/console/player", tag = "console", security(()),
+    summary = "The recording player's page (HTML; `?session=ID`)",
+    responses((status = 200, description = "The player's page", content_type = "text/html")))]
+pub(crate) async fn player_page() -> Response {
+    served_under(PLAYER_POLICY, PLAYER_PAGE, "text/html; charset=utf-8")
 }
 
 /// `GET /console/player.js`: the recording player, loaded when a recording is played.
@@ -334,6 +354,15 @@ mod tests {
             }
             assert!(contrast(&t["accent-fg"], &t["accent"]) >= 4.5, "{selector} buttons");
         }
+    }
+
+    #[test]
+    fn only_the_player_page_may_compile_webassembly() {
+        assert!(!CONSOLE_POLICY.contains("unsafe"), "{CONSOLE_POLICY}");
+        assert!(PLAYER_POLICY.contains("'wasm-unsafe-eval'"));
+        assert!(!PLAYER_POLICY.replace("'wasm-unsafe-eval'", "").contains("unsafe"));
+        assert!(PLAYER_POLICY.contains("frame-ancestors 'self'"));
+        assert!(PLAYER_PAGE.contains("/console/player.js") && !PLAYER_PAGE.contains("<script>"));
     }
 
     #[test]

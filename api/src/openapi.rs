@@ -86,6 +86,7 @@ fn openapi_json() {}
         crate::console::script,
         crate::console::style,
         crate::console::icon,
+        crate::console::player_page,
         crate::console::player,
         crate::console::player_style,
         crate::routes::jwks,

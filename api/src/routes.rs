@@ -151,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/console/console.js", get(crate::console::script))
         .route("/console/console.css", get(crate::console::style))
         .route("/console/favicon.svg", get(crate::console::icon))
+        .route("/console/player", get(crate::console::player_page))
         .route("/console/player.js", get(crate::console::player))
         .route("/console/player.css", get(crate::console::player_style))
         .route("/api/keys/{id}", delete(revoke_key).patch(update_key))
@@ -522,6 +523,9 @@ fn decode_cursor(cursor: &str) -> Result<(i64, String)> {
     Ok((t.parse().map_err(|_| bad())?, id.to_owned()))
 }
 
+/// The longest search text a list or feed takes.
+const MAX_SEARCH: usize = 200;
+
 /// The store query for a list's filters, as `caller` may see them: operators only ever see
 /// their own sessions, whatever owner filter they ask for.
 pub(crate) fn session_query(caller: &Caller, params: ListQuery) -> Result<SessionQuery> {
@@ -536,6 +540,16 @@ pub(crate) fn session_query(caller: &Caller, params: ListQuery) -> Result<Sessio
         .transpose()?;
     let owner =
         if caller.role == Role::Operator { Some(caller.key_id.clone()) } else { params.owner };
+    let text = match params.q.as_deref().map(str::trim) {
+        Some(q) if q.chars().count() > MAX_SEARCH => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("q must be at most {MAX_SEARCH} characters"),
+            ));
+        }
+        Some(q) if !q.is_empty() => Some(crate::store::search_pattern(q)),
+        _ => None,
+    };
     Ok(SessionQuery {
         phase,
         owner,
@@ -549,6 +563,7 @@ pub(crate) fn session_query(caller: &Caller, params: ListQuery) -> Result<Sessio
             .as_deref()
             .map(|v| parse_time("created_before", v))
             .transpose()?,
+        text,
         after: params.cursor.as_deref().map(decode_cursor).transpose()?,
         limit: 0,
     })

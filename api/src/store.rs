@@ -63,6 +63,8 @@ pub struct SessionQuery {
     pub owner: Option<String>,
     pub created_after: Option<i64>,
     pub created_before: Option<i64>,
+    /// A `LIKE` pattern (see [`search_pattern`]) the session's search text matches.
+    pub text: Option<String>,
     /// Continue after this (created_at, id), newest first.
     pub after: Option<(i64, String)>,
     pub limit: i64,
@@ -132,7 +134,27 @@ impl Store {
         }
         let pool = options.connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool, backend, changed: Default::default() })
+        let store = Self { pool, backend, changed: Default::default() };
+        store.fill_search_text().await?;
+        Ok(store)
+    }
+
+    /// Rows written before sessions had a search text get one; a no-op once all have.
+    async fn fill_search_text(&self) -> Result<()> {
+        let rows = sqlx::query("SELECT id, spec FROM sessions WHERE search_text = ''")
+            .fetch_all(&self.pool)
+            .await?;
+        for row in rows {
+            let id: String = row.try_get("id")?;
+            let json: String = row.try_get("spec")?;
+            let spec = parse_spec(&json).ok_or_else(|| corrupt("spec", &json))?;
+            sqlx::query("UPDATE sessions SET search_text = $1 WHERE id = $2")
+                .bind(search_text(&id, &spec))
+                .bind(&id)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -402,19 +424,21 @@ impl Store {
         on_conflict: &str,
     ) -> Result<bool> {
         let t = now();
-        let spec = serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spec_json =
+            serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))?;
         let change = Self::next_change(tx).await?;
         let done = sqlx::query(&format!(
-            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at, change_seq) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7){on_conflict}"
+            "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at, change_seq, \
+             search_text) VALUES ($1, $2, $3, $4, $5, $6, $7, $8){on_conflict}"
         ))
         .bind(id)
         .bind(owner)
-        .bind(spec)
+        .bind(spec_json)
         .bind(SessionPhase::Pending.as_str())
         .bind(t)
         .bind(t)
         .bind(change)
+        .bind(search_text(id, spec))
         .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -490,6 +514,9 @@ impl Store {
         if q.created_before.is_some() {
             sql += &format!(" AND created_at < {}", next());
         }
+        if q.text.is_some() {
+            sql += &format!(" AND search_text LIKE {} ESCAPE '\\'", next());
+        }
         if changed_after.is_some() {
             sql += &format!(" AND change_seq > {} ORDER BY change_seq", next());
         } else if q.after.is_some() {
@@ -512,6 +539,9 @@ impl Store {
         }
         if let Some(t) = q.created_before {
             query = query.bind(t);
+        }
+        if let Some(pattern) = &q.text {
+            query = query.bind(pattern.clone());
         }
         if let Some(position) = changed_after {
             query = query.bind(position);
@@ -680,6 +710,25 @@ pub fn apply_update(
         updated_at: t,
         ..current.clone()
     })
+}
+
+/// What a session's search matches: its id and command, lowercased. Pure.
+fn search_text(id: &str, spec: &SessionSpec) -> String {
+    format!("{id}\n{}", spec.command).to_lowercase()
+}
+
+/// The `LIKE` pattern of a search: the text lowercased, anywhere, its wildcards escaped with
+/// `\` so they match themselves. Pure.
+pub fn search_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in text.to_lowercase().chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, owner, spec, phase, exit_code, reason, message, \

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use cliscale_api::model::SessionSpec;
-use cliscale_api::store::{StatusUpdate, Store};
+use cliscale_api::store::{SessionQuery, StatusUpdate, Store, search_pattern};
 use cliscale_core::{SessionPhase, TerminalReason};
 use cliscale_testkit::postgres::fresh_postgres;
 
@@ -136,4 +136,41 @@ async fn events_keep_their_order_on_sqlite() {
 async fn events_keep_their_order_on_postgres() {
     let Some(url) = fresh_postgres().await else { return };
     events_read_in_the_order_they_happened(Store::connect(&url).await.unwrap()).await;
+}
+
+/// A list's `q` matches the id or the command, case-insensitively, and its wildcards match
+/// only themselves.
+async fn search_matches_id_and_command_literally(store: Store) {
+    store.insert_session("a1b2", "k", &SessionSpec::new("Deploy --env prod")).await.unwrap();
+    store.insert_session("c3d4", "k", &SessionSpec::new("echo 100% done")).await.unwrap();
+    store.insert_session("e5f6", "k", &SessionSpec::new("echo 1000 done_x")).await.unwrap();
+    let found = |text: &str| {
+        let q = SessionQuery { text: Some(search_pattern(text)), limit: 10, ..Default::default() };
+        let store = store.clone();
+        async move {
+            let mut ids: Vec<String> =
+                store.list_sessions(&q).await.unwrap().into_iter().map(|s| s.id).collect();
+            ids.sort();
+            ids
+        }
+    };
+    assert_eq!(found("deploy").await, ["a1b2"]);
+    assert_eq!(found("C3D").await, ["c3d4"]);
+    assert_eq!(found("100%").await, ["c3d4"]);
+    assert_eq!(found("done_").await, ["e5f6"]);
+    assert_eq!(found("echo").await, ["c3d4", "e5f6"]);
+    assert!(found("nowhere").await.is_empty());
+}
+
+#[tokio::test]
+async fn search_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("search.db").display());
+    search_matches_id_and_command_literally(Store::connect(&url).await.unwrap()).await;
+}
+
+#[tokio::test]
+async fn search_on_postgres() {
+    let Some(url) = fresh_postgres().await else { return };
+    search_matches_id_and_command_literally(Store::connect(&url).await.unwrap()).await;
 }

@@ -199,7 +199,7 @@ pub async fn run(args: RunArgs, globals: &Globals) -> Result<i32, Failure> {
 
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  cliscale ls\n  cliscale ls --phase Failed --created-after 24h -o wide\n  \
+    after_help = "Examples:\n  cliscale ls\n  cliscale ls --phase Failed --created-after 24h -o wide\n  cliscale ls -q deploy\n  \
     cliscale ls -o json | jq -r '.[].sessionId'\n  cliscale ls --watch"
 )]
 pub struct ListArgs {
@@ -216,6 +216,9 @@ pub struct ListArgs {
     /// Created before: RFC 3339, Unix seconds, or a while ago (`2h`).
     #[arg(long, value_name = "TIME")]
     pub created_before: Option<String>,
+    /// Only sessions whose id or command contains this text (case-insensitive).
+    #[arg(short = 'q', long, value_name = "TEXT")]
+    pub search: Option<String>,
     /// At most this many sessions.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
@@ -241,6 +244,7 @@ fn list_query(args: &ListArgs, now: SystemTime) -> Result<ListQuery, Failure> {
             .as_deref()
             .map(|t| present::time_bound(t, now))
             .transpose()?,
+        q: args.search.clone(),
         limit: None,
         cursor: None,
     })

@@ -81,15 +81,44 @@ async fn a_team_lead_runs_sessions_from_the_console() {
     // The page was never reloaded from here on: this stays.
     b.eval("window.__sameDocument = true").await;
 
-    // A session made elsewhere appears and goes from its start to Succeeded, live.
+    // A session made elsewhere appears and goes from its start to Succeeded, live. Every
+    // phase its row shows is recorded as the page renders it.
+    b.eval(
+        "window.__phases = {}; new MutationObserver(() => { \
+           for (const row of document.querySelectorAll('tr[data-session]')) { \
+             const seen = (window.__phases[row.dataset.session] ??= []); \
+             const now = row.querySelector('.badge').textContent; \
+             if (seen[seen.length - 1] !== now) seen.push(now); } \
+         }).observe(document.body, { subtree: true, childList: true, characterData: true }); true",
+    )
+    .await;
     let later = CreateSessionRequest::new("sleep 1; echo made-elsewhere");
     let elsewhere = admin.create_session(&later, None).await.unwrap().session_id;
-    b.wait_until(&format!("{} !== undefined", badge_of(&elsewhere))).await;
-    let first = b.eval(&badge_of(&elsewhere)).await;
-    assert_ne!(first, json!("Succeeded"), "seen before it ended");
     b.wait_until(&format!("{} === 'Succeeded'", badge_of(&elsewhere))).await;
+    let seen = b.eval(&format!("window.__phases['{elsewhere}']")).await;
+    let seen: Vec<&str> = seen.as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    let order = ["Pending", "Starting", "Running", "Succeeded"];
+    let ranks: Vec<usize> =
+        seen.iter().map(|p| order.iter().position(|o| o == p).expect("a phase of a run")).collect();
+    assert!(seen.len() >= 2 && ranks.windows(2).all(|w| w[0] < w[1]), "phases shown: {seen:?}");
+    assert!(seen[0] != "Succeeded", "seen before it ended: {seen:?}");
     let shot = b.screenshot(Some("console-sessions.png")).await;
     assert_laid_out(&mut b, &shot, &elsewhere).await;
+
+    // The search runs on the server: another session leaves the table, this one stays.
+    let other = admin.create_session(&CreateSessionRequest::new("true"), None).await.unwrap();
+    b.wait_until(&format!("{} !== undefined", badge_of(&other.session_id))).await;
+    fill(&mut b, "input[type=search]", "MADE-elsewhere").await;
+    b.wait_until(&format!(
+        "{} === undefined && {} === 'Succeeded'",
+        badge_of(&other.session_id),
+        badge_of(&elsewhere)
+    ))
+    .await;
+    b.eval("document.querySelector('input[type=search]').value = ''; true").await;
+    b.eval("document.querySelector('input[type=search]').dispatchEvent(new Event('input')); true")
+        .await;
+    b.wait_until(&format!("{} !== undefined", badge_of(&other.session_id))).await;
 
     // New session from the form; its page shows it run and end.
     click_text(&mut b, "New session").await;
@@ -99,7 +128,7 @@ async fn a_team_lead_runs_sessions_from_the_console() {
     click(&mut b, "form button[type=submit]").await;
     // A bad field is said next to it, and nothing is made.
     b.wait_until("document.querySelector('#h-ttl_seconds.field-error') !== null").await;
-    assert_eq!(admin.list_sessions(&Default::default()).await.unwrap().items.len(), 1);
+    assert_eq!(admin.list_sessions(&Default::default()).await.unwrap().items.len(), 2);
     b.eval("document.querySelector('#f-ttl_seconds').value = ''; true").await;
     b.eval("document.querySelector('#f-ttl_seconds').dispatchEvent(new Event('input')); true")
         .await;
@@ -108,9 +137,12 @@ async fn a_team_lead_runs_sessions_from_the_console() {
     b.wait_until("document.querySelector('.title .badge')?.textContent === 'Succeeded'").await;
     // Its recording plays in the page (the player is fetched now, not on the first load).
     click_text(&mut b, "Play recording").await;
-    b.wait_until("document.querySelector('.player')?.textContent.includes('made-in-the-console')")
-        .await;
+    let player = "document.querySelector('iframe.player')?.contentDocument";
+    b.wait_until(&format!("{player}?.body?.textContent.includes('made-in-the-console')")).await;
     b.screenshot(Some("console-recording.png")).await;
+    // Only the player's frame may compile WebAssembly; it broke no rule in doing so.
+    let framed = b.eval(&format!("{player}.defaultView.__violations")).await;
+    assert_eq!(framed, json!([]), "policy violations in the player's frame");
 
     // A shell: its terminal in the page takes typing.
     let bash = CreateSessionRequest::new("bash --norc --noprofile");

@@ -316,6 +316,16 @@ async fn bad_requests_get_precise_errors(backend: Backend) {
         stack.call("GET", "/api/sessions?cursor=zzz", Some(ADMIN_KEY), None).await.1["error"],
         "invalid_cursor"
     );
+    let long_search = format!("/api/sessions?q={}", "x".repeat(201));
+    assert_eq!(
+        stack.call("GET", &long_search, Some(ADMIN_KEY), None).await.1["error"],
+        "invalid_query"
+    );
+    let long_feed = format!("/api/sessions/feed?q={}", "x".repeat(201));
+    assert_eq!(
+        stack.call("GET", &long_feed, Some(ADMIN_KEY), None).await.1["error"],
+        "invalid_query"
+    );
     assert_eq!(stack.call("GET", "/api/sessions/nope", Some(ADMIN_KEY), None).await.0, 404);
     let (_, listed) = stack.call("GET", "/api/sessions", Some(ADMIN_KEY), None).await;
     assert_eq!(listed["items"].as_array().map(Vec::len), Some(0), "a refusal made a session");

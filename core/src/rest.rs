@@ -142,6 +142,9 @@ pub struct ListQuery {
     /// Created before (RFC 3339 or Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_before: Option<String>,
+    /// Text the session's id or command contains, case-insensitively (at most 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
     /// Page size, 1 to 200 (default 50).
     #[cfg_attr(feature = "openapi", param(minimum = 1, maximum = 200))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +171,9 @@ pub struct FeedQuery {
     /// Created before (RFC 3339 or Unix seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_before: Option<String>,
+    /// Text the session's id or command contains, case-insensitively (at most 200 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
     /// Resume after this feed position (an event's `id`); a `Last-Event-ID` header overrides
     /// it. Default: from now on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -184,6 +190,7 @@ impl ListQuery {
             owner: self.owner.clone(),
             created_after: self.created_after.clone(),
             created_before: self.created_before.clone(),
+            q: self.q.clone(),
             since,
         }
     }
@@ -197,6 +204,7 @@ impl FeedQuery {
             owner: self.owner.clone(),
             created_after: self.created_after.clone(),
             created_before: self.created_before.clone(),
+            q: self.q.clone(),
             limit: None,
             cursor: None,
         }

@@ -50,6 +50,11 @@ function Badge({ phase }: { phase: Phase }) {
   return <span class={`badge phase-${phase.toLowerCase()}`}>{phase}</span>;
 }
 
+/// A typed reason, coloured as the phase it ended (or stalled) in.
+function ReasonBadge({ reason, phase }: { reason: string | null; phase: Phase }) {
+  return reason ? <span class={`badge reason phase-${phase.toLowerCase()}`}>{reason}</span> : <>-</>;
+}
+
 function Alert({ error }: { error: string | null }) {
   return error ? <p class="alert" role="alert">{error}</p> : null;
 }
@@ -142,7 +147,7 @@ const SessionRow = memo(({ session: s }: { session: Session }) => (
   <tr data-session={s.sessionId}>
     <td><a href={`#/sessions/${s.sessionId}`}>{s.sessionId.slice(0, 8)}</a></td>
     <td><Badge phase={s.phase} /></td>
-    <td>{s.reason ?? "-"}</td>
+    <td><ReasonBadge reason={s.reason} phase={s.phase} /></td>
     <td>{s.exitCode ?? "-"}</td>
     <td>{since(s.startedAt, s.finishedAt)}</td>
     <td>{when(s.createdAt)}</td>
@@ -150,27 +155,42 @@ const SessionRow = memo(({ session: s }: { session: Session }) => (
   </tr>
 ));
 
+/// `value`, once it has stayed the same for `ms`.
+function useSettled<T>(value: T, ms: number): T {
+  const [settled, setSettled] = useState(value);
+  useEffect(() => {
+    const t = setTimeout(() => setSettled(value), ms);
+    return () => clearTimeout(t);
+  }, [value]);
+  return settled;
+}
+
+/// A datetime-local value is the browser's local time; the API takes RFC 3339.
+const rfc3339 = (local: string) => (local ? new Date(local).toISOString() : "");
+
 function SessionsPage({ login }: { login: Login }) {
   const [phase, setPhase] = useState<"" | Phase>("");
   const [owner, setOwner] = useState("");
   const [search, setSearch] = useState("");
   const [after, setAfter] = useState("");
+  const [before, setBefore] = useState("");
   const [rows, setRows] = useState<Map<string, Session>>(new Map());
   const [cursor, setCursor] = useState<string | null>(null);
   const [error, setError] = useState<string | null>(null);
-  // A datetime-local value is the browser's local time; the API takes RFC 3339.
-  const createdAfter = after ? new Date(after).toISOString() : "";
-  const feedParams = new URLSearchParams();
-  if (owner.trim()) feedParams.set("owner", owner.trim());
-  if (createdAfter) feedParams.set("created_after", createdAfter);
-  const feedQuery = feedParams.toString() ? `?${feedParams}` : "";
+  // The search runs on the server, over every session, once typing pauses.
+  const text = useSettled(search.trim(), 300);
+  const filters = new URLSearchParams();
+  if (owner.trim()) filters.set("owner", owner.trim());
+  if (after) filters.set("created_after", rfc3339(after));
+  if (before) filters.set("created_before", rfc3339(before));
+  if (text) filters.set("q", text);
+  const feedQuery = filters.toString() ? `?${filters}` : "";
 
   const load = async (from: string | null, replace: boolean) => {
     try {
-      const params = new URLSearchParams({ limit: "50" });
+      const params = new URLSearchParams(filters);
+      params.set("limit", "50");
       if (phase) params.set("phase", phase);
-      if (owner.trim()) params.set("owner", owner.trim());
-      if (createdAfter) params.set("created_after", createdAfter);
       if (from) params.set("cursor", from);
       const page = await call<SessionPage>("GET", `/api/sessions?${params}`);
       setRows((old) => {
@@ -195,12 +215,11 @@ function SessionsPage({ login }: { login: Login }) {
     });
   }, [phase, feedQuery]);
 
-  const shown = useMemo(() => {
-    const needle = search.trim().toLowerCase();
-    return [...rows.values()]
-      .filter((s) => !needle || s.sessionId.includes(needle) || s.command.toLowerCase().includes(needle))
-      .sort((a, b) => b.createdAt.localeCompare(a.createdAt) || b.sessionId.localeCompare(a.sessionId));
-  }, [rows, search]);
+  const shown = useMemo(
+    () => [...rows.values()].sort((a, b) =>
+      b.createdAt.localeCompare(a.createdAt) || b.sessionId.localeCompare(a.sessionId)),
+    [rows],
+  );
 
   return (
     <main id="main" tabIndex={-1}>
@@ -224,8 +243,11 @@ function SessionsPage({ login }: { login: Login }) {
         <label>Created after
           <input type="datetime-local" value={after} onChange={(e) => setAfter((e.target as HTMLInputElement).value)} />
         </label>
+        <label>Created before
+          <input type="datetime-local" value={before} onChange={(e) => setBefore((e.target as HTMLInputElement).value)} />
+        </label>
         <label>Search
-          <input type="search" value={search} placeholder="id or command"
+          <input type="search" value={search} placeholder="id or command" maxLength={200}
             onInput={(e) => setSearch((e.target as HTMLInputElement).value)} />
         </label>
       </form>
@@ -294,7 +316,7 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
       <Alert error={error} />
       {note && <p class="note" role="status">{note}</p>}
       <dl class="facts">
-        <dt>Reason</dt><dd>{session.reason ?? "-"}</dd>
+        <dt>Reason</dt><dd><ReasonBadge reason={session.reason} phase={session.phase} /></dd>
         <dt>Exit code</dt><dd>{session.exitCode ?? "-"}</dd>
         <dt>Message</dt><dd>{session.message ?? "-"}</dd>
         <dt>Command</dt><dd><code>{session.command}</code></dd>
@@ -314,7 +336,7 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
           <button type="button" onClick={() => setPlaying(true)}>Play recording</button>
         )}
       </div>
-      {playing && <Player src={`/api/sessions/${id}/recording`} onError={setError} />}
+      {playing && <Player id={id} />}
       {terminal && <iframe class="terminal" title="Terminal" src={terminal} />}
       <h2>Timeline</h2>
       <ol class="timeline">
@@ -324,30 +346,10 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
   );
 }
 
-/// The recording, played in the page. The player (asciinema-player, with its WebAssembly
-/// terminal) is fetched the first time one is played, so the console's first load stays small.
-function Player({ src, onError }: { src: string; onError: (e: string) => void }) {
-  const [box, setBox] = useState<HTMLDivElement | null>(null);
-  useEffect(() => {
-    if (!box) return;
-    if (!document.querySelector("link[data-player]")) {
-      const css = document.createElement("link");
-      css.rel = "stylesheet";
-      css.href = "/console/player.css";
-      css.dataset.player = "";
-      document.head.appendChild(css);
-    }
-    let player: { dispose(): void } | null = null;
-    const module = "/console/player.js";
-    import(module).then(
-      (m: { play: (src: string, into: HTMLElement) => { dispose(): void } }) => {
-        player = m.play(src, box);
-      },
-      () => onError("The player could not be loaded."),
-    );
-    return () => player?.dispose();
-  }, [box]);
-  return <div class="player" aria-label="Recording" ref={setBox} />;
+/// The recording, played in a frame of its own: the player's page alone may compile
+/// WebAssembly (asciinema-player's terminal), and its script loads only when one is played.
+function Player({ id }: { id: string }) {
+  return <iframe class="player" title="Recording" src={`/console/player?session=${encodeURIComponent(id)}`} />;
 }
 
 interface Draft {
