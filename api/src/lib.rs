@@ -3,6 +3,7 @@
 //! cluster (PostgreSQL, CommandSession executor).
 
 pub mod bootstrap;
+mod catalog;
 pub mod console;
 pub mod error;
 pub mod executor;
@@ -16,7 +17,10 @@ pub mod output;
 pub mod output_routes;
 pub mod process;
 pub mod routes;
+mod runs;
+pub mod secrets;
 pub mod signing;
 pub mod store;
+pub mod templates;
 
 pub use error::{ApiError, Result};

@@ -116,6 +116,50 @@ pub struct SessionRecord {
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     pub updated_at: i64,
+    pub origin: Origin,
+}
+
+/// Where a session came from, beyond the key that owns it: the template and generation, the
+/// schedule and time, the trigger, and its place in a retry chain. Stored with the session.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Origin {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template_generation: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trigger: Option<String>,
+    pub attempt: u32,
+    /// The chain's first attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
+    /// The retry policy the chain follows, as it was when the chain began.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry: Option<cliscale_core::retry::RetryPolicy>,
+    /// Variables from secrets, by the secrets' own names (the spec holds where each is kept).
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub secret_env: std::collections::BTreeMap<String, cliscale_core::rest::SecretRef>,
+}
+
+impl Default for Origin {
+    fn default() -> Self {
+        Self {
+            template: None,
+            template_generation: None,
+            schedule: None,
+            scheduled_at: None,
+            trigger: None,
+            attempt: 1,
+            retry_of: None,
+            retry: None,
+            secret_env: Default::default(),
+        }
+    }
 }
 
 impl SessionRecord {
@@ -147,6 +191,13 @@ impl From<&SessionRecord> for SessionView {
             command: r.spec.command.clone(),
             code_url: r.spec.code.as_ref().map(|c| c.url.clone()),
             env_names: r.spec.env.iter().map(|e| e.name.clone()).collect(),
+            secret_env: r.origin.secret_env.clone(),
+            template: r.origin.template.clone(),
+            template_generation: r.origin.template_generation,
+            schedule: r.origin.schedule.clone(),
+            scheduled_at: r.origin.scheduled_at.map(rfc3339),
+            attempt: r.origin.attempt,
+            retry_of: r.origin.retry_of.clone(),
             created_at: rfc3339(r.created_at),
             started_at: r.started_at.map(rfc3339),
             finished_at: r.finished_at.map(rfc3339),

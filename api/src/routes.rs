@@ -11,7 +11,7 @@ use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Req
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cliscale_core::token::{TERMINAL_AUDIENCE, TokenScope, new_claims};
@@ -26,7 +26,7 @@ pub(crate) use cliscale_core::rest::{CreateKeyRequest, ListQuery, MintRequest, U
 
 use crate::model::{
     CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
-    SessionRecord, SessionView, SpecDefaults, TokenMinted, validate_create,
+    Origin, SessionRecord, SessionView, SpecDefaults, TokenMinted,
 };
 use crate::output_routes;
 use crate::signing::KeyRing;
@@ -89,6 +89,8 @@ pub struct ApiState {
     pub output_verifier: cliscale_core::token::JwksVerifier,
     /// Cancelled when the server stops: open event streams end, so shutdown is not held up.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// Where secrets are kept.
+    pub vault: Arc<dyn crate::secrets::SecretVault>,
 }
 
 impl ApiState {
@@ -97,6 +99,17 @@ impl ApiState {
         keys: Arc<KeyRing>,
         executor: Arc<dyn Executor>,
         config: ApiConfig,
+    ) -> Arc<Self> {
+        Self::with_vault(store, keys, executor, config, Arc::new(crate::secrets::NoVault))
+    }
+
+    /// An API whose secrets are kept in `vault`.
+    pub fn with_vault(
+        store: Store,
+        keys: Arc<KeyRing>,
+        executor: Arc<dyn Executor>,
+        config: ApiConfig,
+        vault: Arc<dyn crate::secrets::SecretVault>,
     ) -> Arc<Self> {
         let per_minute = NonZeroU32::new(config.rate_per_minute.max(1)).expect("at least 1");
         let limiter = RateLimiter::keyed(Quota::per_minute(per_minute));
@@ -113,10 +126,16 @@ impl ApiState {
             output,
             output_verifier,
             shutdown: Default::default(),
+            vault,
         })
     }
 
-    /// Charges one request to `key`; refuses with Retry-After when over the limit.
+    /// Charges one request to `key` (an API key's id, `trigger:<id>`, …); refuses with
+    /// Retry-After when over the limit.
+    pub(crate) fn charge_key(&self, key: String) -> Result<()> {
+        self.charge(key)
+    }
+
     fn charge(&self, key: String) -> Result<()> {
         self.limiter.check_key(&key).map_err(|not_until| {
             self.metrics.rate_limited.inc();
@@ -144,6 +163,22 @@ pub fn router(state: AppState) -> Router {
         .route("/api/sessions/{id}/output/stream", get(output_routes::stream))
         .route("/api/sessions/{id}/recording", get(output_routes::recording))
         .route("/api/keys", post(create_key).get(list_keys))
+        .route("/api/secrets", post(crate::secrets::create).get(crate::secrets::list))
+        .route("/api/secrets/{name}", put(crate::secrets::update).delete(crate::secrets::delete))
+        .route("/api/templates", post(crate::templates::create).get(crate::templates::list))
+        .route(
+            "/api/templates/{name}",
+            get(crate::templates::get)
+                .put(crate::templates::update)
+                .delete(crate::templates::delete),
+        )
+        .route("/api/templates/{name}/runs", post(crate::templates::run))
+        .route("/api/templates/{name}/trigger", post(crate::templates::trigger))
+        .route(
+            "/api/templates/{name}/triggers",
+            post(crate::templates::create_trigger).get(crate::templates::list_triggers),
+        )
+        .route("/api/templates/{name}/triggers/{id}", delete(crate::templates::revoke_trigger))
         .route("/api/console/login", post(crate::console::login))
         .route("/api/console/logout", post(crate::console::logout))
         .route("/api/console/me", get(crate::console::me))
@@ -383,7 +418,7 @@ pub(crate) async fn visible_session(
     }
 }
 
-fn require(caller: &Caller, allowed: &[Role]) -> Result<()> {
+pub(crate) fn require(caller: &Caller, allowed: &[Role]) -> Result<()> {
     if allowed.contains(&caller.role) {
         Ok(())
     } else {
@@ -440,23 +475,18 @@ pub(crate) async fn create_session(
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
     let key = idempotency_key(&headers)?;
-    let spec = validate_create(request, state.config.spec_defaults)?;
+    let (spec, secret_env) = crate::runs::session_spec(&state, request).await?;
+    let origin = Origin { secret_env, ..Origin::default() };
     let base = base_url(&state, &headers, peer)?;
     let id = uuid::Uuid::new_v4().to_string();
     let (id, status, phase) = match state
         .store
-        .create_session(&id, &caller.key_id, &spec, key)
+        .create_session(&id, &caller.key_id, &spec, &origin, key)
         .await?
     {
         Created::New => {
-            state.store.append_event(&id, "created", &format!("by key {}", caller.key_id)).await?;
-            let record = state
-                .store
-                .get_session(&id)
-                .await?
-                .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
-            state.executor.start(record).await?;
-            state.metrics.sessions_created.inc();
+            let how = format!("by key {}", caller.key_id);
+            crate::runs::started(&state, &id, &caller.key_id, &how).await?;
             (id, StatusCode::CREATED, cliscale_core::SessionPhase::Pending)
         }
         Created::Existing(existing) => {
@@ -479,6 +509,29 @@ pub(crate) async fn create_session(
     let (ws_url, terminal_url) = terminal_links(&base, &id, &token, spec.scrollback_lines);
     let body = SessionCreated { session_id: id, ws_url, token, terminal_url, phase };
     Ok((status, axum::Json(body)).into_response())
+}
+
+/// The answer to a session just started for `caller`: 201 with a terminal token of `scope`.
+pub(crate) fn created_answer(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    caller: &Caller,
+    record: &SessionRecord,
+    scope: TokenScope,
+) -> Result<Response> {
+    let base = base_url(state, headers, peer)?;
+    let token = sign_token(state, caller, &record.id, scope)?;
+    let (ws_url, terminal_url) =
+        terminal_links(&base, &record.id, &token, record.spec.scrollback_lines);
+    let body = SessionCreated {
+        session_id: record.id.clone(),
+        ws_url,
+        token,
+        terminal_url,
+        phase: record.phase,
+    };
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 #[utoipa::path(get, path = "/api/sessions/{id}", tag = "sessions", summary = "Get a session",

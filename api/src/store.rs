@@ -7,6 +7,8 @@ use sqlx::{AnyPool, Executor, Row};
 
 use crate::error::{ApiError, Result};
 use crate::keys::Role;
+use crate::model::Origin;
+pub use crate::catalog::{RunsOf, ScheduleRow, SecretRow, TemplateRow, TriggerRow};
 use crate::model::{SessionRecord, SessionSpec, phase_from_str, reason_from_str};
 use cliscale_core::spec::{CodeSpec, EnvVar};
 
@@ -54,6 +56,73 @@ pub enum KeyChange {
     NotFound,
     /// It is the last admin key standing: administrators would lock themselves out.
     LastAdmin,
+}
+
+/// An entry for the event log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewEvent {
+    pub session: Option<String>,
+    pub template: Option<String>,
+    pub schedule: Option<String>,
+    /// Who did it: an API key id, `trigger:<id>` or `schedule:<name>`.
+    pub actor: Option<String>,
+    pub kind: String,
+    pub message: String,
+}
+
+impl NewEvent {
+    /// An entry about `session`, filed under its template and schedule too.
+    pub fn about(session: &SessionRecord, kind: &str, message: String) -> Self {
+        Self {
+            session: Some(session.id.clone()),
+            template: session.origin.template.clone(),
+            schedule: session.origin.schedule.clone(),
+            kind: kind.into(),
+            message,
+            ..Default::default()
+        }
+    }
+
+    pub fn by(self, actor: impl Into<String>) -> Self {
+        Self { actor: Some(actor.into()), ..self }
+    }
+}
+
+/// Filters, order and page of `GET /api/events`.
+#[derive(Debug, Clone, Default)]
+pub struct LogQuery {
+    pub session: Option<String>,
+    pub template: Option<String>,
+    pub schedule: Option<String>,
+    pub kind: Option<String>,
+    pub actor: Option<String>,
+    /// Only what this key may see (an operator's own), or everything.
+    pub visible_to: Option<String>,
+    pub after: Option<i64>,
+    pub before: Option<i64>,
+    pub descending: bool,
+    /// Continue after this (seq, id), in the query's order.
+    pub from: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+enum LogBind {
+    Text(String),
+    Int(i64),
+}
+
+/// One stored entry of the event log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRow {
+    pub seq: i64,
+    pub id: String,
+    pub at: i64,
+    pub kind: String,
+    pub session: Option<String>,
+    pub template: Option<String>,
+    pub schedule: Option<String>,
+    pub actor: Option<String>,
+    pub message: String,
 }
 
 /// Filters and page of `GET /api/sessions`.
@@ -343,7 +412,7 @@ impl Store {
     // --- sessions -------------------------------------------------------------------------
 
     pub async fn insert_session(&self, id: &str, owner: &str, spec: &SessionSpec) -> Result<()> {
-        self.insert_session_with(id, owner, spec, "").await.map(|_| ())
+        self.insert_session_with(id, owner, spec, &Origin::default(), "").await.map(|_| ())
     }
 
     /// Inserts session `id`, unless `owner` made one with `idempotency_key` already: then that
@@ -354,10 +423,11 @@ impl Store {
         id: &str,
         owner: &str,
         spec: &SessionSpec,
+        origin: &Origin,
         idempotency_key: Option<&str>,
     ) -> Result<Created> {
         let Some(key) = idempotency_key else {
-            self.insert_session(id, owner, spec).await?;
+            self.insert_session_with(id, owner, spec, origin, "").await?;
             return Ok(Created::New);
         };
         let mut tx = self.pool.begin().await?;
@@ -383,7 +453,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(Created::Existing(row.try_get("session_id")?));
         }
-        Self::insert_in(&mut tx, id, owner, spec, "").await?;
+        Self::insert_in(&mut tx, id, owner, spec, origin, "").await?;
         tx.commit().await?;
         self.changed.notify_waiters();
         Ok(Created::New)
@@ -397,7 +467,20 @@ impl Store {
         owner: &str,
         spec: &SessionSpec,
     ) -> Result<bool> {
-        self.insert_session_with(id, owner, spec, " ON CONFLICT (id) DO NOTHING").await
+        self.insert_run(id, owner, spec, &Origin::default()).await
+    }
+
+    /// Inserts a session made by a template, schedule, trigger or retry, unless its id exists:
+    /// runs have deterministic ids, so a second scheduler deciding the same run makes nothing.
+    /// Returns whether it was inserted.
+    pub async fn insert_run(
+        &self,
+        id: &str,
+        owner: &str,
+        spec: &SessionSpec,
+        origin: &Origin,
+    ) -> Result<bool> {
+        self.insert_session_with(id, owner, spec, origin, " ON CONFLICT (id) DO NOTHING").await
     }
 
     async fn insert_session_with(
@@ -405,10 +488,11 @@ impl Store {
         id: &str,
         owner: &str,
         spec: &SessionSpec,
+        origin: &Origin,
         on_conflict: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
-        let inserted = Self::insert_in(&mut tx, id, owner, spec, on_conflict).await?;
+        let inserted = Self::insert_in(&mut tx, id, owner, spec, origin, on_conflict).await?;
         tx.commit().await?;
         if inserted {
             self.changed.notify_waiters();
@@ -421,6 +505,7 @@ impl Store {
         id: &str,
         owner: &str,
         spec: &SessionSpec,
+        origin: &Origin,
         on_conflict: &str,
     ) -> Result<bool> {
         let t = now();
@@ -429,7 +514,8 @@ impl Store {
         let change = Self::next_change(tx).await?;
         let done = sqlx::query(&format!(
             "INSERT INTO sessions (id, owner, spec, phase, created_at, updated_at, change_seq, \
-             search_text) VALUES ($1, $2, $3, $4, $5, $6, $7, $8){on_conflict}"
+             search_text, origin, template, schedule, retry_pending) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12){on_conflict}"
         ))
         .bind(id)
         .bind(owner)
@@ -439,6 +525,10 @@ impl Store {
         .bind(t)
         .bind(change)
         .bind(search_text(id, spec))
+        .bind(serde_json::to_string(origin).map_err(|e| ApiError::Internal(e.to_string()))?)
+        .bind(origin.template.clone())
+        .bind(origin.schedule.clone())
+        .bind(i64::from(origin.retry.is_some()))
         .execute(&mut **tx)
         .await?;
         Ok(done.rows_affected() == 1)
@@ -595,7 +685,8 @@ impl Store {
         .await?;
         if next.phase != current.phase {
             let message = format!("{} -> {}", current.phase, next.phase);
-            Self::insert_event(&mut tx, id, "phase", &message).await?;
+            let entry = NewEvent::about(&current, "phase", message);
+            Self::insert_entry(&mut tx, &entry).await?;
         }
         tx.commit().await?;
         self.changed.notify_waiters();
@@ -650,34 +741,122 @@ impl Store {
     // --- event log ------------------------------------------------------------------------
 
     pub async fn append_event(&self, session_id: &str, kind: &str, message: &str) -> Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        Self::insert_event(&mut conn, session_id, kind, message).await
+        let entry = NewEvent {
+            session: Some(session_id.into()),
+            kind: kind.into(),
+            message: message.into(),
+            ..Default::default()
+        };
+        self.log(&entry).await
     }
 
-    async fn insert_event(
-        conn: &mut sqlx::AnyConnection,
-        session_id: &str,
-        kind: &str,
-        message: &str,
-    ) -> Result<()> {
-        // The id sorts as the events happened: two in the same second keep their order.
-        let order = Self::next_change(&mut *conn).await?;
+    /// Adds an entry to the event log.
+    pub async fn log(&self, entry: &NewEvent) -> Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        Self::insert_entry(&mut conn, entry).await
+    }
+
+    async fn insert_entry(conn: &mut sqlx::AnyConnection, entry: &NewEvent) -> Result<()> {
+        // One counter orders the log: two entries in the same second keep their order.
+        let seq = Self::next_change(&mut *conn).await?;
         sqlx::query(
-            "INSERT INTO session_events (id, session_id, at, kind, message) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO session_events (id, session_id, at, kind, message, seq, template, \
+             schedule, actor) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
-        .bind(format!("{order:020}-{}", uuid::Uuid::new_v4()))
-        .bind(session_id)
+        .bind(format!("{seq:020}-{}", uuid::Uuid::new_v4()))
+        .bind(entry.session.clone().unwrap_or_default())
         .bind(now())
-        .bind(kind)
-        .bind(message)
+        .bind(&entry.kind)
+        .bind(&entry.message)
+        .bind(seq)
+        .bind(entry.template.clone())
+        .bind(entry.schedule.clone())
+        .bind(entry.actor.clone())
         .execute(conn)
         .await?;
         Ok(())
     }
 
+    /// A page of the event log: entries matching `q`, in its order, after its cursor.
+    pub async fn log_page(&self, q: &LogQuery) -> Result<Vec<LogRow>> {
+        let mut sql = String::from(
+            "SELECT seq, id, at, kind, session_id, template, schedule, actor, message \
+             FROM session_events WHERE 1 = 1",
+        );
+        let mut binds: Vec<LogBind> = Vec::new();
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        for (column, value) in [
+            ("session_id", &q.session),
+            ("template", &q.template),
+            ("schedule", &q.schedule),
+            ("kind", &q.kind),
+            ("actor", &q.actor),
+        ] {
+            if let Some(v) = value {
+                sql += &format!(" AND {column} = {}", next());
+                binds.push(LogBind::Text(v.clone()));
+            }
+        }
+        if let Some(owner) = &q.visible_to {
+            // An operator: entries about its own sessions, or made by it.
+            let (a, b) = (next(), next());
+            sql += &format!(
+                " AND (actor = {a} OR session_id IN (SELECT id FROM sessions WHERE owner = {b}))"
+            );
+            binds.push(LogBind::Text(owner.clone()));
+            binds.push(LogBind::Text(owner.clone()));
+        }
+        if let Some(t) = q.after {
+            sql += &format!(" AND at >= {}", next());
+            binds.push(LogBind::Int(t));
+        }
+        if let Some(t) = q.before {
+            sql += &format!(" AND at < {}", next());
+            binds.push(LogBind::Int(t));
+        }
+        let (cmp, order) = if q.descending { ("<", "DESC") } else { (">", "ASC") };
+        if let Some((seq, id)) = &q.from {
+            let (a, b, c) = (next(), next(), next());
+            sql += &format!(" AND (seq {cmp} {a} OR (seq = {b} AND id {cmp} {c}))");
+            binds.push(LogBind::Int(*seq));
+            binds.push(LogBind::Int(*seq));
+            binds.push(LogBind::Text(id.clone()));
+        }
+        sql += &format!(" ORDER BY seq {order}, id {order} LIMIT {}", next());
+        binds.push(LogBind::Int(q.limit));
+        let mut query = sqlx::query(&sql);
+        for bind in binds {
+            query = match bind {
+                LogBind::Text(v) => query.bind(v),
+                LogBind::Int(v) => query.bind(v),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let session: String = r.try_get("session_id")?;
+                Ok(LogRow {
+                    seq: r.try_get("seq")?,
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    kind: r.try_get("kind")?,
+                    session: (!session.is_empty()).then_some(session),
+                    template: r.try_get("template")?,
+                    schedule: r.try_get("schedule")?,
+                    actor: r.try_get("actor")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
     pub async fn events(&self, session_id: &str) -> Result<Vec<(i64, String, String)>> {
         let rows = sqlx::query(
-            "SELECT at, kind, message FROM session_events WHERE session_id = $1 ORDER BY at, id",
+            "SELECT at, kind, message FROM session_events WHERE session_id = $1 ORDER BY seq, id",
         )
         .bind(session_id)
         .fetch_all(&self.pool)
@@ -732,7 +911,7 @@ pub fn search_pattern(text: &str) -> String {
 }
 
 const SESSION_COLUMNS: &str = "SELECT id, owner, spec, phase, exit_code, reason, message, \
-    runner_addr, created_at, started_at, finished_at, updated_at, change_seq FROM sessions";
+    runner_addr, created_at, started_at, finished_at, updated_at, change_seq, origin FROM sessions";
 
 fn reason_str(reason: TerminalReason) -> String {
     serde_json::to_value(reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
@@ -791,7 +970,7 @@ fn key_from_row(r: &sqlx::any::AnyRow) -> Result<ApiKeyRecord> {
     })
 }
 
-fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord> {
+pub(crate) fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord> {
     let spec: String = r.try_get("spec")?;
     let phase: String = r.try_get("phase")?;
     let reason: Option<String> = r.try_get("reason")?;
@@ -811,6 +990,10 @@ fn session_from_row(r: &sqlx::any::AnyRow) -> Result<SessionRecord> {
         started_at: r.try_get("started_at")?,
         finished_at: r.try_get("finished_at")?,
         updated_at: r.try_get("updated_at")?,
+        origin: {
+            let origin: String = r.try_get("origin")?;
+            serde_json::from_str(&origin).map_err(|_| corrupt("origin", &origin))?
+        },
     })
 }
 
@@ -853,6 +1036,7 @@ mod tests {
             started_at: Some(2),
             finished_at: Some(3),
             updated_at: 3,
+            origin: Origin::default(),
         };
         let running = StatusUpdate { phase: Some(SessionPhase::Running), ..Default::default() };
         assert_eq!(apply_update(&row, &running, 9), None);

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use cliscale_client::rest::{CreateSessionRequest, ListQuery, SessionView, TokenMinted};
+use cliscale_client::rest::{CreateSessionRequest, ListQuery, SecretRef, SessionView, TokenMinted};
 use cliscale_client::stream::{FeedEvent, OutputEvent};
 use cliscale_client::terminal::{AttachOptions, Terminal};
 use cliscale_client::{Client, OutputRange};
@@ -56,6 +56,10 @@ pub struct RunArgs {
     /// Mask this variable's value (`***`) wherever the output shows it.
     #[arg(long, value_name = "NAME")]
     pub mask: Vec<String>,
+    /// A variable from a stored secret (`cliscale secrets`): its value never passes through
+    /// this machine's command line or the session's records.
+    #[arg(long, value_name = "NAME=SECRET/KEY", value_parser = parse_secret_env)]
+    pub secret_env: Vec<(String, SecretRef)>,
     /// Stop the session after this long (`90s`, `30m`, `2h`).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub timeout: Option<Duration>,
@@ -84,6 +88,17 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<String>,
+}
+
+/// `NAME=SECRET/KEY`. Pure.
+pub fn parse_secret_env(raw: &str) -> Result<(String, SecretRef), String> {
+    let shape = || format!("{raw:?} is not NAME=SECRET/KEY");
+    let (name, source) = raw.split_once('=').ok_or_else(shape)?;
+    let (secret, key) = source.split_once('/').ok_or_else(shape)?;
+    if name.is_empty() || secret.is_empty() || key.is_empty() {
+        return Err(shape());
+    }
+    Ok((name.into(), SecretRef { secret: secret.into(), key: key.into() }))
 }
 
 /// `COLSxROWS`. Pure.
@@ -156,6 +171,8 @@ fn request(args: &RunArgs, size: Option<(u16, u16)>) -> Result<CreateSessionRequ
         install_cmd: args.install.clone(),
         masked_env: (!args.mask.is_empty()).then(|| args.mask.clone()),
         env: (!env.is_empty()).then_some(env),
+        secret_env: (!args.secret_env.is_empty())
+            .then(|| args.secret_env.iter().cloned().collect()),
         cols: size.map(|s| s.0),
         rows: size.map(|s| s.1),
         timeout_seconds: args.timeout.map(whole_seconds),

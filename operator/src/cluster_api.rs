@@ -268,6 +268,7 @@ mod tests {
             started_at: None,
             finished_at: None,
             updated_at: 1,
+            origin: Default::default(),
         }
     }
 

@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::phase::{SessionPhase, TerminalReason};
 use crate::token::TokenScope;
 
+mod definitions;
+pub use definitions::*;
+
 /// `POST /api/sessions`: the CLI Scale seed's fields plus env, size, timeout and TTL.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -38,6 +41,10 @@ pub struct CreateSessionRequest {
     /// stored output, tails and recordings.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked_env: Option<Vec<String>>,
+    /// Variables whose values come from secrets (`/api/secrets`), by name and key. The values
+    /// reach the command as env only, and are masked in its output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<BTreeMap<String, SecretRef>>,
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cols: Option<u16>,
@@ -78,6 +85,25 @@ pub struct SessionView {
     pub command: String,
     pub code_url: Option<String>,
     pub env_names: Vec<String>,
+    /// Variables from secrets: which secret and key each comes from (never a value).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, SecretRef>,
+    /// The template that made it, and that template's generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_generation: Option<i64>,
+    /// The schedule that made it, and for which time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<String>,
+    /// 1 for a first run; the retry's number after that.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// The first attempt of its retry chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_of: Option<String>,
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
@@ -85,6 +111,10 @@ pub struct SessionView {
     /// The last few KiB of the session's output as text (`GET /api/sessions/{id}` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tail: Option<String>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 /// `POST /api/sessions` answers this, at once.
