@@ -109,6 +109,7 @@ ALLOWED_RULES = {
         ("events.k8s.io", "events"): {"create", "patch"},
         ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
         ("", "configmaps"): {"get", "create", "patch"},
+        ("", "secrets"): {"get", "list", "create", "patch", "delete"},
     },
     "gateway": {("cliscale.dev", "commandsessions"): {"get", "list", "watch"}},
 }

@@ -38,7 +38,8 @@ CREATE TABLE trigger_tokens (
 CREATE INDEX trigger_tokens_template ON trigger_tokens (template);
 
 -- last_considered: the latest scheduled time started, skipped or missed (compare-and-set by
--- the scheduler, so two replicas never both act on one time).
+-- the scheduler, so two replicas never both act on one time); not_run: the latest skipped and
+-- missed times with their reasons (JSON), written in the same compare-and-set.
 CREATE TABLE schedules (
     name            TEXT PRIMARY KEY,
     uid             TEXT NOT NULL,
@@ -46,7 +47,8 @@ CREATE TABLE schedules (
     owner           TEXT NOT NULL,
     created_at      BIGINT NOT NULL,
     updated_at      BIGINT NOT NULL,
-    last_considered BIGINT NOT NULL
+    last_considered BIGINT NOT NULL,
+    not_run         TEXT NOT NULL DEFAULT '[]'
 );
 
 -- Where a session came from (template, schedule, retry chain), as JSON, with the columns

@@ -55,6 +55,8 @@ pub struct ScheduleRow {
     pub created_at: i64,
     pub updated_at: i64,
     pub last_considered: i64,
+    /// The latest skipped and missed times (JSON of `cliscale_core::rest::NotRun`).
+    pub not_run: String,
 }
 
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {
@@ -348,7 +350,8 @@ impl Store {
 
     async fn schedule_query(&self, name: Option<&str>) -> Result<Vec<ScheduleRow>> {
         let mut sql = String::from(
-            "SELECT name, uid, spec, owner, created_at, updated_at, last_considered FROM schedules",
+            "SELECT name, uid, spec, owner, created_at, updated_at, last_considered, not_run \
+             FROM schedules",
         );
         if name.is_some() {
             sql += " WHERE name = $1";
@@ -369,6 +372,7 @@ impl Store {
                     created_at: r.try_get("created_at")?,
                     updated_at: r.try_get("updated_at")?,
                     last_considered: r.try_get("last_considered")?,
+                    not_run: r.try_get("not_run")?,
                 })
             })
             .collect()
@@ -384,11 +388,19 @@ impl Store {
 
     /// Moves a schedule's `last_considered` from `from` to `to`, only if nobody moved it first
     /// (another replica, a restart): whoever wins acts on the times in between.
-    pub async fn advance_schedule(&self, uid: &str, from: i64, to: i64) -> Result<bool> {
+    pub async fn advance_schedule(
+        &self,
+        uid: &str,
+        from: i64,
+        to: i64,
+        not_run: &str,
+    ) -> Result<bool> {
         let done = sqlx::query(
-            "UPDATE schedules SET last_considered = $1 WHERE uid = $2 AND last_considered = $3",
+            "UPDATE schedules SET last_considered = $1, not_run = $2 \
+             WHERE uid = $3 AND last_considered = $4",
         )
         .bind(to)
+        .bind(not_run)
         .bind(uid)
         .bind(from)
         .execute(&self.pool)

@@ -154,6 +154,8 @@ pub struct LocalExecutor {
     /// Where the search for a free session user starts next: users are used in turn, not reused
     /// at once.
     next_uid: std::sync::atomic::AtomicU32,
+    /// Where secret variables' values are read from, at launch only.
+    vault: std::sync::OnceLock<Arc<dyn crate::secrets::SecretVault>>,
 }
 
 /// How a runner ended when it did not say so itself: decided from its exit alone. Pure.
@@ -204,7 +206,34 @@ impl LocalExecutor {
             store,
             runners: Mutex::new(HashMap::new()),
             next_uid: std::sync::atomic::AtomicU32::new(rand::random()),
+            vault: Default::default(),
         })
+    }
+
+    /// Reads secret variables from `vault` (without one, a session that has any fails).
+    pub fn use_vault(&self, vault: Arc<dyn crate::secrets::SecretVault>) {
+        let _ = self.vault.set(vault);
+    }
+
+    /// The values of the session's secret variables, under the names the runner passes on.
+    /// `Err` names the variable whose secret or key is gone (never a value).
+    async fn secret_values(&self, session: &SessionRecord) -> std::result::Result<Vec<(String, String)>, String> {
+        let mut values = Vec::new();
+        for var in &session.spec.env_from_secrets {
+            let vault = self.vault.get().ok_or("this server keeps no secrets")?;
+            let value = vault
+                .reveal(&var.secret_name, &var.key)
+                .await
+                .map_err(|e| format!("reading secret {} failed: {e}", var.secret_name))?
+                .ok_or_else(|| {
+                    format!(
+                        "{} names secret {} key {}, which no longer exists",
+                        var.name, var.secret_name, var.key
+                    )
+                })?;
+            values.push((command_env_name(&var.name), value));
+        }
+        Ok(values)
     }
 
     /// Marks sessions left unfinished by a previous process as `Lost`.
@@ -231,14 +260,19 @@ impl LocalExecutor {
         self.runners.lock().expect("runners lock").get(session_id).map(|h| h.state.subscribe())
     }
 
+    async fn delete_files_and_rows(&self, id: &str) -> Result<()> {
+        let _ = tokio::fs::remove_dir_all(self.config.sessions_dir.join(id)).await;
+        let _ = tokio::fs::remove_dir_all(self.config.work_root.join(id)).await;
+        self.store.delete_session(id).await?;
+        self.runners.lock().expect("runners lock").remove(id);
+        Ok(())
+    }
+
     /// Deletes finished sessions whose TTL has passed, with their files, and old token ids.
     pub async fn collect_garbage(&self) -> Result<usize> {
         let expired = self.store.expired_sessions(now()).await?;
         for s in &expired {
-            let _ = tokio::fs::remove_dir_all(self.config.sessions_dir.join(&s.id)).await;
-            let _ = tokio::fs::remove_dir_all(self.config.work_root.join(&s.id)).await;
-            self.store.delete_session(&s.id).await?;
-            self.runners.lock().expect("runners lock").remove(&s.id);
+            self.delete_files_and_rows(&s.id).await?;
             tracing::info!(session_id = %s.id, "session expired and was deleted");
         }
         self.store.prune_jtis(now()).await?;
@@ -313,7 +347,7 @@ impl LocalExecutor {
         Ok(Some(uid))
     }
 
-    fn launch(self: Arc<Self>, session: SessionRecord) -> Result<()> {
+    fn launch(self: Arc<Self>, session: SessionRecord, secrets: Vec<(String, String)>) -> Result<()> {
         let dir = self.config.sessions_dir.join(&session.id);
         private_dir(&dir)?;
         let output = private_file(&dir.join("output.log"))?;
@@ -363,6 +397,8 @@ impl LocalExecutor {
         cmd.env("CLISCALE_LOG", "info").envs(launch.env());
         // Under a prefix: the runner gives them to the command, and never uses them itself.
         cmd.envs(session.spec.env.iter().map(|e| (command_env_name(&e.name), &e.value)));
+        // Secret values too travel by environment only, and the runner masks them.
+        cmd.envs(secrets);
         cmd.stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
         let passed = [(events_tx.as_raw_fd(), EVENTS_FD), (lifeline_rx.as_raw_fd(), LIFELINE_FD)];
         // SAFETY: between fork and exec only fcntl and dup2 run, both async-signal-safe.
@@ -581,7 +617,24 @@ impl Executor for Arc<LocalExecutor> {
 
     fn start(&self, session: SessionRecord) -> BoxFuture<'_, Result<()>> {
         let this = self.clone();
-        Box::pin(async move { this.launch(session) })
+        Box::pin(async move {
+            match this.secret_values(&session).await {
+                Ok(secrets) => this.launch(session, secrets),
+                Err(why) => {
+                    let update = StatusUpdate {
+                        phase: Some(SessionPhase::Failed),
+                        reason: Some(TerminalReason::ContainerConfigError),
+                        message: Some(why),
+                        ..Default::default()
+                    };
+                    this.store.update_status(&session.id, &update).await.map(|_| ())
+                }
+            }
+        })
+    }
+
+    fn discard<'a>(&'a self, _: &'a Store, session_id: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.delete_files_and_rows(session_id))
     }
 
     fn cancel(&self, session_id: &str) -> BoxFuture<'_, Result<()>> {

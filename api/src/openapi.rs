@@ -14,7 +14,9 @@ use crate::model::{
     SessionView, TokenMinted,
 };
 use crate::routes::{CreateKeyRequest, MintRequest};
-use cliscale_core::rest::FeedReady;
+use cliscale_core::rest::{self, FeedReady};
+use cliscale_core::retry::RetryPolicy;
+use cliscale_core::schedule::ConcurrencyPolicy;
 
 // The gateway's routes, served beside the API (by `cliscale up`, or the cluster's load
 // balancer); documented here so one document describes every path a client uses.
@@ -79,6 +81,26 @@ fn openapi_json() {}
         crate::routes::list_keys,
         crate::routes::revoke_key,
         crate::routes::update_key,
+        crate::secrets::create,
+        crate::secrets::update,
+        crate::secrets::list,
+        crate::secrets::delete,
+        crate::templates::create,
+        crate::templates::update,
+        crate::templates::list,
+        crate::templates::get,
+        crate::templates::delete,
+        crate::templates::run,
+        crate::templates::trigger,
+        crate::templates::create_trigger,
+        crate::templates::list_triggers,
+        crate::templates::revoke_trigger,
+        crate::schedules::create,
+        crate::schedules::update,
+        crate::schedules::list,
+        crate::schedules::get,
+        crate::schedules::delete,
+        crate::events::list,
         crate::console::login,
         crate::console::me,
         crate::console::logout,
@@ -99,7 +121,13 @@ fn openapi_json() {}
     ),
     components(schemas(
         CreateSessionRequest, SessionCreated, SessionView, SessionPage, TokenMinted, MintRequest,
-        EventView, EventPage, CreateKeyRequest, KeyView, KeyPage, Role, ErrorBody, FeedReady
+        EventView, EventPage, CreateKeyRequest, KeyView, KeyPage, Role, ErrorBody, FeedReady,
+        rest::CreateSecretRequest, rest::UpdateSecretRequest, rest::SecretView, rest::SecretPage,
+        rest::SecretRef, rest::TemplateSpec, rest::TemplateView, rest::TemplatePage,
+        rest::ParamSpec, rest::ParamType, rest::RunRequest, rest::RunSummary,
+        rest::CreateTriggerRequest, rest::TriggerView, rest::TriggerPage, rest::ScheduleSpec,
+        rest::ScheduleView, rest::SchedulePage, rest::ScheduleStatus, rest::NotRun,
+        rest::LogEntry, rest::LogPage, ConcurrencyPolicy, RetryPolicy
     )),
     security(("apiKey" = [])),
     modifiers(&ApiKeyAuth, &CommonErrors)

@@ -30,7 +30,7 @@ use crate::model::{
 };
 use crate::output_routes;
 use crate::signing::KeyRing;
-use crate::store::{ApiKeyRecord, Created, KeyChange, SessionQuery, Store, now};
+use crate::store::{ApiKeyRecord, Created, KeyChange, NewEvent, SessionQuery, Store, now};
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -56,6 +56,8 @@ pub struct ApiConfig {
     pub admin_only: Option<String>,
     /// How long a console login lasts.
     pub console_session_ttl: Duration,
+    /// The clock schedules and retries are decided by.
+    pub clock: crate::scheduler::Clock,
 }
 
 impl Default for ApiConfig {
@@ -70,6 +72,7 @@ impl Default for ApiConfig {
             output_cap_bytes: crate::output::DEFAULT_CAP_BYTES,
             admin_only: None,
             console_session_ttl: DEFAULT_CONSOLE_SESSION_TTL,
+            clock: crate::scheduler::Clock::System,
         }
     }
 }
@@ -179,6 +182,14 @@ pub fn router(state: AppState) -> Router {
             post(crate::templates::create_trigger).get(crate::templates::list_triggers),
         )
         .route("/api/templates/{name}/triggers/{id}", delete(crate::templates::revoke_trigger))
+        .route("/api/schedules", post(crate::schedules::create).get(crate::schedules::list))
+        .route(
+            "/api/schedules/{name}",
+            get(crate::schedules::get)
+                .put(crate::schedules::update)
+                .delete(crate::schedules::delete),
+        )
+        .route("/api/events", get(crate::events::list))
         .route("/api/console/login", post(crate::console::login))
         .route("/api/console/logout", post(crate::console::logout))
         .route("/api/console/me", get(crate::console::me))
@@ -548,7 +559,7 @@ pub(crate) async fn get_session(
     Ok(axum::Json(SessionView { output_tail, ..SessionView::from(&session) }))
 }
 
-fn parse_time(field: &str, value: &str) -> Result<i64> {
+pub(crate) fn parse_time(field: &str, value: &str) -> Result<i64> {
     if let Ok(secs) = value.parse::<i64>() {
         return Ok(secs);
     }
@@ -666,9 +677,16 @@ pub(crate) async fn cancel_session(
         if state.executor.runner_alive(&id) {
             state.executor.cancel(&id).await?;
         }
+        // A finished attempt waiting for its retry: cancelling ends the chain.
+        if state.store.settle_retry(&id).await? {
+            let message = format!("the retries were cancelled by key {}", caller.key_id);
+            let entry = NewEvent::about(&session, "retries_stopped", message);
+            state.store.log(&entry.by(&caller.key_id)).await?;
+        }
         return Ok((StatusCode::OK, axum::Json(SessionView::from(&session))).into_response());
     }
-    state.store.append_event(&id, "cancel", &format!("requested by key {}", caller.key_id)).await?;
+    let message = format!("requested by key {}", caller.key_id);
+    state.store.log(&NewEvent::about(&session, "cancel", message).by(&caller.key_id)).await?;
     state.executor.cancel(&id).await?;
     let session = visible_session(&state, &caller, &id).await?;
     Ok((StatusCode::ACCEPTED, axum::Json(SessionView::from(&session))).into_response())

@@ -13,6 +13,8 @@ use cliscale_api::local::{Isolation, LocalConfig, LocalExecutor, OutputSink};
 use cliscale_api::model::SpecDefaults;
 use cliscale_api::process::Shutdown;
 use cliscale_api::routes::{ApiConfig, ApiState};
+use cliscale_api::scheduler::Clock;
+use cliscale_api::secrets::{SealedVault, SealingKeys};
 use cliscale_api::signing::KeyRing;
 use cliscale_api::store::Store;
 use cliscale_core::protocol::SessionStatus;
@@ -86,6 +88,15 @@ pub struct UpArgs {
     #[arg(long, env = "CLISCALE_OUTPUT_CAP_BYTES", default_value_t = cliscale_api::output::DEFAULT_CAP_BYTES,
           value_parser = clap::value_parser!(u64).range(cliscale_api::output::MIN_CAP_BYTES..))]
     pub output_cap_bytes: u64,
+    /// The key secrets are sealed with (default: `secrets.key` in the data dir, made on first
+    /// start; `CLISCALE_SECRETS_KEY` overrides it). docs/templates.md, "Secrets", tells how to
+    /// rotate it.
+    #[arg(long, value_name = "FILE")]
+    pub secrets_key_file: Option<PathBuf>,
+    /// Decide schedules and retries by the Unix seconds in this file instead of the system
+    /// clock (for tests that move time by hand).
+    #[arg(long, value_name = "FILE", hide = true)]
+    pub clock_file: Option<PathBuf>,
 }
 
 struct LocalResolver {
@@ -260,6 +271,10 @@ fn api_config(args: &UpArgs) -> ApiConfig {
         },
         output_cap_bytes: args.output_cap_bytes,
         console_session_ttl: args.console_session_ttl,
+        clock: match &args.clock_file {
+            Some(file) => Clock::File(file.clone()),
+            None => Clock::System,
+        },
     }
 }
 
@@ -333,12 +348,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // viewers see their session end (Cancelled, 1000) rather than the gateway going away.
     let relays = CancellationToken::new();
 
-    let api = ApiState::new(
+    let sealing = SealingKeys::load_or_generate(
+        &args.secrets_key_file.clone().unwrap_or_else(|| data_dir.join("secrets.key")),
+    )?;
+    let vault = SealedVault::open(store.clone(), sealing).await.context("opening the secrets")?;
+    executor.use_vault(vault.clone());
+    let api = ApiState::with_vault(
         store.clone(),
         keys.clone(),
         Arc::new(executor.clone()) as Arc<dyn Executor>,
         api_config(&args),
+        vault,
     );
+    tokio::spawn(cliscale_api::scheduler::run(api.clone(), api.shutdown.clone()));
     let gateway = Arc::new(Gateway {
         shutdown: relays.clone(),
         jwks: JwksCache::terminal_tokens_from(

@@ -98,6 +98,17 @@ impl Executor for ClusterExecutor {
             }
         })
     }
+
+    /// Deletes the CommandSession; the mirror then deletes the row, as for any deletion.
+    fn discard<'a>(&'a self, _: &'a Store, session_id: &'a str) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async move {
+            match self.sessions.delete(session_id, &Default::default()).await {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(kube_failed("deleting the CommandSession", e)),
+            }
+        })
+    }
 }
 
 /// What one replica's mirror last wrote per CommandSession, so that a watch event which changes

@@ -174,7 +174,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
 
     let shutdown = Shutdown::on_signals();
 
-    let api = ApiState::new(
+    let api = ApiState::with_vault(
         store.clone(),
         keys,
         Arc::new(ClusterExecutor::new(client.clone(), &namespace)) as Arc<dyn Executor>,
@@ -192,8 +192,16 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             // Each session has a pod of its own.
             admin_only: None,
             console_session_ttl: args.console_session_ttl,
+            clock: Default::default(),
         },
+        Arc::new(cliscale_operator::vault::KubeVault::new(client.clone(), &namespace)),
     );
+    // Every replica runs the scheduler: times are claimed by compare-and-set and runs have
+    // deterministic names, so none starts twice.
+    shutdown.spawn({
+        let (api, stop) = (api.clone(), api.shutdown.clone());
+        cliscale_api::scheduler::run(api, stop)
+    });
     // Open output streams end when the process stops, or they would hold its shutdown open.
     let stopping = {
         let (streams, requested) = (api.shutdown.clone(), shutdown.requested());
