@@ -129,8 +129,10 @@ impl Store {
     }
 
     pub async fn delete_secret_row(&self, name: &str) -> Result<bool> {
-        let done =
-            sqlx::query("DELETE FROM secrets WHERE name = $1").bind(name).execute(&self.pool).await?;
+        let done = sqlx::query("DELETE FROM secrets WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -313,7 +315,13 @@ impl Store {
 
     /// Inserts a schedule that starts considering times after `t`; false if one of its name
     /// exists.
-    pub async fn insert_schedule(&self, name: &str, spec: &str, owner: &str, t: i64) -> Result<bool> {
+    pub async fn insert_schedule(
+        &self,
+        name: &str,
+        spec: &str,
+        owner: &str,
+        t: i64,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO schedules (name, uid, spec, owner, created_at, updated_at, \
              last_considered) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO NOTHING",
@@ -411,7 +419,12 @@ impl Store {
     // --- the sessions they made -----------------------------------------------------------
 
     /// The sessions whose `column` (template or schedule) is `name`, newest first.
-    pub async fn runs_of(&self, column: RunsOf, name: &str, limit: i64) -> Result<Vec<SessionRecord>> {
+    pub async fn runs_of(
+        &self,
+        column: RunsOf,
+        name: &str,
+        limit: i64,
+    ) -> Result<Vec<SessionRecord>> {
         let rows = sqlx::query(&format!(
             "{SESSION_RUN_COLUMNS} WHERE {} = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
             column.column()
@@ -447,11 +460,12 @@ impl Store {
 
     /// Marks a session's ending as weighed; false if someone did first.
     pub async fn settle_retry(&self, id: &str) -> Result<bool> {
-        let done =
-            sqlx::query("UPDATE sessions SET retry_pending = 0 WHERE id = $1 AND retry_pending = 1")
-                .bind(id)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query(
+            "UPDATE sessions SET retry_pending = 0 WHERE id = $1 AND retry_pending = 1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(done.rows_affected() == 1)
     }
 }

@@ -34,7 +34,10 @@ fn decode(cursor: &str) -> Result<(i64, String)> {
 pub fn log_query(caller: &Caller, params: EventQuery) -> Result<LogQuery> {
     let limit = params.limit.unwrap_or(100);
     if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request("invalid_query", format!("limit must be 1..={MAX_PAGE}")));
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be 1..={MAX_PAGE}"),
+        ));
     }
     let descending = match params.order.as_deref() {
         None | Some("asc") => false,
@@ -107,12 +110,23 @@ mod tests {
     fn operators_see_only_their_own_and_bad_queries_are_named() {
         let q = log_query(&caller(Role::Operator), EventQuery::default()).unwrap();
         assert_eq!(q.visible_to.as_deref(), Some("k1"));
-        assert!(log_query(&caller(Role::Viewer), EventQuery::default()).unwrap().visible_to.is_none());
+        assert!(
+            log_query(&caller(Role::Viewer), EventQuery::default()).unwrap().visible_to.is_none()
+        );
         let bad = |q: EventQuery| log_query(&caller(Role::Admin), q).unwrap_err().code();
-        assert_eq!(bad(EventQuery { order: Some("up".into()), ..Default::default() }), "invalid_query");
+        assert_eq!(
+            bad(EventQuery { order: Some("up".into()), ..Default::default() }),
+            "invalid_query"
+        );
         assert_eq!(bad(EventQuery { limit: Some(0), ..Default::default() }), "invalid_query");
-        assert_eq!(bad(EventQuery { cursor: Some("zz".into()), ..Default::default() }), "invalid_cursor");
-        assert_eq!(bad(EventQuery { after: Some("soon".into()), ..Default::default() }), "invalid_query");
+        assert_eq!(
+            bad(EventQuery { cursor: Some("zz".into()), ..Default::default() }),
+            "invalid_cursor"
+        );
+        assert_eq!(
+            bad(EventQuery { after: Some("soon".into()), ..Default::default() }),
+            "invalid_query"
+        );
     }
 
     #[test]

@@ -21,7 +21,11 @@ pub trait Executor: Send + Sync + 'static {
     }
     /// Deletes a finished session before its TTL, with everything kept for it (a schedule's
     /// history limit). By default: its rows.
-    fn discard<'a>(&'a self, store: &'a crate::store::Store, session_id: &'a str) -> BoxFuture<'a, Result<()>> {
+    fn discard<'a>(
+        &'a self,
+        store: &'a crate::store::Store,
+        session_id: &'a str,
+    ) -> BoxFuture<'a, Result<()>> {
         Box::pin(store.delete_session(session_id))
     }
 }

@@ -217,7 +217,10 @@ impl LocalExecutor {
 
     /// The values of the session's secret variables, under the names the runner passes on.
     /// `Err` names the variable whose secret or key is gone (never a value).
-    async fn secret_values(&self, session: &SessionRecord) -> std::result::Result<Vec<(String, String)>, String> {
+    async fn secret_values(
+        &self,
+        session: &SessionRecord,
+    ) -> std::result::Result<Vec<(String, String)>, String> {
         let mut values = Vec::new();
         for var in &session.spec.env_from_secrets {
             let vault = self.vault.get().ok_or("this server keeps no secrets")?;
@@ -347,7 +350,11 @@ impl LocalExecutor {
         Ok(Some(uid))
     }
 
-    fn launch(self: Arc<Self>, session: SessionRecord, secrets: Vec<(String, String)>) -> Result<()> {
+    fn launch(
+        self: Arc<Self>,
+        session: SessionRecord,
+        secrets: Vec<(String, String)>,
+    ) -> Result<()> {
         let dir = self.config.sessions_dir.join(&session.id);
         private_dir(&dir)?;
         let output = private_file(&dir.join("output.log"))?;

@@ -34,7 +34,11 @@ async fn weigh(state: &AppState, attempt: &SessionRecord, now: i64) -> Result<()
     };
     let number = attempt.origin.attempt;
     let Some(wait) = policy.after(number, attempt.phase, attempt.exit_code) else {
-        if state.store.settle_retry(&attempt.id).await? && number > policy.limit && attempt.phase != cliscale_core::SessionPhase::Succeeded && attempt.phase != cliscale_core::SessionPhase::Cancelled {
+        if state.store.settle_retry(&attempt.id).await?
+            && number > policy.limit
+            && attempt.phase != cliscale_core::SessionPhase::Succeeded
+            && attempt.phase != cliscale_core::SessionPhase::Cancelled
+        {
             let message = format!("attempt {number} {}; no retries are left", attempt.phase);
             state.store.log(&NewEvent::about(attempt, "retries_exhausted", message)).await?;
         }

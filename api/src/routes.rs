@@ -25,8 +25,8 @@ use crate::keys::{self, Role};
 pub(crate) use cliscale_core::rest::{CreateKeyRequest, ListQuery, MintRequest, UpdateKeyRequest};
 
 use crate::model::{
-    CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, SessionCreated, SessionPage,
-    Origin, SessionRecord, SessionView, SpecDefaults, TokenMinted,
+    CreateSessionRequest, EventPage, EventView, KeyPage, KeyView, Origin, SessionCreated,
+    SessionPage, SessionRecord, SessionView, SpecDefaults, TokenMinted,
 };
 use crate::output_routes;
 use crate::signing::KeyRing;
@@ -486,36 +486,34 @@ pub(crate) async fn create_session(
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
     let key = idempotency_key(&headers)?;
+    crate::runs::may_name_secrets(&caller, &request)?;
     let (spec, secret_env) = crate::runs::session_spec(&state, request).await?;
     let origin = Origin { secret_env, ..Origin::default() };
     let base = base_url(&state, &headers, peer)?;
     let id = uuid::Uuid::new_v4().to_string();
-    let (id, status, phase) = match state
-        .store
-        .create_session(&id, &caller.key_id, &spec, &origin, key)
-        .await?
-    {
-        Created::New => {
-            let how = format!("by key {}", caller.key_id);
-            crate::runs::started(&state, &id, &caller.key_id, &how).await?;
-            (id, StatusCode::CREATED, cliscale_core::SessionPhase::Pending)
-        }
-        Created::Existing(existing) => {
-            let record = state
-                .store
-                .get_session(&existing)
-                .await?
-                .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
-            if record.spec != spec {
-                return Err(ApiError::refused(
-                    StatusCode::CONFLICT,
-                    "idempotency_key_reused",
-                    "this Idempotency-Key made a different session",
-                ));
+    let (id, status, phase) =
+        match state.store.create_session(&id, &caller.key_id, &spec, &origin, key).await? {
+            Created::New => {
+                let how = format!("by key {}", caller.key_id);
+                crate::runs::started(&state, &id, &caller.key_id, &how).await?;
+                (id, StatusCode::CREATED, cliscale_core::SessionPhase::Pending)
             }
-            (existing, StatusCode::OK, record.phase)
-        }
-    };
+            Created::Existing(existing) => {
+                let record = state
+                    .store
+                    .get_session(&existing)
+                    .await?
+                    .ok_or_else(|| ApiError::Internal("session vanished".into()))?;
+                if record.spec != spec {
+                    return Err(ApiError::refused(
+                        StatusCode::CONFLICT,
+                        "idempotency_key_reused",
+                        "this Idempotency-Key made a different session",
+                    ));
+                }
+                (existing, StatusCode::OK, record.phase)
+            }
+        };
     let token = sign_token(&state, &caller, &id, TokenScope::Interact)?;
     let (ws_url, terminal_url) = terminal_links(&base, &id, &token, spec.scrollback_lines);
     let body = SessionCreated { session_id: id, ws_url, token, terminal_url, phase };

@@ -8,8 +8,25 @@ use cliscale_core::rest::{CreateSessionRequest, SecretRef};
 
 use crate::error::{ApiError, Result};
 use crate::model::{Origin, SessionRecord, SessionSpec, validate_create};
-use crate::routes::AppState;
+use axum::http::StatusCode;
+
+use crate::keys::Role;
+use crate::routes::{AppState, Caller};
 use crate::store::NewEvent;
+
+/// Only admins name secrets in a session or a template: whoever names one can read it (the
+/// command sees its value), so naming one is as good as reading it. Operators run templates an
+/// admin gave secrets to.
+pub(crate) fn may_name_secrets(caller: &Caller, request: &CreateSessionRequest) -> Result<()> {
+    if request.secret_env.as_ref().is_some_and(|e| !e.is_empty()) && caller.role != Role::Admin {
+        return Err(ApiError::refused(
+            StatusCode::FORBIDDEN,
+            "secret_forbidden",
+            "only admin keys name secrets; run a template an admin made instead",
+        ));
+    }
+    Ok(())
+}
 
 /// A create request as a spec: validated, its `secret_env` checked against the vault and
 /// turned into references. Returns the spec and the variables by the secrets' own names.

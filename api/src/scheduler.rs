@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use cliscale_core::SessionPhase;
 use cliscale_core::rest::{NotRun, ScheduleSpec};
 use cliscale_core::schedule::{self, Cadence, Decision, History, Rules, SkipReason, rfc3339};
-use cliscale_core::SessionPhase;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{ApiError, Result};
@@ -137,7 +137,11 @@ async fn tick_schedule(state: &AppState, row: &ScheduleRow, now: i64) -> Result<
     not_run.truncate(NOT_RUN_KEPT);
     let not_run = serde_json::to_string(&not_run).map_err(|e| ApiError::Internal(e.to_string()))?;
     // Claim the times first: a replica (or a restart) that decided the same loses here.
-    if !state.store.advance_schedule(&row.uid, row.last_considered, plan.last_considered, &not_run).await? {
+    if !state
+        .store
+        .advance_schedule(&row.uid, row.last_considered, plan.last_considered, &not_run)
+        .await?
+    {
         return Ok(());
     }
     for decision in plan.decisions {
@@ -170,13 +174,21 @@ async fn start_scheduled(
     at: i64,
     replace: Vec<String>,
 ) -> Result<()> {
-    let skip = |why: String| schedule_event(&row.name, "skipped", format!("{} not started: {why}", rfc3339(at)));
+    let skip = |why: String| {
+        schedule_event(&row.name, "skipped", format!("{} not started: {why}", rfc3339(at)))
+    };
     // It runs for the key that made it, as long as that key stands.
     if caller_of_key(state, &row.owner).await.is_err() {
-        return state.store.log(&skip("OwnerRevoked: the key that made it no longer stands".into())).await;
+        return state
+            .store
+            .log(&skip("OwnerRevoked: the key that made it no longer stands".into()))
+            .await;
     }
     let Some(template) = state.store.template(&spec.template).await? else {
-        return state.store.log(&skip(format!("TemplateMissing: no template {:?}", spec.template))).await;
+        return state
+            .store
+            .log(&skip(format!("TemplateMissing: no template {:?}", spec.template)))
+            .await;
     };
     let bound = match bind_params(&parse_spec(&template)?, &spec.params, None) {
         Ok(bound) => bound,
@@ -186,15 +198,13 @@ async fn start_scheduled(
         state.executor.cancel(&old).await?;
         if let Some(record) = state.store.get_session(&old).await? {
             let message = format!("replaced by the run for {}", rfc3339(at));
-            let entry = NewEvent::about(&record, "cancel", message).by(format!("schedule:{}", row.name));
+            let entry =
+                NewEvent::about(&record, "cancel", message).by(format!("schedule:{}", row.name));
             state.store.log(&entry).await?;
         }
     }
-    let origin = Origin {
-        schedule: Some(row.name.clone()),
-        scheduled_at: Some(at),
-        ..Origin::default()
-    };
+    let origin =
+        Origin { schedule: Some(row.name.clone()), scheduled_at: Some(at), ..Origin::default() };
     let starter = Starter {
         owner: row.owner.clone(),
         actor: format!("schedule:{}", row.name),
@@ -204,7 +214,11 @@ async fn start_scheduled(
     match start_run(state, &template, bound, origin, id.clone(), starter).await {
         Ok(Some(_)) => {
             let message = format!("{} started as {id}", rfc3339(at));
-            let entry = NewEvent { session: Some(id), template: Some(template.name.clone()), ..schedule_event(&row.name, "scheduled", message) };
+            let entry = NewEvent {
+                session: Some(id),
+                template: Some(template.name.clone()),
+                ..schedule_event(&row.name, "scheduled", message)
+            };
             state.store.log(&entry).await
         }
         // Started already, by another replica.

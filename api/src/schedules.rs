@@ -54,10 +54,8 @@ async fn checked(state: &AppState, spec: &ScheduleSpec) -> Result<String> {
 async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<ScheduleView> {
     let spec = parse_schedule(row)?;
     let runs = state.store.runs_of(RunsOf::Schedule, &row.name, RECENT_RUNS).await?;
-    let visible: Vec<_> = runs
-        .iter()
-        .filter(|s| caller.role != Role::Operator || s.owner == caller.key_id)
-        .collect();
+    let visible: Vec<_> =
+        runs.iter().filter(|s| caller.role != Role::Operator || s.owner == caller.key_id).collect();
     let now = state.config.clock.now();
     let next_run_times = if spec.suspend {
         vec![]
@@ -91,7 +89,11 @@ async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<Sc
 }
 
 async fn found(state: &AppState, name: &str) -> Result<ScheduleRow> {
-    state.store.schedule(name).await?.ok_or_else(|| ApiError::NotFound(format!("schedule {name:?}")))
+    state
+        .store
+        .schedule(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("schedule {name:?}")))
 }
 
 fn may_change(caller: &Caller, row: &ScheduleRow) -> Result<()> {
@@ -130,7 +132,10 @@ pub(crate) async fn create(
         return Err(ApiError::refused(
             StatusCode::CONFLICT,
             "schedule_exists",
-            format!("schedule {:?} exists; PUT /api/schedules/{} replaces it", spec.name, spec.name),
+            format!(
+                "schedule {:?} exists; PUT /api/schedules/{} replaces it",
+                spec.name, spec.name
+            ),
         ));
     }
     state.store.log(&event(&spec.name, "schedule_created", &caller)).await?;

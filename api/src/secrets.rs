@@ -161,9 +161,7 @@ fn decode_key(text: &str, from: &str) -> Result<[u8; 32]> {
     let bytes = STANDARD
         .decode(text.trim())
         .map_err(|_| ApiError::Internal(format!("{from} is not base64")))?;
-    bytes
-        .try_into()
-        .map_err(|_| ApiError::Internal(format!("{from} must hold 32 bytes (base64)")))
+    bytes.try_into().map_err(|_| ApiError::Internal(format!("{from} must hold 32 bytes (base64)")))
 }
 
 impl SealingKeys {
@@ -177,7 +175,9 @@ impl SealingKeys {
                     let fresh: [u8; 32] = rand::random();
                     let mut out = crate::local::private_file(file)?;
                     std::io::Write::write_all(&mut out, STANDARD.encode(fresh).as_bytes())
-                        .map_err(|e| ApiError::Internal(format!("writing {}: {e}", file.display())))?;
+                        .map_err(|e| {
+                            ApiError::Internal(format!("writing {}: {e}", file.display()))
+                        })?;
                     tracing::info!(path = %file.display(), "generated the secrets' sealing key");
                 }
                 let text = std::fs::read_to_string(file)
@@ -208,7 +208,11 @@ impl SealingKeys {
 
     /// Seals `data` for secret `name`: (key id, nonce, sealed), base64. The name is bound in,
     /// so a sealed value moved to another secret's row does not open.
-    fn seal(&self, name: &str, data: &BTreeMap<String, String>) -> Result<(String, String, String)> {
+    fn seal(
+        &self,
+        name: &str,
+        data: &BTreeMap<String, String>,
+    ) -> Result<(String, String, String)> {
         let plain = serde_json::to_vec(data).map_err(|e| ApiError::Internal(e.to_string()))?;
         let nonce: [u8; 24] = rand::random();
         let cipher = XChaCha20Poly1305::new((&self.current.1).into());
@@ -441,7 +445,8 @@ pub(crate) async fn create(
         ..Default::default()
     };
     state.store.log(&entry.by(&caller.key_id)).await?;
-    let meta = state.vault.meta(&req.name).await?.ok_or_else(|| ApiError::NotFound("secret".into()))?;
+    let meta =
+        state.vault.meta(&req.name).await?.ok_or_else(|| ApiError::NotFound("secret".into()))?;
     Ok((StatusCode::CREATED, axum::Json(view(&state, meta).await?)).into_response())
 }
 

@@ -5,10 +5,10 @@ use cliscale_core::{SessionPhase, TerminalReason};
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
+pub use crate::catalog::{RunsOf, ScheduleRow, SecretRow, TemplateRow, TriggerRow};
 use crate::error::{ApiError, Result};
 use crate::keys::Role;
 use crate::model::Origin;
-pub use crate::catalog::{RunsOf, ScheduleRow, SecretRow, TemplateRow, TriggerRow};
 use crate::model::{SessionRecord, SessionSpec, phase_from_str, reason_from_str};
 use cliscale_core::spec::{CodeSpec, EnvVar};
 

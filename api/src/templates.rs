@@ -17,9 +17,7 @@ use cliscale_core::token::TokenScope;
 use crate::error::{ApiError, Result};
 use crate::keys::{Role, hash_secret, random_token, secret_matches};
 use crate::model::{Origin, SessionRecord, rfc3339};
-use crate::routes::{
-    AppState, Caller, JsonBody, Peer, caller_of_key, created_answer, require,
-};
+use crate::routes::{AppState, Caller, JsonBody, Peer, caller_of_key, created_answer, require};
 use crate::runs::{NewRun, launch, session_spec};
 use crate::secrets::valid_name;
 use crate::store::{NewEvent, RunsOf, TemplateRow, TriggerRow, now};
@@ -101,7 +99,10 @@ pub fn template_problem(spec: &TemplateSpec) -> Option<String> {
                 return Some(format!("parameter {:?}: the default is not a {:?}", p.name, p.kind));
             };
             if !p.allowed.is_empty() && !p.allowed.contains(&text) {
-                return Some(format!("parameter {:?}: the default is not an allowed value", p.name));
+                return Some(format!(
+                    "parameter {:?}: the default is not an allowed value",
+                    p.name
+                ));
             }
         }
         if p.allowed.len() > 64 {
@@ -211,14 +212,19 @@ async fn view(state: &AppState, caller: &Caller, row: &TemplateRow) -> Result<Te
 }
 
 async fn found(state: &AppState, name: &str) -> Result<TemplateRow> {
-    state.store.template(name).await?.ok_or_else(|| ApiError::NotFound(format!("template {name:?}")))
+    state
+        .store
+        .template(name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("template {name:?}")))
 }
 
 /// Checks a template fully, its session as a create request included (secrets must exist).
-async fn checked(state: &AppState, spec: &TemplateSpec) -> Result<String> {
+async fn checked(state: &AppState, caller: &Caller, spec: &TemplateSpec) -> Result<String> {
     if let Some(problem) = template_problem(spec) {
         return Err(invalid(problem));
     }
+    crate::runs::may_name_secrets(caller, &spec.session)?;
     // Its session with every default given must make a valid session.
     let defaults: BTreeMap<String, String> = spec
         .params
@@ -249,12 +255,15 @@ pub(crate) async fn create(
     JsonBody(spec): JsonBody<TemplateSpec>,
 ) -> Result<Response> {
     require(&caller, &[Role::Admin, Role::Operator])?;
-    let json = checked(&state, &spec).await?;
+    let json = checked(&state, &caller, &spec).await?;
     if !state.store.insert_template(&spec.name, &json, &caller.key_id).await? {
         return Err(ApiError::refused(
             StatusCode::CONFLICT,
             "template_exists",
-            format!("template {:?} exists; PUT /api/templates/{} replaces it", spec.name, spec.name),
+            format!(
+                "template {:?} exists; PUT /api/templates/{} replaces it",
+                spec.name, spec.name
+            ),
         ));
     }
     let entry = NewEvent {
@@ -285,7 +294,7 @@ pub(crate) async fn update(
         return Err(invalid("a template's name cannot change"));
     }
     spec.name = name.clone();
-    let json = checked(&state, &spec).await?;
+    let json = checked(&state, &caller, &spec).await?;
     state.store.update_template(&name, &json).await?;
     let row = found(&state, &name).await?;
     let entry = NewEvent {
@@ -386,7 +395,10 @@ pub(crate) async fn start_run(
             for old in active {
                 state.executor.cancel(&old.id).await?;
                 let message = format!("replaced by a new run of template {}", row.name);
-                state.store.log(&NewEvent::about(&old, "cancel", message).by(&starter.actor)).await?;
+                state
+                    .store
+                    .log(&NewEvent::about(&old, "cancel", message).by(&starter.actor))
+                    .await?;
             }
         }
         _ => {}
@@ -487,7 +499,8 @@ pub(crate) async fn create_trigger(
     if request.name.trim().is_empty() || request.name.len() > 128 {
         return Err(ApiError::bad_request("invalid_trigger", "name must be 1-128 characters"));
     }
-    if let Some(unknown) = request.params.iter().find(|p| !spec.params.iter().any(|q| &q.name == *p))
+    if let Some(unknown) =
+        request.params.iter().find(|p| !spec.params.iter().any(|q| &q.name == *p))
     {
         return Err(ApiError::bad_request(
             "invalid_trigger",
@@ -649,8 +662,8 @@ mod tests {
         let spec = template();
         let bound = bind_params(&spec, &given(json!({"TARGET": "prod; rm -rf /"})), None);
         assert_eq!(bound.unwrap_err().code(), "invalid_param");
-        let bound = bind_params(&spec, &given(json!({"TARGET": "prod", "REPLICAS": "5"})), None)
-            .unwrap();
+        let bound =
+            bind_params(&spec, &given(json!({"TARGET": "prod", "REPLICAS": "5"})), None).unwrap();
         assert_eq!(
             bound,
             BTreeMap::from([
@@ -667,7 +680,8 @@ mod tests {
     #[test]
     fn bad_runs_are_named() {
         let spec = template();
-        let code = |v, may: Option<&[String]>| bind_params(&spec, &given(v), may).unwrap_err().code();
+        let code =
+            |v, may: Option<&[String]>| bind_params(&spec, &given(v), may).unwrap_err().code();
         assert_eq!(code(json!({}), None), "missing_param");
         assert_eq!(code(json!({"TARGET": "prod", "NOPE": 1}), None), "unknown_param");
         assert_eq!(code(json!({"TARGET": "prod", "REPLICAS": "two"}), None), "invalid_param");

@@ -2,6 +2,7 @@
 
 mod attach;
 mod config;
+mod definitions;
 mod fail;
 mod keys;
 mod present;
@@ -74,11 +75,9 @@ enum Command {
         after_help = "Examples:\n  cliscale get SESSION\n  cliscale get -o json SESSION | jq .exitCode"
     )]
     Get(sessions::GetArgs),
-    /// A session's event log.
-    #[command(
-        after_help = "Examples:\n  cliscale events SESSION\n  cliscale events -o yaml SESSION"
-    )]
-    Events(sessions::EventsArgs),
+    /// The event log: one session's, or everything's, filtered by template, schedule, type,
+    /// actor and time.
+    Events(definitions::EventsArgs),
     /// Print a session's output, live or after it ended.
     Logs(sessions::LogsArgs),
     /// Cancel a session.
@@ -98,6 +97,19 @@ enum Command {
         cliscale keys ls\n  cliscale keys revoke KEY_ID"
     )]
     Keys(keys::KeysCommand),
+    /// Secrets: values that reach commands as environment variables only.
+    #[command(subcommand)]
+    Secrets(definitions::SecretsCommand),
+    /// Templates: named session definitions with parameters, retries and trigger tokens.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  cliscale templates apply -f deploy.yaml\n  \
+        cliscale run --template deploy -p TARGET=prod"
+    )]
+    Templates(definitions::TemplatesCommand),
+    /// Schedules: templates run on cron.
+    #[command(subcommand)]
+    Schedules(definitions::SchedulesCommand),
     /// Print a shell completion script.
     #[command(
         after_help = "Examples:\n  cliscale completion bash > ~/.local/share/bash-completion/completions/cliscale\n  \
@@ -202,7 +214,10 @@ async fn dispatch(command: Command, globals: &Globals) -> Result<i32, Failure> {
         Command::Attach(args) => attach::attach_command(args, globals).await,
         Command::Ls(args) => sessions::list(args, globals).await,
         Command::Get(args) => sessions::get(args, globals).await,
-        Command::Events(args) => sessions::events(args, globals).await,
+        Command::Events(args) => definitions::events(args, globals).await,
+        Command::Secrets(command) => definitions::secrets(command, globals).await,
+        Command::Templates(command) => definitions::templates(command, globals).await,
+        Command::Schedules(command) => definitions::schedules(command, globals).await,
         Command::Logs(args) => sessions::logs(args, globals).await,
         Command::Cancel(args) => sessions::cancel(args, globals).await,
         Command::Open(args) => sessions::open(args, globals).await,

@@ -25,6 +25,7 @@ Examples:
   cliscale run --code-url https://github.com/org/repo/tree/main --install 'npm ci' -- npm test
   cliscale run --env-file .env --env TOKEN --mask TOKEN -- ./deploy.sh
   cliscale run --detach --timeout 30m -- claude -p 'fix the failing test'
+  cliscale run --template deploy -p TARGET=prod
 
 One argument after -- is a shell command line (run by bash -c); several are quoted for the
 shell word by word. The exit status is the session's: 128+N when a signal ended it.";
@@ -78,11 +79,21 @@ pub struct RunArgs {
     /// Makes a retried create return the session the first attempt made (default: one per run).
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+    /// Run this template instead of a command (its parameters with -p).
+    #[arg(long, value_name = "NAME", conflicts_with_all = [
+        "code_url", "install", "prompt", "prompt_file", "env", "env_file", "mask", "secret_env",
+        "timeout", "ttl", "size", "scrollback", "idempotency_key"])]
+    pub template: Option<String>,
+    /// A template parameter: NAME=VALUE (repeat for more).
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE", requires = "template",
+          value_parser = crate::definitions::parse_pair)]
+    pub params: Vec<(String, String)>,
     #[command(flatten)]
     pub keys: DetachKeysArg,
     /// The command.
     #[arg(
-        required = true,
+        required_unless_present = "template",
+        conflicts_with = "template",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"
@@ -183,19 +194,34 @@ fn request(args: &RunArgs, size: Option<(u16, u16)>) -> Result<CreateSessionRequ
 
 pub async fn run(args: RunArgs, globals: &Globals) -> Result<i32, Failure> {
     let client = globals.client()?;
-    let size = args.size.or_else(|| if args.detach { None } else { attach::terminal_size() });
-    let request = request(&args, size)?;
-    // One key per run: a create retried after a lost answer cannot start the command twice.
-    let idempotency = args
-        .idempotency_key
-        .clone()
-        .unwrap_or_else(|| format!("cliscale-run-{:032x}", rand::random::<u128>()));
-    let created = match client.create_session(&request, Some(&idempotency)).await {
-        Err(e) if e.is_transient() => {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            client.create_session(&request, Some(&idempotency)).await?
+    let created = match &args.template {
+        // A template run is not retried: a lost answer could have started it.
+        Some(template) => {
+            let params = args
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            client.run_template(template, params).await?
         }
-        other => other?,
+        None => {
+            let size =
+                args.size.or_else(|| if args.detach { None } else { attach::terminal_size() });
+            let request = request(&args, size)?;
+            // One key per run: a create retried after a lost answer cannot start the command
+            // twice.
+            let idempotency = args
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| format!("cliscale-run-{:032x}", rand::random::<u128>()));
+            match client.create_session(&request, Some(&idempotency)).await {
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    client.create_session(&request, Some(&idempotency)).await?
+                }
+                other => other?,
+            }
+        }
     };
     if args.detach {
         println!("{}", created.session_id);
@@ -377,26 +403,6 @@ pub async fn get(args: GetArgs, globals: &Globals) -> Result<i32, Failure> {
     match args.output {
         Format::Table | Format::Wide => print!("{}", present::describe(&session)),
         format => print!("{}", present::render(format, &session)),
-    }
-    Ok(0)
-}
-
-#[derive(clap::Args)]
-pub struct EventsArgs {
-    pub id: String,
-    #[arg(short = 'o', long, value_enum, default_value_t = Format::Table)]
-    pub output: Format,
-}
-
-pub async fn events(args: EventsArgs, globals: &Globals) -> Result<i32, Failure> {
-    let events = globals.client()?.events(&args.id).await?.items;
-    match args.output {
-        Format::Table | Format::Wide => {
-            let mut rows = vec![vec!["TIME".to_owned(), "KIND".to_owned(), "MESSAGE".to_owned()]];
-            rows.extend(events.into_iter().map(|e| vec![e.at, e.kind, e.message]));
-            print!("{}", present::table(&rows));
-        }
-        format => print!("{}", present::render(format, &events)),
     }
     Ok(0)
 }

@@ -3,6 +3,7 @@
 //! benchmarks make goes through [`Client`], so the paths, the bodies and the error codes are
 //! written down once.
 
+mod definitions;
 mod error;
 pub mod stream;
 pub mod terminal;

@@ -193,17 +193,17 @@ pub fn plan(cadence: &Cadence, rules: &Rules, history: &History, now: i64) -> Pl
 fn cadence_floor(cadence: &Cadence, t: i64) -> Option<i64> {
     let mut from = t - 86_400;
     for _ in 0..400 {
-        if let Some(next) = cadence.next_after(from) {
-            if next <= t {
-                let mut at = next;
-                while let Some(n) = cadence.next_after(at) {
-                    if n > t {
-                        break;
-                    }
-                    at = n;
+        if let Some(next) = cadence.next_after(from)
+            && next <= t
+        {
+            let mut at = next;
+            while let Some(n) = cadence.next_after(at) {
+                if n > t {
+                    break;
                 }
-                return Some(at);
+                at = n;
             }
+            return Some(at);
         }
         from -= 86_400;
     }

@@ -62,9 +62,8 @@ pub fn secret_object(name: &str, data: &BTreeMap<String, String>, t: i64) -> Sec
     ]));
     secret.metadata.annotations = Some(BTreeMap::from([(UPDATED_AT.to_string(), t.to_string())]));
     secret.type_ = Some("Opaque".into());
-    secret.data = Some(
-        data.iter().map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))).collect(),
-    );
+    secret.data =
+        Some(data.iter().map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))).collect());
     secret
 }
 
@@ -162,7 +161,11 @@ impl SecretVault for KubeVault {
         })
     }
 
-    fn reveal<'a>(&'a self, name: &'a str, key: &'a str) -> BoxFuture<'a, ApiResult<Option<String>>> {
+    fn reveal<'a>(
+        &'a self,
+        name: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, ApiResult<Option<String>>> {
         Box::pin(async move {
             let secret = self.ours(name).await?;
             Ok(secret

@@ -77,6 +77,8 @@ pub struct Stack {
     pub work: tempfile::TempDir,
     pub http: reqwest::Client,
     args: Vec<String>,
+    /// Where its log goes, when it is kept (`start_logged`).
+    pub log: Option<PathBuf>,
 }
 
 pub fn runner_bin() -> PathBuf {
@@ -92,10 +94,28 @@ impl Stack {
             args.push("--database-url".into());
             args.push(fresh_postgres().await?);
         }
-        Some(Self::launch(data, tempfile::tempdir().unwrap(), args))
+        Some(Self::launch(data, tempfile::tempdir().unwrap(), args, None))
     }
 
-    fn launch(data: tempfile::TempDir, work: tempfile::TempDir, mut args: Vec<String>) -> Stack {
+    /// [`Stack::start`], its log written at debug level to `up.log` in the data dir (a test
+    /// that searches the log for what must not be in it).
+    pub async fn start_logged(backend: Backend, extra: &[&str]) -> Option<Stack> {
+        let data = tempfile::tempdir().unwrap();
+        let log = data.path().join("up.log");
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if backend == Backend::Postgres {
+            args.push("--database-url".into());
+            args.push(fresh_postgres().await?);
+        }
+        Some(Self::launch(data, tempfile::tempdir().unwrap(), args, Some(log)))
+    }
+
+    fn launch(
+        data: tempfile::TempDir,
+        work: tempfile::TempDir,
+        mut args: Vec<String>,
+        log: Option<PathBuf>,
+    ) -> Stack {
         cliscale_core::tls::install_crypto_provider();
         if !args.iter().any(|a| a == "--runner-bin") {
             args.push("--runner-bin".into());
@@ -109,9 +129,12 @@ impl Stack {
             .arg(work.path())
             .args(&args)
             .env("CLISCALE_API_KEY", ADMIN_KEY)
-            .env("CLISCALE_LOG", "warn")
+            .env("CLISCALE_LOG", if log.is_some() { "debug" } else { "warn" })
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(match &log {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            })
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -124,7 +147,7 @@ impl Stack {
             }
         });
         let base = rx.recv_timeout(HANG_GUARD).expect("cliscale up did not start");
-        Stack { child, base, data, work, http: reqwest::Client::new(), args }
+        Stack { child, base, data, work, http: reqwest::Client::new(), args, log }
     }
 
     /// Stops this process abruptly (runners included) and starts again on the same data.
@@ -136,7 +159,8 @@ impl Stack {
         let data = std::mem::replace(&mut self.data, tempfile::tempdir().unwrap());
         let work = std::mem::replace(&mut self.work, tempfile::tempdir().unwrap());
         let args = std::mem::take(&mut self.args);
-        Self::launch(data, work, args)
+        let log = self.log.take();
+        Self::launch(data, work, args, log)
     }
 
     pub fn url(&self, path: &str) -> String {
