@@ -100,6 +100,7 @@ fn openapi_json() {}
         crate::schedules::list,
         crate::schedules::get,
         crate::schedules::delete,
+        crate::schedules::preview,
         crate::events::list,
         crate::console::login,
         crate::console::me,
@@ -127,7 +128,7 @@ fn openapi_json() {}
         rest::ParamSpec, rest::ParamType, rest::RunRequest, rest::RunSummary,
         rest::CreateTriggerRequest, rest::TriggerView, rest::TriggerPage, rest::ScheduleSpec,
         rest::ScheduleView, rest::SchedulePage, rest::ScheduleStatus, rest::NotRun,
-        rest::LogEntry, rest::LogPage, ConcurrencyPolicy, RetryPolicy
+        rest::LogEntry, rest::LogPage, rest::PreviewRequest, rest::Preview, ConcurrencyPolicy, RetryPolicy
     )),
     security(("apiKey" = [])),
     modifiers(&ApiKeyAuth, &CommonErrors)

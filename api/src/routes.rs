@@ -183,6 +183,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/templates/{name}/triggers/{id}", delete(crate::templates::revoke_trigger))
         .route("/api/schedules", post(crate::schedules::create).get(crate::schedules::list))
+        .route("/api/schedules/preview", post(crate::schedules::preview))
         .route(
             "/api/schedules/{name}",
             get(crate::schedules::get)

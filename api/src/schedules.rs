@@ -6,7 +6,9 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use cliscale_core::SessionPhase;
-use cliscale_core::rest::{NotRun, SchedulePage, ScheduleSpec, ScheduleStatus, ScheduleView};
+use cliscale_core::rest::{
+    NotRun, Preview, PreviewRequest, SchedulePage, ScheduleSpec, ScheduleStatus, ScheduleView,
+};
 use cliscale_core::schedule::rfc3339 as at_rfc3339;
 
 use crate::error::{ApiError, Result};
@@ -31,9 +33,10 @@ fn invalid(message: impl Into<String>) -> ApiError {
 
 /// Checks a schedule against itself and its template.
 async fn checked(state: &AppState, spec: &ScheduleSpec) -> Result<String> {
-    if !valid_name(&spec.name) {
+    if !valid_name(&spec.name) || spec.name == "preview" {
         return Err(invalid(
-            "a schedule's name is 1-63 lower-case letters, digits and '-', starting with a letter",
+            "a schedule's name is 1-63 lower-case letters, digits and '-', starting with a \
+             letter, and not \"preview\"",
         ));
     }
     cadence(spec)?;
@@ -209,4 +212,22 @@ pub(crate) async fn delete(
     state.store.delete_schedule(&name).await?;
     state.store.log(&event(&name, "schedule_deleted", &caller)).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(post, path = "/api/schedules/preview", tag = "schedules",
+    summary = "The next times a cron in a time zone fires, without saving anything",
+    request_body = PreviewRequest,
+    responses((status = 200, description = "The next five times (UTC)", body = Preview),
+        (status = 400, description = "invalid_schedule", body = crate::error::ErrorBody)))]
+pub(crate) async fn preview(
+    State(state): State<AppState>,
+    _caller: Caller,
+    JsonBody(request): JsonBody<PreviewRequest>,
+) -> Result<axum::Json<Preview>> {
+    let spec =
+        ScheduleSpec { cron: request.cron, time_zone: request.time_zone, ..Default::default() };
+    let now = state.config.clock.now();
+    let next_run_times =
+        cadence(&spec)?.upcoming(now, NEXT_SHOWN).into_iter().map(at_rfc3339).collect();
+    Ok(axum::Json(Preview { next_run_times }))
 }

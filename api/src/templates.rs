@@ -33,6 +33,15 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::bad_request("invalid_template", message)
 }
 
+/// "a string", "an integer", "a boolean".
+fn kind_name(kind: ParamType) -> &'static str {
+    match kind {
+        ParamType::String => "a string",
+        ParamType::Integer => "an integer",
+        ParamType::Boolean => "a boolean (true or false)",
+    }
+}
+
 fn env_name_ok(name: &str) -> bool {
     (1..=128).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
@@ -96,7 +105,11 @@ pub fn template_problem(spec: &TemplateSpec) -> Option<String> {
         }
         if let Some(default) = &p.default {
             let Some(text) = typed(p, default) else {
-                return Some(format!("parameter {:?}: the default is not a {:?}", p.name, p.kind));
+                return Some(format!(
+                    "parameter {:?}: the default is not {}",
+                    p.name,
+                    kind_name(p.kind)
+                ));
             };
             if !p.allowed.is_empty() && !p.allowed.contains(&text) {
                 return Some(format!(
@@ -154,7 +167,7 @@ pub fn bind_params(
         let text = typed(p, value).ok_or_else(|| {
             ApiError::bad_request(
                 "invalid_param",
-                format!("parameter {:?} must be a {:?}", p.name, p.kind),
+                format!("parameter {:?} must be {}", p.name, kind_name(p.kind)),
             )
         })?;
         if !p.allowed.is_empty() && !p.allowed.contains(&text) {

@@ -18,6 +18,15 @@ async fn fill(b: &mut Browser, selector: &str, text: &str) {
     b.call("Input.insertText", json!({ "text": text })).await;
 }
 
+/// Sets a control's value as a person's choice would, with the event the page listens for.
+async fn set_value(b: &mut Browser, selector: &str, value: &str, event: &str) {
+    b.eval(&format!(
+        "(() => {{ const e = document.querySelector({selector:?}); e.value = {value:?}; \
+           e.dispatchEvent(new Event({event:?})); return true; }})()"
+    ))
+    .await;
+}
+
 async fn click(b: &mut Browser, selector: &str) {
     b.wait_until(&format!("document.querySelector({selector:?}) !== null")).await;
     b.eval(&format!("document.querySelector({selector:?}).click(); true")).await;
@@ -178,7 +187,7 @@ async fn a_team_lead_runs_sessions_from_the_console() {
     click_text(&mut b, "API keys").await;
     b.wait_until("document.querySelector('input[name=key-name]') !== null").await;
     fill(&mut b, "input[name=key-name]", "from-the-console").await;
-    b.eval("const r = document.querySelector('select[name=key-role]'); r.value = 'viewer'; r.dispatchEvent(new Event('change')); true").await;
+    set_value(&mut b, "select[name=key-role]", r#"viewer"#, "change").await;
     click_text(&mut b, "Create key").await;
     b.wait_until("document.querySelector('.secret')?.textContent.startsWith('csk_')").await;
     let shown = b.eval("document.querySelector('.secret').textContent").await;
@@ -269,6 +278,111 @@ async fn the_console_has_both_themes_and_fits_a_phone() {
     // The choice survives a reload.
     b.call("Page.reload", json!({})).await;
     b.wait_until("document.documentElement.dataset.theme === 'dark' && document.querySelector('h1')?.textContent === 'Sessions'").await;
+    let violations = b.eval("window.__violations").await;
+    assert_clean(&b, &violations);
+}
+
+/// The pages of templates, schedules, secrets and events: a secret stored from its page, a
+/// template run from the form its parameters make, a schedule made with its next runs
+/// previewed, and the log of it all; every load clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn templates_schedules_secrets_and_events_from_the_console() {
+    let Some(mut b) = Browser::launch_or_skip(keep_dir()).await else { return };
+    let up = Stack::start(Backend::Sqlite, &[]).await.unwrap();
+    let admin = up.client(ADMIN_KEY);
+    b.open_watched(&format!("{}/", up.base)).await;
+    log_in(&mut b, ADMIN_KEY).await;
+
+    // A secret, from its page: afterwards only its name and key are shown.
+    click_text(&mut b, "Secrets").await;
+    b.wait_until("document.querySelector('input[name=secret-name]') !== null").await;
+    fill(&mut b, "input[name=secret-name]", "greeting").await;
+    fill(&mut b, "#secret-values", "WORD=console-secret-value").await;
+    click_text(&mut b, "Store secret").await;
+    b.wait_until("document.querySelector('tr[data-secret=\"greeting\"]') !== null").await;
+    let page_text = b.eval("document.body.innerText").await;
+    assert!(!page_text.as_str().unwrap().contains("console-secret-value"));
+    assert_eq!(admin.list_secrets().await.unwrap().items[0].keys, ["WORD"]);
+
+    let spec: cliscale_core::rest::TemplateSpec = serde_json::from_value(json!({
+        "name": "greet", "description": "says a word",
+        "session": {"command": "echo \"$WORD to $WHO, $TIMES times\"",
+                    "secret_env": {"WORD": {"secret": "greeting", "key": "WORD"}}},
+        "params": [
+            {"name": "WHO", "type": "string", "required": true, "allowed": ["ann", "bob"]},
+            {"name": "TIMES", "type": "integer", "default": 1}
+        ]
+    }))
+    .unwrap();
+    admin.put_template(&spec, false).await.unwrap();
+
+    // Its page has a run form built from its parameters; a bad value is said next to its field.
+    click_text(&mut b, "Templates").await;
+    b.wait_until("document.querySelector('tr[data-template=\"greet\"] a') !== null").await;
+    click(&mut b, "tr[data-template=\"greet\"] a").await;
+    b.wait_until("document.querySelector('#p-WHO') !== null").await;
+    let kinds = b
+        .eval("[document.querySelector('#p-WHO').tagName, document.querySelector('#p-TIMES').type]")
+        .await;
+    assert_eq!(kinds, json!(["SELECT", "number"]));
+    set_value(&mut b, "#p-WHO", r#"bob"#, "change").await;
+    set_value(&mut b, "#p-TIMES", r#"1.5"#, "input").await;
+    click(&mut b, "form.run-form button[type=submit]").await;
+    b.wait_until("document.querySelector('#p-TIMES-hint.field-error') !== null").await;
+    set_value(&mut b, "#p-TIMES", r#"3"#, "input").await;
+    click(&mut b, "form.run-form button[type=submit]").await;
+    b.wait_until("location.hash.startsWith('#/sessions/')").await;
+    b.wait_until("document.querySelector('.title .badge')?.textContent === 'Succeeded'").await;
+    let sid = b.eval("location.hash.split('/')[2]").await;
+    let sid = sid.as_str().unwrap().to_owned();
+    let out = admin.session(&sid).await.unwrap();
+    assert_eq!(out.template.as_deref(), Some("greet"));
+    let tail = out.output_tail.unwrap_or_default();
+    assert!(tail.contains("*** to bob, 3 times"), "{tail}");
+
+    // A schedule: the next runs show as the cron is typed, before anything is saved.
+    click_text(&mut b, "Schedules").await;
+    click_text(&mut b, "New schedule").await;
+    b.wait_until("document.querySelector('input[name=schedule-cron]') !== null").await;
+    fill(&mut b, "input[name=schedule-name]", "nightly").await;
+    set_value(&mut b, "input[name=schedule-cron]", r#"30 2 * * *"#, "input").await;
+    fill(&mut b, "input[name=schedule-zone]", "Europe/Berlin").await;
+    set_value(&mut b, "input[name=schedule-params]", r#"{"WHO": "ann"}"#, "input").await;
+    b.wait_until("document.querySelectorAll('.preview li').length === 5").await;
+    let first = b.eval("document.querySelector('.preview li code').textContent").await;
+    let first = first.as_str().unwrap();
+    assert!(
+        first.ends_with(":30:00Z") && (first.contains("T00:30") || first.contains("T01:30")),
+        "{first}"
+    );
+    b.screenshot(Some("console-schedule-new.png")).await;
+    click_text(&mut b, "Create schedule").await;
+    b.wait_until("location.hash === '#/schedules/nightly'").await;
+    b.wait_until("document.querySelectorAll('.next-runs li').length === 5").await;
+    click_text(&mut b, "Suspend").await;
+    b.wait_until("document.querySelector('.title .badge')?.textContent === 'suspended'").await;
+    assert!(admin.schedule("nightly").await.unwrap().spec.suspend);
+    let shot = b.screenshot(Some("console-schedule.png")).await;
+    let heading = b
+        .eval("(() => { const r = document.querySelector('h1').getBoundingClientRect(); return [r.x, r.y, r.width, r.height]; })()")
+        .await;
+    let n = |i: usize| heading[i].as_f64().unwrap();
+    let colours: std::collections::HashSet<[u8; 3]> =
+        shot.region((n(0), n(1), n(2), n(3))).iter().copied().collect();
+    assert!(n(2) > 100.0 && colours.len() > 4, "the heading is not drawn: {heading}");
+
+    // The event log: what was done above, newest first, filtered by template.
+    click_text(&mut b, "Events").await;
+    b.wait_until("document.querySelector('input[name=event-template]') !== null").await;
+    fill(&mut b, "input[name=event-template]", "greet").await;
+    b.wait_until("[...document.querySelectorAll('table.events td code')].some((c) => c.textContent === 'secret_referenced')").await;
+    let types = b
+        .eval("[...document.querySelectorAll('table.events td code')].map((c) => c.textContent)")
+        .await;
+    let types: Vec<&str> = types.as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+    assert!(types.contains(&"created") && types.contains(&"template_created"), "{types:?}");
+    b.screenshot(Some("console-events.png")).await;
+
     let violations = b.eval("window.__violations").await;
     assert_clean(&b, &violations);
 }

@@ -88,3 +88,43 @@ export function fieldOf(code: string): string | null {
   };
   return fields[code] ?? null;
 }
+
+// --- Secrets, templates, schedules, the event log (cliscale_core::rest::definitions) ---------
+
+export interface SecretView { name: string; keys: string[]; createdAt: string; updatedAt: string; usedBy: string[] }
+export interface SecretRef { secret: string; key: string }
+export type ParamType = "string" | "integer" | "boolean";
+export interface ParamSpec {
+  name: string; type?: ParamType; description?: string; default?: unknown; required?: boolean;
+  allowed?: string[];
+}
+export interface RunSummary {
+  sessionId: string; phase: Phase; exitCode: number | null; attempt: number;
+  retryOf: string | null; createdAt: string;
+}
+export interface TemplateView {
+  name: string; description?: string; labels?: Record<string, string>;
+  session: { command: string; secret_env?: Record<string, SecretRef>; env?: Record<string, string> };
+  params?: ParamSpec[]; retry?: { limit: number }; concurrencyPolicy: string;
+  generation: number; owner: string; createdAt: string; updatedAt: string; recentRuns: RunSummary[];
+}
+export interface TriggerView {
+  id: string; template: string; name: string; params: string[]; createdAt: string;
+  revokedAt: string | null; lastUsedAt: string | null; token?: string;
+}
+export interface NotRun { scheduledAt: string; reason: string; message: string }
+export interface ScheduleView {
+  name: string; template: string; params?: Record<string, unknown>; cron: string; timeZone?: string;
+  concurrencyPolicy: string; startingDeadlineSeconds?: number; suspend: boolean;
+  successfulRunsHistoryLimit?: number; failedRunsHistoryLimit?: number;
+  owner: string; createdAt: string; updatedAt: string;
+  status: {
+    lastScheduleTime: string | null; lastSuccessfulTime: string | null; nextRunTimes: string[];
+    active: string[]; recentRuns: RunSummary[]; notRun: NotRun[];
+  };
+}
+export interface LogEntry {
+  seq: number; at: string; type: string; session: string | null; template: string | null;
+  schedule: string | null; actor: string | null; message: string;
+}
+export interface LogPage { items: LogEntry[]; nextCursor: string | null }

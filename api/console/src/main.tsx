@@ -9,85 +9,15 @@ import {
   ApiError, EventView, Key, Login, Minted, PHASES, Phase, Role, Session, SessionPage, call,
   fieldOf, setCsrf,
 } from "./api";
+import {
+  EventsPage, SchedulePage, SchedulesPage, SecretsPage, TemplatePage, TemplatesPage,
+} from "./definitions";
+import {
+  Alert, Badge, ConfirmButton, ReasonBadge, copy, go, message, since, useRoute, when,
+} from "./ui";
 
 const FINISHED: Phase[] = ["Succeeded", "Failed", "TimedOut", "Cancelled", "Lost"];
 const isFinished = (p: Phase) => FINISHED.includes(p);
-
-// --- Routing: the part of the address after `#`. ---------------------------------------------
-
-function useRoute(): string[] {
-  const read = () => location.hash.replace(/^#\/?/, "").split("/").filter(Boolean);
-  const [route, setRoute] = useState(read);
-  useEffect(() => {
-    const changed = () => setRoute(read());
-    addEventListener("hashchange", changed);
-    return () => removeEventListener("hashchange", changed);
-  }, []);
-  return route;
-}
-
-const go = (path: string) => {
-  location.hash = path;
-};
-
-// --- Small pieces ------------------------------------------------------------------------------
-
-function since(iso: string | null, until?: string | null): string {
-  if (!iso) return "-";
-  const end = until ? Date.parse(until) : Date.now();
-  const s = Math.max(0, Math.round((end - Date.parse(iso)) / 1000));
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
-  if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
-  return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
-}
-
-function when(iso: string | null): string {
-  return iso ? new Date(iso).toLocaleString() : "-";
-}
-
-function Badge({ phase }: { phase: Phase }) {
-  return <span class={`badge phase-${phase.toLowerCase()}`}>{phase}</span>;
-}
-
-/// A typed reason, coloured as the phase it ended (or stalled) in.
-function ReasonBadge({ reason, phase }: { reason: string | null; phase: Phase }) {
-  return reason ? <span class={`badge reason phase-${phase.toLowerCase()}`}>{reason}</span> : <>-</>;
-}
-
-function Alert({ error }: { error: string | null }) {
-  return error ? <p class="alert" role="alert">{error}</p> : null;
-}
-
-function message(e: unknown): string {
-  return e instanceof ApiError ? e.message : String(e);
-}
-
-/// A button that asks once more before it acts.
-function ConfirmButton(props: { label: string; confirm: string; onConfirm: () => void; danger?: boolean }) {
-  const [armed, setArmed] = useState(false);
-  return armed ? (
-    <span class="confirm">
-      <button type="button" class="danger" onClick={() => { setArmed(false); props.onConfirm(); }}>
-        {props.confirm}
-      </button>
-      <button type="button" onClick={() => setArmed(false)}>Keep</button>
-    </span>
-  ) : (
-    <button type="button" class={props.danger ? "danger" : ""} onClick={() => setArmed(true)}>
-      {props.label}
-    </button>
-  );
-}
-
-async function copy(text: string): Promise<boolean> {
-  try {
-    await navigator.clipboard.writeText(text);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 // --- The session feed --------------------------------------------------------------------------
 
@@ -588,6 +518,12 @@ function App() {
   else if (page === "new" && login.role !== "viewer") body = <NewSessionPage />;
   else if (page === "keys" && login.role === "admin") body = <KeysPage />;
   else if (page === "health") body = <HealthPage />;
+  else if (page === "templates" && id) body = <TemplatePage key={id} name={decodeURIComponent(id)} login={login} />;
+  else if (page === "templates") body = <TemplatesPage login={login} />;
+  else if (page === "schedules" && id) body = <SchedulePage key={id} name={decodeURIComponent(id)} login={login} />;
+  else if (page === "schedules") body = <SchedulesPage login={login} />;
+  else if (page === "secrets") body = <SecretsPage login={login} />;
+  else if (page === "events") body = <EventsPage />;
   else body = <SessionsPage login={login} />;
   const current = (p: string) => ((page ?? "sessions") === p ? "page" : undefined);
   return (
@@ -598,6 +534,10 @@ function App() {
           <a class="brand" href="#/sessions">cliscale</a>
           <a href="#/sessions" aria-current={current("sessions")}>Sessions</a>
           {login.role !== "viewer" && <a href="#/new" aria-current={current("new")}>New session</a>}
+          <a href="#/templates" aria-current={current("templates")}>Templates</a>
+          <a href="#/schedules" aria-current={current("schedules")}>Schedules</a>
+          <a href="#/secrets" aria-current={current("secrets")}>Secrets</a>
+          <a href="#/events" aria-current={current("events")}>Events</a>
           {login.role === "admin" && <a href="#/keys" aria-current={current("keys")}>API keys</a>}
           <a href="#/health" aria-current={current("health")}>Health</a>
         </nav>

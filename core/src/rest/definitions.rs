@@ -230,6 +230,24 @@ pub struct ScheduleSpec {
     pub failed_runs_history_limit: Option<u32>,
 }
 
+/// `POST /api/schedules/preview`: when a cron in a zone would fire, before saving it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PreviewRequest {
+    pub cron: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+/// The answer of `POST /api/schedules/preview`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Preview {
+    pub next_run_times: Vec<String>,
+}
+
 /// Why a scheduled time did not start, as a schedule's status shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
