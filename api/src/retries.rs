@@ -34,11 +34,9 @@ async fn weigh(state: &AppState, attempt: &SessionRecord, now: i64) -> Result<()
     };
     let number = attempt.origin.attempt;
     let Some(wait) = policy.after(number, attempt.phase, attempt.exit_code) else {
-        if state.store.settle_retry(&attempt.id).await?
-            && number > policy.limit
-            && attempt.phase != cliscale_core::SessionPhase::Succeeded
-            && attempt.phase != cliscale_core::SessionPhase::Cancelled
-        {
+        // An ending the policy retries, past the limit: the chain ran out.
+        let retryable = policy.after(1, attempt.phase, attempt.exit_code).is_some();
+        if state.store.settle_retry(&attempt.id).await? && retryable {
             let message = format!("attempt {number} {}; no retries are left", attempt.phase);
             state.store.log(&NewEvent::about(attempt, "retries_exhausted", message)).await?;
         }

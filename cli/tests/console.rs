@@ -333,6 +333,13 @@ async fn templates_schedules_secrets_and_events_from_the_console() {
     click(&mut b, "form.run-form button[type=submit]").await;
     b.wait_until("location.hash.startsWith('#/sessions/')").await;
     b.wait_until("document.querySelector('.title .badge')?.textContent === 'Succeeded'").await;
+    // Its page says which template made it, and which secret it read (by name).
+    let facts = b.eval("document.querySelector('.facts').innerText").await;
+    let facts = facts.as_str().unwrap();
+    assert!(
+        facts.contains("greet (generation 1)") && facts.contains("WORD ← greeting/WORD"),
+        "{facts}"
+    );
     let sid = b.eval("location.hash.split('/')[2]").await;
     let sid = sid.as_str().unwrap().to_owned();
     let out = admin.session(&sid).await.unwrap();

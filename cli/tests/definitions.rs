@@ -489,6 +489,16 @@ async fn schedule_fires_under_a_test_clock(backend: Backend) {
     .await;
     let s = status().await;
     assert!(s.active.is_empty() && s.next_run_times.is_empty(), "{s:?}");
+    // Both runs ended Cancelled; failedRunsHistoryLimit (default 1) keeps the newer only, and
+    // the older is deleted with its output.
+    until("the history limit", || async {
+        let runs = status().await.recent_runs;
+        (runs.len() == 1 && runs[0].session_id == second).then_some(())
+    })
+    .await;
+    let (gone, _) =
+        stack.call("GET", &format!("/api/sessions/{first}"), Some(ADMIN_KEY), None).await;
+    assert_eq!(gone, 404);
     admin.delete_schedule("every-minute").await.unwrap();
 }
 

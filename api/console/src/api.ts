@@ -23,6 +23,13 @@ export interface Session {
   finishedAt: string | null;
   updatedAt: string;
   outputTail?: string;
+  template?: string;
+  templateGeneration?: number;
+  schedule?: string;
+  scheduledAt?: string;
+  attempt: number;
+  retryOf?: string;
+  secretEnv?: Record<string, { secret: string; key: string }>;
 }
 
 export interface SessionPage { items: Session[]; nextCursor: string | null }

@@ -251,6 +251,18 @@ function SessionPage({ id, login }: { id: string; login: Login }) {
         <dt>Message</dt><dd>{session.message ?? "-"}</dd>
         <dt>Command</dt><dd><code>{session.command}</code></dd>
         <dt>Owner</dt><dd>{session.owner}</dd>
+        {session.template && (
+          <><dt>Template</dt><dd><a href={`#/templates/${encodeURIComponent(session.template)}`}>{session.template}</a> (generation {session.templateGeneration})</dd></>
+        )}
+        {session.schedule && (
+          <><dt>Schedule</dt><dd><a href={`#/schedules/${encodeURIComponent(session.schedule)}`}>{session.schedule}</a> for {when(session.scheduledAt ?? null)}</dd></>
+        )}
+        {session.retryOf && (
+          <><dt>Attempt</dt><dd>{session.attempt}, retrying <a href={`#/sessions/${session.retryOf}`}>{session.retryOf.slice(0, 8)}</a></dd></>
+        )}
+        {session.secretEnv && Object.keys(session.secretEnv).length > 0 && (
+          <><dt>Secrets</dt><dd>{Object.entries(session.secretEnv).map(([env, r]) => `${env} ← ${r.secret}/${r.key}`).join(", ")}</dd></>
+        )}
         <dt>Created</dt><dd>{when(session.createdAt)}</dd>
         <dt>Duration</dt><dd>{since(session.startedAt, session.finishedAt)}</dd>
       </dl>
