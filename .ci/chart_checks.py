@@ -103,6 +103,8 @@ ALLOWED_RULES = {
     "operator": {
         ("cliscale.dev", "commandsessions"): {"get", "list", "watch", "create", "patch", "delete"},
         ("cliscale.dev", "commandsessions/status"): {"patch"},
+        ("cliscale.dev", "commandtemplates"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("cliscale.dev", "commandschedules"): {"get", "list", "watch", "create", "patch", "delete"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
         ("", "pods"): {"list", "watch"},
         ("", "events"): {"list"},
@@ -252,9 +254,12 @@ def main():
         ["cargo", "run", "-q", "--locked", "-p", "cliscale-operator", "--bin", "cliscale-crdgen",
          "--", "runner-job"], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
     crd = yaml.safe_load((CHART / "crds" / "commandsession.yaml").read_text())
-    if (CHART / "crds" / "commandsession.yaml").read_text() != (ROOT / "crds" / "commandsession.yaml").read_text():
-        fail("charts/cliscale/crds/commandsession.yaml differs from crds/commandsession.yaml")
-    validate_objects("crds", [("crds/commandsession.yaml", crd), ("runner Job", runner_job)])
+    for name in ("commandsession.yaml", "commandtemplate.yaml", "commandschedule.yaml"):
+        if (CHART / "crds" / name).read_text() != (ROOT / "crds" / name).read_text():
+            fail(f"charts/cliscale/crds/{name} differs from crds/{name}")
+    more = [(f"crds/{n}", yaml.safe_load((CHART / "crds" / n).read_text()))
+            for n in ("commandtemplate.yaml", "commandschedule.yaml")]
+    validate_objects("crds", [("crds/commandsession.yaml", crd), *more, ("runner Job", runner_job)])
     for spec in pod_specs(runner_job):
         check_restricted("runner Job", spec)
 

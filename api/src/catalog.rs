@@ -236,6 +236,16 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Brings template `name` to `spec` as the cluster has it (a CommandTemplate): made if
+    /// absent (owned by `owner`), replaced if it differs. Returns whether anything changed.
+    pub async fn sync_template(&self, name: &str, spec: &str, owner: &str) -> Result<bool> {
+        match self.template(name).await? {
+            None => self.insert_template(name, spec, owner).await,
+            Some(row) if row.spec != spec => self.update_template(name, spec).await,
+            Some(_) => Ok(false),
+        }
+    }
+
     // --- trigger tokens -------------------------------------------------------------------
 
     pub async fn insert_trigger(&self, row: &TriggerRow) -> Result<()> {
@@ -336,6 +346,16 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Brings schedule `name` to `spec` as the cluster has it (a CommandSchedule): made if
+    /// absent (owned by `owner`, considering times from now), replaced if it differs.
+    pub async fn sync_schedule(&self, name: &str, spec: &str, owner: &str) -> Result<bool> {
+        match self.schedule(name).await? {
+            None => self.insert_schedule(name, spec, owner, now()).await,
+            Some(row) if row.spec != spec => self.update_schedule(name, spec).await,
+            Some(_) => Ok(false),
+        }
     }
 
     pub async fn update_schedule(&self, name: &str, spec: &str) -> Result<bool> {

@@ -177,8 +177,9 @@ async fn start_scheduled(
     let skip = |why: String| {
         schedule_event(&row.name, "skipped", format!("{} not started: {why}", rfc3339(at)))
     };
-    // It runs for the key that made it, as long as that key stands.
-    if caller_of_key(state, &row.owner).await.is_err() {
+    // It runs for the key that made it, as long as that key stands (or for the cluster, when
+    // it was applied with kubectl).
+    if row.owner != crate::store::CLUSTER_OWNER && caller_of_key(state, &row.owner).await.is_err() {
         return state
             .store
             .log(&skip("OwnerRevoked: the key that made it no longer stands".into()))

@@ -12,6 +12,7 @@ use cliscale_core::rest::{
 use cliscale_core::schedule::rfc3339 as at_rfc3339;
 
 use crate::error::{ApiError, Result};
+use crate::executor::{Definition, DefinitionKind};
 use crate::keys::Role;
 use crate::model::rfc3339;
 use crate::routes::{AppState, Caller, JsonBody, require};
@@ -143,6 +144,7 @@ pub(crate) async fn create(
     }
     state.store.log(&event(&spec.name, "schedule_created", &caller)).await?;
     let row = found(&state, &spec.name).await?;
+    state.executor.publish(Definition::Schedule(&parse_schedule(&row)?, &row.owner)).await?;
     Ok((StatusCode::CREATED, axum::Json(view(&state, &caller, &row).await?)).into_response())
 }
 
@@ -167,6 +169,7 @@ pub(crate) async fn update(
     state.store.update_schedule(&name, &json).await?;
     state.store.log(&event(&name, "schedule_updated", &caller)).await?;
     let row = found(&state, &name).await?;
+    state.executor.publish(Definition::Schedule(&parse_schedule(&row)?, &row.owner)).await?;
     Ok(axum::Json(view(&state, &caller, &row).await?))
 }
 
@@ -210,6 +213,7 @@ pub(crate) async fn delete(
     let row = found(&state, &name).await?;
     may_change(&caller, &row)?;
     state.store.delete_schedule(&name).await?;
+    state.executor.withdraw(DefinitionKind::Schedule, &name).await?;
     state.store.log(&event(&name, "schedule_deleted", &caller)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -58,6 +58,11 @@ pub enum KeyChange {
     LastAdmin,
 }
 
+/// The owner of what was made on a cluster outside the API (a CommandSession, CommandTemplate
+/// or CommandSchedule applied with kubectl): whoever may write those in the namespace is
+/// trusted by the cluster's RBAC, not by an API key.
+pub const CLUSTER_OWNER: &str = "kubernetes";
+
 /// An entry for the event log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NewEvent {

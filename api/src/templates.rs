@@ -15,6 +15,7 @@ use cliscale_core::schedule::ConcurrencyPolicy;
 use cliscale_core::token::TokenScope;
 
 use crate::error::{ApiError, Result};
+use crate::executor::{Definition, DefinitionKind};
 use crate::keys::{Role, hash_secret, random_token, secret_matches};
 use crate::model::{Origin, SessionRecord, rfc3339};
 use crate::routes::{AppState, Caller, JsonBody, Peer, caller_of_key, created_answer, require};
@@ -287,6 +288,7 @@ pub(crate) async fn create(
     };
     state.store.log(&entry.by(&caller.key_id)).await?;
     let row = found(&state, &spec.name).await?;
+    state.executor.publish(Definition::Template(&parse_spec(&row)?, &row.owner)).await?;
     Ok((StatusCode::CREATED, axum::Json(view(&state, &caller, &row).await?)).into_response())
 }
 
@@ -310,6 +312,7 @@ pub(crate) async fn update(
     let json = checked(&state, &caller, &spec).await?;
     state.store.update_template(&name, &json).await?;
     let row = found(&state, &name).await?;
+    state.executor.publish(Definition::Template(&parse_spec(&row)?, &row.owner)).await?;
     let entry = NewEvent {
         template: Some(name.clone()),
         kind: "template_updated".into(),
@@ -360,6 +363,7 @@ pub(crate) async fn delete(
     let row = found(&state, &name).await?;
     may_change(&caller, &row)?;
     state.store.delete_template(&name).await?;
+    state.executor.withdraw(DefinitionKind::Template, &name).await?;
     let entry = NewEvent {
         template: Some(name.clone()),
         kind: "template_deleted".into(),

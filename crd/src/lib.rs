@@ -1,12 +1,14 @@
-//! The `CommandSession` custom resource (`cliscale.dev/v1alpha1`): the session specification of
-//! `cliscale_core::spec` with Kubernetes' placement knobs, and the status the operator writes.
-//! The CRD manifest in crds/ is generated from these types
+//! The custom resources (`cliscale.dev/v1alpha1`): `CommandSession`, the session specification
+//! of `cliscale_core::spec` with Kubernetes' placement knobs and the status the operator writes;
+//! `CommandTemplate` and `CommandSchedule`, the REST API's templates and schedules.
+//! The CRD manifests in crds/ are generated from these types
 //! (`cargo run -p cliscale-operator --bin cliscale-crdgen`); a test fails when it is out of date
 //! or not structural. Its own crate, so that whoever reads CommandSessions (the gateway's
 //! reflector, the API's mirror) links the type and not the operator.
 
 use std::collections::BTreeMap;
 
+use cliscale_core::rest::{ScheduleSpec, TemplateSpec};
 use cliscale_core::spec::SessionSpec;
 use cliscale_core::{SessionPhase, TerminalReason};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
@@ -142,4 +144,67 @@ pub fn crd_yaml() -> String {
         "{header}{}",
         serde_norway::to_string(&CommandSession::crd()).expect("a CRD serializes")
     )
+}
+
+/// A session definition that people, CI systems (trigger tokens) and schedules run with
+/// parameters: the `TemplateSpec` of the REST API (docs/templates.md). Kept in step with the
+/// API's templates both ways: the API applies one for each template it makes, and one applied
+/// with kubectl becomes a template of the API.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cliscale.dev",
+    version = "v1alpha1",
+    kind = "CommandTemplate",
+    plural = "commandtemplates",
+    shortname = "cmdt",
+    category = "cliscale",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a template's name is at most 63 characters"),
+    validation = Rule::new("!has(self.spec.name) || self.spec.name == '' || self.spec.name == self.metadata.name").message("spec.name, when given, must be the resource's name"),
+    namespaced,
+    printcolumn = r#"{"name":"Command","type":"string","jsonPath":".spec.session.command"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+pub struct CommandTemplateSpec {
+    /// The template, as `POST /api/templates` takes it.
+    #[serde(flatten)]
+    pub template: TemplateSpec,
+}
+
+/// A template run on cron, in a time zone: the `ScheduleSpec` of the REST API
+/// (docs/schedules.md). Kept in step with the API's schedules both ways, as CommandTemplates
+/// are; its runs, skips and next times are at `GET /api/schedules/{name}`.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "cliscale.dev",
+    version = "v1alpha1",
+    kind = "CommandSchedule",
+    plural = "commandschedules",
+    shortname = "cmdsch",
+    category = "cliscale",
+    validation = Rule::new("self.metadata.name.size() <= 63").message("a schedule's name is at most 63 characters"),
+    validation = Rule::new("!has(self.spec.name) || self.spec.name == '' || self.spec.name == self.metadata.name").message("spec.name, when given, must be the resource's name"),
+    namespaced,
+    printcolumn = r#"{"name":"Cron","type":"string","jsonPath":".spec.cron"}"#,
+    printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.timeZone"}"#,
+    printcolumn = r#"{"name":"Template","type":"string","jsonPath":".spec.template"}"#,
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend"}"#
+)]
+pub struct CommandScheduleSpec {
+    /// The schedule, as `POST /api/schedules` takes it.
+    #[serde(flatten)]
+    pub schedule: ScheduleSpec,
+}
+
+/// The manifests of the three CRDs, each as committed in crds/.
+pub fn crd_yamls() -> [(&'static str, String); 3] {
+    let header = "# Generated from crd/src/lib.rs by `cargo run -p cliscale-operator --bin \
+                  cliscale-crdgen`. Do not edit.\n";
+    let yaml = |crd: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition| {
+        format!("{header}{}", serde_norway::to_string(&crd).expect("a CRD serializes"))
+    };
+    [
+        ("commandsession.yaml", yaml(CommandSession::crd())),
+        ("commandtemplate.yaml", yaml(CommandTemplate::crd())),
+        ("commandschedule.yaml", yaml(CommandSchedule::crd())),
+    ]
 }

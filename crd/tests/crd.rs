@@ -4,16 +4,17 @@ use kube::CustomResourceExt;
 use serde_json::Value;
 
 #[test]
-fn the_committed_crd_is_up_to_date() {
-    let committed = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../crds/commandsession.yaml"
-    ))
-    .expect("crds/commandsession.yaml exists");
-    assert!(
-        committed == cliscale_crd::crd_yaml(),
-        "crds/commandsession.yaml is stale: run `cargo run -p cliscale-operator --bin cliscale-crdgen > crds/commandsession.yaml`"
-    );
+fn the_committed_crds_are_up_to_date() {
+    assert_eq!(cliscale_crd::crd_yamls()[0].1, cliscale_crd::crd_yaml());
+    for (file, generated) in cliscale_crd::crd_yamls() {
+        let path = format!("{}/../crds/{file}", env!("CARGO_MANIFEST_DIR"));
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        let kind = file.trim_start_matches("command").trim_end_matches(".yaml");
+        assert!(
+            committed == generated,
+            "crds/{file} is stale: run `cargo run -p cliscale-operator --bin cliscale-crdgen {kind} > crds/{file}`"
+        );
+    }
 }
 
 /// Structural-schema rules of the API server, and the pitfalls of generated schemas.
@@ -63,6 +64,12 @@ fn schema() -> Value {
 fn the_schema_is_structural_and_documented() {
     let mut problems = Vec::new();
     lint(&schema(), "openAPIV3Schema", false, false, &mut problems);
+    for crd in [cliscale_crd::CommandTemplate::crd(), cliscale_crd::CommandSchedule::crd()] {
+        let crd = serde_json::to_value(crd).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let kind = crd["spec"]["names"]["kind"].as_str().unwrap().to_owned();
+        lint(schema, &kind, false, false, &mut problems);
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 
-use cliscale_api::executor::{BoxFuture, Executor};
+use cliscale_api::executor::{BoxFuture, Definition, DefinitionKind, Executor};
 use cliscale_api::model::{SessionRecord, SessionSpec};
 use cliscale_api::store::{StatusUpdate, Store, now};
 use cliscale_api::{ApiError, Result as ApiResult};
@@ -18,12 +18,14 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 
 use crate::desired::CANCEL_ANNOTATION;
-use cliscale_crd::{CommandSession, CommandSessionSpec, CommandSessionStatus};
+use cliscale_crd::{
+    CommandSchedule, CommandSession, CommandSessionSpec, CommandSessionStatus, CommandTemplate,
+};
 
 /// Which API key created a session; absent on sessions made with kubectl.
 pub const OWNER_ANNOTATION: &str = "cliscale.dev/owner";
 /// Owner recorded for sessions made outside the API (visible to admins).
-pub const KUBECTL_OWNER: &str = "kubernetes";
+pub const KUBECTL_OWNER: &str = cliscale_api::store::CLUSTER_OWNER;
 /// The API's field manager (the reconciler has its own).
 pub const API_FIELD_MANAGER: &str = "cliscale-api";
 
@@ -63,11 +65,18 @@ fn kube_failed(what: &str, e: kube::Error) -> ApiError {
 pub struct ClusterExecutor {
     pub sessions: Api<CommandSession>,
     pub namespace: String,
+    templates: Api<CommandTemplate>,
+    schedules: Api<CommandSchedule>,
 }
 
 impl ClusterExecutor {
     pub fn new(client: Client, namespace: &str) -> Self {
-        Self { sessions: Api::namespaced(client, namespace), namespace: namespace.to_owned() }
+        Self {
+            sessions: Api::namespaced(client.clone(), namespace),
+            namespace: namespace.to_owned(),
+            templates: Api::namespaced(client.clone(), namespace),
+            schedules: Api::namespaced(client, namespace),
+        }
     }
 }
 
@@ -95,6 +104,48 @@ impl Executor for ClusterExecutor {
                 // Already gone: the mirror records how it ended.
                 Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
                 Err(e) => Err(kube_failed("cancelling the CommandSession", e)),
+            }
+        })
+    }
+
+    /// Applies the CommandTemplate or CommandSchedule of a definition the API made or changed.
+    fn publish<'a>(&'a self, definition: Definition<'a>) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async move {
+            let params = PatchParams::apply(API_FIELD_MANAGER).force();
+            let done = match definition {
+                Definition::Template(spec, owner) => {
+                    let resource = crate::definitions::template_resource(spec, owner);
+                    self.templates
+                        .patch(&spec.name, &params, &Patch::Apply(&resource))
+                        .await
+                        .map(drop)
+                }
+                Definition::Schedule(spec, owner) => {
+                    let resource = crate::definitions::schedule_resource(spec, owner);
+                    self.schedules
+                        .patch(&spec.name, &params, &Patch::Apply(&resource))
+                        .await
+                        .map(drop)
+                }
+            };
+            done.map_err(|e| kube_failed("applying a definition", e))
+        })
+    }
+
+    fn withdraw<'a>(&'a self, kind: DefinitionKind, name: &'a str) -> BoxFuture<'a, ApiResult<()>> {
+        Box::pin(async move {
+            let done = match kind {
+                DefinitionKind::Template => {
+                    self.templates.delete(name, &Default::default()).await.map(drop)
+                }
+                DefinitionKind::Schedule => {
+                    self.schedules.delete(name, &Default::default()).await.map(drop)
+                }
+            };
+            match done {
+                Ok(()) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(e) => Err(kube_failed("deleting a definition", e)),
             }
         })
     }

@@ -3,6 +3,7 @@
 
 pub mod cluster_api;
 pub mod controller;
+pub mod definitions;
 pub mod desired;
 pub mod leader;
 pub mod metrics;

@@ -220,6 +220,12 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         cliscale_serve::as_is,
         stopping,
     ));
+    shutdown.spawn(cliscale_operator::definitions::run_definition_mirror(
+        client.clone(),
+        namespace.clone(),
+        store.clone(),
+        shutdown.requested(),
+    ));
     shutdown.spawn(run_mirror(client.clone(), namespace.clone(), store, shutdown.requested()));
 
     let metrics_ctx = ctx.clone();

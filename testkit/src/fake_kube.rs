@@ -14,7 +14,7 @@
 //!
 //! `crate::cluster_sim` adds a Job controller and a kubelet on top.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
@@ -71,13 +71,17 @@ pub struct FakeApi {
     cut_watches: watch::Sender<u64>,
     /// Itself, for the garbage collector's work after a request has been answered.
     this: std::sync::Weak<FakeApi>,
-    schema: Option<Value>,
+    /// The CRDs' schemas (and CEL rules), by collection, as the API server enforces them.
+    schemas: HashMap<&'static str, Value>,
 }
 
 /// The kind and apiVersion of the collections the operator uses, for bookmarks and errors.
 fn type_of(collection: &str) -> (&'static str, &'static str) {
     match collection {
         "commandsessions" => ("cliscale.dev/v1alpha1", "CommandSession"),
+        "commandtemplates" => ("cliscale.dev/v1alpha1", "CommandTemplate"),
+        "commandschedules" => ("cliscale.dev/v1alpha1", "CommandSchedule"),
+        "secrets" => ("v1", "Secret"),
         "jobs" => ("batch/v1", "Job"),
         "pods" => ("v1", "Pod"),
         "configmaps" => ("v1", "ConfigMap"),
@@ -366,12 +370,18 @@ fn matches_labels(obj: &Value, selector: Option<&String>) -> bool {
     })
 }
 
-/// The CRD's OpenAPI schema of a CommandSession, from the generated manifest.
-fn session_schema() -> Value {
+/// The CRDs' OpenAPI schemas, by collection, from the generated manifests.
+fn crd_schemas() -> HashMap<&'static str, Value> {
     use kube::CustomResourceExt;
-    let crd =
-        serde_json::to_value(cliscale_crd::CommandSession::crd()).expect("the CRD serializes");
-    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    let schema = |crd| {
+        let crd: Value = serde_json::to_value(crd).expect("the CRD serializes");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    };
+    HashMap::from([
+        ("commandsessions", schema(cliscale_crd::CommandSession::crd())),
+        ("commandtemplates", schema(cliscale_crd::CommandTemplate::crd())),
+        ("commandschedules", schema(cliscale_crd::CommandSchedule::crd())),
+    ])
 }
 
 /// `a.b=c` field selectors (the ones the operator uses: `involvedObject.name=…`).
@@ -397,7 +407,7 @@ impl FakeApi {
             changed,
             cut_watches,
             this: this.clone(),
-            schema: Some(session_schema()),
+            schemas: crd_schemas(),
         })
     }
 
@@ -425,9 +435,7 @@ impl FakeApi {
     /// as a reason.
     fn admit(&self, collection: &str, obj: &mut Value) -> Result<(), String> {
         validate_core(collection, obj)?;
-        if collection == "commandsessions"
-            && let Some(schema) = &self.schema
-        {
+        if let Some(schema) = self.schemas.get(collection) {
             // apiVersion, kind and metadata are the server's own, never pruned; status is
             // checked apart, against its own schema.
             let Some(map) = obj.as_object_mut() else { return Err("not an object".into()) };

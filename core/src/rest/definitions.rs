@@ -10,6 +10,25 @@ use super::CreateSessionRequest;
 use crate::retry::RetryPolicy;
 use crate::schedule::ConcurrencyPolicy;
 
+/// Any JSON value, in a CRD's schema (a parameter's value: a string, number or boolean).
+#[cfg(feature = "schema")]
+fn any_value(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A parameter's value: a string, a number or a boolean.",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// A map of parameter names to values, in a CRD's schema.
+#[cfg(feature = "schema")]
+fn any_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "Its parameters: name to value (a string, a number or a boolean).",
+        "type": "object",
+        "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
 /// `POST /api/secrets`: a named set of values. Values are write-only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,39 +70,50 @@ pub struct SecretPage {
 }
 
 /// One variable of `secret_env`: which secret, which key.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SecretRef {
+    /// The secret's name (`/api/secrets`).
     pub secret: String,
+    /// The key within it.
     pub key: String,
 }
 
 /// The type of a template parameter.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ParamType {
+    /// Any text.
     #[default]
     String,
+    /// A whole number.
     Integer,
+    /// true or false.
     Boolean,
 }
 
 /// A template parameter. Its value reaches the command as the environment variable of the
 /// same name, never spliced into the command line.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ParamSpec {
     /// An environment variable name (letters, digits, `_`; not CLISCALE_*).
     pub name: String,
+    /// string (the default), integer or boolean.
     #[serde(default, rename = "type")]
     pub kind: ParamType,
+    /// What it is for, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     /// Used when a run names no value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "any_value"))]
     pub default: Option<serde_json::Value>,
     /// A run must name a value (a default does not count).
     #[serde(default)]
@@ -95,21 +125,27 @@ pub struct ParamSpec {
 
 /// `POST /api/templates` (and `PUT /api/templates/{name}` without `name`): a named definition
 /// of a session.
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = TemplateSpec))]
 pub struct TemplateSpec {
-    /// Lower-case letters, digits and `-`, 1 to 63 characters, starting with a letter.
+    /// Lower-case letters, digits and `-`, 1 to 63 characters, starting with a letter. In a
+    /// CommandTemplate it may be left out: the resource's name is the template's.
     #[serde(default)]
     pub name: String,
+    /// What it does, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// Labels, for people and filters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
     /// Every session field, as `POST /api/sessions` takes it (with `secret_env`).
     pub session: CreateSessionRequest,
+    /// Typed parameters; each reaches the command as the environment variable of its name.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub params: Vec<ParamSpec>,
+    /// How a failed run is tried again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
     /// What a run does while another run of this template is active.
@@ -199,33 +235,40 @@ pub struct TriggerPage {
 }
 
 /// `POST /api/schedules` (and `PUT /api/schedules/{name}` without `name`).
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = ScheduleSpec))]
 pub struct ScheduleSpec {
+    /// Lower-case letters, digits and `-`, 1 to 63 characters. In a CommandSchedule it may be
+    /// left out: the resource's name is the schedule's.
     #[serde(default)]
     pub name: String,
     /// The template each run runs.
     pub template: String,
     /// Its parameters.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[cfg_attr(feature = "schema", schemars(schema_with = "any_map"))]
     pub params: BTreeMap<String, serde_json::Value>,
     /// Five fields (minute hour day-of-month month day-of-week) or `@hourly`, `@daily`, ….
     pub cron: String,
     /// An IANA zone name (default UTC).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_zone: Option<String>,
+    /// What a due run does while one of this schedule's runs is active.
     #[serde(default)]
     pub concurrency_policy: ConcurrencyPolicy,
     /// A run that cannot start within this many seconds of its time is skipped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting_deadline_seconds: Option<u64>,
+    /// Start nothing while true.
     #[serde(default)]
     pub suspend: bool,
     /// Finished runs kept: successful (default 3) and failed (default 1); older ones are
     /// deleted with their output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub successful_runs_history_limit: Option<u32>,
+    /// Failed (or otherwise unsuccessful) runs kept (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_runs_history_limit: Option<u32>,
 }

@@ -15,6 +15,7 @@ pub use definitions::*;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = CreateSession))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct CreateSessionRequest {
     /// GitHub tree URL, .zip, .tar.gz/.tgz or git URL.
     #[cfg_attr(feature = "openapi", schema(max_length = 2048))]
@@ -45,9 +46,11 @@ pub struct CreateSessionRequest {
     /// reach the command as env only, and are masked in its output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_env: Option<BTreeMap<String, SecretRef>>,
+    /// Terminal width in columns (default 80).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cols: Option<u16>,
+    /// Terminal height in rows (default 24).
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 1000))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rows: Option<u16>,

@@ -1,5 +1,5 @@
-//! Prints the CommandSession CRD as YAML:
-//! `cargo run -p cliscale-operator --bin cliscale-crdgen > crds/commandsession.yaml`.
+//! Prints a CRD as YAML: `cargo run -p cliscale-operator --bin cliscale-crdgen [KIND] >
+//! crds/command<KIND>.yaml`, KIND `session` (the default), `template` or `schedule`.
 //! With `runner-job`, prints instead the Job the operator makes for an example session (with
 //! the default configuration), which CI checks against the restricted Pod Security Standard.
 
@@ -16,6 +16,17 @@ fn main() {
             let job = cliscale_operator::desired::desired_job(&session, &Default::default());
             print!("{}", serde_norway::to_string(&job).expect("a Job serializes"));
         }
-        _ => print!("{}", cliscale_crd::crd_yaml()),
+        kind => {
+            let file = format!("command{}.yaml", kind.unwrap_or("session"));
+            let [session, rest @ ..] = cliscale_crd::crd_yamls();
+            let found = std::iter::once(session).chain(rest).find(|(name, _)| *name == file);
+            match found {
+                Some((_, yaml)) => print!("{yaml}"),
+                None => {
+                    eprintln!("KIND is session, template, schedule or runner-job");
+                    std::process::exit(64);
+                }
+            }
+        }
     }
 }

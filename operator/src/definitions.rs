@@ -1,0 +1,126 @@
+//! Templates and schedules on a cluster: the API applies a CommandTemplate or CommandSchedule
+//! for each one it makes, and this mirror brings the ones applied with kubectl (or changed or
+//! deleted there) into the API's store, where the scheduler and the routes read them. The
+//! translations are pure; the mirror does the I/O.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use cliscale_api::store::{CLUSTER_OWNER, Store};
+use cliscale_api::templates::template_problem;
+use cliscale_api::{ApiError, Result as ApiResult};
+use cliscale_core::rest::{ScheduleSpec, TemplateSpec};
+use cliscale_core::schedule::Cadence;
+use cliscale_crd::{CommandSchedule, CommandScheduleSpec, CommandTemplate, CommandTemplateSpec};
+use futures_util::StreamExt;
+use kube::api::Api;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, ResourceExt};
+
+use crate::cluster_api::OWNER_ANNOTATION;
+
+fn owned(owner: &str) -> Option<BTreeMap<String, String>> {
+    Some(BTreeMap::from([(OWNER_ANNOTATION.to_string(), owner.to_string())]))
+}
+
+/// The CommandTemplate of a template the API made. Pure.
+pub fn template_resource(spec: &TemplateSpec, owner: &str) -> CommandTemplate {
+    let mut resource =
+        CommandTemplate::new(&spec.name, CommandTemplateSpec { template: spec.clone() });
+    resource.metadata.annotations = owned(owner);
+    resource
+}
+
+/// The CommandSchedule of a schedule the API made. Pure.
+pub fn schedule_resource(spec: &ScheduleSpec, owner: &str) -> CommandSchedule {
+    let mut resource =
+        CommandSchedule::new(&spec.name, CommandScheduleSpec { schedule: spec.clone() });
+    resource.metadata.annotations = owned(owner);
+    resource
+}
+
+fn owner_of(annotations: &BTreeMap<String, String>) -> String {
+    annotations.get(OWNER_ANNOTATION).cloned().unwrap_or_else(|| CLUSTER_OWNER.into())
+}
+
+/// A CommandTemplate as the store keeps it (its name the resource's), or why it cannot be.
+/// Pure.
+pub fn template_of(resource: &CommandTemplate) -> Result<String, String> {
+    let mut spec = resource.spec.template.clone();
+    spec.name = resource.name_any();
+    if let Some(problem) = template_problem(&spec) {
+        return Err(problem);
+    }
+    serde_json::to_string(&spec).map_err(|e| e.to_string())
+}
+
+/// A CommandSchedule as the store keeps it, or why it cannot be. Pure.
+pub fn schedule_of(resource: &CommandSchedule) -> Result<String, String> {
+    let mut spec = resource.spec.schedule.clone();
+    spec.name = resource.name_any();
+    Cadence::parse(&spec.cron, spec.time_zone.as_deref()).map_err(|e| e.to_string())?;
+    serde_json::to_string(&spec).map_err(|e| e.to_string())
+}
+
+async fn sync_template(store: &Store, resource: &CommandTemplate) -> ApiResult<()> {
+    let spec = template_of(resource).map_err(ApiError::Internal)?;
+    store.sync_template(&resource.name_any(), &spec, &owner_of(resource.annotations())).await?;
+    Ok(())
+}
+
+async fn sync_schedule(store: &Store, resource: &CommandSchedule) -> ApiResult<()> {
+    let spec = schedule_of(resource).map_err(ApiError::Internal)?;
+    store.sync_schedule(&resource.name_any(), &spec, &owner_of(resource.annotations())).await?;
+    Ok(())
+}
+
+/// Mirrors the namespace's CommandTemplates and CommandSchedules into `store` until
+/// `shutdown`. Every replica runs it; each write is a no-op when the row already matches.
+pub async fn run_definition_mirror(
+    client: Client,
+    namespace: String,
+    store: Store,
+    shutdown: impl Future<Output = ()>,
+) {
+    enum Seen {
+        Template(Box<Event<CommandTemplate>>),
+        Schedule(Box<Event<CommandSchedule>>),
+    }
+    let templates: Api<CommandTemplate> = Api::namespaced(client.clone(), &namespace);
+    let schedules: Api<CommandSchedule> = Api::namespaced(client, &namespace);
+    let templates = watcher::watcher(templates, watcher::Config::default())
+        .default_backoff()
+        .map(|e| e.map(|e| Seen::Template(Box::new(e))));
+    let schedules = watcher::watcher(schedules, watcher::Config::default())
+        .default_backoff()
+        .map(|e| e.map(|e| Seen::Schedule(Box::new(e))));
+    let mut events = std::pin::pin!(futures_util::stream::select(templates, schedules));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let event = tokio::select! {
+            _ = &mut shutdown => return,
+            event = events.next() => event,
+        };
+        let result = match event {
+            None => return,
+            Some(Err(error)) => {
+                tracing::warn!(%error, "watching CommandTemplates or CommandSchedules failed; retrying");
+                Ok(())
+            }
+            Some(Ok(Seen::Template(event))) => match *event {
+                Event::Apply(t) | Event::InitApply(t) => sync_template(&store, &t).await,
+                Event::Delete(t) => store.delete_template(&t.name_any()).await.map(drop),
+                Event::Init | Event::InitDone => Ok(()),
+            },
+            Some(Ok(Seen::Schedule(event))) => match *event {
+                Event::Apply(s) | Event::InitApply(s) => sync_schedule(&store, &s).await,
+                Event::Delete(s) => store.delete_schedule(&s.name_any()).await.map(drop),
+                Event::Init | Event::InitDone => Ok(()),
+            },
+        };
+        if let Err(error) = result {
+            tracing::warn!(%error, "could not mirror a CommandTemplate or CommandSchedule into the store");
+        }
+    }
+}
