@@ -105,6 +105,7 @@ ALLOWED_RULES = {
         ("cliscale.dev", "commandsessions/status"): {"patch"},
         ("cliscale.dev", "commandtemplates"): {"get", "list", "watch", "create", "patch", "delete"},
         ("cliscale.dev", "commandschedules"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("cliscale.dev", "commandschedules/status"): {"patch"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
         ("", "pods"): {"list", "watch"},
         ("", "events"): {"list"},

@@ -14,7 +14,7 @@ use cliscale_core::schedule::rfc3339 as at_rfc3339;
 use crate::error::{ApiError, Result};
 use crate::executor::{Definition, DefinitionKind};
 use crate::keys::Role;
-use crate::model::rfc3339;
+use crate::model::{SessionRecord, rfc3339};
 use crate::routes::{AppState, Caller, JsonBody, require};
 use crate::scheduler::{cadence, parse_schedule};
 use crate::secrets::valid_name;
@@ -55,11 +55,16 @@ async fn checked(state: &AppState, spec: &ScheduleSpec) -> Result<String> {
     serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<ScheduleView> {
+/// A schedule's status at the clock's now: its runs that `visible` lets through, its next
+/// times, and what it skipped or missed.
+pub async fn status(
+    state: &AppState,
+    row: &ScheduleRow,
+    visible: impl Fn(&SessionRecord) -> bool,
+) -> Result<ScheduleStatus> {
     let spec = parse_schedule(row)?;
     let runs = state.store.runs_of(RunsOf::Schedule, &row.name, RECENT_RUNS).await?;
-    let visible: Vec<_> =
-        runs.iter().filter(|s| caller.role != Role::Operator || s.owner == caller.key_id).collect();
+    let shown: Vec<&SessionRecord> = runs.iter().filter(|s| visible(s)).collect();
     let now = state.config.clock.now();
     let next_run_times = if spec.suspend {
         vec![]
@@ -70,7 +75,7 @@ async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<Sc
             .map(at_rfc3339)
             .collect()
     };
-    let status = ScheduleStatus {
+    Ok(ScheduleStatus {
         last_schedule_time: runs.iter().filter_map(|s| s.origin.scheduled_at).max().map(at_rfc3339),
         last_successful_time: runs
             .iter()
@@ -79,16 +84,20 @@ async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<Sc
             .max()
             .map(rfc3339),
         next_run_times,
-        active: visible.iter().filter(|s| !s.phase.is_finished()).map(|s| s.id.clone()).collect(),
-        recent_runs: visible.iter().map(|s| summary(s)).collect(),
+        active: shown.iter().filter(|s| !s.phase.is_finished()).map(|s| s.id.clone()).collect(),
+        recent_runs: shown.iter().map(|s| summary(s)).collect(),
         not_run: serde_json::from_str::<Vec<NotRun>>(&row.not_run).unwrap_or_default(),
-    };
+    })
+}
+
+async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<ScheduleView> {
+    let visible = |s: &SessionRecord| caller.role != Role::Operator || s.owner == caller.key_id;
     Ok(ScheduleView {
-        spec,
+        spec: parse_schedule(row)?,
         owner: row.owner.clone(),
         created_at: rfc3339(row.created_at),
         updated_at: rfc3339(row.updated_at),
-        status,
+        status: status(state, row, visible).await?,
     })
 }
 

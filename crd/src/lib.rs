@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use cliscale_core::rest::{ScheduleSpec, TemplateSpec};
+use cliscale_core::rest::{ScheduleSpec, ScheduleStatus, TemplateSpec};
 use cliscale_core::spec::SessionSpec;
 use cliscale_core::{SessionPhase, TerminalReason};
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
@@ -172,7 +172,8 @@ pub struct CommandTemplateSpec {
 
 /// A template run on cron, in a time zone: the `ScheduleSpec` of the REST API
 /// (docs/schedules.md). Kept in step with the API's schedules both ways, as CommandTemplates
-/// are; its runs, skips and next times are at `GET /api/schedules/{name}`.
+/// are; its status (runs, skips, next times) is the one `GET /api/schedules/{name}` shows,
+/// written by the API.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "cliscale.dev",
@@ -181,13 +182,15 @@ pub struct CommandTemplateSpec {
     plural = "commandschedules",
     shortname = "cmdsch",
     category = "cliscale",
+    status = "ScheduleStatus",
     validation = Rule::new("self.metadata.name.size() <= 63").message("a schedule's name is at most 63 characters"),
     validation = Rule::new("!has(self.spec.name) || self.spec.name == '' || self.spec.name == self.metadata.name").message("spec.name, when given, must be the resource's name"),
     namespaced,
     printcolumn = r#"{"name":"Cron","type":"string","jsonPath":".spec.cron"}"#,
     printcolumn = r#"{"name":"Zone","type":"string","jsonPath":".spec.timeZone"}"#,
     printcolumn = r#"{"name":"Template","type":"string","jsonPath":".spec.template"}"#,
-    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend"}"#
+    printcolumn = r#"{"name":"Suspended","type":"boolean","jsonPath":".spec.suspend"}"#,
+    printcolumn = r#"{"name":"Last","type":"string","jsonPath":".status.lastScheduleTime"}"#
 )]
 pub struct CommandScheduleSpec {
     /// The schedule, as `POST /api/schedules` takes it.

@@ -3,17 +3,20 @@
 //! deleted there) into the API's store, where the scheduler and the routes read them. The
 //! translations are pure; the mirror does the I/O.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use cliscale_api::routes::ApiState;
 use cliscale_api::store::{CLUSTER_OWNER, Store};
 use cliscale_api::templates::template_problem;
 use cliscale_api::{ApiError, Result as ApiResult};
-use cliscale_core::rest::{ScheduleSpec, TemplateSpec};
+use cliscale_core::rest::{ScheduleSpec, ScheduleStatus, TemplateSpec};
 use cliscale_core::schedule::Cadence;
 use cliscale_crd::{CommandSchedule, CommandScheduleSpec, CommandTemplate, CommandTemplateSpec};
 use futures_util::StreamExt;
-use kube::api::Api;
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
@@ -121,6 +124,60 @@ pub async fn run_definition_mirror(
         };
         if let Err(error) = result {
             tracing::warn!(%error, "could not mirror a CommandTemplate or CommandSchedule into the store");
+        }
+    }
+}
+
+/// Writes each schedule's status (`GET /api/schedules/{name}`'s) to its CommandSchedule when it
+/// changed since this replica last wrote it: server-side apply on the status subresource, so
+/// `kubectl get cmdsch` shows the last and next runs. `written` is what was written last.
+pub async fn publish_statuses(
+    state: &Arc<ApiState>,
+    resources: &Api<CommandSchedule>,
+    written: &mut HashMap<String, ScheduleStatus>,
+) -> ApiResult<()> {
+    let params = PatchParams::apply(crate::cluster_api::API_FIELD_MANAGER).force();
+    for row in state.store.schedules().await? {
+        let status = cliscale_api::schedules::status(state, &row, |_| true).await?;
+        if written.get(&row.name) == Some(&status) {
+            continue;
+        }
+        let patch = serde_json::json!({
+            "apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSchedule", "status": status,
+        });
+        match resources.patch_status(&row.name, &params, &Patch::Apply(&patch)).await {
+            Ok(_) => {
+                written.insert(row.name.clone(), status);
+            }
+            // Not on the cluster (yet): the next pass tries again.
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                return Err(ApiError::Internal(format!("writing a schedule's status: {e}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs [`publish_statuses`] every `every` until `shutdown`.
+pub async fn run_schedule_status(
+    state: Arc<ApiState>,
+    client: Client,
+    namespace: String,
+    every: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let resources: Api<CommandSchedule> = Api::namespaced(client, &namespace);
+    let mut written = HashMap::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        if let Err(error) = publish_statuses(&state, &resources, &mut written).await {
+            tracing::warn!(%error, "could not write a CommandSchedule's status; retrying");
+            written.clear();
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

@@ -210,6 +210,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             streams.cancel();
         }
     };
+    let status_api = api.clone();
     let api_app = cliscale_api::routes::router(api);
     let api_listener = tokio::net::TcpListener::bind(args.api_listen).await?;
     let limits = args.limits.limits();
@@ -219,6 +220,13 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         limits.clone(),
         cliscale_serve::as_is,
         stopping,
+    ));
+    shutdown.spawn(cliscale_operator::definitions::run_schedule_status(
+        status_api,
+        client.clone(),
+        namespace.clone(),
+        std::time::Duration::from_secs(10),
+        shutdown.requested(),
     ));
     shutdown.spawn(cliscale_operator::definitions::run_definition_mirror(
         client.clone(),

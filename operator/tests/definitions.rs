@@ -127,6 +127,21 @@ async fn definitions_go_both_ways_and_a_kubectl_schedule_fires() {
     assert_eq!(runs.len(), 1);
     assert_eq!(runs[0].owner, CLUSTER_OWNER);
     assert!(runs[0].spec.env.iter().any(|e| e.name == "WHO" && e.value == "kube"));
+    // Its status reaches the resource: the run, its time, the next times.
+    let mut written = std::collections::HashMap::new();
+    cliscale_operator::definitions::publish_statuses(&state, &schedules, &mut written)
+        .await
+        .unwrap();
+    let status = api.get("commandschedules", NS, "every-minute").unwrap()["status"].clone();
+    assert_eq!(status["active"], json!([runs[0].id.clone()]), "{status}");
+    assert_eq!(status["nextRunTimes"].as_array().map(Vec::len), Some(5), "{status}");
+    assert!(status["lastScheduleTime"].is_string(), "{status}");
+    // Unchanged: not written again.
+    let writes = api.applies("commandschedules");
+    cliscale_operator::definitions::publish_statuses(&state, &schedules, &mut written)
+        .await
+        .unwrap();
+    assert_eq!(api.applies("commandschedules"), writes);
 
     // Changed with kubectl: the store follows; deleted: the row goes.
     let templates: Api<CommandTemplate> = Api::namespaced(client.clone(), NS);

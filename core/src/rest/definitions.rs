@@ -174,12 +174,19 @@ pub struct TemplateView {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct RunSummary {
+    /// The run's session.
     pub session_id: String,
+    /// Where the session is.
     pub phase: crate::SessionPhase,
+    /// Its command's exit code, once it exited.
     pub exit_code: Option<i64>,
+    /// 1 for a first run; the retry's number after that.
     pub attempt: u32,
+    /// The first attempt of its retry chain.
     pub retry_of: Option<String>,
+    /// When it was made (RFC 3339).
     pub created_at: String,
 }
 
@@ -295,10 +302,13 @@ pub struct Preview {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct NotRun {
+    /// The time it was due (RFC 3339).
     pub scheduled_at: String,
     /// ConcurrencyForbid, Suspended, DeadlineExceeded or Missed.
     pub reason: String,
+    /// More about it.
     pub message: String,
 }
 
@@ -306,11 +316,17 @@ pub struct NotRun {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub struct ScheduleStatus {
+    /// The latest time a run was started for (RFC 3339).
     pub last_schedule_time: Option<String>,
+    /// When its latest successful run finished.
     pub last_successful_time: Option<String>,
+    /// The next times it fires (none while suspended).
     pub next_run_times: Vec<String>,
+    /// Its runs that have not finished.
     pub active: Vec<String>,
+    /// Its latest runs, newest first, each retry attempt included.
     pub recent_runs: Vec<RunSummary>,
     /// The latest skipped and missed times, newest first.
     pub not_run: Vec<NotRun>,
