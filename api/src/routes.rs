@@ -139,6 +139,14 @@ impl ApiState {
         self.charge(key)
     }
 
+    /// Charges one request to the client's address (a request without a standing credential).
+    pub(crate) fn charge_address(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<()> {
+        match client_ip(self, headers, peer) {
+            Some(ip) => self.charge(format!("ip:{ip}")),
+            None => Ok(()),
+        }
+    }
+
     fn charge(&self, key: String) -> Result<()> {
         self.limiter.check_key(&key).map_err(|not_until| {
             self.metrics.rate_limited.inc();

@@ -522,6 +522,17 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
+    #[tokio::test]
+    async fn a_server_without_a_vault_refuses_secrets_and_knows_none() {
+        let data = data(&[("K", "v")]);
+        let refused = NoVault.write("x", &data, true).await.unwrap_err();
+        assert_eq!((refused.status().as_u16(), refused.code()), (503, "secrets_unavailable"));
+        assert!(NoVault.meta("x").await.unwrap().is_none());
+        let refs =
+            BTreeMap::from([("K".to_string(), SecretRef { secret: "x".into(), key: "K".into() })]);
+        assert_eq!(resolve_secret_env(&NoVault, &refs).await.unwrap_err().code(), "unknown_secret");
+    }
+
     #[test]
     fn names_are_dns_labels() {
         for good in ["a", "deploy-keys", "x1"] {

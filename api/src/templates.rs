@@ -591,6 +591,21 @@ fn bad_trigger() -> ApiError {
     ApiError::unauthorized("invalid_trigger_token", "the trigger token is not valid")
 }
 
+/// The standing trigger token a request presents as its Bearer credential.
+async fn trigger_token(state: &AppState, headers: &HeaderMap) -> Result<TriggerRow> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(bad_trigger)?;
+    let (id, secret) = parse_trigger_token(presented.trim()).ok_or_else(bad_trigger)?;
+    let token = state.store.trigger(id).await?.ok_or_else(bad_trigger)?;
+    if token.revoked_at.is_some() || !secret_matches(secret, &token.secret_hash) {
+        return Err(bad_trigger());
+    }
+    Ok(token)
+}
+
 #[utoipa::path(post, path = "/api/templates/{name}/trigger", tag = "templates",
     summary = "Run a template with a trigger token (Bearer cst_…)",
     description = "The token is the Bearer credential; it may set only the parameters it names. Answers as POST /api/sessions does, with a view-scope terminal token.",
@@ -608,16 +623,14 @@ pub(crate) async fn trigger(
     Path(name): Path<String>,
     JsonBody(request): JsonBody<RunRequest>,
 ) -> Result<Response> {
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(bad_trigger)?;
-    let (id, secret) = parse_trigger_token(presented.trim()).ok_or_else(bad_trigger)?;
-    let token = state.store.trigger(id).await?.ok_or_else(bad_trigger)?;
-    if token.revoked_at.is_some() || !secret_matches(secret, &token.secret_hash) {
-        return Err(bad_trigger());
-    }
+    // A wrong token is charged to the caller's address, as a wrong API key is.
+    let token = match trigger_token(&state, &headers).await {
+        Ok(token) => token,
+        Err(e) => {
+            state.charge_address(&headers, peer)?;
+            return Err(e);
+        }
+    };
     state.charge_key(format!("trigger:{}", token.id))?;
     if token.template != name {
         return Err(ApiError::refused(

@@ -351,6 +351,12 @@ async fn refusals_name_their_reason_and_roles_hold() {
     let shown = viewer.schedule("nightly").await.unwrap();
     assert_eq!(shown.status.next_run_times.len(), 5);
 
+    // A trigger token with a bad name or a parameter the template lacks.
+    let bad_trigger = admin.create_trigger("solo", "", vec![]).await;
+    assert_eq!(code(bad_trigger).as_deref(), Some("invalid_trigger"));
+    let bad_trigger = admin.create_trigger("solo", "ci", vec!["NOPE".into()]).await;
+    assert_eq!(code(bad_trigger).as_deref(), Some("invalid_trigger"));
+
     // The event log's own refusals.
     let (status, body) =
         stack.call("GET", "/api/events?order=sideways", Some(ADMIN_KEY), None).await;
@@ -650,4 +656,34 @@ async fn the_command_line_manages_secrets_templates_and_schedules() {
     cli(&["templates", "rm", "hello"]);
     cli(&["secrets", "rm", "deploy"]);
     assert!(!cli(&["secrets", "ls"]).contains("deploy"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trigger_token_has_its_own_rate_limit() {
+    let Some(stack) = Stack::start(Backend::Sqlite, &["--rate-per-minute", "3"]).await else {
+        return;
+    };
+    let admin = stack.client(ADMIN_KEY);
+    admin
+        .put_template(&template(json!({"name": "t", "session": {"command": "true"}})), false)
+        .await
+        .unwrap();
+    let token = admin.create_trigger("t", "ci", vec![]).await.unwrap().token.unwrap();
+    let caller = stack.client(ADMIN_KEY);
+    for _ in 0..3 {
+        caller.trigger("t", &token, BTreeMap::new()).await.unwrap();
+    }
+    let limited = caller.trigger("t", &token, BTreeMap::new()).await.unwrap_err();
+    assert_eq!((limited.status(), limited.code()), (Some(429), Some("rate_limited")));
+    // Guessed tokens are charged to the caller's address: three refusals, then 429.
+    let forged = "cst_0123456789abcdef_guessed";
+    for _ in 0..3 {
+        let refused = caller.trigger("t", forged, BTreeMap::new()).await.unwrap_err();
+        assert_eq!(refused.code(), Some("invalid_trigger_token"));
+    }
+    let limited = caller.trigger("t", forged, BTreeMap::new()).await.unwrap_err();
+    assert_eq!(limited.code(), Some("rate_limited"));
+    // The admin key's own budget is its own: it still lists.
+    let (status, _) = stack.call("GET", "/api/templates", Some(ADMIN_KEY), None).await;
+    assert_ne!(status, 429, "the token's calls were charged to the key");
 }
