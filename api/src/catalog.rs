@@ -71,6 +71,22 @@ const SESSION_RUN_COLUMNS: &str = "SELECT id, owner, spec, phase, exit_code, rea
     runner_addr, created_at, started_at, finished_at, updated_at, change_seq, origin FROM sessions";
 
 impl Store {
+    /// The rows of `table` (every one, or the one named `name`), by name, with `columns`.
+    async fn named_rows(
+        &self,
+        table: &str,
+        columns: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<sqlx::any::AnyRow>> {
+        let filter = if name.is_some() { " WHERE name = $1" } else { "" };
+        let sql = format!("SELECT {columns} FROM {table}{filter} ORDER BY name");
+        let mut query = sqlx::query(&sql);
+        if let Some(name) = name {
+            query = query.bind(name.to_owned());
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
     // --- secrets --------------------------------------------------------------------------
 
     /// Writes a sealed secret, replacing one of its name.
@@ -102,17 +118,8 @@ impl Store {
     }
 
     async fn secret_query(&self, name: Option<&str>) -> Result<Vec<SecretRow>> {
-        let mut sql = String::from(
-            "SELECT name, key_names, key_id, nonce, sealed, created_at, updated_at FROM secrets",
-        );
-        if name.is_some() {
-            sql += " WHERE name = $1";
-        }
-        let mut query = sqlx::query(&sql);
-        if let Some(name) = name {
-            query = query.bind(name.to_owned());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let columns = "name, key_names, key_id, nonce, sealed, created_at, updated_at";
+        let rows = self.named_rows("secrets", columns, name).await?;
         rows.iter()
             .map(|r| {
                 Ok(SecretRow {
@@ -192,18 +199,8 @@ impl Store {
     }
 
     async fn template_query(&self, name: Option<&str>) -> Result<Vec<TemplateRow>> {
-        let mut sql = String::from(
-            "SELECT name, generation, spec, owner, created_at, updated_at FROM templates",
-        );
-        if name.is_some() {
-            sql += " WHERE name = $1";
-        }
-        sql += " ORDER BY name";
-        let mut query = sqlx::query(&sql);
-        if let Some(name) = name {
-            query = query.bind(name.to_owned());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let columns = "name, generation, spec, owner, created_at, updated_at";
+        let rows = self.named_rows("templates", columns, name).await?;
         rows.iter()
             .map(|r| {
                 Ok(TemplateRow {
@@ -377,19 +374,8 @@ impl Store {
     }
 
     async fn schedule_query(&self, name: Option<&str>) -> Result<Vec<ScheduleRow>> {
-        let mut sql = String::from(
-            "SELECT name, uid, spec, owner, created_at, updated_at, last_considered, not_run \
-             FROM schedules",
-        );
-        if name.is_some() {
-            sql += " WHERE name = $1";
-        }
-        sql += " ORDER BY name";
-        let mut query = sqlx::query(&sql);
-        if let Some(name) = name {
-            query = query.bind(name.to_owned());
-        }
-        let rows = query.fetch_all(&self.pool).await?;
+        let columns = "name, uid, spec, owner, created_at, updated_at, last_considered, not_run";
+        let rows = self.named_rows("schedules", columns, name).await?;
         rows.iter()
             .map(|r| {
                 Ok(ScheduleRow {
