@@ -245,6 +245,23 @@ pub struct Caller {
     pub role: Role,
 }
 
+impl Caller {
+    /// Whether this caller sees what `owner` made: an operator sees only its own.
+    pub fn sees(&self, owner: &str) -> bool {
+        self.role != Role::Operator || owner == self.key_id
+    }
+
+    /// Refuses a change to what `owner` made (`what`: "templates", …) unless this caller is an
+    /// admin, or the operator who made it.
+    pub(crate) fn may_change(&self, owner: &str, what: &str) -> Result<()> {
+        require(self, &[Role::Admin, Role::Operator])?;
+        if !self.sees(owner) {
+            return Err(ApiError::Forbidden(format!("an operator changes only its own {what}")));
+        }
+        Ok(())
+    }
+}
+
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
@@ -433,7 +450,7 @@ pub(crate) async fn visible_session(
 ) -> Result<SessionRecord> {
     let session = state.store.get_session(id).await?;
     match session {
-        Some(s) if caller.role != Role::Operator || s.owner == caller.key_id => Ok(s),
+        Some(s) if caller.sees(&s.owner) => Ok(s),
         _ => Err(ApiError::NotFound(format!("session {id:?}"))),
     }
 }

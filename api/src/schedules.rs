@@ -91,7 +91,7 @@ pub async fn status(
 }
 
 async fn view(state: &AppState, caller: &Caller, row: &ScheduleRow) -> Result<ScheduleView> {
-    let visible = |s: &SessionRecord| caller.role != Role::Operator || s.owner == caller.key_id;
+    let visible = |s: &SessionRecord| caller.sees(&s.owner);
     Ok(ScheduleView {
         spec: parse_schedule(row)?,
         owner: row.owner.clone(),
@@ -107,14 +107,6 @@ async fn found(state: &AppState, name: &str) -> Result<ScheduleRow> {
         .schedule(name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("schedule {name:?}")))
-}
-
-fn may_change(caller: &Caller, row: &ScheduleRow) -> Result<()> {
-    require(caller, &[Role::Admin, Role::Operator])?;
-    if caller.role == Role::Operator && row.owner != caller.key_id {
-        return Err(ApiError::Forbidden("an operator changes only its own schedules".into()));
-    }
-    Ok(())
 }
 
 fn event(name: &str, kind: &str, caller: &Caller) -> NewEvent {
@@ -169,7 +161,7 @@ pub(crate) async fn update(
     JsonBody(mut spec): JsonBody<ScheduleSpec>,
 ) -> Result<axum::Json<ScheduleView>> {
     let row = found(&state, &name).await?;
-    may_change(&caller, &row)?;
+    caller.may_change(&row.owner, "schedules")?;
     if !spec.name.is_empty() && spec.name != name {
         return Err(invalid("a schedule's name cannot change"));
     }
@@ -220,7 +212,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
     let row = found(&state, &name).await?;
-    may_change(&caller, &row)?;
+    caller.may_change(&row.owner, "schedules")?;
     state.store.delete_schedule(&name).await?;
     state.executor.withdraw(DefinitionKind::Schedule, &name).await?;
     state.store.log(&event(&name, "schedule_deleted", &caller)).await?;

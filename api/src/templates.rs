@@ -210,11 +210,7 @@ pub(crate) fn summary(s: &SessionRecord) -> RunSummary {
 
 async fn view(state: &AppState, caller: &Caller, row: &TemplateRow) -> Result<TemplateView> {
     let runs = state.store.runs_of(RunsOf::Template, &row.name, RECENT_RUNS).await?;
-    let recent_runs = runs
-        .iter()
-        .filter(|s| caller.role != Role::Operator || s.owner == caller.key_id)
-        .map(summary)
-        .collect();
+    let recent_runs = runs.iter().filter(|s| caller.sees(&s.owner)).map(summary).collect();
     Ok(TemplateView {
         spec: parse_spec(row)?,
         generation: row.generation,
@@ -247,15 +243,6 @@ async fn checked(state: &AppState, caller: &Caller, spec: &TemplateSpec) -> Resu
         .collect();
     session_spec(state, run_request(spec, defaults)).await?;
     serde_json::to_string(spec).map_err(|e| ApiError::Internal(e.to_string()))
-}
-
-/// Only admins, and the operator who made it, change or delete a template.
-fn may_change(caller: &Caller, row: &TemplateRow) -> Result<()> {
-    require(caller, &[Role::Admin, Role::Operator])?;
-    if caller.role == Role::Operator && row.owner != caller.key_id {
-        return Err(ApiError::Forbidden("an operator changes only its own templates".into()));
-    }
-    Ok(())
 }
 
 #[utoipa::path(post, path = "/api/templates", tag = "templates", summary = "Create a template",
@@ -304,7 +291,7 @@ pub(crate) async fn update(
     JsonBody(mut spec): JsonBody<TemplateSpec>,
 ) -> Result<axum::Json<TemplateView>> {
     let row = found(&state, &name).await?;
-    may_change(&caller, &row)?;
+    caller.may_change(&row.owner, "templates")?;
     if !spec.name.is_empty() && spec.name != name {
         return Err(invalid("a template's name cannot change"));
     }
@@ -361,7 +348,7 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode> {
     let row = found(&state, &name).await?;
-    may_change(&caller, &row)?;
+    caller.may_change(&row.owner, "templates")?;
     state.store.delete_template(&name).await?;
     state.executor.withdraw(DefinitionKind::Template, &name).await?;
     let entry = NewEvent {
