@@ -133,12 +133,6 @@ impl ApiState {
         })
     }
 
-    /// Charges one request to `key` (an API key's id, `trigger:<id>`, …); refuses with
-    /// Retry-After when over the limit.
-    pub(crate) fn charge_key(&self, key: String) -> Result<()> {
-        self.charge(key)
-    }
-
     /// Charges one request to the client's address (a request without a standing credential).
     pub(crate) fn charge_address(&self, headers: &HeaderMap, peer: Option<IpAddr>) -> Result<()> {
         match client_ip(self, headers, peer) {
@@ -147,7 +141,9 @@ impl ApiState {
         }
     }
 
-    fn charge(&self, key: String) -> Result<()> {
+    /// Charges one request to `key` (`key:<id>`, `ip:<address>`, `trigger:<id>`); refuses with
+    /// Retry-After when over the limit.
+    pub(crate) fn charge(&self, key: String) -> Result<()> {
         self.limiter.check_key(&key).map_err(|not_until| {
             self.metrics.rate_limited.inc();
             let wait = not_until.wait_time_from(DefaultClock::default().now());

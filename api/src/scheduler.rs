@@ -95,7 +95,6 @@ fn reason_name(reason: SkipReason) -> &'static str {
         SkipReason::ConcurrencyForbid => "ConcurrencyForbid",
         SkipReason::Suspended => "Suspended",
         SkipReason::DeadlineExceeded => "DeadlineExceeded",
-        SkipReason::Superseded => "Superseded",
     }
 }
 

@@ -618,7 +618,7 @@ pub(crate) async fn trigger(
             return Err(e);
         }
     };
-    state.charge_key(format!("trigger:{}", token.id))?;
+    state.charge(format!("trigger:{}", token.id))?;
     if token.template != name {
         return Err(ApiError::refused(
             StatusCode::FORBIDDEN,

@@ -109,8 +109,6 @@ pub enum SkipReason {
     Suspended,
     /// Its time was more than `startingDeadlineSeconds` ago when it was seen.
     DeadlineExceeded,
-    /// An earlier due time: only the latest of several due times is started (after downtime).
-    Superseded,
 }
 
 /// What one tick decides.
