@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod model;
 pub mod openapi;
 pub mod output;
+pub mod output_files;
 pub mod output_routes;
 pub mod process;
 pub mod retries;

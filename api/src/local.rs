@@ -30,8 +30,6 @@ use crate::store::{StatusUpdate, Store, now};
 #[derive(Debug, Clone)]
 pub struct LocalConfig {
     pub runner_bin: PathBuf,
-    /// One directory per session, private to this process: the runner's copy of the output.
-    pub sessions_dir: PathBuf,
     /// Where sessions' work dirs are made, one per session, each its command's own.
     pub work_root: PathBuf,
     /// How sessions are kept from this process and from each other.
@@ -264,7 +262,6 @@ impl LocalExecutor {
     }
 
     async fn delete_files_and_rows(&self, id: &str) -> Result<()> {
-        let _ = tokio::fs::remove_dir_all(self.config.sessions_dir.join(id)).await;
         let _ = tokio::fs::remove_dir_all(self.config.work_root.join(id)).await;
         self.store.delete_session(id).await?;
         self.runners.lock().expect("runners lock").remove(id);
@@ -355,9 +352,6 @@ impl LocalExecutor {
         session: SessionRecord,
         secrets: Vec<(String, String)>,
     ) -> Result<()> {
-        let dir = self.config.sessions_dir.join(&session.id);
-        private_dir(&dir)?;
-        let output = private_file(&dir.join("output.log"))?;
         // Root's until the runner hands it to the session's user.
         private_dir(&self.config.work_root.join(&session.id))?;
         let uid = self.session_uid()?;
@@ -406,7 +400,10 @@ impl LocalExecutor {
         cmd.envs(session.spec.env.iter().map(|e| (command_env_name(&e.name), &e.value)));
         // Secret values too travel by environment only, and the runner masks them.
         cmd.envs(secrets);
-        cmd.stdin(Stdio::null()).stdout(Stdio::from(output)).stderr(Stdio::piped());
+        // The output store keeps the output here: a copy on the runner's stdout (what
+        // `kubectl logs` reads in a pod) would only cost the runner a second write per byte.
+        cmd.env("CLISCALE_RUNNER_TEE_STDOUT", "false");
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let passed = [(events_tx.as_raw_fd(), EVENTS_FD), (lifeline_rx.as_raw_fd(), LIFELINE_FD)];
         // SAFETY: between fork and exec only fcntl and dup2 run, both async-signal-safe.
         unsafe {

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::executor::BoxFuture;
+use crate::output_files::FileRange;
 use crate::store::{Store, now};
 
 /// Where a session's stored log stands.
@@ -202,21 +203,66 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn segment_from_row(r: &sqlx::any::AnyRow) -> Result<Segment> {
+/// A stored segment as its row has it: data rows hold their bytes or say where they are in the
+/// session's output file.
+enum RowSegment {
+    Ready(Segment),
+    InFile { start: u64, at_ms: u64, range: FileRange },
+}
+
+fn segment_from_row(r: &sqlx::any::AnyRow) -> Result<RowSegment> {
     let start = u(r.try_get("start_offset")?);
+    let end = u(r.try_get("end_offset")?);
     let kind: String = r.try_get("kind")?;
-    Ok(if kind == "gap" {
-        Segment::Gap { start, end: u(r.try_get("end_offset")?) }
-    } else {
-        let data: Vec<u8> = r.try_get::<Option<Vec<u8>>, _>("data")?.unwrap_or_default();
-        Segment::Data { start, at_ms: u(r.try_get("at_ms")?), data: Bytes::from(data) }
+    if kind == "gap" {
+        return Ok(RowSegment::Ready(Segment::Gap { start, end }));
+    }
+    let at_ms = u(r.try_get("at_ms")?);
+    Ok(match r.try_get::<Option<i64>, _>("file_pos")? {
+        Some(pos) => {
+            RowSegment::InFile { start, at_ms, range: FileRange { pos: u(pos), len: end - start } }
+        }
+        None => {
+            let data: Vec<u8> = r.try_get::<Option<Vec<u8>>, _>("data")?.unwrap_or_default();
+            RowSegment::Ready(Segment::Data { start, at_ms, data: Bytes::from(data) })
+        }
     })
 }
 
 const SEGMENT_COLUMNS: &str =
-    "SELECT start_offset, end_offset, kind, at_ms, data FROM session_output";
+    "SELECT start_offset, end_offset, kind, at_ms, data, file_pos FROM session_output";
 
 impl Store {
+    /// Reads the bytes of the rows that point into the session's output file.
+    async fn load(&self, id: &str, rows: Vec<RowSegment>) -> Result<Vec<Segment>> {
+        let ranges: Vec<FileRange> = rows
+            .iter()
+            .filter_map(|r| match r {
+                RowSegment::InFile { range, .. } => Some(*range),
+                RowSegment::Ready(_) => None,
+            })
+            .collect();
+        let mut read = match (&self.output_files, ranges.is_empty()) {
+            (_, true) => Vec::new(),
+            (Some(files), false) => files.read(id, ranges).await?,
+            (None, false) => {
+                return Err(crate::error::ApiError::Internal(
+                    "stored output is in files, but this server has no output dir".into(),
+                ));
+            }
+        }
+        .into_iter();
+        Ok(rows
+            .into_iter()
+            .map(|r| match r {
+                RowSegment::Ready(s) => s,
+                RowSegment::InFile { start, at_ms, .. } => {
+                    Segment::Data { start, at_ms, data: read.next().unwrap_or_default() }
+                }
+            })
+            .collect())
+    }
+
     async fn output_state_in(
         conn: &mut sqlx::AnyConnection,
         id: &str,
@@ -254,7 +300,7 @@ impl Store {
             "INSERT INTO session_output_state (session_id, end_offset, stored_bytes, closed, \
              updated_at) VALUES ($1, 0, 0, 0, $2) ON CONFLICT (session_id) DO UPDATE \
              SET updated_at = excluded.updated_at \
-             RETURNING end_offset, stored_bytes, closed, updated_at",
+             RETURNING end_offset, stored_bytes, closed, updated_at, file_end",
         )
         .bind(id)
         .bind(t)
@@ -266,6 +312,7 @@ impl Store {
             closed: row.try_get::<i64, _>("closed")? != 0,
             updated_at: row.try_get("updated_at")?,
         };
+        let file_end = u(row.try_get("file_end")?);
         let resizes = q.resizes.as_deref().and_then(Resize::parse_list).unwrap_or_default();
         for r in &resizes {
             sqlx::query(
@@ -306,32 +353,60 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             if merged.rows_affected() == 0 {
-                insert_segment(&mut tx, id, from, to, "gap", q.at_ms, None).await?;
+                insert_segment(&mut tx, id, from, to, "gap", q.at_ms, Stored::Nothing).await?;
             }
         }
         let data = body.slice(skip..);
         let mut stored = state.stored_bytes;
+        let mut new_file_end = file_end;
         if !data.is_empty() {
             let end = start + data.len() as u64;
-            insert_segment(&mut tx, id, start, end, "data", q.at_ms, Some(&data)).await?;
-            stored += data.len() as u64;
+            let len = data.len() as u64;
+            match &self.output_files {
+                // The bytes go to the file first; only the commit below makes a row point at
+                // them, so a failure here or before the commit leaves nothing half-stored.
+                Some(files) => {
+                    files.write_at(id, file_end, data).await?;
+                    insert_segment(&mut tx, id, start, end, "data", q.at_ms, Stored::At(file_end))
+                        .await?;
+                    new_file_end += len;
+                }
+                None => {
+                    insert_segment(&mut tx, id, start, end, "data", q.at_ms, Stored::Bytes(&data))
+                        .await?;
+                }
+            }
+            stored += len;
         }
+        let mut released = None;
         if stored > cap {
-            stored = evict_tail(&mut tx, id, cap, stored).await?;
+            (stored, released) = evict_tail(&mut tx, id, cap, stored).await?;
         }
         sqlx::query(
-            "UPDATE session_output_state SET end_offset = $1, stored_bytes = $2, closed = $3 \
-             WHERE session_id = $4",
+            "UPDATE session_output_state SET end_offset = $1, stored_bytes = $2, closed = $3, \
+             file_end = $4 WHERE session_id = $5",
         )
         .bind(new_end as i64)
         .bind(stored as i64)
         .bind(i64::from(close))
+        .bind(new_file_end as i64)
         .bind(id)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let (Some(files), Some(range)) = (&self.output_files, released) {
+            files.release(id, range).await;
+        }
         Ok(AppendOutcome::Stored { end: new_end })
     }
+}
+
+/// Where a new segment's bytes are.
+enum Stored<'a> {
+    Nothing,
+    Bytes(&'a [u8]),
+    /// At this position of the session's output file.
+    At(u64),
 }
 
 async fn insert_segment(
@@ -341,11 +416,16 @@ async fn insert_segment(
     end: u64,
     kind: &str,
     at_ms: u64,
-    data: Option<&[u8]>,
+    stored: Stored<'_>,
 ) -> Result<()> {
+    let (data, file_pos) = match stored {
+        Stored::Nothing => (None, None),
+        Stored::Bytes(data) => (Some(data), None),
+        Stored::At(pos) => (None, Some(pos as i64)),
+    };
     sqlx::query(
-        "INSERT INTO session_output (session_id, start_offset, end_offset, kind, at_ms, data) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        "INSERT INTO session_output (session_id, start_offset, end_offset, kind, at_ms, data, \
+         file_pos) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
     .bind(id)
     .bind(start as i64)
@@ -353,19 +433,21 @@ async fn insert_segment(
     .bind(kind)
     .bind(at_ms as i64)
     .bind(data)
+    .bind(file_pos)
     .execute(conn)
     .await?;
     Ok(())
 }
 
 /// Keeps the head (segments starting in the first half of `cap`) and drops the oldest of the
-/// rest until `stored` fits, recording one gap between head and tail. Returns the bytes held.
+/// rest until `stored` fits, recording one gap between head and tail. Returns the bytes held,
+/// and the span of the session's output file that no row points into any more.
 async fn evict_tail(
     conn: &mut sqlx::AnyConnection,
     id: &str,
     cap: u64,
     stored: u64,
-) -> Result<u64> {
+) -> Result<(u64, Option<FileRange>)> {
     let half = (cap / 2) as i64;
     let head_end: Option<i64> = sqlx::query(
         "SELECT MAX(end_offset) AS e FROM session_output WHERE session_id = $1 AND start_offset < $2",
@@ -377,7 +459,7 @@ async fn evict_tail(
     .try_get("e")?;
     let head_end = head_end.unwrap_or(0);
     let rows = sqlx::query(
-        "SELECT start_offset, end_offset, kind FROM session_output \
+        "SELECT start_offset, end_offset, kind, file_pos FROM session_output \
          WHERE session_id = $1 AND start_offset >= $2 ORDER BY start_offset",
     )
     .bind(id)
@@ -388,13 +470,15 @@ async fn evict_tail(
     for r in &rows {
         let (start, end): (i64, i64) = (r.try_get("start_offset")?, r.try_get("end_offset")?);
         let kind: String = r.try_get("kind")?;
-        tail.push((end, if kind == "data" { u(end - start) } else { 0 }));
+        let len = if kind == "data" { u(end - start) } else { 0 };
+        let file_pos = r.try_get::<Option<i64>, _>("file_pos")?.map(u);
+        tail.push((end, len, file_pos));
     }
-    let lengths: Vec<u64> = tail.iter().map(|(_, len)| *len).collect();
+    let lengths: Vec<u64> = tail.iter().map(|(_, len, _)| *len).collect();
     // The newest segment always stays: the tail is never empty while the log grows.
     let n = evict_count(&lengths, stored - cap).min(tail.len().saturating_sub(1));
     if n == 0 {
-        return Ok(stored);
+        return Ok((stored, None));
     }
     let gap_end = tail[n - 1].0;
     let freed: u64 = lengths[..n].iter().sum();
@@ -407,8 +491,13 @@ async fn evict_tail(
     .bind(gap_end)
     .execute(&mut *conn)
     .await?;
-    insert_segment(conn, id, u(head_end), u(gap_end), "gap", 0, None).await?;
-    Ok(stored - freed)
+    insert_segment(conn, id, u(head_end), u(gap_end), "gap", 0, Stored::Nothing).await?;
+    // Data is written to the file in offset order, so the evicted rows' bytes are one span.
+    let spans = tail[..n].iter().filter_map(|(_, len, pos)| pos.map(|p| (p, p + len)));
+    let released = spans
+        .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)))
+        .map(|(from, to)| FileRange { pos: from, len: to - from });
+    Ok((stored - freed, released))
 }
 
 impl OutputBackend for Store {
@@ -461,7 +550,7 @@ impl OutputBackend for Store {
             .fetch_one(&self.pool)
             .await?
             .try_get("s")?;
-            let mut out = Vec::new();
+            let mut out: Vec<RowSegment> = Vec::new();
             let mut at = from.unwrap_or(0);
             let mut bytes = 0;
             // Two segments at a time (each up to a runner's batch), until `max` bytes are in hand:
@@ -478,14 +567,19 @@ impl OutputBackend for Store {
                 let page = rows.len();
                 for r in &rows {
                     let s = segment_from_row(r)?;
-                    at = s.end() as i64;
-                    if let Segment::Data { data, .. } = &s {
-                        bytes += data.len();
-                    }
+                    let (end, len) = match &s {
+                        RowSegment::Ready(s @ Segment::Data { data, .. }) => (s.end(), data.len()),
+                        RowSegment::Ready(s) => (s.end(), 0),
+                        RowSegment::InFile { start, range, .. } => {
+                            (start + range.len, range.len as usize)
+                        }
+                    };
+                    at = end as i64;
+                    bytes += len;
                     out.push(s);
                 }
                 if page < 2 || bytes >= max {
-                    return Ok(out);
+                    return self.load(session_id, out).await;
                 }
             }
         })
@@ -497,7 +591,7 @@ impl OutputBackend for Store {
         max: usize,
     ) -> BoxFuture<'a, Result<Vec<Segment>>> {
         Box::pin(async move {
-            let mut out = Vec::new();
+            let mut out: Vec<RowSegment> = Vec::new();
             let mut bytes = 0;
             let mut before = i64::MAX;
             while bytes < max {
@@ -511,16 +605,22 @@ impl OutputBackend for Store {
                 .await?;
                 let Some(row) = row else { break };
                 let s = segment_from_row(&row)?;
-                before = s.start() as i64;
                 match &s {
-                    Segment::Data { data, .. } => bytes += data.len(),
+                    RowSegment::Ready(Segment::Data { start, data, .. }) => {
+                        before = *start as i64;
+                        bytes += data.len();
+                    }
+                    RowSegment::InFile { start, range, .. } => {
+                        before = *start as i64;
+                        bytes += range.len as usize;
+                    }
                     // Bytes before a gap do not join those after it in a tail.
-                    Segment::Gap { .. } => break,
+                    RowSegment::Ready(Segment::Gap { .. }) => break,
                 }
                 out.push(s);
             }
             out.reverse();
-            Ok(out)
+            self.load(session_id, out).await
         })
     }
 

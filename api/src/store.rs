@@ -27,6 +27,8 @@ pub struct Store {
     /// Woken after every committed session write, so this process' feeds answer at once;
     /// writes by other processes are found by the feeds' polling.
     changed: std::sync::Arc<tokio::sync::Notify>,
+    /// Local mode: the bytes of stored output go to files here, not into rows.
+    pub(crate) output_files: Option<std::sync::Arc<crate::output_files::OutputFiles>>,
 }
 
 /// A stored API key (never the secret itself).
@@ -208,7 +210,7 @@ impl Store {
         }
         let pool = options.connect(url).await?;
         MIGRATOR.run(&pool).await?;
-        let store = Self { pool, backend, changed: Default::default() };
+        let store = Self { pool, backend, changed: Default::default(), output_files: None };
         store.fill_search_text().await?;
         Ok(store)
     }
@@ -229,6 +231,24 @@ impl Store {
                 .await?;
         }
         Ok(())
+    }
+
+    /// Keeps the bytes of stored output in files under `dir` (local mode: one process owns
+    /// them) instead of in rows. Files no session's output state names any more (a delete that
+    /// stopped between its commit and the file) are removed.
+    pub async fn with_output_files(mut self, dir: &std::path::Path) -> Result<Self> {
+        let files = crate::output_files::OutputFiles::open(dir)?;
+        for id in files.names()? {
+            let held = sqlx::query("SELECT 1 FROM session_output_state WHERE session_id = $1")
+                .bind(&id)
+                .fetch_optional(&self.pool)
+                .await?;
+            if held.is_none() {
+                files.remove(&id).await?;
+            }
+        }
+        self.output_files = Some(std::sync::Arc::new(files));
+        Ok(self)
     }
 
     pub fn backend(&self) -> Backend {
@@ -715,6 +735,9 @@ impl Store {
         }
         sqlx::query("DELETE FROM sessions WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
+        if let Some(files) = &self.output_files {
+            files.remove(id).await?;
+        }
         Ok(())
     }
 

@@ -174,3 +174,118 @@ async fn search_on_postgres() {
     let Some(url) = fresh_postgres().await else { return };
     search_matches_id_and_command_literally(Store::connect(&url).await.unwrap()).await;
 }
+
+/// Appends a log of 24 MiB in batches of uneven sizes, some resent in part (a runner retrying
+/// after a lost answer), past a 16 MiB cap, and reads it back: the head and the tail byte for
+/// byte, one gap between, the tail text from the last bytes. Deleting the session deletes it.
+/// Returns the log's bytes for backend-specific checks.
+async fn stored_output_is_kept_exactly(store: Store) -> Vec<u8> {
+    use cliscale_api::output::{MIN_CAP_BYTES, Output, OutputBackend};
+    use cliscale_core::cursor::LogRead;
+    use cliscale_core::output::AppendQuery;
+    use rand::{Rng, RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut log = vec![0u8; 24 << 20];
+    rng.fill_bytes(&mut log);
+    let output = Output::new(Arc::new(store.clone()), MIN_CAP_BYTES);
+    let mut at = 0usize;
+    while at < log.len() {
+        let len = rng.gen_range(1..=(1 << 20)).min(log.len() - at);
+        // Now and then the batch starts a little before the stored end, as a resend does.
+        let from =
+            if at > 0 && rng.gen_bool(0.3) { at - rng.gen_range(1..=at.min(4096)) } else { at };
+        let q = AppendQuery { offset: from as u64, at_ms: at as u64, ..Default::default() };
+        let body = bytes::Bytes::copy_from_slice(&log[from..at + len]);
+        output.append("s", &q, body).await.unwrap();
+        at += len;
+    }
+    let closing = AppendQuery { offset: log.len() as u64, closed: true, ..Default::default() };
+    output.append("s", &closing, bytes::Bytes::new()).await.unwrap();
+    let state = store.state("s").await.unwrap().unwrap();
+    assert_eq!(state.end, log.len() as u64);
+    assert!(state.closed);
+    assert!(state.stored_bytes <= MIN_CAP_BYTES, "{} bytes held", state.stored_bytes);
+    let gaps = store.gaps("s").await.unwrap();
+    assert_eq!(gaps.len(), 1, "{gaps:?}");
+    let (gap_from, gap_to) = gaps[0];
+    assert!(gap_from >= MIN_CAP_BYTES / 4 && gap_to > gap_from, "{gaps:?}");
+    // Everything outside the gap reads back exactly, in reads of at most 1 MiB.
+    let mut offset = 0u64;
+    let mut read = Vec::new();
+    loop {
+        match output.read("s", offset, 1 << 20, None).await.unwrap() {
+            LogRead::Data { offset: o, data } => {
+                assert_eq!(o, offset);
+                read.extend_from_slice(&data);
+                offset += data.len() as u64;
+            }
+            LogRead::Gap { from, to } => {
+                assert_eq!((from, to), (offset.max(gap_from), gap_to));
+                offset = to;
+            }
+            LogRead::UpToDate { end, closed } => {
+                assert!(closed && end == log.len() as u64);
+                break;
+            }
+        }
+    }
+    let mut kept = log[..gap_from as usize].to_vec();
+    kept.extend_from_slice(&log[gap_to as usize..]);
+    assert!(read == kept, "stored bytes differ from the log's");
+    let tail = output.tail("s", 4096).await.unwrap().unwrap();
+    assert_eq!(tail, cliscale_core::output::tail_text(&log[log.len() - 8192..], 4096));
+    log
+}
+
+async fn deleting_a_session_deletes_its_output(store: &Store) {
+    use cliscale_api::output::OutputBackend;
+    store.delete_session("s").await.unwrap();
+    assert!(store.state("s").await.unwrap().is_none());
+    assert!(store.gaps("s").await.unwrap().is_empty());
+    assert!(store.segments("s", 0, 1 << 20).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_output_in_sqlite_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("rows.db").display());
+    let store = Store::connect(&url).await.unwrap();
+    stored_output_is_kept_exactly(store.clone()).await;
+    deleting_a_session_deletes_its_output(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_output_in_postgres_rows() {
+    let Some(url) = fresh_postgres().await else { return };
+    let store = Store::connect(&url).await.unwrap();
+    stored_output_is_kept_exactly(store.clone()).await;
+    deleting_a_session_deletes_its_output(&store).await;
+}
+
+/// Local mode: the bytes are in one file per session, the rows only say where. The cap's
+/// eviction gives the evicted span's disk back (a hole), a file no session owns is removed
+/// when the store opens, and deleting the session deletes its file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_output_in_files() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("files.db").display());
+    let files = dir.path().join("output");
+    let store = Store::connect(&url).await.unwrap().with_output_files(&files).await.unwrap();
+    let log = stored_output_is_kept_exactly(store.clone()).await;
+    let file = files.join("s.log");
+    let meta = std::fs::metadata(&file).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    // The database holds no output bytes: it stays far smaller than what it indexes.
+    let db = std::fs::metadata(dir.path().join("files.db")).unwrap().len();
+    assert!(db < 1 << 20, "the database is {db} bytes");
+    // The file is written compactly, but the evicted middle holds no disk blocks.
+    assert!(meta.len() >= log.len() as u64);
+    assert!(meta.blocks() * 512 <= 17 << 20, "{} bytes on disk", meta.blocks() * 512);
+    std::fs::write(files.join("ghost.log"), b"left by a delete that stopped halfway").unwrap();
+    let reopened = Store::connect(&url).await.unwrap().with_output_files(&files).await.unwrap();
+    assert!(!files.join("ghost.log").exists());
+    assert!(file.exists(), "a session's own file was taken for an orphan");
+    deleting_a_session_deletes_its_output(&reopened).await;
+    assert!(!file.exists());
+}

@@ -239,7 +239,6 @@ fn work_root(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 /// The local executor's settings. Pure.
 fn local_config(
     args: &UpArgs,
-    data_dir: &std::path::Path,
     work_root: PathBuf,
     jwks_path: PathBuf,
     output: Option<OutputSink>,
@@ -247,7 +246,6 @@ fn local_config(
     LocalConfig {
         output,
         runner_bin: runner_bin(args.runner_bin.clone()),
-        sessions_dir: data_dir.join("sessions"),
         work_root,
         isolation: isolation(args),
         jwks_path,
@@ -297,7 +295,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", data_dir.join("cliscale.db").display()));
-    let store = Store::connect(&database_url).await.context("opening the database")?;
+    let mut store = Store::connect(&database_url).await.context("opening the database")?;
+    if args.database_url.is_none() {
+        // Beside the SQLite database they belong with: the bytes of stored output, one file
+        // per session. On PostgreSQL they stay in its rows, where any server reaches them.
+        store = store
+            .with_output_files(&data_dir.join("output"))
+            .await
+            .context("opening the output dir")?;
+    }
     let keys = Arc::new(if args.signing_key_file.is_empty() {
         KeyRing::load_or_generate(&data_dir.join("signing-key.der"))?
     } else {
@@ -326,10 +332,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     // Runners append their output to this process' own API.
     let sink =
         OutputSink { url: local_base.clone(), keys: keys.clone(), issuer: "cliscale".into() };
-    let executor = LocalExecutor::new(
-        local_config(&args, &data_dir, work_root, jwks_path, Some(sink)),
-        store.clone(),
-    );
+    let executor =
+        LocalExecutor::new(local_config(&args, work_root, jwks_path, Some(sink)), store.clone());
     let isolation = isolation(&args);
     match isolation.admin_only() {
         None => tracing::info!(?isolation, "each session runs as a user of its own"),

@@ -198,10 +198,9 @@ async fn a_template_runs_through_rest_the_command_line_and_a_trigger_and_its_sec
             files.push(entry.path());
         }
     }
-    for dir in std::fs::read_dir(stack.data.path().join("sessions")).unwrap().flatten() {
-        for file in std::fs::read_dir(dir.path()).unwrap().flatten() {
-            files.push(file.path());
-        }
+    // The stored output's bytes, one file per session.
+    for file in std::fs::read_dir(stack.data.path().join("output")).unwrap().flatten() {
+        files.push(file.path());
     }
     assert!(files.len() > 3, "{files:?}");
     for file in files {

@@ -47,7 +47,7 @@ probe read-signing-key cat "$DATA/signing-key.der"
 probe read-database cat "$DATA/cliscale.db"
 probe read-jwks-file cat "$DATA/jwks.json"
 probe plant-in-data-dir touch "$DATA/planted"
-probe read-own-stored-log cat "$DATA/sessions/$CLISCALE_SESSION_ID/output.log"
+probe read-own-stored-log cat "$DATA/output/$CLISCALE_SESSION_ID.log"
 probe signal-server kill -0 "$SERVER_PID"
 probe stop-server kill -STOP "$SERVER_PID"
 probe read-server-environ cat "/proc/$SERVER_PID/environ"
@@ -221,7 +221,7 @@ async fn the_data_dir_is_private_whatever_the_umask() {
     }
     // The key, the JWKS, the database (and its journal files) and the session's log at least.
     assert!(seen >= 4, "only {seen} files");
-    assert!(stack.data.path().join(format!("sessions/{sid}/output.log")).exists());
+    assert!(stack.data.path().join(format!("output/{sid}.log")).exists());
     let work = std::fs::metadata(stack.work.path()).unwrap();
     assert_eq!(work.permissions().mode() & 0o777, 0o711, "work dirs are reachable, not listable");
     assert_eq!(work.uid(), nix::unistd::geteuid().as_raw());

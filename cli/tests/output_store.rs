@@ -509,6 +509,8 @@ async fn stored_output_goes_with_the_session_at_its_ttl(backend: Backend) {
             );
             assert_eq!(n, 0, "{table} still holds the session");
         }
+        let file = stack.data.path().join(format!("output/{sid}.log"));
+        assert!(!file.exists(), "{} outlived the session", file.display());
     }
 }
 

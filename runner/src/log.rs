@@ -194,15 +194,24 @@ impl OutputLog {
         if !more_chunks {
             return LogRead::Data { offset, data: first };
         }
-        // Coalesce small chunks (a PTY yields at most a few KiB per read) into one frame.
-        let mut buf = BytesMut::with_capacity(max.min((w.end - offset) as usize));
-        buf.extend_from_slice(&first);
+        // Coalesce small chunks (a PTY yields at most a few KiB per read) into one frame. Only
+        // handles are taken under the lock: the copy (megabytes for the output store's
+        // uploader) would otherwise hold up the PTY's reader, which appends under it.
+        let mut pieces = vec![first];
+        let mut len = pieces[0].len();
         for (_, chunk) in w.chunks.range(index + 1..) {
-            let room = max - buf.len();
+            let room = max - len;
             if room == 0 {
                 break;
             }
-            buf.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            let piece = chunk.slice(..chunk.len().min(room));
+            len += piece.len();
+            pieces.push(piece);
+        }
+        drop(w);
+        let mut buf = BytesMut::with_capacity(len);
+        for piece in &pieces {
+            buf.extend_from_slice(piece);
         }
         LogRead::Data { offset, data: buf.freeze() }
     }

@@ -149,14 +149,15 @@ pub async fn run(
     let mut upload = match upload_target(args) {
         None => None,
         Some(target) => match Uploader::new(target, log.clone()) {
-            // A thread of its own: the appends' HTTP work then never shares the PTY's thread
-            // (the runner's runtime has one).
-            Ok(uploader) => Some(tokio::task::spawn_blocking(move || {
-                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(uploader.run()),
-                    Err(e) => tracing::error!(error = %e, "cannot start the output uploader"),
+            Ok(uploader) => match spawn_uploader(uploader) {
+                Ok(done) => Some(done),
+                Err(e) => {
+                    return could_not_start(
+                        &mut events,
+                        RunnerError::io("cannot start the output uploader", e),
+                    );
                 }
-            })),
+            },
             Err(e) => {
                 return could_not_start(
                     &mut events,
@@ -259,6 +260,30 @@ const FINAL_UPLOAD_WAIT: Duration = Duration::from_secs(2);
 const UPLOAD_DRAIN: Duration = Duration::from_secs(10);
 
 /// The output store's address and credential, when the session's log is stored.
+/// Runs the uploader on a thread of its own, so the appends' HTTP work never shares the PTY's
+/// thread (the runner's runtime has one), at a lower priority than the PTY's work: when the
+/// CPUs are busy the store waits, and if it falls behind the window it records a gap, rather
+/// than the command's output slowing down. The receiver resolves when the uploader is done.
+fn spawn_uploader(uploader: Uploader) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new().name("uploader".into()).spawn(move || {
+        // Niceness is per thread on Linux: only this one yields.
+        let tid = rustix::thread::gettid();
+        if let Err(e) = rustix::process::setpriority_process(Some(tid), UPLOADER_NICE) {
+            tracing::debug!(error = %e, "the uploader runs at the runner's priority");
+        }
+        match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(uploader.run()),
+            Err(e) => tracing::error!(error = %e, "cannot start the output uploader"),
+        }
+        let _ = done_tx.send(());
+    })?;
+    Ok(done_rx)
+}
+
+/// The uploader's nice value (0 is the runner's own; 19 the lowest priority).
+const UPLOADER_NICE: i32 = 10;
+
 fn upload_target(args: &crate::config::RunnerArgs) -> Option<UploadTarget> {
     let (base, token) = (args.output_url.as_ref()?, args.output_token.clone()?);
     let url =

@@ -141,6 +141,8 @@ impl Uploader {
                 resizes: (!resizes.is_empty()).then(|| Resize::encode_list(&resizes)),
                 closed,
             };
+            let sent_at = tokio::time::Instant::now();
+            let full = body.len() >= self.target.batch_bytes;
             match self.send(&q, body).await {
                 Answer::End(end) => {
                     acked = end;
@@ -149,6 +151,12 @@ impl Uploader {
                     backoff = Duration::from_millis(100);
                     if closed && end >= offset {
                         return;
+                    }
+                    // A short batch took all there was: let the next one gather for an
+                    // interval. Sending again at once would make an append of whatever arrived
+                    // during one round trip, and at full speed the store's cost is per append.
+                    if !full {
+                        tokio::time::sleep_until(sent_at + self.target.interval).await;
                     }
                 }
                 Answer::Retry(why) => {
