@@ -405,9 +405,16 @@ impl LocalExecutor {
         cmd.env("CLISCALE_RUNNER_TEE_STDOUT", "false");
         cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         let passed = [(events_tx.as_raw_fd(), EVENTS_FD), (lifeline_rx.as_raw_fd(), LIFELINE_FD)];
-        // SAFETY: between fork and exec only fcntl and dup2 run, both async-signal-safe.
+        // SAFETY: between fork and exec only setsid, fcntl and dup2 run, all async-signal-safe.
         unsafe {
-            cmd.pre_exec(move || pass_fds(&passed));
+            cmd.pre_exec(move || {
+                // A session of its own: a Ctrl-C at `cliscale up`'s terminal reaches only the
+                // server (which stops its runners in order), and where the scheduler groups
+                // CPU time by session (autogroup), a runner's PTY work is weighed on its own,
+                // not shared with the server's.
+                nix::unistd::setsid().map_err(std::io::Error::from)?;
+                pass_fds(&passed)
+            });
         }
         let spawned = cmd.spawn();
         // The runner holds these ends now; ours must go, or the pipe never reports its end.
