@@ -22,7 +22,9 @@ use crate::desired::{
     COMPONENT_LABEL, OperatorConfig, SESSION_LABEL, desired_job, job_name, with_output_token,
     with_status_key,
 };
-use crate::status::{ClusterWarning, JobSeen, Observed, derive_status, job_must_stop, transition};
+use crate::status::{
+    ClusterWarning, JobSeen, Observed, derive_status, job_must_stop, stall_check_every, transition,
+};
 use cliscale_core::event::{StatusKey, status_key};
 use cliscale_crd::{CommandSession, CommandSessionStatus};
 
@@ -255,9 +257,10 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         start_deadline: ctx.config.start_deadline,
         warnings: &[],
     };
-    // Past the start deadline, the cluster's own warnings tell what the session waited for.
+    // A session that has waited a while, or is past its start deadline: the cluster's own
+    // warnings tell what it waits for.
     let warnings;
-    if observed.start_deadline_left() == Some(Duration::ZERO) {
+    if observed.stall_check_due() {
         warnings = cluster_warnings(ctx, &ns, &name, pod.as_deref()).await?;
         observed.warnings = &warnings;
     }
@@ -292,8 +295,12 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         return Ok(Action::requeue(left.max(Duration::from_secs(1))));
     }
     Ok(match start_left {
-        // Woken at the start deadline, a second late so it has surely passed.
-        Some(left) => Action::requeue(left + Duration::from_secs(1)),
+        // Woken to look at the warnings again, and at the start deadline (a second late, so
+        // it has surely passed): a stall that changes nothing in the Job or pod has no watch
+        // event to wake the reconcile.
+        Some(left) => Action::requeue(
+            (left + Duration::from_secs(1)).min(stall_check_every(ctx.config.start_deadline)),
+        ),
         None => Action::await_change(),
     })
 }

@@ -47,8 +47,16 @@ pub struct Observed<'a> {
     pub status_keys: &'a [StatusKey],
     /// How long a session may wait for its runner to run before it fails.
     pub start_deadline: Duration,
-    /// The cluster's warnings about the Job and pod, read once the start deadline has passed.
+    /// The cluster's warnings about the Job and pod, read while the session has waited to start
+    /// for a while ([`Observed::stall_check_due`]) and at the start deadline.
     pub warnings: &'a [ClusterWarning],
+}
+
+/// How often a session that waits to start has the cluster's warnings read, so a stall only the
+/// warnings tell (a volume that will not mount, a pod the Job may not make) is named while it
+/// waits, not only at its deadline: every 15 s, or four times before a shorter deadline. Pure.
+pub fn stall_check_every(start_deadline: Duration) -> Duration {
+    Duration::from_secs(15).min(start_deadline / 4).max(Duration::from_millis(100))
 }
 
 impl Observed<'_> {
@@ -65,6 +73,14 @@ impl Observed<'_> {
         let created = self.session.metadata.creation_timestamp.as_ref()?.0.as_second();
         let age = (self.now.0.as_second() - created).max(0) as u64;
         Some(self.start_deadline.saturating_sub(Duration::from_secs(age)))
+    }
+
+    /// Whether the session has waited to start long enough to read the cluster's warnings
+    /// (reading them costs a LIST; most sessions start well before). Pure.
+    pub fn stall_check_due(&self) -> bool {
+        self.start_deadline_left().is_some_and(|left| {
+            self.start_deadline.saturating_sub(left) >= stall_check_every(self.start_deadline)
+        })
     }
 }
 
@@ -277,6 +293,17 @@ pub fn job_outcome(job: &Job) -> Option<(TerminalReason, Option<i32>, String)> {
     })
 }
 
+/// What the cluster's warnings say a waiting session waits for, the newest first: a volume that
+/// will not mount, or a pod the Job may not make (quota, admission). Pure.
+pub fn stall(warnings: &[ClusterWarning]) -> Option<(TerminalReason, String)> {
+    let found =
+        |reasons: &[&str]| warnings.iter().rev().find(|w| reasons.contains(&w.reason.as_str()));
+    if let Some(w) = found(&["FailedMount", "FailedAttachVolume"]) {
+        return Some((TerminalReason::MountFailed, w.message.clone()));
+    }
+    found(&["FailedCreate"]).map(|w| (TerminalReason::JobRejected, w.message.clone()))
+}
+
 /// Why a session that never started failed at its start deadline: what it waited for, from
 /// its pod or from the cluster's warnings, and the cluster's own words. Pure.
 pub fn start_failure(
@@ -289,19 +316,8 @@ pub fn start_failure(
     {
         return (reason, format!("not started within {waited}: {message}"));
     }
-    let found =
-        |reasons: &[&str]| warnings.iter().rev().find(|w| reasons.contains(&w.reason.as_str()));
-    if let Some(w) = found(&["FailedMount", "FailedAttachVolume"]) {
-        return (
-            TerminalReason::MountFailed,
-            format!("not started within {waited}: {}", w.message),
-        );
-    }
-    if let Some(w) = found(&["FailedCreate"]) {
-        return (
-            TerminalReason::JobRejected,
-            format!("not started within {waited}: {}", w.message),
-        );
+    if let Some((reason, message)) = stall(warnings) {
+        return (reason, format!("not started within {waited}: {message}"));
     }
     let last =
         warnings.last().map(|w| format!(": {}: {}", w.reason, w.message)).unwrap_or_default();
@@ -453,6 +469,11 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
                 finish(&mut status, reason, None, message);
             }
             PodView::Waiting { reason, message } => {
+                // What the pod does not say (a mount that keeps failing), the warnings may.
+                let (reason, message) = match (reason, stall(o.warnings)) {
+                    (None, Some((stalled, said))) => (Some(stalled), said),
+                    (reason, _) => (reason, message),
+                };
                 status.phase = Some(SessionPhase::Pending);
                 status.reason = reason;
                 status.message = Some(message);
@@ -464,6 +485,11 @@ pub fn derive_status(o: &Observed) -> CommandSessionStatus {
     } else if deadline_passed {
         let (reason, message) = start_failure(None, o.warnings, o.start_deadline);
         finish(&mut status, reason, None, message);
+    } else if let Some((reason, message)) = stall(o.warnings) {
+        // No pod yet, and the Job controller says why (a quota, an admission webhook).
+        status.phase = Some(SessionPhase::Pending);
+        status.reason = Some(reason);
+        status.message = Some(message);
     } else {
         status.phase = Some(SessionPhase::Pending);
         status.reason = None;

@@ -55,8 +55,20 @@ async fn definitions_go_both_ways_and_a_kubectl_schedule_fires() {
         "params": [{"name": "WHO", "type": "string", "default": "you"}]
     }))
     .unwrap();
+    let described = TemplateSpec {
+        description: Some("says hello".into()),
+        labels: [("team".to_string(), "a".to_string())].into(),
+        ..greet.clone()
+    };
+    executor.publish(Definition::Template(&described, "key1")).await.unwrap();
+    let applied = api.get("commandtemplates", NS, "greet").expect("the CommandTemplate");
+    assert_eq!(applied["spec"]["description"], "says hello");
+    // A change that leaves fields out removes them, as server-side apply does: a merge would
+    // keep the old description and labels, and the mirror would bring them back.
     executor.publish(Definition::Template(&greet, "key1")).await.unwrap();
     let applied = api.get("commandtemplates", NS, "greet").expect("the CommandTemplate");
+    assert!(applied["spec"].get("description").is_none(), "{applied}");
+    assert!(applied["spec"].get("labels").is_none(), "{applied}");
     assert_eq!(applied["spec"]["session"]["command"], "echo hi $WHO");
     assert_eq!(applied["metadata"]["annotations"]["cliscale.dev/owner"], "key1");
     until("the mirrored template", || async {
@@ -145,17 +157,16 @@ async fn definitions_go_both_ways_and_a_kubectl_schedule_fires() {
 
     // Changed with kubectl: the store follows; deleted: the row goes.
     let templates: Api<CommandTemplate> = Api::namespaced(client.clone(), NS);
+    let generation = store.template("greet").await.unwrap().unwrap().generation;
     let patch = json!({"spec": {"description": "changed in the cluster"}});
     templates
         .patch("greet", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
         .await
         .unwrap();
     until("the changed template", || async {
-        store
-            .template("greet")
-            .await
-            .unwrap()
-            .is_some_and(|t| t.generation == 2 && t.spec.contains("changed in the cluster"))
+        store.template("greet").await.unwrap().is_some_and(|t| {
+            t.generation == generation + 1 && t.spec.contains("changed in the cluster")
+        })
     })
     .await;
     schedules.delete("every-minute", &Default::default()).await.unwrap();

@@ -30,18 +30,22 @@ struct Cluster {
 
 impl Cluster {
     fn start(start_deadline: Duration) -> Self {
+        Self::configured(OperatorConfig { start_deadline, ..Default::default() })
+    }
+
+    fn configured(config: OperatorConfig) -> Self {
         let api = FakeApi::new();
         let sim = ClusterSim::start(&api);
-        let (ctx, stop) = Self::operator(&api, start_deadline);
+        let (ctx, stop) = Self::operator(&api, config);
         Self { api, sim, ctx, stop: Some(stop) }
     }
 
     fn operator(
         api: &Arc<FakeApi>,
-        start_deadline: Duration,
+        config: OperatorConfig,
     ) -> (Arc<Context>, tokio::sync::oneshot::Sender<()>) {
         let client = kube::Client::new(api.router(), "default");
-        let config = OperatorConfig { namespace: NS.into(), start_deadline, ..Default::default() };
+        let config = OperatorConfig { namespace: NS.into(), ..config };
         let ctx = Arc::new(Context::new(client, config));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(run(ctx.clone(), async move {
@@ -161,8 +165,9 @@ async fn every_stall_is_named_and_fails_at_the_start_deadline() {
             "ContainerConfigError",
             "secret \"agent-keys\" not found",
         ),
-        (Lifecycle::MountFails, None, "MountFailed", "MountVolume.SetUp failed"),
-        (Lifecycle::QuotaRefused, None, "JobRejected", "exceeded quota"),
+        // Only the cluster's warnings tell these, and they are named while the session waits.
+        (Lifecycle::MountFails, Some("MountFailed"), "MountFailed", "MountVolume.SetUp failed"),
+        (Lifecycle::QuotaRefused, Some("JobRejected"), "JobRejected", "exceeded quota"),
     ];
     for (i, (lifecycle, ..)) in cases.iter().enumerate() {
         c.sim.script(&format!("stall-{i}"), *lifecycle);
@@ -253,6 +258,68 @@ async fn a_deleted_job_ends_the_session_lost_and_no_second_job_is_made() {
     assert_eq!(c.api.ever_made("jobs"), 1);
     assert!(c.api.get("jobs", NS, "cs-gone").is_none());
     assert_eq!(c.status("gone")["reason"], "JobDeleted");
+}
+
+/// A cancelled session's pod is deleted as a real cluster deletes one: marked with its grace
+/// period, stopped by the kubelet (the runner's SIGTERM end, sealed, in its status), then gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_sessions_pod_is_stopped_gracefully_then_goes() {
+    let c = Cluster::start(Duration::from_secs(600));
+    c.api.put("commandsessions", session("stop"));
+    c.until("stop", "Running", None).await;
+    let mut watch = c.api.subscribe();
+    let mut cs = c.api.get("commandsessions", NS, "stop").unwrap();
+    cs["metadata"]["annotations"] = json!({ "cliscale.dev/cancel-requested": "1" });
+    c.api.update("commandsessions", cs);
+    c.until("stop", "Cancelled", Some("Cancelled")).await;
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, collection, event) =
+            tokio::time::timeout_at(deadline, watch.recv()).await.expect("the pod goes").unwrap();
+        if collection != "pods" {
+            continue;
+        }
+        let pod = &event["object"];
+        let terminated = &pod["status"]["containerStatuses"][0]["state"]["terminated"];
+        seen.push((
+            event["type"].as_str().unwrap().to_owned(),
+            !pod["metadata"]["deletionTimestamp"].is_null(),
+            pod["metadata"]["deletionGracePeriodSeconds"].as_i64(),
+            terminated["exitCode"].as_i64(),
+        ));
+        if event["type"] == "DELETED" {
+            break;
+        }
+    }
+    let marked =
+        seen.iter().position(|(t, marked, grace, _)| t == "MODIFIED" && *marked && grace.is_some());
+    let stopped = seen.iter().position(|(_, marked, _, code)| *marked && *code == Some(143));
+    assert!(
+        matches!((marked, stopped), (Some(m), Some(s)) if m < s && s < seen.len() - 1),
+        "marked for deletion, then stopped, then gone: {seen:?}"
+    );
+    // The session stays as it ended: the runner's own end does not rewrite it.
+    assert_eq!(c.status("stop")["reason"], "Cancelled");
+}
+
+/// The operator's own settings reach the Job too: a volume size the API server cannot parse
+/// fails the session with its message, as a session's own bad quantity does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_volume_size_in_the_operators_settings_is_refused_with_its_message() {
+    let config = OperatorConfig {
+        workspace_size_limit: k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+            "eight gigs".into(),
+        ),
+        start_deadline: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let c = Cluster::configured(config);
+    c.api.put("commandsessions", session("big-disk"));
+    let s = c.until("big-disk", "Failed", Some("JobRejected")).await;
+    let message = s["message"].as_str().unwrap();
+    assert!(message.contains("sizeLimit") && message.contains("eight gigs"), "{s}");
+    assert_eq!(c.api.ever_made("jobs"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,8 @@ pub enum Lifecycle {
 pub struct ClusterSim {
     api: Arc<FakeApi>,
     scripts: Mutex<HashMap<String, Lifecycle>>,
+    /// Pods (by uid) the kubelet is stopping.
+    stopping: Mutex<std::collections::HashSet<String>>,
 }
 
 /// The pace of the simulated kubelet: one status change per step.
@@ -63,18 +65,47 @@ impl ClusterSim {
     /// Starts the Job controller: every Job made from now on gets its pod and lifecycle
     /// ([`Lifecycle::Runs`] unless [`ClusterSim::script`] named another for its session).
     pub fn start(api: &Arc<FakeApi>) -> Arc<Self> {
-        let sim = Arc::new(Self { api: api.clone(), scripts: Mutex::default() });
+        let sim = Arc::new(Self {
+            api: api.clone(),
+            scripts: Mutex::default(),
+            stopping: Mutex::default(),
+        });
+        api.delete_pods_gracefully();
         let mut rx = api.subscribe();
         let this = sim.clone();
         tokio::spawn(async move {
             while let Ok((_, collection, event)) = rx.recv().await {
+                let object = &event["object"];
                 if collection == "jobs" && event["type"] == "ADDED" {
                     let sim = this.clone();
                     tokio::spawn(async move { sim.run_job(event["object"].clone()).await });
+                } else if collection == "pods"
+                    && event["type"] == "MODIFIED"
+                    && !object["metadata"]["deletionTimestamp"].is_null()
+                {
+                    let uid = object["metadata"]["uid"].as_str().unwrap_or("").to_owned();
+                    if this.stopping.lock().unwrap().insert(uid) {
+                        let sim = this.clone();
+                        tokio::spawn(async move { sim.stop_pod(event["object"].clone()).await });
+                    }
                 }
             }
         });
         sim
+    }
+
+    /// The kubelet stops a deleted pod: a running runner gets SIGTERM and seals a `Cancelled`
+    /// end (exit 143), the pod's status says so, and then the pod goes.
+    async fn stop_pod(self: Arc<Self>, mut pod: Value) {
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
+        let name = pod["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        if pod["status"]["phase"] == "Running" {
+            let key = status_key_of(&pod["spec"]);
+            pod["status"] = ended_status("Failed", 143, "Error", &sigterm_message(key));
+            self.api.put("pods", pod);
+        }
+        tokio::time::sleep(STEP).await;
+        self.api.remove("pods", &ns, &name);
     }
 
     /// The lifecycle of `session`'s runner pod.
@@ -92,14 +123,13 @@ impl ClusterSim {
 
     fn warn(&self, ns: &str, kind: &str, name: &str, reason: &str, message: &str) {
         let id: u32 = rand::random();
-        self.api.put(
-            "events",
-            json!({"apiVersion": "v1", "kind": "Event",
-                "metadata": {"name": format!("{name}.{id:x}"), "namespace": ns},
-                "involvedObject": {"kind": kind, "name": name, "namespace": ns},
-                "type": "Warning", "reason": reason, "message": message,
-                "lastTimestamp": now()}),
-        );
+        let mut event = json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": format!("{name}.{id:x}"), "namespace": ns},
+            "involvedObject": {"kind": kind, "name": name, "namespace": ns},
+            "type": "Warning", "reason": reason, "message": message,
+            "lastTimestamp": now()});
+        self.api.admit("events", &mut event).expect("the simulator's Events are valid");
+        self.api.put("events", event);
     }
 
     async fn run_job(self: Arc<Self>, job: Value) {
@@ -109,12 +139,7 @@ impl ClusterSim {
         let session = labels["cliscale.dev/session"].as_str().unwrap_or("").to_owned();
         let lifecycle =
             self.scripts.lock().unwrap().get(&session).copied().unwrap_or(Lifecycle::Runs);
-        let key = job["spec"]["template"]["spec"]["containers"][0]["env"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|e| e["name"] == cliscale_core::launch::STATUS_KEY)
-            .and_then(|e| decode_status_key(e["value"].as_str()?));
+        let key = status_key_of(&job["spec"]["template"]["spec"]);
         let set_job = |status: Value| {
             if let Some(mut j) = self.api.get("jobs", &ns, &job_name) {
                 crate::fake_kube::merge_into(&mut j["status"], &status);
@@ -142,6 +167,14 @@ impl ClusterSim {
             "spec": job["spec"]["template"]["spec"],
             "status": {"phase": "Pending"}
         });
+        let mut base = base;
+        if let Err(message) = self.api.admit("pods", &mut base) {
+            // The API server refuses an invalid pod of the Job controller's as it would any
+            // other: the Job controller records why and makes no pod.
+            let said = format!("Error creating: pods \"{pod_name}\" is invalid: {message}");
+            self.warn(&ns, "Job", &job_name, "FailedCreate", &said);
+            return;
+        }
         let pod = PodSteps { api: &self.api, ns: &ns, name: &pod_name };
         self.api.put("pods", base);
         tokio::time::sleep(STEP).await;
@@ -160,23 +193,8 @@ impl ClusterSim {
                     "image": "runner", "imageID": "",
                     "state": {"running": {"startedAt": now()}}}]})
         };
-        let sigterm = || {
-            let status = SessionStatus {
-                phase: SessionPhase::Cancelled,
-                exit_code: Some(143),
-                reason: Some(TerminalReason::Cancelled),
-                message: Some("the runner got SIGTERM".into()),
-            };
-            let event = RunnerEvent::finished(status, Some("until the end".into()));
-            key.map(|k| event.to_sealed_termination_message(&k)).unwrap_or_default()
-        };
-        let ended = |phase: &str, code: i32, reason: &str, message: &str| {
-            json!({"phase": phase, "podIP": "10.244.1.7",
-                "containerStatuses": [{"name": "runner", "ready": false, "restartCount": 0,
-                    "image": "runner", "imageID": "",
-                    "state": {"terminated": {"exitCode": code, "reason": reason, "message": message,
-                        "startedAt": now(), "finishedAt": now()}}}]})
-        };
+        let sigterm = || sigterm_message(key);
+        let ended = ended_status;
         let job_failed = |reason: &str, message: &str| {
             json!({"active": 0, "failed": 1, "conditions": [
                 {"type": "FailureTarget", "status": "True", "reason": reason, "message": message},
@@ -317,10 +335,44 @@ struct PodSteps<'a> {
     name: &'a str,
 }
 
+/// The runner's status key in a pod spec's environment, as the operator put it there.
+fn status_key_of(pod_spec: &Value) -> Option<cliscale_core::event::StatusKey> {
+    pod_spec["containers"][0]["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|e| e["name"] == cliscale_core::launch::STATUS_KEY)
+        .and_then(|e| decode_status_key(e["value"].as_str()?))
+}
+
+/// The termination message a runner writes when SIGTERM stops it: a sealed `Cancelled` end.
+fn sigterm_message(key: Option<cliscale_core::event::StatusKey>) -> String {
+    let status = SessionStatus {
+        phase: SessionPhase::Cancelled,
+        exit_code: Some(143),
+        reason: Some(TerminalReason::Cancelled),
+        message: Some("the runner got SIGTERM".into()),
+    };
+    let event = RunnerEvent::finished(status, Some("until the end".into()));
+    key.map(|k| event.to_sealed_termination_message(&k)).unwrap_or_default()
+}
+
+/// A pod status whose runner container has terminated.
+fn ended_status(phase: &str, code: i32, reason: &str, message: &str) -> Value {
+    json!({"phase": phase, "podIP": "10.244.1.7",
+        "containerStatuses": [{"name": "runner", "ready": false, "restartCount": 0,
+            "image": "runner", "imageID": "",
+            "state": {"terminated": {"exitCode": code, "reason": reason, "message": message,
+                "startedAt": now(), "finishedAt": now()}}}]})
+}
+
 impl PodSteps<'_> {
-    /// The kubelet's status update; nothing if the pod is gone.
+    /// The kubelet's status update; nothing if the pod is gone or being stopped (the kubelet
+    /// no longer drives a deleted pod's lifecycle, only its end).
     fn status(&self, status: Value) {
-        if let Some(mut pod) = self.api.get("pods", self.ns, self.name) {
+        if let Some(mut pod) = self.api.get("pods", self.ns, self.name)
+            && pod["metadata"]["deletionTimestamp"].is_null()
+        {
             pod["status"] = status;
             self.api.put("pods", pod);
         }

@@ -4,12 +4,13 @@
 //!   bookmarks when asked for, and 410 Gone for a resourceVersion older than the history kept
 //!   ([`FakeApi::compact`]);
 //! - create, server-side apply with field ownership (409 conflicts, and fields a manager stops
-//!   applying are removed), merge patches;
+//!   applying are removed, on the main resource and on `/status`), merge patches;
 //! - the status subresource apart from the main resource, both ways: writes to the object
 //!   keep its status, writes to `/status` change nothing else;
 //! - the CRD's structural schema (crds/commandsession.yaml): unknown fields pruned, wrong
 //!   types, enums and bounds refused with 422, as are invalid names and label values;
-//! - random uids, `deletionTimestamp` and finalizers, and owner-reference garbage collection
+//! - random uids, `deletionTimestamp` and finalizers, graceful pod deletion (with the cluster
+//!   simulator's kubelet), and owner-reference garbage collection
 //!   that happens after the owner is gone, as the garbage collector does it.
 //!
 //! `crate::cluster_sim` adds a Job controller and a kubelet on top.
@@ -42,6 +43,9 @@ struct Store {
     failing_writes: BTreeMap<String, u32>,
     /// Server-side apply field ownership: (object, leaf path) -> field manager.
     owners: BTreeMap<(Key, String), String>,
+    /// A kubelet runs (the cluster simulator's): a deleted pod is only marked, and goes once
+    /// the kubelet has stopped its containers.
+    graceful_pods: bool,
 }
 
 /// The leaf paths of an applied configuration (identity fields excluded), with their values.
@@ -49,7 +53,8 @@ fn leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
     match value {
         Value::Object(map) => {
             for (k, v) in map {
-                let path = format!("{prefix}/{k}");
+                // JSON Pointer escaping: label and annotation keys hold `/`.
+                let path = format!("{prefix}/{}", k.replace('~', "~0").replace('/', "~1"));
                 if matches!(
                     path.as_str(),
                     "/apiVersion" | "/kind" | "/metadata/name" | "/metadata/namespace"
@@ -172,9 +177,22 @@ fn validate_core(collection: &str, obj: &Value) -> Result<(), String> {
             }
         }
     }
-    let containers = obj["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .or(obj["spec"]["containers"].as_array());
+    let pod_spec = if obj["spec"]["template"]["spec"].is_object() {
+        &obj["spec"]["template"]["spec"]
+    } else {
+        &obj["spec"]
+    };
+    for v in pod_spec["volumes"].as_array().into_iter().flatten() {
+        if let Some(limit) = v["emptyDir"].get("sizeLimit") {
+            let text = limit.as_str().map(str::to_owned).unwrap_or_else(|| limit.to_string());
+            if !quantity(&text) {
+                return Err(format!(
+                    "spec.volumes.emptyDir.sizeLimit: Invalid value: \"{text}\": quantities must match the regular expression"
+                ));
+            }
+        }
+    }
+    let containers = pod_spec["containers"].as_array();
     for c in containers.into_iter().flatten() {
         for kind in ["requests", "limits"] {
             for (r, q) in c["resources"][kind].as_object().into_iter().flatten() {
@@ -301,18 +319,23 @@ fn merge(target: &mut Value, patch: &Value) {
 
 /// Removes the leaf at a `/a/b/c` path, and objects left empty on the way.
 fn remove_path(obj: &mut Value, path: &str) {
-    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    fn go(v: &mut Value, parts: &[&str]) {
+    let parts: Vec<String> = path
+        .trim_start_matches('/')
+        .split('/')
+        .map(|p| p.replace("~1", "/").replace("~0", "~"))
+        .collect();
+    // An object left empty by the removal goes too, as the field that held it was the manager's.
+    fn go(v: &mut Value, parts: &[String]) {
         let Some(map) = v.as_object_mut() else { return };
         match parts {
             [last] => {
-                map.remove(*last);
+                map.remove(last);
             }
             [first, rest @ ..] => {
-                if let Some(child) = map.get_mut(*first) {
+                if let Some(child) = map.get_mut(first) {
                     go(child, rest);
                     if child.as_object().is_some_and(|m| m.is_empty()) {
-                        map.remove(*first);
+                        map.remove(first);
                     }
                 }
             }
@@ -433,7 +456,9 @@ impl FakeApi {
 
     /// Validates and prunes `obj` as the API server would before storing it. The refusal,
     /// as a reason.
-    fn admit(&self, collection: &str, obj: &mut Value) -> Result<(), String> {
+    /// What the API server checks before it keeps an object: the core checks, and a CRD's
+    /// schema and rules. The simulated controllers' own objects go through it too.
+    pub(crate) fn admit(&self, collection: &str, obj: &mut Value) -> Result<(), String> {
         validate_core(collection, obj)?;
         if let Some(schema) = self.schemas.get(collection) {
             // apiVersion, kind and metadata are the server's own, never pruned; status is
@@ -559,24 +584,44 @@ impl FakeApi {
 
     /// Deletes as a DELETE request does: an object with finalizers only gets its
     /// `deletionTimestamp` and goes once they are all removed; any other goes at once.
+    ///
+    /// With a kubelet running ([`FakeApi::delete_pods_gracefully`]), a pod is deleted as the
+    /// API server does it: marked with `deletionTimestamp` and `deletionGracePeriodSeconds`,
+    /// and removed by the kubelet once its containers have stopped.
     pub fn delete(&self, collection: &str, ns: &str, name: &str) -> Option<Value> {
         let mut obj = self.get(collection, ns, name)?;
         let finalizers = obj["metadata"]["finalizers"].as_array().is_some_and(|f| !f.is_empty());
-        if !finalizers {
+        let graceful = self.graceful(collection);
+        if !finalizers && !graceful {
             return self.remove(collection, ns, name);
         }
         if obj["metadata"]["deletionTimestamp"].is_null() {
             obj["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
+            if graceful {
+                let grace = obj["spec"]["terminationGracePeriodSeconds"].as_i64().unwrap_or(30);
+                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+            }
             return Some(self.put(collection, obj));
         }
         Some(obj)
     }
 
+    /// From now on a deleted pod waits for the kubelet to stop it (the cluster simulator's).
+    pub fn delete_pods_gracefully(&self) {
+        self.store.lock().unwrap().graceful_pods = true;
+    }
+
+    fn graceful(&self, collection: &str) -> bool {
+        collection == "pods" && self.store.lock().unwrap().graceful_pods
+    }
+
     /// Stores `obj` as an update: an object being deleted whose last finalizer this removes
     /// goes.
     pub fn update(&self, collection: &str, obj: Value) -> Value {
+        let collection_graceful = self.graceful(collection);
         let done = !obj["metadata"]["deletionTimestamp"].is_null()
-            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty());
+            && obj["metadata"]["finalizers"].as_array().is_none_or(|f| f.is_empty())
+            && !collection_graceful;
         let stored = self.put(collection, obj);
         if done {
             let ns = stored["metadata"]["namespace"].as_str().unwrap_or("").to_owned();
@@ -828,10 +873,31 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             // field another manager owns (409 Conflict); every patch with a field manager
             // takes over the fields it sets.
             let key: Key = (collection.clone(), ns.clone(), name.clone());
+            let mut dropped = Vec::new();
             if let Some(manager) = q.get("fieldManager") {
                 let mut touched = Vec::new();
                 leaves(&patch, "", &mut touched);
                 let mut s = api.store.lock().unwrap();
+                if is_apply {
+                    // Server-side apply: fields this manager applied before and leaves out now
+                    // are removed (another manager's fields stay).
+                    let now: std::collections::BTreeSet<&String> =
+                        touched.iter().map(|(p, _)| p).collect();
+                    dropped = s
+                        .owners
+                        .iter()
+                        .filter(|((k, path), m)| {
+                            *k == key
+                                && *m == manager
+                                && !path.starts_with("/status/")
+                                && !now.contains(path)
+                        })
+                        .map(|((_, path), _)| path.clone())
+                        .collect();
+                    for path in &dropped {
+                        s.owners.remove(&(key.clone(), path.clone()));
+                    }
+                }
                 let forced = q.get("force").is_some_and(|f| f == "true");
                 if is_apply && !forced {
                     let current = existing.clone().unwrap_or(Value::Null);
@@ -857,6 +923,9 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             let kept_status = existing.as_ref().map(|o| o["status"].clone());
             let mut obj =
                 existing.unwrap_or_else(|| json!({"metadata": {"name": name, "namespace": ns}}));
+            for path in &dropped {
+                remove_path(&mut obj, path);
+            }
             let mut applied = patch;
             applied["metadata"]["namespace"] = json!(ns);
             merge(&mut obj, &applied);
