@@ -37,6 +37,9 @@ pub const MAX_CLIENT_MESSAGE: usize = 1024 * 1024;
 
 /// Initial read buffer per connection; it grows for larger messages.
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
+/// Most output frames gathered before one write to a client, while a burst has more waiting:
+/// the client then wakes once per write instead of once per frame.
+const BURST_BYTES: usize = 128 * 1024;
 
 /// State shared by the session driver and every connection.
 pub struct Shared {
@@ -218,8 +221,10 @@ async fn ws_handler(
     upgrade
         // Clients mostly send keystrokes: a small read buffer keeps idle connections cheap.
         .read_buffer_size(CLIENT_READ_BUFFER)
-        // Each frame is flushed as it is sent; no second buffer of output per client.
-        .write_buffer_size(0)
+        // Frames gather here only while more output is already waiting (a burst), and are
+        // flushed together; otherwise each is flushed as it is sent.
+        .write_buffer_size(BURST_BYTES)
+        .max_write_buffer_size(BURST_BYTES + 2 * MAX_OUTPUT_FRAME)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| {
@@ -380,7 +385,20 @@ impl From<SendError> for Ending {
 
 /// Sends one message, giving up on a client that cannot take it within the stall timeout.
 async fn send(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), SendError> {
-    match tokio::time::timeout(shared.stall_timeout, sink.send(message)).await {
+    stalls(shared, sink.send(message)).await
+}
+
+/// Queues one message behind others of a burst; the write buffer goes out when full, or at
+/// the next [`send`] or flush.
+async fn feed(shared: &Shared, sink: &mut Sink, message: Message) -> Result<(), SendError> {
+    stalls(shared, sink.feed(message)).await
+}
+
+async fn stalls<E>(
+    shared: &Shared,
+    io: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), SendError> {
+    match tokio::time::timeout(shared.stall_timeout, io).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(SendError::Broken),
         Err(_) => Err(SendError::TooSlow),
@@ -451,7 +469,13 @@ async fn stream_to_client(
         }
         match cursor.next(shared.log.read_since(cursor.offset(), MAX_OUTPUT_FRAME)) {
             Step::Output { offset, data } => {
-                send(shared, sink, Message::Binary(encode_output(offset, &data).into())).await?;
+                let frame = Message::Binary(encode_output(offset, &data).into());
+                // More is already waiting: gather this frame with the next ones.
+                if shared.log.end() > cursor.offset() {
+                    feed(shared, sink, frame).await?;
+                } else {
+                    send(shared, sink, frame).await?;
+                }
                 if let Ok(Control::Error { code, message }) = control.try_recv() {
                     let error = ServerMessage::Error { code: code.into(), message };
                     send(shared, sink, json_message(&error)).await?;
@@ -468,7 +492,8 @@ async fn stream_to_client(
                 continue;
             }
             Step::End => break,
-            Step::Wait => {}
+            // Nothing gathered is left waiting for more output that may never come.
+            Step::Wait => stalls(shared, sink.flush()).await?,
         }
         tokio::select! {
             _ = end_rx.changed() => {}
