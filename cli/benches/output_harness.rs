@@ -14,7 +14,7 @@ use cliscale_testkit::harness::{
     bytes_through_pty, direct_url, gateway_url, raw_pty_throughput, runner_addr, session,
     start_release, throughput, throughput_command, write_payload,
 };
-use cliscale_testkit::procinfo::{cpu_time, rss_anon_kib};
+use cliscale_testkit::procinfo::{cpu_time, rss_anon_kib, session_processes};
 use cliscale_testkit::stack::{ADMIN_KEY, Stack};
 use cliscale_testkit::stats::{median, median_interval};
 use futures_util::StreamExt;
@@ -77,6 +77,7 @@ async fn run() {
     let (mut raw, mut runner, mut via) = (Vec::new(), Vec::new(), Vec::new());
     let (mut runner_ratio, mut via_ratio) = (Vec::new(), Vec::new());
     let (mut whole, mut api_cpu, mut stored_mb) = (0, Duration::ZERO, 0.0);
+    let mut runner_cpu_per_mb = Vec::new();
     let paths = [Path::Raw, Path::Runner, Path::Gateway];
     for round in 0..rounds {
         let mut figures = [0.0; 3];
@@ -99,8 +100,17 @@ async fn run() {
                         Path::Runner => direct_url(&addr, &token),
                         _ => gateway_url(&up, &sid, &token),
                     };
+                    let runner = session_processes(&sid)
+                        .into_iter()
+                        .find(|(_, comm)| comm == "cliscale-runner")
+                        .map(|(pid, _)| pid)
+                        .expect("the session's runner");
                     let cpu_before = cpu_time(up.child.id() as i32);
+                    let runner_before = cpu_time(runner);
                     let mbs = throughput(&url, expected).await;
+                    let runner_used = cpu_time(runner) - runner_before;
+                    runner_cpu_per_mb
+                        .push(runner_used.as_secs_f64() * 1e3 / (expected as f64 / 1e6));
                     let (end, gaps) = stored(&up, &sid).await;
                     api_cpu += cpu_time(up.child.id() as i32) - cpu_before;
                     stored_mb += end as f64 / 1e6;
@@ -128,6 +138,7 @@ async fn run() {
     report("runner + store + gateway", &mut via, " MB/s");
     report("runner with storage on / raw PTY", &mut runner_ratio, "x");
     report("whole path / raw PTY", &mut via_ratio, "x");
+    report("runner CPU per MB (uploads included)", &mut runner_cpu_per_mb, " ms");
     println!(
         "stored whole, without a gap: {whole} of {} runs; API process CPU per stored MB \
          (appends, and the gateway's relay on gateway runs): {:.2} ms",

@@ -40,13 +40,13 @@ pub fn any_process_with_env(name: &str, value: &str) -> bool {
     })
 }
 
-/// Pids of the processes carrying `CLISCALE_SESSION_ID=sid`, with their command names.
 /// The parent of process `pid`, from /proc/<pid>/stat (the field after the parenthesised name).
 pub fn parent_of(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Pids of the processes carrying `CLISCALE_SESSION_ID=sid`, with their command names.
 pub fn session_processes(sid: &str) -> Vec<(i32, String)> {
     let wanted = format!("CLISCALE_SESSION_ID={sid}");
     let mut found = Vec::new();
