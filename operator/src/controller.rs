@@ -161,15 +161,30 @@ fn is_refusal(error: &kube::Error) -> Option<String> {
     }
 }
 
-fn status_patch(status: &CommandSessionStatus) -> serde_json::Value {
+fn status_patch(status: &CommandSessionStatus, seen: Option<&str>) -> serde_json::Value {
     // Server-side apply of the whole status: a field this manager set before and leaves out
-    // now is removed, so a recovered pull leaves no stale reason behind.
-    serde_json::json!({
+    // now is removed, so a recovered pull leaves no stale reason behind. The resourceVersion
+    // the status was derived from is a precondition: a cache that lags behind (the operator's
+    // own last write not seen yet) gets 409 instead of writing an older state over a newer
+    // one, such as a finished session back to Pending.
+    let mut patch = serde_json::json!({
         "apiVersion": "cliscale.dev/v1alpha1",
         "kind": "CommandSession",
         "status": status,
-    })
+    });
+    if let Some(version) = seen {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
+    patch
 }
+
+/// Whether a write was refused because the object changed since it was read (409 Conflict).
+fn is_stale(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(e) if e.code == 409)
+}
+
+/// Reconciled again once the cache has the newer object; its watch event wakes it sooner.
+const STALE_RETRY: Duration = Duration::from_millis(500);
 
 async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<Action, Error> {
     let name = session.name_any();
@@ -193,6 +208,8 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         return Ok(Action::await_change());
     }
     let previous = session.status.clone().unwrap_or_default();
+    // The version the status is derived from: a status write holds to it.
+    let mut seen_version = session.resource_version();
     let finished = previous.phase.is_some_and(|p| p.is_finished());
     let deleting = session.metadata.deletion_timestamp.is_some();
     let cancelled = session.annotations().contains_key(crate::desired::CANCEL_ANNOTATION);
@@ -217,9 +234,13 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
             if previous.job_name.is_none() {
                 let intent =
                     CommandSessionStatus { job_name: Some(job_name(&name)), ..previous.clone() };
-                sessions
-                    .patch_status(&name, &apply_status, &Patch::Apply(status_patch(&intent)))
-                    .await?;
+                let intent = status_patch(&intent, seen_version.as_deref());
+                match sessions.patch_status(&name, &apply_status, &Patch::Apply(intent)).await {
+                    // The session changed since this read: decide again on the newer one.
+                    Err(e) if is_stale(&e) => return Ok(Action::requeue(STALE_RETRY)),
+                    // The status below follows this write.
+                    written => seen_version = written?.resource_version(),
+                }
             }
             let mut desired = with_status_key(desired_job(&session, &ctx.config), &status_keys[0]);
             if let (Some(_), Some(keys)) = (&ctx.config.output_url, &ctx.output_keys) {
@@ -274,7 +295,13 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         jobs.delete(&job_name(&name), &DeleteParams::background()).await?;
     }
     if session.status.as_ref() != Some(&status) {
-        sessions.patch_status(&name, &apply_status, &Patch::Apply(status_patch(&status))).await?;
+        let patch = Patch::Apply(status_patch(&status, seen_version.as_deref()));
+        match sessions.patch_status(&name, &apply_status, &patch).await {
+            Err(e) if is_stale(&e) => return Ok(Action::requeue(STALE_RETRY)),
+            done => {
+                done?;
+            }
+        }
         if let Some(t) = transition(session.status.as_ref(), &status) {
             let event = KubeEvent {
                 type_: if t.warning { EventType::Warning } else { EventType::Normal },

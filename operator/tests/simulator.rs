@@ -260,6 +260,28 @@ async fn a_deleted_job_ends_the_session_lost_and_no_second_job_is_made() {
     assert_eq!(c.status("gone")["reason"], "JobDeleted");
 }
 
+/// A status derived from an old copy of the session is refused (409), as the real server
+/// refuses an apply whose resourceVersion is not the stored one: the operator's cache may lag
+/// behind its own last write, and must not put a finished session back to an older phase.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_from_a_stale_copy_is_refused_and_a_finished_session_stays_finished() {
+    let c = Cluster::start(Duration::from_secs(600));
+    c.sim.script("late", Lifecycle::Exits(0));
+    c.api.put("commandsessions", session("late"));
+    let running = c.until("late", "Running", None).await;
+    let old = c.api.get("commandsessions", NS, "late").unwrap();
+    let old_version = old["metadata"]["resourceVersion"].as_str().unwrap().to_owned();
+    c.until("late", "Succeeded", Some("Exited")).await;
+    let client = kube::Client::new(c.api.router(), "default");
+    let sessions: kube::Api<cliscale_crd::CommandSession> = kube::Api::namespaced(client, NS);
+    let stale = json!({"apiVersion": "cliscale.dev/v1alpha1", "kind": "CommandSession",
+        "metadata": {"resourceVersion": old_version}, "status": running});
+    let params = kube::api::PatchParams::apply("cliscale-operator").force();
+    let refused = sessions.patch_status("late", &params, &kube::api::Patch::Apply(&stale)).await;
+    assert!(matches!(&refused, Err(kube::Error::Api(e)) if e.code == 409), "{refused:?}");
+    assert_eq!(c.status("late")["phase"], "Succeeded");
+}
+
 /// A cancelled session's pod is deleted as a real cluster deletes one: marked with its grace
 /// period, stopped by the kubelet (the runner's SIGTERM end, sealed, in its status), then gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

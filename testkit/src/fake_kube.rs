@@ -4,7 +4,8 @@
 //!   bookmarks when asked for, and 410 Gone for a resourceVersion older than the history kept
 //!   ([`FakeApi::compact`]);
 //! - create, server-side apply with field ownership (409 conflicts, and fields a manager stops
-//!   applying are removed, on the main resource and on `/status`), merge patches;
+//!   applying are removed, on the main resource and on `/status`), merge patches, and a
+//!   patch's `metadata.resourceVersion` as a precondition (409 when the object moved on);
 //! - the status subresource apart from the main resource, both ways: writes to the object
 //!   keep its status, writes to `/status` change nothing else;
 //! - the CRD's structural schema (crds/commandsession.yaml): unknown fields pruned, wrong
@@ -57,7 +58,11 @@ fn leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
                 let path = format!("{prefix}/{}", k.replace('~', "~0").replace('/', "~1"));
                 if matches!(
                     path.as_str(),
-                    "/apiVersion" | "/kind" | "/metadata/name" | "/metadata/namespace"
+                    "/apiVersion"
+                        | "/kind"
+                        | "/metadata/name"
+                        | "/metadata/namespace"
+                        | "/metadata/resourceVersion"
                 ) {
                     continue;
                 }
@@ -825,6 +830,15 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
             let ns = ns.unwrap_or_default();
             let existing = api.get(&collection, &ns, &name);
             let is_apply = content_type.starts_with("application/apply-patch");
+            // A resourceVersion in the patch is a precondition, as on the real server: a
+            // writer whose copy is older than the stored object gets 409 Conflict.
+            if let Some(version) = patch["metadata"]["resourceVersion"].as_str()
+                && existing
+                    .as_ref()
+                    .is_some_and(|o| o["metadata"]["resourceVersion"].as_str() != Some(version))
+            {
+                return status_error(StatusCode::CONFLICT, "Conflict");
+            }
             if status {
                 // The status subresource changes status and nothing else.
                 let Some(mut obj) = existing else {
