@@ -210,6 +210,31 @@ enum RowSegment {
     InFile { start: u64, at_ms: u64, range: FileRange },
 }
 
+impl RowSegment {
+    fn start(&self) -> u64 {
+        match self {
+            Self::Ready(s) => s.start(),
+            Self::InFile { start, .. } => *start,
+        }
+    }
+
+    fn end(&self) -> u64 {
+        match self {
+            Self::Ready(s) => s.end(),
+            Self::InFile { start, range, .. } => start + range.len,
+        }
+    }
+
+    /// Bytes of output it holds (a gap holds none).
+    fn data_len(&self) -> usize {
+        match self {
+            Self::Ready(Segment::Data { data, .. }) => data.len(),
+            Self::Ready(Segment::Gap { .. }) => 0,
+            Self::InFile { range, .. } => range.len as usize,
+        }
+    }
+}
+
 fn segment_from_row(r: &sqlx::any::AnyRow) -> Result<RowSegment> {
     let start = u(r.try_get("start_offset")?);
     let end = u(r.try_get("end_offset")?);
@@ -567,15 +592,8 @@ impl OutputBackend for Store {
                 let page = rows.len();
                 for r in &rows {
                     let s = segment_from_row(r)?;
-                    let (end, len) = match &s {
-                        RowSegment::Ready(s @ Segment::Data { data, .. }) => (s.end(), data.len()),
-                        RowSegment::Ready(s) => (s.end(), 0),
-                        RowSegment::InFile { start, range, .. } => {
-                            (start + range.len, range.len as usize)
-                        }
-                    };
-                    at = end as i64;
-                    bytes += len;
+                    at = s.end() as i64;
+                    bytes += s.data_len();
                     out.push(s);
                 }
                 if page < 2 || bytes >= max {
@@ -605,18 +623,12 @@ impl OutputBackend for Store {
                 .await?;
                 let Some(row) = row else { break };
                 let s = segment_from_row(&row)?;
-                match &s {
-                    RowSegment::Ready(Segment::Data { start, data, .. }) => {
-                        before = *start as i64;
-                        bytes += data.len();
-                    }
-                    RowSegment::InFile { start, range, .. } => {
-                        before = *start as i64;
-                        bytes += range.len as usize;
-                    }
-                    // Bytes before a gap do not join those after it in a tail.
-                    RowSegment::Ready(Segment::Gap { .. }) => break,
+                // Bytes before a gap do not join those after it in a tail.
+                if let RowSegment::Ready(Segment::Gap { .. }) = s {
+                    break;
                 }
+                before = s.start() as i64;
+                bytes += s.data_len();
                 out.push(s);
             }
             out.reverse();

@@ -9,7 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -55,13 +55,9 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
 }
 
 impl OutputFiles {
-    /// Uses `dir` (made private to this user if it is new).
+    /// Uses `dir`, made private to this user.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| io_error("making", dir, e))?;
+        crate::local::private_dir(dir)?;
         Ok(Self { dir: dir.to_owned() })
     }
 

@@ -238,12 +238,15 @@ impl Store {
     /// stopped between its commit and the file) are removed.
     pub async fn with_output_files(mut self, dir: &std::path::Path) -> Result<Self> {
         let files = crate::output_files::OutputFiles::open(dir)?;
+        let held: std::collections::HashSet<String> =
+            sqlx::query("SELECT session_id FROM session_output_state")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| r.try_get("session_id"))
+                .collect::<std::result::Result<_, _>>()?;
         for id in files.names()? {
-            let held = sqlx::query("SELECT 1 FROM session_output_state WHERE session_id = $1")
-                .bind(&id)
-                .fetch_optional(&self.pool)
-                .await?;
-            if held.is_none() {
+            if !held.contains(&id) {
                 files.remove(&id).await?;
             }
         }

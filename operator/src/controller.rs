@@ -178,9 +178,19 @@ fn status_patch(status: &CommandSessionStatus, seen: Option<&str>) -> serde_json
     patch
 }
 
-/// Whether a write was refused because the object changed since it was read (409 Conflict).
-fn is_stale(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(e) if e.code == 409)
+/// Applies the session's status; `None` when the write was refused because the session
+/// changed since it was read (409 Conflict).
+async fn apply_status(
+    sessions: &Api<CommandSession>,
+    name: &str,
+    status: &CommandSessionStatus,
+    seen: Option<&str>,
+) -> Result<Option<CommandSession>, Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match sessions.patch_status(name, &params, &Patch::Apply(status_patch(status, seen))).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        written => Ok(Some(written?)),
+    }
 }
 
 /// Reconciled again once the cache has the newer object; its watch event wakes it sooner.
@@ -200,7 +210,6 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         .ok_or_else(|| Error::Config("the Job and pod caches are not running".into()))?;
     let now = now();
     let status_keys = ctx.status_keys(&session);
-    let apply_status = PatchParams::apply(FIELD_MANAGER).force();
 
     if ttl_remaining(&session, &now) == Some(Duration::ZERO) {
         tracing::info!(session = %name, "TTL passed; deleting the session");
@@ -234,12 +243,11 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
             if previous.job_name.is_none() {
                 let intent =
                     CommandSessionStatus { job_name: Some(job_name(&name)), ..previous.clone() };
-                let intent = status_patch(&intent, seen_version.as_deref());
-                match sessions.patch_status(&name, &apply_status, &Patch::Apply(intent)).await {
+                match apply_status(&sessions, &name, &intent, seen_version.as_deref()).await? {
                     // The session changed since this read: decide again on the newer one.
-                    Err(e) if is_stale(&e) => return Ok(Action::requeue(STALE_RETRY)),
+                    None => return Ok(Action::requeue(STALE_RETRY)),
                     // The status below follows this write.
-                    written => seen_version = written?.resource_version(),
+                    Some(written) => seen_version = written.resource_version(),
                 }
             }
             let mut desired = with_status_key(desired_job(&session, &ctx.config), &status_keys[0]);
@@ -295,12 +303,8 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
         jobs.delete(&job_name(&name), &DeleteParams::background()).await?;
     }
     if session.status.as_ref() != Some(&status) {
-        let patch = Patch::Apply(status_patch(&status, seen_version.as_deref()));
-        match sessions.patch_status(&name, &apply_status, &patch).await {
-            Err(e) if is_stale(&e) => return Ok(Action::requeue(STALE_RETRY)),
-            done => {
-                done?;
-            }
+        if apply_status(&sessions, &name, &status, seen_version.as_deref()).await?.is_none() {
+            return Ok(Action::requeue(STALE_RETRY));
         }
         if let Some(t) = transition(session.status.as_ref(), &status) {
             let event = KubeEvent {

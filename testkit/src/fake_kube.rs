@@ -73,6 +73,33 @@ fn leaves(value: &Value, prefix: &str, out: &mut Vec<(String, Value)>) {
     }
 }
 
+/// Server-side apply: the fields `manager` applied to `key` before and leaves out of this
+/// apply (`now`) are no longer its own; they are removed from the object by the caller. Only
+/// the status's fields on `/status`, only the rest on the main resource. Returns their paths.
+fn forget_dropped(
+    s: &mut Store,
+    key: &Key,
+    manager: &str,
+    now: &std::collections::BTreeSet<&str>,
+    on_status: bool,
+) -> Vec<String> {
+    let dropped: Vec<String> = s
+        .owners
+        .iter()
+        .filter(|((k, path), m)| {
+            k == key
+                && *m == manager
+                && path.starts_with("/status/") == on_status
+                && !now.contains(path.as_str())
+        })
+        .map(|((_, path), _)| path.clone())
+        .collect();
+    for path in &dropped {
+        s.owners.remove(&(key.clone(), path.clone()));
+    }
+    dropped
+}
+
 pub struct FakeApi {
     store: Mutex<Store>,
     events: broadcast::Sender<(u64, String, Value)>,
@@ -850,26 +877,13 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                     // are removed; the rest are merged in and become its own.
                     let mut touched = Vec::new();
                     leaves(&json!({"status": patch["status"].clone()}), "", &mut touched);
-                    let now: std::collections::BTreeSet<String> =
-                        touched.iter().map(|(p, _)| p.clone()).collect();
+                    let now = touched.iter().map(|(p, _)| p.as_str()).collect();
                     let mut s = api.store.lock().unwrap();
-                    let dropped: Vec<String> = s
-                        .owners
-                        .iter()
-                        .filter(|((k, path), m)| {
-                            *k == key
-                                && *m == manager
-                                && path.starts_with("/status/")
-                                && !now.contains(path)
-                        })
-                        .map(|((_, path), _)| path.clone())
-                        .collect();
-                    for path in &dropped {
-                        s.owners.remove(&(key.clone(), path.clone()));
-                        remove_path(&mut obj, path);
+                    for path in forget_dropped(&mut s, &key, manager, &now, true) {
+                        remove_path(&mut obj, &path);
                     }
                     for path in now {
-                        s.owners.insert((key.clone(), path), manager.clone());
+                        s.owners.insert((key.clone(), path.to_owned()), manager.clone());
                     }
                 }
                 let mut new_status = obj["status"].take();
@@ -892,26 +906,6 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                 let mut touched = Vec::new();
                 leaves(&patch, "", &mut touched);
                 let mut s = api.store.lock().unwrap();
-                if is_apply {
-                    // Server-side apply: fields this manager applied before and leaves out now
-                    // are removed (another manager's fields stay).
-                    let now: std::collections::BTreeSet<&String> =
-                        touched.iter().map(|(p, _)| p).collect();
-                    dropped = s
-                        .owners
-                        .iter()
-                        .filter(|((k, path), m)| {
-                            *k == key
-                                && *m == manager
-                                && !path.starts_with("/status/")
-                                && !now.contains(path)
-                        })
-                        .map(|((_, path), _)| path.clone())
-                        .collect();
-                    for path in &dropped {
-                        s.owners.remove(&(key.clone(), path.clone()));
-                    }
-                }
                 let forced = q.get("force").is_some_and(|f| f == "true");
                 if is_apply && !forced {
                     let current = existing.clone().unwrap_or(Value::Null);
@@ -922,6 +916,12 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                     if conflict {
                         return status_error(StatusCode::CONFLICT, "Conflict");
                     }
+                }
+                if is_apply {
+                    // Fields this manager applied before and leaves out now are removed
+                    // (another manager's fields stay); only once the apply is accepted.
+                    let now = touched.iter().map(|(p, _)| p.as_str()).collect();
+                    dropped = forget_dropped(&mut s, &key, manager, &now, false);
                 }
                 for (path, value) in touched {
                     if value.is_null() {
