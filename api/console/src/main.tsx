@@ -4,7 +4,7 @@
 
 import { render } from "preact";
 import { memo } from "preact/compat";
-import { useEffect, useMemo, useState } from "preact/hooks";
+import { useEffect, useMemo, useRef, useState } from "preact/hooks";
 import {
   ApiError, EventView, Key, Login, Minted, PHASES, Phase, Role, Session, SessionPage, call,
   fieldOf, setCsrf,
@@ -116,7 +116,12 @@ function SessionsPage({ login }: { login: Login }) {
   if (text) filters.set("q", text);
   const feedQuery = filters.toString() ? `?${filters}` : "";
 
+  // Sessions the feed changed while a list read was on its way, one set per read: the feed's
+  // word on them is newer than the read's, which must not put a row back to an older phase.
+  const reading = useRef(new Set<Set<string>>());
   const load = async (from: string | null, replace: boolean) => {
+    const fed = new Set<string>();
+    reading.current.add(fed);
     try {
       const params = new URLSearchParams(filters);
       params.set("limit", "50");
@@ -126,17 +131,25 @@ function SessionsPage({ login }: { login: Login }) {
       setRows((old) => {
         const next = replace ? new Map<string, Session>() : new Map(old);
         for (const s of page.items) next.set(s.sessionId, s);
+        for (const id of fed) {
+          const seen = old.get(id);
+          if (seen) next.set(id, seen);
+          else next.delete(id); // the feed took it out of the filtered list
+        }
         return next;
       });
       setCursor(page.nextCursor);
       setError(null);
     } catch (e) {
       setError(message(e));
+    } finally {
+      reading.current.delete(fed);
     }
   };
   // Subscribed before the list is read, so nothing that happens in between is missed. The
   // phase filter applies here, so a session that leaves it leaves the list.
   const live = useFeed(feedQuery, () => load(null, true), (s) => {
+    for (const fed of reading.current) fed.add(s.sessionId);
     setRows((old) => {
       const next = new Map(old);
       if (phase && s.phase !== phase) next.delete(s.sessionId);
