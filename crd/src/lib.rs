@@ -46,8 +46,11 @@ pub struct CommandSessionSpec {
     /// Runner image to use instead of the operator's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
-    /// CPU and memory for the runner container.
+    /// CPU, memory and ephemeral storage for the runner container, as a container's requests
+    /// and limits. Unset, the operator's defaults apply; ephemeral storage the session does not
+    /// name takes the operator's default, so the runner's scratch space is always bounded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "resources_schema")]
     pub resources: Option<ResourceRequirements>,
     /// Node labels the runner pod must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -58,6 +61,36 @@ pub struct CommandSessionSpec {
     /// Priority class of the runner pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
+}
+
+/// A Kubernetes quantity as the CRD takes it: the API server's own grammar (as controller-gen
+/// writes it for `resource.Quantity`) without a sign, since a container's resources may not be
+/// negative. A value the Job could not hold is refused when the session is applied.
+pub const QUANTITY_PATTERN: &str = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+
+/// The runner's `resources` in the CRD: requests and limits whose values must be quantities.
+/// A pattern and not a CEL rule: it costs the API server nothing to estimate. `claims` is left
+/// out: it needs the pod's `resourceClaims`, which a session cannot set.
+fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let quantities = |description: &str| {
+        serde_json::json!({
+            "description": description,
+            "type": "object",
+            "maxProperties": 16,
+            "additionalProperties": {
+                "x-kubernetes-int-or-string": true,
+                "pattern": QUANTITY_PATTERN,
+            }
+        })
+    };
+    schemars::json_schema!({
+        "type": "object",
+        "nullable": true,
+        "properties": {
+            "limits": quantities("The most the runner may use, by resource name (cpu, memory, ephemeral-storage): quantities such as 500m or 1Gi."),
+            "requests": quantities("What the runner is guaranteed, by resource name: quantities such as 250m or 512Mi."),
+        }
+    })
 }
 
 impl CommandSessionSpec {

@@ -347,12 +347,14 @@ async fn a_bad_volume_size_in_the_operators_settings_is_refused_with_its_message
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_the_cluster_refuses_fails_the_session_at_once_with_its_message() {
     let c = Cluster::start(Duration::from_secs(600));
-    // A resource quantity the CRD takes as a string and the Job cannot hold.
+    // Quantities the CRD takes, each well formed, that no container may have: a request above
+    // its limit.
     let mut bad = session("bad-cpu");
-    bad["spec"]["resources"] = json!({ "limits": { "cpu": "two cores" } });
+    bad["spec"]["resources"] = json!({ "requests": { "cpu": "2" }, "limits": { "cpu": "1500m" } });
     c.api.put("commandsessions", bad);
     let s = c.until("bad-cpu", "Failed", Some("JobRejected")).await;
-    assert!(s["message"].as_str().unwrap().contains("two cores"), "{s}");
+    let message = s["message"].as_str().unwrap();
+    assert!(message.contains("must be less than or equal to cpu limit of 1500m"), "{s}");
     assert_eq!(c.api.ever_made("jobs"), 0);
     // Refused once, never retried: a reconcile later makes no new attempt.
     let before = c.api.creates("jobs");
@@ -431,8 +433,19 @@ async fn the_api_server_keeps_status_and_spec_apart_and_holds_the_schema() {
     let ar = kube::core::ApiResource::erase::<cliscale_crd::CommandSession>(&());
     let client = kube::Client::new(api.router(), "default");
     let dynamic: kube::Api<kube::core::DynamicObject> = kube::Api::namespaced_with(client, NS, &ar);
-    for (field, value) in [("cols", json!("wide")), ("cols", json!(100_000)), ("command", json!(7))]
-    {
+    let many: serde_json::Map<String, Value> =
+        (0..17).map(|i| (format!("example.com/r{i}"), json!(1))).collect();
+    for (field, value) in [
+        ("cols", json!("wide")),
+        ("cols", json!(100_000)),
+        ("command", json!(7)),
+        // Quantities the Job could not hold are refused here, before any Job is tried.
+        ("resources", json!({ "limits": { "cpu": "two cores" } })),
+        ("resources", json!({ "requests": { "memory": "-1Gi" } })),
+        ("resources", json!({ "limits": { "memory": "1.5 Gi" } })),
+        ("resources", json!({ "limits": { "cpu": 1.5 } })),
+        ("resources", json!({ "limits": many })),
+    ] {
         let mut bad = session("bad");
         bad["spec"][field] = value.clone();
         let object: kube::core::DynamicObject = serde_json::from_value(bad).unwrap();
@@ -442,6 +455,16 @@ async fn the_api_server_keeps_status_and_spec_apart_and_holds_the_schema() {
         }
     }
     assert!(api.get("commandsessions", NS, "bad").is_none());
+    // Every form of quantity a container takes is accepted: integers, decimals, binary and
+    // decimal suffixes, exponents.
+    let mut fine = session("quantities");
+    fine["spec"]["resources"] = json!({
+        "requests": { "cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1e9" },
+        "limits": { "cpu": 2, "memory": "1.5Gi", "example.com/gpu": "+1" }
+    });
+    let object: kube::core::DynamicObject = serde_json::from_value(fine).unwrap();
+    let made = dynamic.create(&Default::default(), &object).await.expect("valid quantities");
+    assert_eq!(made.data["spec"]["resources"]["limits"]["cpu"], 2);
     // The CRD's CEL rule: a name too long to name a Job and label a pod is refused here, with
     // the rule's message, rather than by the Job later.
     let long: kube::core::DynamicObject = serde_json::from_value(session(&"x".repeat(61))).unwrap();

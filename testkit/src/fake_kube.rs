@@ -159,33 +159,58 @@ fn label_value(s: &str) -> bool {
 
 /// Whether `s` is a resource quantity as the API server parses one (`100m`, `2Gi`, `1e3`).
 pub fn quantity(s: &str) -> bool {
+    quantity_value(s).is_some()
+}
+
+/// The value of a quantity, near enough to compare two (a request with its limit).
+fn quantity_value(s: &str) -> Option<f64> {
     let digits = s.trim_start_matches(['+', '-']);
+    let sign = if s.starts_with('-') { -1.0 } else { 1.0 };
     let number_end =
         digits.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(digits.len());
     let (number, suffix) = digits.split_at(number_end);
-    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
-    let suffix_ok = matches!(
-        suffix,
-        "" | "Ki"
-            | "Mi"
-            | "Gi"
-            | "Ti"
-            | "Pi"
-            | "Ei"
-            | "n"
-            | "u"
-            | "m"
-            | "k"
-            | "M"
-            | "G"
-            | "T"
-            | "P"
-            | "E"
-    ) || (suffix.len() > 1
-        && matches!(&suffix[..1], "e" | "E")
-        && suffix[1..].trim_start_matches(['+', '-']).bytes().all(|b| b.is_ascii_digit())
-        && !suffix[1..].trim_start_matches(['+', '-']).is_empty());
-    number_ok && suffix_ok
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return None;
+    }
+    let number: f64 = number.parse().or_else(|_| format!("{number}0").parse()).ok()?;
+    let scale = match suffix {
+        "" => 1.0,
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        e if e.len() > 1 && matches!(&e[..1], "e" | "E") => {
+            let exponent = &e[1..];
+            let bare = exponent.trim_start_matches(['+', '-']);
+            if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            10f64.powi(exponent.parse().ok()?)
+        }
+        _ => return None,
+    };
+    Some(sign * number * scale)
+}
+
+/// Whether `name` may name a container's resource: a standard one or a fully qualified
+/// extended one (`example.com/gpu`).
+fn resource_name(name: &str) -> bool {
+    matches!(name, "cpu" | "memory" | "ephemeral-storage")
+        || name.starts_with("hugepages-")
+        || name
+            .split_once('/')
+            .is_some_and(|(domain, rest)| domain.contains('.') && !rest.is_empty())
 }
 
 /// The checks the API server makes of every object's metadata, and of the parts of Jobs and
@@ -226,14 +251,39 @@ fn validate_core(collection: &str, obj: &Value) -> Result<(), String> {
     }
     let containers = pod_spec["containers"].as_array();
     for c in containers.into_iter().flatten() {
+        let text = |q: &Value| q.as_str().map(str::to_owned).unwrap_or_else(|| q.to_string());
         for kind in ["requests", "limits"] {
             for (r, q) in c["resources"][kind].as_object().into_iter().flatten() {
-                let text = q.as_str().map(str::to_owned).unwrap_or_else(|| q.to_string());
-                if !quantity(&text) {
+                let at = format!("spec.containers.resources.{kind}[{r}]");
+                let q = text(q);
+                if !resource_name(r) {
                     return Err(format!(
-                        "spec.containers.resources.{kind}[{r}]: Invalid value: \"{text}\": quantities must match the regular expression"
+                        "{at}: Invalid value: \"{r}\": must be a standard resource type or fully qualified"
                     ));
                 }
+                match quantity_value(&q) {
+                    None => {
+                        return Err(format!(
+                            "{at}: Invalid value: \"{q}\": quantities must match the regular expression"
+                        ));
+                    }
+                    Some(v) if v < 0.0 => {
+                        return Err(format!(
+                            "{at}: Invalid value: \"{q}\": must be greater than or equal to 0"
+                        ));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        for (r, request) in c["resources"]["requests"].as_object().into_iter().flatten() {
+            let Some(limit) = c["resources"]["limits"].get(r) else { continue };
+            if quantity_value(&text(request)) > quantity_value(&text(limit)) {
+                return Err(format!(
+                    "spec.containers.resources.requests: Invalid value: \"{}\": must be less than or equal to {r} limit of {}",
+                    text(request),
+                    text(limit)
+                ));
             }
         }
     }
@@ -251,17 +301,31 @@ fn conform(value: &mut Value, schema: &Value, path: &str) -> Result<(), String> 
     if value.is_null() && schema.get("nullable") == Some(&Value::Bool(true)) {
         return Ok(());
     }
+    let bad = |what: &str| Err(format!("{path}: Invalid value: {what}"));
+    // As kube-openapi's validator: `pattern` holds for string values only (so an int-or-string
+    // integer passes it), RE2 syntax, which the `regex` crate shares.
+    if let (Some(pattern), Some(text)) = (schema["pattern"].as_str(), value.as_str()) {
+        let re = regex::Regex::new(pattern).map_err(|e| format!("{path}: bad pattern: {e}"))?;
+        if !re.is_match(text) {
+            return bad(&format!("\"{text}\": {path} in body should match '{pattern}'"));
+        }
+    }
     if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
         return if value.is_string() || value.is_i64() || value.is_u64() {
             Ok(())
         } else {
-            Err(format!("{path}: Invalid value: must be an integer or a string"))
+            bad("must be an integer or a string")
         };
     }
-    let bad = |what: &str| Err(format!("{path}: Invalid value: {what}"));
     match schema["type"].as_str() {
         Some("object") => {
             let Some(map) = value.as_object_mut() else { return bad("must be an object") };
+            if let Some(max) = schema["maxProperties"].as_u64().filter(|m| map.len() as u64 > *m) {
+                return Err(format!(
+                    "{path}: Too many: {}: must have at most {max} items",
+                    map.len()
+                ));
+            }
             for required in schema["required"].as_array().into_iter().flatten() {
                 let r = required.as_str().unwrap_or("");
                 if !map.contains_key(r) {
