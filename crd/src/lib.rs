@@ -45,6 +45,7 @@ pub struct CommandSessionSpec {
     pub session: SessionSpec,
     /// Runner image to use instead of the operator's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 4096), regex(pattern = r"^\S+$"))]
     pub image: Option<String>,
     /// CPU, memory and ephemeral storage for the runner container, as a container's requests
     /// and limits. Unset, the operator's defaults apply; ephemeral storage the session does not
@@ -54,12 +55,18 @@ pub struct CommandSessionSpec {
     pub resources: Option<ResourceRequirements>,
     /// Node labels the runner pod must match.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "node_selector_schema")]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the runner pod.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "tolerations_schema")]
     pub tolerations: Vec<Toleration>,
     /// Priority class of the runner pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub priority_class_name: Option<String>,
 }
 
@@ -89,6 +96,67 @@ fn resources_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "properties": {
             "limits": quantities("The most the runner may use, by resource name (cpu, memory, ephemeral-storage): quantities such as 500m or 1Gi."),
             "requests": quantities("What the runner is guaranteed, by resource name: quantities such as 250m or 512Mi."),
+        }
+    })
+}
+
+/// A label value as the API server takes one: at most 63 characters, alphanumeric at both
+/// ends, `-`, `_` and `.` between.
+const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+
+/// `nodeSelector`: values must be label values (a pod with another is refused).
+fn node_selector_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "maxProperties": 64,
+        "additionalProperties": {
+            "type": "string",
+            "maxLength": 63,
+            "pattern": LABEL_VALUE_PATTERN,
+        }
+    })
+}
+
+/// `tolerations`, with the operators and effects a pod may have and label values for values.
+fn tolerations_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let described = |description: &str, mut schema: serde_json::Value| {
+        schema["description"] = description.into();
+        schema
+    };
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {
+            "type": "object",
+            "properties": {
+                "key": described(
+                    "The taint key to tolerate; empty with Exists tolerates every taint.",
+                    serde_json::json!({ "type": "string", "maxLength": 317 })
+                ),
+                "operator": described(
+                    "Equal (the default) or Exists.",
+                    serde_json::json!({ "type": "string", "enum": ["", "Equal", "Exists"] })
+                ),
+                "value": described(
+                    "The taint value to match, with Equal.",
+                    serde_json::json!({
+                        "type": "string",
+                        "maxLength": 63,
+                        "pattern": LABEL_VALUE_PATTERN,
+                    })
+                ),
+                "effect": described(
+                    "The taint effect to match: NoSchedule, PreferNoSchedule or NoExecute; empty matches all.",
+                    serde_json::json!({
+                        "type": "string",
+                        "enum": ["", "NoSchedule", "PreferNoSchedule", "NoExecute"],
+                    })
+                ),
+                "tolerationSeconds": described(
+                    "With NoExecute: how long the pod stays bound after the taint appears.",
+                    serde_json::json!({ "type": "integer", "format": "int64" })
+                ),
+            }
         }
     })
 }

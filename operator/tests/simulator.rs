@@ -445,6 +445,13 @@ async fn the_api_server_keeps_status_and_spec_apart_and_holds_the_schema() {
         ("resources", json!({ "limits": { "memory": "1.5 Gi" } })),
         ("resources", json!({ "limits": { "cpu": 1.5 } })),
         ("resources", json!({ "limits": many })),
+        // So are placement knobs the pod could not have.
+        ("nodeSelector", json!({ "disk": "fast ssd" })),
+        ("tolerations", json!([{ "key": "gpu", "operator": "Sometimes" }])),
+        ("tolerations", json!([{ "key": "gpu", "effect": "NoRun" }])),
+        ("priorityClassName", json!("Batch_Low")),
+        ("image", json!("runner:1 --privileged")),
+        ("image", json!("")),
     ] {
         let mut bad = session("bad");
         bad["spec"][field] = value.clone();
@@ -462,6 +469,13 @@ async fn the_api_server_keeps_status_and_spec_apart_and_holds_the_schema() {
         "requests": { "cpu": "250m", "memory": "512Mi", "ephemeral-storage": "1e9" },
         "limits": { "cpu": 2, "memory": "1.5Gi", "example.com/gpu": "+1" }
     });
+    fine["spec"]["nodeSelector"] = json!({ "kubernetes.io/arch": "amd64", "pool": "" });
+    fine["spec"]["tolerations"] = json!([
+        { "key": "gpu", "operator": "Exists", "effect": "NoSchedule" },
+        { "key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute", "tolerationSeconds": 30 }
+    ]);
+    fine["spec"]["priorityClassName"] = json!("batch-low.example");
+    fine["spec"]["image"] = json!("registry.example/cliscale/runner@sha256:0123abcd");
     let object: kube::core::DynamicObject = serde_json::from_value(fine).unwrap();
     let made = dynamic.create(&Default::default(), &object).await.expect("valid quantities");
     assert_eq!(made.data["spec"]["resources"]["limits"]["cpu"], 2);
