@@ -57,13 +57,7 @@ fn cpu_time(pid: u32) -> Duration {
     procinfo::cpu_time(pid as i32)
 }
 
-use cliscale_testkit::procinfo::{self, machine_ticks};
-
-/// Share of the machine's CPU time that was busy between two `machine_ticks` readings.
-fn busy_share((busy0, idle0): (u64, u64), (busy1, idle1): (u64, u64)) -> f64 {
-    let busy = (busy1 - busy0) as f64;
-    busy / (busy + (idle1 - idle0) as f64)
-}
+use cliscale_testkit::procinfo::{self, busy_share, machine_ticks};
 
 fn pct(samples: &mut [Duration], p: f64) -> f64 {
     samples.sort();

@@ -14,7 +14,9 @@ use cliscale_testkit::harness::{
     bytes_through_pty, direct_url, gateway_url, raw_pty_throughput, runner_addr, session,
     start_release, throughput, throughput_command, write_payload,
 };
-use cliscale_testkit::procinfo::{cpu_time, rss_anon_kib, session_processes};
+use cliscale_testkit::procinfo::{
+    busy_share, cpu_time, machine_ticks, rss_anon_kib, session_processes,
+};
 use cliscale_testkit::stack::{ADMIN_KEY, Stack};
 use cliscale_testkit::stats::{median, median_interval};
 use futures_util::StreamExt;
@@ -78,6 +80,9 @@ async fn run() {
     let (mut runner_ratio, mut via_ratio) = (Vec::new(), Vec::new());
     let (mut whole, mut api_cpu, mut stored_mb) = (0, Duration::ZERO, 0.0);
     let mut runner_cpu_per_mb = Vec::new();
+    // How busy both CPUs were during each path's runs: near 100 % the path is bound by CPU
+    // (any process' cost per MB decides), well below it by waits.
+    let mut busy: [Vec<f64>; 3] = Default::default();
     let paths = [Path::Raw, Path::Runner, Path::Gateway];
     for round in 0..rounds {
         let mut figures = [0.0; 3];
@@ -85,12 +90,14 @@ async fn run() {
             let path = paths[(round + k) % 3];
             let mbs = match path {
                 Path::Raw => {
+                    let machine_before = machine_ticks();
                     let file = payload.clone();
                     let (mbs, bytes) =
                         tokio::task::spawn_blocking(move || raw_pty_throughput(&file))
                             .await
                             .unwrap();
                     assert_eq!(bytes as usize, expected);
+                    busy[path as usize].push(busy_share(machine_before, machine_ticks()));
                     mbs
                 }
                 Path::Runner | Path::Gateway => {
@@ -107,7 +114,9 @@ async fn run() {
                         .expect("the session's runner");
                     let cpu_before = cpu_time(up.child.id() as i32);
                     let runner_before = cpu_time(runner);
+                    let machine_before = machine_ticks();
                     let mbs = throughput(&url, expected).await;
+                    busy[path as usize].push(busy_share(machine_before, machine_ticks()));
                     let runner_used = cpu_time(runner) - runner_before;
                     runner_cpu_per_mb
                         .push(runner_used.as_secs_f64() * 1e3 / (expected as f64 / 1e6));
@@ -139,6 +148,10 @@ async fn run() {
     report("runner with storage on / raw PTY", &mut runner_ratio, "x");
     report("whole path / raw PTY", &mut via_ratio, "x");
     report("runner CPU per MB (uploads included)", &mut runner_cpu_per_mb, " ms");
+    for (path, shares) in paths.iter().zip(&mut busy) {
+        let mut percent: Vec<f64> = shares.iter().map(|s| s * 100.0).collect();
+        report(&format!("machine busy during {path:?} runs"), &mut percent, " %");
+    }
     println!(
         "stored whole, without a gap: {whole} of {} runs; API process CPU per stored MB \
          (appends, and the gateway's relay on gateway runs): {:.2} ms",

@@ -29,6 +29,12 @@ pub fn machine_ticks() -> (u64, u64) {
     (busy, idle)
 }
 
+/// Share of the machine's CPU time that was busy between two [`machine_ticks`] readings.
+pub fn busy_share((busy0, idle0): (u64, u64), (busy1, idle1): (u64, u64)) -> f64 {
+    let busy = (busy1 - busy0) as f64;
+    busy / (busy + (idle1 - idle0) as f64)
+}
+
 /// Whether any process runs with `name=value` in its environment (a session's runner carries
 /// its session id there): how a test knows a runner has gone.
 pub fn any_process_with_env(name: &str, value: &str) -> bool {
