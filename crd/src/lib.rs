@@ -73,7 +73,7 @@ pub struct CommandSessionSpec {
 /// A Kubernetes quantity as the CRD takes it: the API server's own grammar (as controller-gen
 /// writes it for `resource.Quantity`) without a sign, since a container's resources may not be
 /// negative. A value the Job could not hold is refused when the session is applied.
-pub const QUANTITY_PATTERN: &str = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
+const QUANTITY_PATTERN: &str = r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$";
 
 /// The runner's `resources` in the CRD: requests and limits whose values must be quantities.
 /// A pattern and not a CEL rule: it costs the API server nothing to estimate. `claims` is left

@@ -172,7 +172,7 @@ fn quantity_value(s: &str) -> Option<f64> {
     if number.is_empty() || number == "." || number.matches('.').count() > 1 {
         return None;
     }
-    let number: f64 = number.parse().or_else(|_| format!("{number}0").parse()).ok()?;
+    let number: f64 = number.parse().ok()?;
     let scale = match suffix {
         "" => 1.0,
         "n" => 1e-9,
