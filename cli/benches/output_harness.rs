@@ -87,6 +87,7 @@ async fn run() {
     let paths = [Path::Raw, Path::Runner, Path::Gateway];
     for round in 0..rounds {
         let mut figures = [0.0; 3];
+        let mut busy_now = [0.0; 3];
         for k in 0..3 {
             let path = paths[(round + k) % 3];
             let mbs = match path {
@@ -98,7 +99,7 @@ async fn run() {
                             .await
                             .unwrap();
                     assert_eq!(bytes as usize, expected);
-                    busy[path as usize].push(busy_share(machine_before, machine_ticks()));
+                    busy_now[path as usize] = busy_share(machine_before, machine_ticks());
                     mbs
                 }
                 Path::Runner | Path::Gateway => {
@@ -117,7 +118,7 @@ async fn run() {
                     let runner_before = cpu_time(runner);
                     let machine_before = machine_ticks();
                     let mbs = throughput(&url, expected).await;
-                    busy[path as usize].push(busy_share(machine_before, machine_ticks()));
+                    busy_now[path as usize] = busy_share(machine_before, machine_ticks());
                     let runner_used = cpu_time(runner) - runner_before;
                     runner_cpu_per_mb
                         .push(runner_used.as_secs_f64() * 1e3 / (expected as f64 / 1e6));
@@ -134,9 +135,18 @@ async fn run() {
             figures[path as usize] = mbs;
         }
         println!(
-            "round {round}: raw {:.1} MB/s, runner {:.1} MB/s, gateway {:.1} MB/s",
-            figures[0], figures[1], figures[2]
+            "round {round}: raw {:.1} MB/s, runner {:.1} MB/s, gateway {:.1} MB/s \
+             (machine busy {:.0} / {:.0} / {:.0} %)",
+            figures[0],
+            figures[1],
+            figures[2],
+            busy_now[0] * 100.0,
+            busy_now[1] * 100.0,
+            busy_now[2] * 100.0
         );
+        for (shares, now) in busy.iter_mut().zip(busy_now) {
+            shares.push(now);
+        }
         raw.push(figures[0]);
         runner.push(figures[1]);
         via.push(figures[2]);
