@@ -108,7 +108,7 @@ ALLOWED_RULES = {
         ("cliscale.dev", "commandschedules/status"): {"patch"},
         ("batch", "jobs"): {"get", "list", "watch", "create", "delete"},
         ("", "pods"): {"list", "watch"},
-        ("", "events"): {"list"},
+        ("", "events"): {"list", "watch"},
         ("events.k8s.io", "events"): {"create", "patch"},
         ("coordination.k8s.io", "leases"): {"get", "create", "patch"},
         ("", "configmaps"): {"get", "create", "patch"},

@@ -430,7 +430,8 @@ async fn a_gateway_killed_mid_stream_loses_no_byte_on_sqlite() {
 }
 
 /// After a (re)list, an unfinished session whose CommandSession is gone (deleted while no
-/// mirror watched) is marked Lost; one whose CommandSession exists is left alone.
+/// mirror watched) is marked Lost, and a finished one past its TTL is deleted; one whose
+/// CommandSession exists, or whose TTL has not passed, is left alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relist_marks_sessions_without_a_command_session_lost() {
     let dir = tempfile::tempdir().unwrap();
@@ -443,6 +444,21 @@ async fn a_relist_marks_sessions_without_a_command_session_lost() {
     .unwrap();
     store.insert_session("vanished", "k", &spec).await.unwrap();
     store.insert_session("present", "k", &spec).await.unwrap();
+    // Finished while no mirror watched: the operator deleted one at its TTL (0 s), not yet the
+    // other (an hour).
+    let ended = cliscale_api::store::StatusUpdate {
+        phase: Some(cliscale_core::SessionPhase::Succeeded),
+        exit_code: Some(0),
+        ..Default::default()
+    };
+    let expiring =
+        cliscale_api::model::SessionSpec { ttl_seconds_after_finished: 0, ..spec.clone() };
+    store.insert_session("expired", "k", &expiring).await.unwrap();
+    store.update_status("expired", &ended).await.unwrap();
+    let keeping =
+        cliscale_api::model::SessionSpec { ttl_seconds_after_finished: 3600, ..spec.clone() };
+    store.insert_session("finished", "k", &keeping).await.unwrap();
+    store.update_status("finished", &ended).await.unwrap();
     let api = FakeApi::new();
     api.put(
         "commandsessions",
@@ -463,15 +479,18 @@ async fn a_relist_marks_sessions_without_a_command_session_lost() {
     let wait = async {
         loop {
             let row = store.get_session("vanished").await.unwrap().unwrap();
-            if row.phase == cliscale_core::SessionPhase::Lost {
+            let expired = store.get_session("expired").await.unwrap();
+            if row.phase == cliscale_core::SessionPhase::Lost && expired.is_none() {
                 return row;
             }
             // The store has no change feed to wait on; re-read at a short interval.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let lost = tokio::time::timeout(HANG_GUARD, wait).await.expect("marked Lost");
+    let lost = tokio::time::timeout(HANG_GUARD, wait).await.expect("marked Lost, expired deleted");
     assert_eq!(lost.reason, Some(cliscale_core::TerminalReason::RunnerLost));
+    let finished = store.get_session("finished").await.unwrap().expect("kept until its TTL");
+    assert_eq!(finished.phase, cliscale_core::SessionPhase::Succeeded);
     let present = store.get_session("present").await.unwrap().unwrap();
     assert_eq!(present.phase, cliscale_core::SessionPhase::Pending);
     stop.send(()).unwrap();

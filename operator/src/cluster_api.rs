@@ -218,8 +218,66 @@ pub async fn mirror_deleted(store: &Store, name: &str) -> ApiResult<()> {
 /// a row the API made moments ago may not have its CommandSession listed yet.
 pub const VANISHED_GRACE_SECS: i64 = 30;
 
+/// The resources a watch's (re)list returned, kept up to date by the events after it. A relist
+/// after an expired watch replays no deletions, so the rows whose resource is not here are the
+/// ones deleted while no watch was open.
+#[derive(Debug, Default)]
+pub struct Relist {
+    listed: HashSet<String>,
+    started: i64,
+    complete: bool,
+}
+
+impl Relist {
+    /// A list begins (at `now`, in Unix seconds).
+    pub fn begin(&mut self, now: i64) {
+        self.listed.clear();
+        self.started = now;
+        self.complete = false;
+    }
+
+    pub fn saw(&mut self, name: String) {
+        self.listed.insert(name);
+    }
+
+    pub fn gone(&mut self, name: &str) {
+        self.listed.remove(name);
+    }
+
+    /// The list has been read whole: until then, every row would look missing.
+    pub fn done(&mut self) {
+        self.complete = true;
+    }
+
+    pub fn complete(&self) -> bool {
+        self.complete
+    }
+
+    /// Of `rows` (name, made at), the ones the list did not return, made more than
+    /// `grace_secs` before it began: a row made moments ago may not have its resource yet.
+    /// Pure.
+    pub fn missing<'a>(
+        &self,
+        rows: impl IntoIterator<Item = (&'a str, i64)>,
+        grace_secs: i64,
+    ) -> Vec<&'a str> {
+        rows.into_iter()
+            .filter(|(name, made)| {
+                !self.listed.contains(*name) && *made <= self.started - grace_secs
+            })
+            .map(|(name, _)| name)
+            .collect()
+    }
+}
+
+/// How often the mirror deletes the rows past their TTL whose CommandSession is gone.
+const EXPIRED_SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Keeps the store a projection of the CommandSessions in `namespace` until `shutdown`.
-/// After every (re)list, unfinished rows whose CommandSession is gone become `Lost`.
+/// After every (re)list, unfinished rows whose CommandSession is gone become `Lost`. After it
+/// and every few minutes, rows past their TTL whose CommandSession is gone (deleted while no
+/// watch saw it, or never made) are deleted with their stored output, as the operator's
+/// deletion at the TTL would have had them.
 pub async fn run_mirror(
     client: Client,
     namespace: String,
@@ -243,12 +301,19 @@ pub async fn run_mirror_with_grace(
     let mut events =
         std::pin::pin!(watcher::watcher(api, watcher::Config::default()).default_backoff());
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut listed = HashSet::new();
-    let mut list_started = now();
+    let mut relist = Relist::default();
     let mut mirrored = Mirrored::new();
+    let mut sweep = tokio::time::interval(EXPIRED_SWEEP_EVERY);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => return,
+            _ = sweep.tick(), if relist.complete() => {
+                if let Err(error) = sweep_expired(&store, &relist, grace_secs).await {
+                    tracing::warn!(%error, "could not delete expired sessions; retrying later");
+                }
+                continue;
+            }
             event = events.next() => event,
         };
         let result = match event {
@@ -259,21 +324,25 @@ pub async fn run_mirror_with_grace(
             }
             Some(Ok(Event::Init)) => {
                 // A relist checks every row again, made and written afresh.
-                listed.clear();
+                relist.begin(now());
                 mirrored.clear();
-                list_started = now();
                 Ok(())
             }
             Some(Ok(Event::InitApply(cs))) => {
-                listed.insert(cs.name_any());
+                relist.saw(cs.name_any());
                 mirror_one(&store, &cs, &mut mirrored).await
             }
             Some(Ok(Event::InitDone)) => {
-                mark_vanished(&store, &listed, list_started - grace_secs).await
+                relist.done();
+                mark_vanished(&store, &relist, grace_secs).await
             }
-            Some(Ok(Event::Apply(cs))) => mirror_one(&store, &cs, &mut mirrored).await,
+            Some(Ok(Event::Apply(cs))) => {
+                relist.saw(cs.name_any());
+                mirror_one(&store, &cs, &mut mirrored).await
+            }
             Some(Ok(Event::Delete(cs))) => {
                 mirrored.remove(&cs.name_any());
+                relist.gone(&cs.name_any());
                 mirror_deleted(&store, &cs.name_any()).await
             }
         };
@@ -283,19 +352,30 @@ pub async fn run_mirror_with_grace(
     }
 }
 
-/// Marks `Lost` the unfinished rows made before `made_before` that the list did not return.
-async fn mark_vanished(store: &Store, listed: &HashSet<String>, made_before: i64) -> ApiResult<()> {
-    for row in store.unfinished_sessions().await? {
-        if listed.contains(&row.id) || row.created_at > made_before {
-            continue;
-        }
+/// After a list: the unfinished rows whose CommandSession it did not return are marked `Lost`
+/// (as [`mirror_deleted`] marks one `Cancelled`), and the rows past their TTL whose
+/// CommandSession is gone are deleted.
+async fn mark_vanished(store: &Store, relist: &Relist, grace_secs: i64) -> ApiResult<()> {
+    let rows = store.unfinished_sessions().await?;
+    for id in relist.missing(rows.iter().map(|r| (r.id.as_str(), r.created_at)), grace_secs) {
         let update = StatusUpdate {
             phase: Some(SessionPhase::Lost),
             reason: Some(TerminalReason::RunnerLost),
             message: Some("its CommandSession is gone".into()),
             ..Default::default()
         };
-        store.update_status(&row.id, &update).await?;
+        store.update_status(id, &update).await?;
+    }
+    sweep_expired(store, relist, grace_secs).await
+}
+
+/// Deletes the rows past their TTL whose CommandSession is gone (one deleted while its session
+/// had not finished leaves its row, `Cancelled` or `Lost`, to be shown until then).
+async fn sweep_expired(store: &Store, relist: &Relist, grace_secs: i64) -> ApiResult<()> {
+    let expired = store.expired_sessions(now()).await?;
+    for id in relist.missing(expired.iter().map(|r| (r.id.as_str(), r.created_at)), grace_secs) {
+        tracing::info!(session = id, "past its TTL without a CommandSession; deleting it");
+        store.delete_session(id).await?;
     }
     Ok(())
 }
@@ -303,6 +383,19 @@ async fn mark_vanished(store: &Store, listed: &HashSet<String>, made_before: i64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relist_misses_only_rows_made_before_it_began() {
+        let mut relist = Relist::default();
+        relist.begin(1_000);
+        relist.saw("listed".into());
+        let rows =
+            [("listed", 10), ("deleted", 10), ("made-at-the-grace", 970), ("just-made", 990)];
+        assert_eq!(relist.missing(rows, 30), ["deleted", "made-at-the-grace"]);
+        // A new list forgets the old one's names.
+        relist.begin(2_000);
+        assert_eq!(relist.missing([("listed", 10)], 30), ["listed"]);
+    }
     use cliscale_api::model::{CreateSessionRequest, SpecDefaults, validate_create};
 
     fn record() -> SessionRecord {

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Event as CoreEvent;
 use k8s_openapi::api::core::v1::Pod;
@@ -24,6 +24,7 @@ use crate::desired::{
 };
 use crate::status::{
     ClusterWarning, JobSeen, Observed, derive_status, job_must_stop, stall_check_every, transition,
+    warnings_about,
 };
 use cliscale_core::event::{StatusKey, status_key};
 use cliscale_crd::{CommandSession, CommandSessionStatus};
@@ -41,12 +42,14 @@ pub enum Error {
     Config(String),
 }
 
-/// The reflector caches the reconciler reads Jobs and pods from: watch-fed, labelled runner
-/// objects of the sessions namespace only.
+/// The reflector caches the reconciler reads from, all watch-fed and of the sessions namespace
+/// only: labelled runner Jobs and pods, and Warning Events (what a waiting session waits for;
+/// one watch for every session instead of a LIST per waiting session and check).
 #[derive(Clone)]
 pub struct Caches {
     pub jobs: Cache<Job>,
     pub pods: Cache<Pod>,
+    pub warnings: Cache<CoreEvent>,
 }
 
 pub struct Context {
@@ -290,7 +293,7 @@ async fn reconcile_inner(session: Arc<CommandSession>, ctx: &Context) -> Result<
     // warnings tell what it waits for.
     let warnings;
     if observed.stall_check_due() {
-        warnings = cluster_warnings(ctx, &ns, &name, pod.as_deref()).await?;
+        warnings = cluster_warnings(ctx, &caches, &ns, &name, pod.as_deref()).await?;
         observed.warnings = &warnings;
     }
     let status = derive_status(&observed);
@@ -350,32 +353,47 @@ fn runner_pod_of(pods: &Cache<Pod>, ns: &str, session: &str) -> Option<Arc<Pod>>
     found.into_iter().next()
 }
 
-/// Warning Events the cluster recorded about the session's Job and pod, oldest first.
+/// Warning Events the cluster recorded about the session's Job and pod, oldest first: from the
+/// Events cache, or, until its first list is in, read from the API server.
 async fn cluster_warnings(
     ctx: &Context,
+    caches: &Caches,
     ns: &str,
     session: &str,
     pod: Option<&Pod>,
 ) -> Result<Vec<ClusterWarning>, Error> {
-    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
     let mut names = vec![job_name(session)];
     names.extend(pod.map(|p| p.name_any()));
-    let mut found = Vec::new();
-    for name in names {
-        let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
-        for e in events.list(&params).await?.items {
-            if e.type_.as_deref() == Some("Warning") {
-                let when = e.last_timestamp.clone().map(|t| t.0.as_second()).unwrap_or(0);
-                let reason = e.reason.unwrap_or_default();
-                found.push((
-                    when,
-                    ClusterWarning { reason, message: e.message.unwrap_or_default() },
-                ));
-            }
-        }
+    if caches.warnings.wait_until_ready().now_or_never().is_some_and(|ready| ready.is_ok()) {
+        let cached = caches.warnings.state();
+        return Ok(warnings_about(cached.iter().map(|e| &**e), ns, &names));
     }
-    found.sort_by_key(|(when, _)| *when);
-    Ok(found.into_iter().map(|(_, w)| w).collect())
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), ns);
+    let mut listed = Vec::new();
+    for name in &names {
+        let params =
+            ListParams::default().fields(&format!("type=Warning,involvedObject.name={name}"));
+        listed.extend(events.list(&params).await?.items);
+    }
+    Ok(warnings_about(&listed, ns, &names))
+}
+
+/// The session a Warning Event is about, through the runner Job or pod it names (from the
+/// caches: a Job's name is a digest for long session names, a pod's has a random suffix).
+fn session_of_warning(
+    event: &CoreEvent,
+    jobs: &Cache<Job>,
+    pods: &Cache<Pod>,
+) -> Option<ObjectRef<CommandSession>> {
+    let about = &event.involved_object;
+    let ns = about.namespace.as_deref().or(event.metadata.namespace.as_deref())?;
+    let name = about.name.as_deref()?;
+    let labels = match about.kind.as_deref()? {
+        "Job" => jobs.get(&ObjectRef::new(name).within(ns))?.labels().clone(),
+        "Pod" => pods.get(&ObjectRef::new(name).within(ns))?.labels().clone(),
+        _ => return None,
+    };
+    Some(ObjectRef::new(labels.get(SESSION_LABEL)?).within(ns))
 }
 
 /// Retry delay after `failures` consecutive failures of one session: 1 s doubling to 5 min,
@@ -422,13 +440,22 @@ pub async fn run(
     let sessions: Api<CommandSession> = Api::namespaced(ctx.client.clone(), &ns);
     let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    let events: Api<CoreEvent> = Api::namespaced(ctx.client.clone(), &ns);
     let runners = watcher::Config::default().labels(&format!("{COMPONENT_LABEL}=runner"));
     let (job_cache, job_writer) = reflector::store();
     let (pod_cache, pod_writer) = reflector::store();
+    let (warning_cache, warning_writer) = reflector::store();
     let job_events =
         watcher(jobs, runners.clone()).default_backoff().reflect(job_writer).touched_objects();
     let pod_events = watcher(pods, runners).default_backoff().reflect(pod_writer).touched_objects();
-    *ctx.caches.lock().expect("not poisoned") = Some(Caches { jobs: job_cache, pods: pod_cache });
+    let warning_events = watcher(events, watcher::Config::default().fields("type=Warning"))
+        .default_backoff()
+        // Only the reason, message and times are read: the field ownership need not be kept.
+        .modify(|event| event.managed_fields_mut().clear())
+        .reflect(warning_writer)
+        .touched_objects();
+    let caches = Caches { jobs: job_cache, pods: pod_cache, warnings: warning_cache };
+    *ctx.caches.lock().expect("not poisoned") = Some(caches.clone());
     let controller = Controller::new(sessions, watcher::Config::default());
     *ctx.sessions.lock().expect("not poisoned") = Some(controller.store());
     let controller = controller
@@ -436,6 +463,11 @@ pub async fn run(
         .watches_stream(pod_events, |pod: Pod| {
             let session = pod.labels().get(SESSION_LABEL)?;
             Some(ObjectRef::<CommandSession>::new(session).within(&pod.namespace()?))
+        })
+        // A warning about a waiting session's Job or pod names its stall at once, not at the
+        // next periodic look.
+        .watches_stream(warning_events, move |event: CoreEvent| {
+            session_of_warning(&event, &caches.jobs, &caches.pods)
         })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx);
@@ -475,5 +507,42 @@ mod tests {
         assert_eq!(delays, [1, 2, 4, 8, 16, 32, 64, 128, 256, 300]);
         assert_eq!(backoff_delay(u32::MAX), Duration::from_secs(300));
         assert_eq!(backoff_delay(0), Duration::from_secs(1));
+    }
+
+    fn event_about(kind: &str, name: &str) -> CoreEvent {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}.1"), "namespace": "team"},
+            "involvedObject": {"kind": kind, "name": name, "namespace": "team"},
+            "type": "Warning", "reason": "FailedMount"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_warning_wakes_the_session_whose_job_or_pod_it_names() {
+        let labelled = |name: &str| {
+            serde_json::json!({"metadata": {"name": name, "namespace": "team",
+                "labels": {SESSION_LABEL: "build-1"}}})
+        };
+        let (jobs, mut job_writer) = reflector::store::<Job>();
+        let (pods, mut pod_writer) = reflector::store::<Pod>();
+        // A long session name gives its Job a digest name: only the label says whose it is.
+        let long_job = job_name(&"x".repeat(63));
+        job_writer.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(labelled(&long_job)).unwrap(),
+        ));
+        pod_writer.apply_watcher_event(&watcher::Event::Apply(
+            serde_json::from_value(labelled("cs-build-1-x7k2p")).unwrap(),
+        ));
+        let session = Some(ObjectRef::<CommandSession>::new("build-1").within("team"));
+        assert_eq!(session_of_warning(&event_about("Job", &long_job), &jobs, &pods), session);
+        assert_eq!(
+            session_of_warning(&event_about("Pod", "cs-build-1-x7k2p"), &jobs, &pods),
+            session
+        );
+        // Not a runner's (or not in the caches): nobody to wake.
+        assert_eq!(session_of_warning(&event_about("Pod", "cs-other-a1b2c"), &jobs, &pods), None);
+        assert_eq!(session_of_warning(&event_about("Node", "node-1"), &jobs, &pods), None);
+        assert_eq!(session_of_warning(&event_about("Pod", &long_job), &jobs, &pods), None);
     }
 }

@@ -8,8 +8,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use cliscale_api::executor::DefinitionKind;
 use cliscale_api::routes::ApiState;
-use cliscale_api::store::{CLUSTER_OWNER, Store};
+use cliscale_api::store::{CLUSTER_OWNER, Store, now};
 use cliscale_api::templates::template_problem;
 use cliscale_api::{ApiError, Result as ApiResult};
 use cliscale_core::rest::{ScheduleSpec, ScheduleStatus, TemplateSpec};
@@ -21,7 +22,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, ResourceExt};
 
-use crate::cluster_api::OWNER_ANNOTATION;
+use crate::cluster_api::{OWNER_ANNOTATION, Relist, VANISHED_GRACE_SECS};
 
 fn owned(owner: &str) -> Option<BTreeMap<String, String>> {
     Some(BTreeMap::from([(OWNER_ANNOTATION.to_string(), owner.to_string())]))
@@ -80,10 +81,23 @@ async fn sync_schedule(store: &Store, resource: &CommandSchedule) -> ApiResult<(
 
 /// Mirrors the namespace's CommandTemplates and CommandSchedules into `store` until
 /// `shutdown`. Every replica runs it; each write is a no-op when the row already matches.
+/// After every (re)list, rows whose resource is gone are deleted, as a deletion seen live is.
 pub async fn run_definition_mirror(
     client: Client,
     namespace: String,
     store: Store,
+    shutdown: impl Future<Output = ()>,
+) {
+    run_definition_mirror_with_grace(client, namespace, store, VANISHED_GRACE_SECS, shutdown).await
+}
+
+/// [`run_definition_mirror`] with the grace of [`VANISHED_GRACE_SECS`] chosen (tests pass -1,
+/// so rows made in the same second as the list count too).
+pub async fn run_definition_mirror_with_grace(
+    client: Client,
+    namespace: String,
+    store: Store,
+    grace_secs: i64,
     shutdown: impl Future<Output = ()>,
 ) {
     enum Seen {
@@ -100,6 +114,7 @@ pub async fn run_definition_mirror(
         .map(|e| e.map(|e| Seen::Schedule(Box::new(e))));
     let mut events = std::pin::pin!(futures_util::stream::select(templates, schedules));
     let mut shutdown = std::pin::pin!(shutdown);
+    let (mut template_list, mut schedule_list) = (Relist::default(), Relist::default());
     loop {
         let event = tokio::select! {
             _ = &mut shutdown => return,
@@ -111,21 +126,80 @@ pub async fn run_definition_mirror(
                 tracing::warn!(%error, "watching CommandTemplates or CommandSchedules failed; retrying");
                 Ok(())
             }
-            Some(Ok(Seen::Template(event))) => match *event {
-                Event::Apply(t) | Event::InitApply(t) => sync_template(&store, &t).await,
-                Event::Delete(t) => store.delete_template(&t.name_any()).await.map(drop),
-                Event::Init | Event::InitDone => Ok(()),
+            Some(Ok(Seen::Template(event))) => match step(*event, &mut template_list, now()) {
+                Step::Sync(t) => sync_template(&store, &t).await,
+                Step::Delete(name) => store.delete_template(&name).await.map(drop),
+                Step::DeleteUnlisted => {
+                    delete_unlisted(&store, DefinitionKind::Template, &template_list, grace_secs)
+                        .await
+                }
+                Step::Nothing => Ok(()),
             },
-            Some(Ok(Seen::Schedule(event))) => match *event {
-                Event::Apply(s) | Event::InitApply(s) => sync_schedule(&store, &s).await,
-                Event::Delete(s) => store.delete_schedule(&s.name_any()).await.map(drop),
-                Event::Init | Event::InitDone => Ok(()),
+            Some(Ok(Seen::Schedule(event))) => match step(*event, &mut schedule_list, now()) {
+                Step::Sync(s) => sync_schedule(&store, &s).await,
+                Step::Delete(name) => store.delete_schedule(&name).await.map(drop),
+                Step::DeleteUnlisted => {
+                    delete_unlisted(&store, DefinitionKind::Schedule, &schedule_list, grace_secs)
+                        .await
+                }
+                Step::Nothing => Ok(()),
             },
         };
         if let Err(error) = result {
             tracing::warn!(%error, "could not mirror a CommandTemplate or CommandSchedule into the store");
         }
     }
+}
+
+/// What one watch event asks of the mirror, the list it belongs to recorded. Pure but for
+/// that record.
+enum Step<K> {
+    Sync(K),
+    Delete(String),
+    /// A list is complete: the rows it did not return go.
+    DeleteUnlisted,
+    Nothing,
+}
+
+fn step<K: kube::Resource>(event: Event<K>, list: &mut Relist, now: i64) -> Step<K> {
+    match event {
+        Event::Init => {
+            list.begin(now);
+            Step::Nothing
+        }
+        Event::InitApply(resource) => {
+            list.saw(resource.name_any());
+            Step::Sync(resource)
+        }
+        Event::Apply(resource) => Step::Sync(resource),
+        Event::Delete(resource) => Step::Delete(resource.name_any()),
+        Event::InitDone => Step::DeleteUnlisted,
+    }
+}
+
+/// Deletes the rows of `kind` whose resource `list` did not return.
+async fn delete_unlisted(
+    store: &Store,
+    kind: DefinitionKind,
+    list: &Relist,
+    grace_secs: i64,
+) -> ApiResult<()> {
+    let made: Vec<(String, i64)> = match kind {
+        DefinitionKind::Template => {
+            store.templates().await?.into_iter().map(|r| (r.name, r.created_at)).collect()
+        }
+        DefinitionKind::Schedule => {
+            store.schedules().await?.into_iter().map(|r| (r.name, r.created_at)).collect()
+        }
+    };
+    for name in list.missing(made.iter().map(|(name, at)| (name.as_str(), *at)), grace_secs) {
+        tracing::info!(name, ?kind, "its resource was deleted while no watch was open");
+        match kind {
+            DefinitionKind::Template => store.delete_template(name).await?,
+            DefinitionKind::Schedule => store.delete_schedule(name).await?,
+        };
+    }
+    Ok(())
 }
 
 /// Writes each schedule's status (`GET /api/schedules/{name}`'s) to its CommandSchedule when it

@@ -6,7 +6,7 @@ use std::time::Duration;
 use cliscale_core::phase::finished_phase;
 use cliscale_core::{SessionPhase, TerminalReason};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Event as CoreEvent, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 
@@ -35,6 +35,44 @@ pub enum JobSeen<'a> {
 pub struct ClusterWarning {
     pub reason: String,
     pub message: String,
+}
+
+/// The Warning Events among `events` about any of `objects` (names of Jobs or pods in namespace
+/// `ns`; the operator's own Events about a CommandSession of such a name are not among them),
+/// oldest first. An Event recorded through `events.k8s.io` has only its `eventTime`; one repeated
+/// in a series keeps its latest time in `lastTimestamp`. Pure.
+pub fn warnings_about<'e>(
+    events: impl IntoIterator<Item = &'e CoreEvent>,
+    ns: &str,
+    objects: &[String],
+) -> Vec<ClusterWarning> {
+    let mut found: Vec<(i64, ClusterWarning)> = events
+        .into_iter()
+        .filter(|e| {
+            let about = &e.involved_object;
+            e.type_.as_deref() == Some("Warning")
+                && about.namespace.as_deref().or(e.metadata.namespace.as_deref()) == Some(ns)
+                && matches!(about.kind.as_deref(), Some("Job" | "Pod"))
+                && about.name.as_ref().is_some_and(|n| objects.contains(n))
+        })
+        .map(|e| {
+            let when = e
+                .last_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .or(e.event_time.as_ref().map(|t| t.0))
+                .or(e.first_timestamp.as_ref().map(|t| t.0))
+                .or(e.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                .map_or(0, |t| t.as_second());
+            let warning = ClusterWarning {
+                reason: e.reason.clone().unwrap_or_default(),
+                message: e.message.clone().unwrap_or_default(),
+            };
+            (when, warning)
+        })
+        .collect();
+    found.sort_by_key(|(when, _)| *when);
+    found.into_iter().map(|(_, w)| w).collect()
 }
 
 /// Everything the status is derived from.
@@ -771,6 +809,65 @@ mod tests {
             (Some(SessionPhase::Cancelled), Some(TerminalReason::Cancelled))
         );
         assert_eq!(s.completion_time, Some(now()));
+    }
+
+    #[test]
+    fn warnings_are_the_named_objects_warnings_oldest_first() {
+        let event = |name: &str, about: &str, ns: &str, type_: &str, time: serde_json::Value| {
+            let mut e = json!({
+                "metadata": {"name": name, "namespace": ns},
+                "involvedObject": {"kind": "Pod", "name": about, "namespace": ns},
+                "type": type_, "reason": name, "message": format!("{name} says")
+            });
+            if let serde_json::Value::Object(fields) = time {
+                e.as_object_mut().unwrap().extend(fields);
+            }
+            serde_json::from_value::<CoreEvent>(e).unwrap()
+        };
+        let events = [
+            event(
+                "late",
+                "pod-a",
+                "team",
+                "Warning",
+                json!({"lastTimestamp": "2026-01-01T00:00:30Z"}),
+            ),
+            // Recorded through events.k8s.io: only its eventTime says when.
+            event(
+                "early",
+                "job-a",
+                "team",
+                "Warning",
+                json!({"eventTime": "2026-01-01T00:00:10.000000Z"}),
+            ),
+            event(
+                "normal",
+                "pod-a",
+                "team",
+                "Normal",
+                json!({"lastTimestamp": "2026-01-01T00:00:20Z"}),
+            ),
+            event(
+                "elsewhere",
+                "pod-a",
+                "other",
+                "Warning",
+                json!({"lastTimestamp": "2026-01-01T00:00:20Z"}),
+            ),
+            event(
+                "unrelated",
+                "pod-b",
+                "team",
+                "Warning",
+                json!({"lastTimestamp": "2026-01-01T00:00:20Z"}),
+            ),
+        ];
+        let names = ["job-a".to_string(), "pod-a".to_string()];
+        let found = warnings_about(&events, "team", &names);
+        let reasons: Vec<&str> = found.iter().map(|w| w.reason.as_str()).collect();
+        assert_eq!(reasons, ["early", "late"]);
+        assert_eq!(found[1].message, "late says");
+        assert!(warnings_about(&events, "team", &["pod-c".to_string()]).is_empty());
     }
 
     #[test]

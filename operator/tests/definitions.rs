@@ -12,7 +12,7 @@ use cliscale_api::store::{CLUSTER_OWNER, Store};
 use cliscale_core::rest::TemplateSpec;
 use cliscale_crd::{CommandSchedule, CommandTemplate};
 use cliscale_operator::cluster_api::ClusterExecutor;
-use cliscale_operator::definitions::run_definition_mirror;
+use cliscale_operator::definitions::{run_definition_mirror, run_definition_mirror_with_grace};
 use cliscale_testkit::fake_kube::FakeApi;
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -179,4 +179,61 @@ async fn definitions_go_both_ways_and_a_kubectl_schedule_fires() {
     until("the withdrawn template", || async { store.template("greet").await.unwrap().is_none() })
         .await;
     stop.send(()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_deleted_while_no_watch_was_open_go_at_the_relist() {
+    let api = FakeApi::new();
+    let client = kube::Client::new(api.router(), NS);
+    let (store, _dir) = store().await;
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(run_definition_mirror_with_grace(
+        client.clone(),
+        NS.into(),
+        store.clone(),
+        -1,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let templates: Api<CommandTemplate> = Api::namespaced(client.clone(), NS);
+    let schedules: Api<CommandSchedule> = Api::namespaced(client.clone(), NS);
+    let resource = |kind: &str, name: &str, spec: serde_json::Value| {
+        json!({"apiVersion": "cliscale.dev/v1alpha1", "kind": kind,
+            "metadata": {"name": name, "namespace": NS}, "spec": spec})
+    };
+    for name in ["kept", "gone"] {
+        let t = resource("CommandTemplate", name, json!({"session": {"command": "make"}}));
+        templates
+            .create(&PostParams::default(), &serde_json::from_value(t).unwrap())
+            .await
+            .unwrap();
+    }
+    for name in ["hourly", "nightly"] {
+        let s = resource("CommandSchedule", name, json!({"template": "kept", "cron": "@daily"}));
+        schedules
+            .create(&PostParams::default(), &serde_json::from_value(s).unwrap())
+            .await
+            .unwrap();
+    }
+    until("all four mirrored", || async {
+        store.templates().await.unwrap().len() == 2 && store.schedules().await.unwrap().len() == 2
+    })
+    .await;
+
+    // The API server is out of reach while one of each is deleted, and etcd compacts its
+    // history meanwhile: the watches come back to 410 Gone and list again, with no deletion
+    // to replay.
+    api.hold_watches();
+    api.remove("commandtemplates", NS, "gone").unwrap();
+    api.remove("commandschedules", NS, "nightly").unwrap();
+    api.compact();
+    api.release_watches();
+    until("the relist's deletions", || async {
+        store.template("gone").await.unwrap().is_none()
+            && store.schedule("nightly").await.unwrap().is_none()
+    })
+    .await;
+    assert!(store.template("kept").await.unwrap().is_some());
+    assert!(store.schedule("hourly").await.unwrap().is_some());
 }

@@ -106,9 +106,10 @@ impl Cluster {
         self.api
             .list("events")
             .into_iter()
-            .filter(|e| e["regarding"]["name"] == name)
+            .filter(|e| e["involvedObject"]["name"] == name)
             .map(|e| {
-                (e["reason"].as_str().unwrap_or("").into(), e["note"].as_str().unwrap_or("").into())
+                let note = e["message"].as_str().unwrap_or("");
+                (e["reason"].as_str().unwrap_or("").into(), note.into())
             })
             .collect()
     }
@@ -209,6 +210,26 @@ async fn every_stall_is_named_and_fails_at_the_start_deadline() {
     }
     let s = c.until("silent", "Failed", Some("StartDeadlineExceeded")).await;
     assert!(s["message"].as_str().unwrap().contains("did not start within 3s"), "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_sessions_read_the_clusters_warnings_from_one_watch() {
+    // A look at the warnings every 500 ms: each session looks several times while it waits.
+    let c = Cluster::start(Duration::from_secs(2));
+    const WAITING: usize = 8;
+    for i in 0..WAITING {
+        c.sim.script(&format!("wait-{i}"), Lifecycle::MountFails);
+        c.api.put("commandsessions", session(&format!("wait-{i}")));
+    }
+    for i in 0..WAITING {
+        // Only the pod's FailedMount Event names this stall.
+        let s = c.until(&format!("wait-{i}"), "Failed", Some("MountFailed")).await;
+        assert!(s["message"].as_str().unwrap().contains("MountVolume.SetUp failed"), "{s}");
+    }
+    // The Events watch's first list (and one more should the watch have been cut), never one
+    // per session and look: that was two per look (the Job's and the pod's).
+    let lists = c.api.lists("events");
+    assert!((1..=2).contains(&lists), "{lists} LISTs of Events for {WAITING} waiting sessions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,4 +515,41 @@ async fn the_api_server_keeps_status_and_spec_apart_and_holds_the_schema() {
     let uid = |n: &str| api.get("commandsessions", NS, n).unwrap()["metadata"]["uid"].clone();
     api.put("commandsessions", session("other"));
     assert_ne!(uid("schema"), uid("other"), "uids are random, never derived from names");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_selectors_filter_lists_and_watches_and_unknown_fields_are_refused() {
+    use futures_util::StreamExt;
+    use k8s_openapi::api::core::v1::Event;
+    use kube::api::{ListParams, WatchEvent, WatchParams};
+    let api = FakeApi::new();
+    let events: kube::Api<Event> =
+        kube::Api::namespaced(kube::Client::new(api.router(), "default"), NS);
+    // As kube-apiserver: only the fields an Event is indexed by select it.
+    let refused = events.list(&ListParams::default().fields("message=x")).await.unwrap_err();
+    match refused {
+        kube::Error::Api(e) => {
+            assert_eq!(e.code, 400);
+            assert!(e.message.contains("field label not supported: message"), "{e:?}");
+        }
+        other => panic!("{other}"),
+    }
+    let watch = events.watch(&WatchParams::default().fields("type=Warning"), "0").await.unwrap();
+    let mut watch = std::pin::pin!(watch);
+    let event = |name: &str, type_: &str| {
+        json!({"apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": name, "namespace": NS},
+            "involvedObject": {"kind": "Pod", "name": "p", "namespace": NS},
+            "type": type_, "reason": name})
+    };
+    api.put("events", event("routine", "Normal"));
+    api.put("events", event("trouble", "Warning"));
+    // The Normal Event came first, but the watch never carries it.
+    match watch.next().await.unwrap().unwrap() {
+        WatchEvent::Added(e) => assert_eq!(e.reason.as_deref(), Some("trouble")),
+        other => panic!("{other:?}"),
+    }
+    let listed = events.list(&ListParams::default().fields("type!=Warning")).await.unwrap();
+    let reasons: Vec<_> = listed.items.iter().map(|e| e.reason.clone().unwrap()).collect();
+    assert_eq!(reasons, ["routine"]);
 }

@@ -40,6 +40,10 @@ struct Store {
     applies: BTreeMap<String, u32>,
     creates: BTreeMap<String, u32>,
     made: BTreeMap<String, u32>,
+    /// LIST requests (not watches) per collection.
+    lists: BTreeMap<String, u32>,
+    /// Watches are refused (503) while set: an API server or load balancer outage.
+    watches_held: bool,
     /// Writes (POST/PATCH) to refuse with 500 per collection: fault injection.
     failing_writes: BTreeMap<String, u32>,
     /// Server-side apply field ownership: (object, leaf path) -> field manager.
@@ -449,6 +453,13 @@ fn invalid(collection: &str, message: &str) -> Response {
     (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
 }
 
+/// 400 Bad Request with the API server's message (an unsupported field selector).
+fn bad_request(message: &str) -> Response {
+    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+        "reason": "BadRequest", "code": 400, "message": message});
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
 fn status_error(code: StatusCode, reason: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code.as_u16(), "message": reason});
     (code, axum::Json(body)).into_response()
@@ -503,15 +514,74 @@ fn crd_schemas() -> HashMap<&'static str, Value> {
     ])
 }
 
-/// `a.b=c` field selectors (the ones the operator uses: `involvedObject.name=…`).
-fn matches_fields(obj: &Value, selector: Option<&String>) -> bool {
-    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return true };
-    selector.split(',').all(|term| match term.split_once('=') {
-        Some((path, want)) => {
-            let pointer = format!("/{}", path.replace('.', "/"));
-            obj.pointer(&pointer).and_then(Value::as_str) == Some(want)
-        }
-        None => false,
+/// The field selectors a real API server takes for `collection`: `metadata.name` and
+/// `metadata.namespace` everywhere, and each resource's own few; any other is a 400.
+fn field_labels(collection: &str) -> &'static [&'static str] {
+    match collection {
+        "events" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "pods" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "jobs" => &["status.successful"],
+        "secrets" => &["type"],
+        _ => &[],
+    }
+}
+
+/// A parsed field selector: (field, wanted value, `!=`), or the API server's refusal.
+type FieldSelector = Vec<(String, String, bool)>;
+
+fn parse_fields(collection: &str, selector: Option<&String>) -> Result<FieldSelector, String> {
+    let Some(selector) = selector.filter(|s| !s.is_empty()) else { return Ok(Vec::new()) };
+    selector
+        .split(',')
+        .map(|term| {
+            let (field, want, negated) = if let Some((f, v)) = term.split_once("!=") {
+                (f, v, true)
+            } else if let Some((f, v)) = term.split_once("==") {
+                (f, v, false)
+            } else if let Some((f, v)) = term.split_once('=') {
+                (f, v, false)
+            } else {
+                return Err(format!("invalid selector: '{selector}'; can't understand '{term}'"));
+            };
+            if !matches!(field, "metadata.name" | "metadata.namespace")
+                && !field_labels(collection).contains(&field)
+            {
+                let (_, kind) = type_of(collection);
+                return Err(format!(
+                    "field label not supported: {field}; \"{field}\" is not a known field selector for {kind}"
+                ));
+            }
+            Ok((field.to_owned(), want.to_owned(), negated))
+        })
+        .collect()
+}
+
+fn matches_fields(obj: &Value, selector: &FieldSelector) -> bool {
+    selector.iter().all(|(field, want, negated)| {
+        let pointer = format!("/{}", field.replace('.', "/"));
+        // An unset field selects as the empty string, as the API server's field sets do.
+        let have = obj.pointer(&pointer).and_then(Value::as_str).unwrap_or("");
+        (have == want) != *negated
     })
 }
 
@@ -548,6 +618,18 @@ impl FakeApi {
     /// Ends every open watch (clients reconnect from their last resourceVersion).
     pub fn cut_watches(&self) {
         self.cut_watches.send_modify(|n| *n += 1);
+    }
+
+    /// Ends every open watch and refuses new ones (503) until [`FakeApi::release_watches`]:
+    /// what happens meanwhile reaches watchers only through their resume (or, once
+    /// compacted, their relist).
+    pub fn hold_watches(&self) {
+        self.store.lock().unwrap().watches_held = true;
+        self.cut_watches();
+    }
+
+    pub fn release_watches(&self) {
+        self.store.lock().unwrap().watches_held = false;
     }
 
     /// Validates and prunes `obj` as the API server would before storing it. The refusal,
@@ -754,6 +836,11 @@ impl FakeApi {
         self.store.lock().unwrap().applies.get(collection).copied().unwrap_or(0)
     }
 
+    /// How many LIST requests (watches not counted) `collection` has had.
+    pub fn lists(&self, collection: &str) -> u32 {
+        self.store.lock().unwrap().lists.get(collection).copied().unwrap_or(0)
+    }
+
     /// How many objects of `collection` were made by POST.
     pub fn creates(&self, collection: &str) -> u32 {
         self.store.lock().unwrap().creates.get(collection).copied().unwrap_or(0)
@@ -786,7 +873,85 @@ impl FakeApi {
     }
 }
 
-async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
+/// core/v1 Event fields and their events.k8s.io/v1 names.
+const EVENT_FIELDS: [(&str, &str); 7] = [
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("reportingComponent", "reportingController"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+];
+
+/// Renames an Event's (or an Event patch's) fields into the other API's shape.
+fn convert_event(obj: &mut Value, to_events_api: bool) {
+    let Some(fields) = obj.as_object_mut() else { return };
+    for (core, events) in EVENT_FIELDS {
+        let (from, to) = if to_events_api { (core, events) } else { (events, core) };
+        if let Some(value) = fields.remove(from) {
+            fields.insert(to.to_owned(), value);
+        }
+    }
+    if fields.contains_key("apiVersion") {
+        let version = if to_events_api { "events.k8s.io/v1" } else { "v1" };
+        fields.insert("apiVersion".into(), json!(version));
+    }
+}
+
+/// An answer of the API server as the events.k8s.io API gives it: an Event, a list of them, or
+/// a watch event carrying one (anything else, such as a Status, unchanged).
+fn to_events_api(mut doc: Value) -> Value {
+    if doc.get("type").is_some() && doc.get("object").is_some() {
+        if doc["object"]["kind"] == "Event" {
+            convert_event(&mut doc["object"], true);
+        }
+    } else if let Some(items) = doc.get_mut("items").and_then(Value::as_array_mut) {
+        items.iter_mut().for_each(|item| convert_event(item, true));
+    } else if doc["kind"] == "Event" {
+        convert_event(&mut doc, true);
+    }
+    doc
+}
+
+/// events.k8s.io/v1 Events are core/v1 Events in another shape, as on a real API server: one
+/// object, both APIs read, write and watch it, each in its own field names.
+async fn handle(state: State<Arc<FakeApi>>, req: Request) -> Response {
+    if !req.uri().path().starts_with("/apis/events.k8s.io/") {
+        return handle_core(state, req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(mut doc) => {
+            convert_event(&mut doc, false);
+            Bytes::from(doc.to_string())
+        }
+        Err(_) => body,
+    };
+    let response = handle_core(state, Request::from_parts(parts, Body::from(body))).await;
+    use futures_util::StreamExt;
+    // Every chunk is one whole JSON document: an answer, or one line of a watch.
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    let converted = body.into_data_stream().map(|chunk| {
+        chunk.map(|bytes| {
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<String> = text
+                .lines()
+                .map(|line| match serde_json::from_str::<Value>(line) {
+                    Ok(doc) => to_events_api(doc).to_string(),
+                    Err(_) => line.to_owned(),
+                })
+                .collect();
+            let ending = if text.ends_with('\n') { "\n" } else { "" };
+            Bytes::from(lines.join("\n") + ending)
+        })
+    });
+    Response::from_parts(parts, Body::from_stream(converted))
+}
+
+async fn handle_core(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
     let Some((collection, ns, name, status)) = parse(req.uri().path()) else {
         return status_error(StatusCode::NOT_FOUND, "NotFound");
     };
@@ -804,6 +969,13 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
     }
     match (method, name) {
         (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            if api.store.lock().unwrap().watches_held {
+                return status_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable");
+            }
+            let fields = match parse_fields(&collection, q.get("fieldSelector")) {
+                Ok(fields) => fields,
+                Err(message) => return bad_request(&message),
+            };
             let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
             let rx = api.events.subscribe();
             let (api_version, kind) = type_of(&collection);
@@ -836,6 +1008,7 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                         .as_ref()
                         .is_none_or(|n| ev["object"]["metadata"]["namespace"] == n.as_str())
                     && matches_labels(&ev["object"], sel.as_ref())
+                    && matches_fields(&ev["object"], &fields)
             };
             let keep2 = keep.clone();
             let old = futures_util::stream::iter(
@@ -878,7 +1051,12 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                 .unwrap()
         }
         (Method::GET, None) => {
-            let s = api.store.lock().unwrap();
+            let fields = match parse_fields(&collection, q.get("fieldSelector")) {
+                Ok(fields) => fields,
+                Err(message) => return bad_request(&message),
+            };
+            let mut s = api.store.lock().unwrap();
+            *s.lists.entry(collection.clone()).or_default() += 1;
             let items: Vec<Value> = s
                 .objects
                 .iter()
@@ -886,7 +1064,7 @@ async fn handle(State(api): State<Arc<FakeApi>>, req: Request) -> Response {
                     *c == collection
                         && ns.as_ref().is_none_or(|ns| ns == n)
                         && matches_labels(o, q.get("labelSelector"))
-                        && matches_fields(o, q.get("fieldSelector"))
+                        && matches_fields(o, &fields)
                 })
                 .map(|(_, o)| o.clone())
                 .collect();
