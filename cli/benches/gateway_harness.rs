@@ -177,6 +177,28 @@ async fn run() {
         return;
     }
 
+    // Memory per idle connection through the gateway, first: after the other figures' runs the
+    // process' allocator reuses the memory they freed, and the growth would read low.
+    let (idle_sid, _) = session(&up, "read -r x").await;
+    runner_addr(&up, &idle_sid).await;
+    let mut idle_tokens = Vec::new();
+    for _ in 0..IDLE {
+        idle_tokens.push(token(&up, &idle_sid).await);
+    }
+    let before = rss_kib(up.child.id());
+    let mut idle = Vec::with_capacity(IDLE);
+    for token in &idle_tokens {
+        let mut ws = connect(&gateway_url(&up, &idle_sid, token)).await;
+        ws.next().await.unwrap().unwrap(); // the reconnect token: the connection is set up
+        idle.push(ws);
+    }
+    let per_connection = rss_kib(up.child.id()).saturating_sub(before) as f64 / IDLE as f64;
+    drop(idle);
+    // The gateway closes them after the clients go: the figures below start once it has.
+    while up.gateway_metric("cliscale_gateway_connections").await > 0.0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
     // Echo and first byte: two identical cat sessions (every client of a session sees all of
     // its output), one reached directly and one through the gateway, in alternating rounds.
     let (sid, _) = session(&up, "stty raw -echo; printf R; exec cat").await;
@@ -217,22 +239,6 @@ async fn run() {
         let _ = ws.close(None).await;
     }
     let connects_per_sec = CONNECTS as f64 / t.elapsed().as_secs_f64();
-
-    // Memory per idle connection through the gateway.
-    let (idle_sid, _) = session(&up, "read -r x").await;
-    runner_addr(&up, &idle_sid).await;
-    let mut idle_tokens = Vec::new();
-    for _ in 0..IDLE {
-        idle_tokens.push(token(&up, &idle_sid).await);
-    }
-    let before = rss_kib(up.child.id());
-    let mut idle = Vec::with_capacity(IDLE);
-    for token in &idle_tokens {
-        let mut ws = connect(&gateway_url(&up, &idle_sid, token)).await;
-        ws.next().await.unwrap().unwrap(); // the reconnect token: the connection is set up
-        idle.push(ws);
-    }
-    let per_connection = rss_kib(up.child.id()).saturating_sub(before) as f64 / IDLE as f64;
 
     let (d50, d99, g50, g99) = (
         pct(&mut echo_direct, 0.5),
@@ -276,5 +282,4 @@ async fn run() {
     println!(
         "| connects per second (verify + JTI + upgrade) | - | {connects_per_sec:.0} /s | - | - |"
     );
-    drop(idle);
 }

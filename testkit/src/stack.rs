@@ -225,8 +225,18 @@ impl Stack {
         key.key.expect("a new key is shown once")
     }
 
+    /// A metric of the API's (`/metrics`).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = self.http.get(self.url("/metrics")).send().await.unwrap().text().await.unwrap();
+        self.metric_at("/metrics", name).await
+    }
+
+    /// A metric of the gateway's (`/gateway/metrics`).
+    pub async fn gateway_metric(&self, name: &str) -> f64 {
+        self.metric_at("/gateway/metrics", name).await
+    }
+
+    async fn metric_at(&self, path: &str, name: &str) -> f64 {
+        let text = self.http.get(self.url(path)).send().await.unwrap().text().await.unwrap();
         text.lines()
             .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
             .and_then(|l| l.split_whitespace().nth(1))
