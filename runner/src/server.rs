@@ -64,6 +64,9 @@ pub struct Shared {
     /// Token ids already used here: a token opens one connection at the runner too, whoever
     /// presents it (the gateway, or someone who reached the runner's port directly).
     pub spent: std::sync::Mutex<SpentTokens>,
+    /// The last size a client asked for before the command started (while code is fetched, a
+    /// page opened at once fits itself): the command starts at it.
+    pub early_size: std::sync::Mutex<Option<(u16, u16)>>,
 }
 
 /// The ids of tokens used at this runner, each kept until its token expires.
@@ -88,6 +91,27 @@ impl SpentTokens {
 }
 
 impl Shared {
+    /// A resize asked for while no command takes input: kept for the command's start, or, if
+    /// the command started meanwhile, passed on now. After the end it is moot.
+    fn resize_early(&self, cols: u16, rows: u16) {
+        if self.ended.get().is_some() {
+            return;
+        }
+        *self.early_size.lock().expect("early size lock") = Some((cols, rows));
+        // The command may have started (and taken the early size) since input was checked.
+        if self.accepting_input.load(Ordering::Acquire)
+            && let Some(input) = self.input.get()
+            && let Some((cols, rows)) = self.take_early_size()
+        {
+            let _ = input.try_send(PtyInput::Resize { cols, rows });
+        }
+    }
+
+    /// The size asked for before the command started, once.
+    pub fn take_early_size(&self) -> Option<(u16, u16)> {
+        self.early_size.lock().expect("early size lock").take()
+    }
+
     /// How long the command has run, until its end once it ended.
     pub fn elapsed_secs(&self) -> Option<u64> {
         let started = *self.started.get()?;
@@ -336,8 +360,19 @@ async fn read_client(
         }
         let sender = shared.input.get().filter(|_| shared.accepting_input.load(Ordering::Acquire));
         let Some(sender) = sender else {
-            let message = "the command is not running; input dropped".into();
-            let _ = control.send(Control::Error { code: "not_running", message }).await;
+            match input {
+                // A client fitting itself to its window typed nothing: before the start the
+                // command starts at that size, after the end there is nothing to fit.
+                PtyInput::Resize { cols, rows } => shared.resize_early(cols, rows),
+                PtyInput::Data(data) => {
+                    let message = format!(
+                        "the command is not running; {} byte{} of input dropped",
+                        data.len(),
+                        if data.len() == 1 { "" } else { "s" }
+                    );
+                    let _ = control.send(Control::Error { code: "not_running", message }).await;
+                }
+            }
             continue;
         };
         if let PtyInput::Data(data) = &input {

@@ -182,6 +182,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         connections: tokio_util::task::TaskTracker::new(),
         spent: Default::default(),
+        early_size: Default::default(),
     });
 
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
@@ -354,14 +355,19 @@ async fn drive(
     };
 
     let args = &config.args;
+    let (cols, rows) = shared.take_early_size().unwrap_or((args.cols, args.rows));
+    if (cols, rows) != (args.cols, args.rows) {
+        // Recordings replay the size change where it happened in the output.
+        shared.log.note_resize(cols, rows);
+    }
     let spec = CommandSpec {
         command: args.command.clone(),
         dir,
         env: world.env,
         env_remove: world.remove,
         user: world.user,
-        cols: args.cols,
-        rows: args.rows,
+        cols,
+        rows,
     };
     let mut process = match pty::spawn(&spec, shared.log.clone()) {
         Ok(p) => p,
@@ -372,6 +378,10 @@ async fn drive(
     };
     let _ = shared.input.set(process.input.clone());
     shared.accepting_input.store(true, Ordering::Release);
+    // A resize asked for while the PTY was being made.
+    if let Some((cols, rows)) = shared.take_early_size() {
+        let _ = process.input.try_send(pty::PtyInput::Resize { cols, rows });
+    }
     let _ = shared.started.set(std::time::Instant::now());
     shared.status.send_replace(SessionStatus::new(SessionPhase::Running));
     tracing::info!(pid = process.pid, "command started");

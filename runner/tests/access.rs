@@ -99,7 +99,7 @@ async fn odd_frames_get_precise_errors_and_the_session_carries_on() {
         c.send_text(text).await;
         loop {
             match c.next().await {
-                Event::Error { code: got } => {
+                Event::Error { code: got, .. } => {
                     assert_eq!(got, code, "for {text}");
                     break;
                 }

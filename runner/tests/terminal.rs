@@ -173,7 +173,7 @@ async fn two_clients_at_once_and_the_read_only_one_cannot_type() {
     viewer.resize(10, 5).await;
     loop {
         match viewer.next().await {
-            Event::Error { code } => {
+            Event::Error { code, .. } => {
                 assert_eq!(code, "read_only");
                 break;
             }
@@ -425,6 +425,65 @@ async fn the_runner_lingers_for_late_viewers_and_a_stop_signal_ends_the_linger()
     r.signal(nix::sys::signal::Signal::SIGTERM);
     assert_eq!(r.wait(), 3);
     assert!(r.stderr_text().contains("stop signal during linger"));
+}
+
+#[tokio::test]
+async fn after_the_end_input_is_refused_in_words_and_a_resize_is_not() {
+    let r = runner("exit 0").args(["--linger", "10m"]).start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    let (_, _, status) = c.read_to_end(0).await;
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+    // A page or a terminal fits itself to its window as it opens: nothing anyone typed, so
+    // nothing to refuse. The keystrokes after it are refused, saying how many went.
+    c.resize(120, 40).await;
+    c.send_input(b"abc").await;
+    match c.next().await {
+        Event::Error { code, message } => {
+            assert_eq!(code, "not_running");
+            assert!(message.contains("3 bytes of input dropped"), "{message}");
+        }
+        other => panic!("expected the refusal of the input, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_size_asked_for_before_the_start_is_the_size_the_command_starts_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // The install step (as code is fetched and built) holds the start until the test says go.
+    let install = format!("while [ ! -e '{}' ]; do sleep 0.05; done", go.display());
+    let r = runner("stty size")
+        .args(["--install-cmd", &install, "--cols", "80", "--rows", "24"])
+        .start();
+    let mut c = r.attach(TokenScope::Interact, 0).await;
+    match c.next().await {
+        Event::Hello { status, .. } => assert_eq!(status.phase, SessionPhase::Starting),
+        other => panic!("expected hello, got {other:?}"),
+    }
+    // A page opened at once fits itself to its window before the command runs.
+    c.resize(132, 43).await;
+    // Keystrokes before the start are refused: the refusal comes after the resize was taken.
+    c.send_input(b"x").await;
+    let mut out = Vec::new();
+    loop {
+        match c.next().await {
+            Event::Error { code, message } => {
+                assert_eq!(code, "not_running");
+                assert!(message.contains("1 byte of input dropped"), "{message}");
+                break;
+            }
+            // The install step's progress lines.
+            Event::Output { data, .. } => out.extend(data),
+            Event::Status(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    std::fs::write(&go, b"").unwrap();
+    let (rest, _, status) = c.read_to_end(out.len() as u64).await;
+    assert_eq!(status.phase, SessionPhase::Succeeded);
+    out.extend(rest);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.contains("43 132\r\n"), "the command started at another size: {text}");
 }
 
 #[tokio::test]

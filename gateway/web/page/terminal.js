@@ -121,7 +121,9 @@
     const bytes = encoder.encode(d);
     for (let i = 0; i < bytes.length; i += INPUT_SLICE) send(bytes.subarray(i, i + INPUT_SLICE));
   });
-  term.onResize(({ cols, rows }) => send(JSON.stringify({ type: "resize", cols, rows })));
+  term.onResize(({ cols, rows }) => {
+    if (!finished) send(JSON.stringify({ type: "resize", cols, rows }));
+  });
   window.addEventListener("resize", () => fit.fit());
 
   // Elapsed time: the runner says how long the command has run when a connection opens (a
@@ -179,8 +181,9 @@
         }
         readOnly = msg.readOnly;
         el("readonly").hidden = !readOnly;
-        send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
         onStatus(msg.status);
+        // A finished session has no terminal left to fit.
+        if (!finished) send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
         break;
       case "status": onStatus(msg); break;
       case "gap":

@@ -184,7 +184,7 @@ pub enum Event {
     Output { offset: u64, data: Vec<u8> },
     Gap { from: u64, to: u64 },
     Status(SessionStatus),
-    Error { code: String },
+    Error { code: String, message: String },
     Closed { code: Option<u16>, reason: String },
 }
 
@@ -226,7 +226,7 @@ impl Client {
                         }
                         ServerMessage::Gap { from, to } => Event::Gap { from, to },
                         ServerMessage::Status(s) => Event::Status(s),
-                        ServerMessage::Error { code, .. } => Event::Error { code },
+                        ServerMessage::Error { code, message } => Event::Error { code, message },
                         ServerMessage::Reconnect { .. } => panic!("a runner sends no reconnect"),
                     };
                 }
