@@ -581,6 +581,57 @@ async fn a_finished_session_opens_from_the_store_with_its_output() {
     assert_eq!(b.browser.errors(), Vec::<String>::new());
 }
 
+/// A link opened while its session still starts (code fetched, installed): the command starts
+/// at the page's size, and what the person types meanwhile is refused in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_opened_while_the_session_starts_gives_the_command_its_size() {
+    let Some(mut b) = RefusalBench::start().await else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // The session runs as a user of its own: it must be able to look into the folder.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap();
+    let go = dir.path().join("go");
+    let install = format!("while [ ! -e '{}' ]; do sleep 0.05; done", go.display());
+    let created = b
+        .stack
+        .create(ADMIN_KEY, json!({ "command": "stty size; read -r x", "install_cmd": install }))
+        .await;
+    let sid = created["sessionId"].as_str().unwrap().to_owned();
+    b.stack.wait_for_phase(&sid, "Starting").await;
+    b.browser.forget_events();
+    b.browser.open_watched(&b.page(&sid, &b.token(&sid, TokenScope::Interact, 300))).await;
+    b.browser
+        .wait_until(
+            "document.getElementById('conn').textContent === 'connected' && \
+             document.getElementById('phase').textContent === 'Starting'",
+        )
+        .await;
+    // Keystrokes before the start are refused; the refusal follows the page's resize.
+    b.browser.type_line("x").await;
+    b.browser
+        .wait_until(
+            "document.getElementById('note').textContent.includes('1 byte of input dropped')",
+        )
+        .await;
+    std::fs::write(&go, b"").unwrap();
+    let size = b.browser.eval("window.term.rows + ' ' + window.term.cols").await;
+    let size = size.as_str().unwrap().to_owned();
+    assert_ne!(
+        size, "24 80",
+        "the page is at the request's default size: the test would prove nothing"
+    );
+    b.browser
+        .wait_until(&format!(
+            "(() => {{ const b = window.term.buffer.active; \
+               for (let i = 0; i < b.length; i++) \
+                 if (b.getLine(i).translateToString(true) === '{size}') return true; \
+               return false; }})()"
+        ))
+        .await;
+    assert_eq!(b.browser.eval("document.getElementById('phase').textContent").await, "Running");
+    assert_eq!(b.browser.errors(), Vec::<String>::new());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_server_is_said_while_the_page_keeps_trying() {
     let Some(mut b) = RefusalBench::start().await else { return };
