@@ -448,21 +448,18 @@ fn remove_path(obj: &mut Value, path: &str) {
 /// 422 Unprocessable Entity, as the API server refuses an invalid object.
 fn invalid(collection: &str, message: &str) -> Response {
     let (_, kind) = type_of(collection);
-    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "reason": "Invalid", "code": 422, "message": format!("{kind} is invalid: {message}")});
-    (StatusCode::UNPROCESSABLE_ENTITY, axum::Json(body)).into_response()
+    failure(StatusCode::UNPROCESSABLE_ENTITY, "Invalid", &format!("{kind} is invalid: {message}"))
 }
 
-/// 400 Bad Request with the API server's message (an unsupported field selector).
-fn bad_request(message: &str) -> Response {
+/// A refusal as the API server writes one: a `Status` of `Failure`.
+fn failure(code: StatusCode, reason: &str, message: &str) -> Response {
     let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
-        "reason": "BadRequest", "code": 400, "message": message});
-    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+        "reason": reason, "code": code.as_u16(), "message": message});
+    (code, axum::Json(body)).into_response()
 }
 
 fn status_error(code: StatusCode, reason: &str) -> Response {
-    let body = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code.as_u16(), "message": reason});
-    (code, axum::Json(body)).into_response()
+    failure(code, reason, reason)
 }
 
 /// Splits `/apis/g/v/[namespaces/ns/]plural[/name[/status]]` (or `/api/v1/...`).
@@ -917,6 +914,7 @@ fn to_events_api(mut doc: Value) -> Value {
 /// events.k8s.io/v1 Events are core/v1 Events in another shape, as on a real API server: one
 /// object, both APIs read, write and watch it, each in its own field names.
 async fn handle(state: State<Arc<FakeApi>>, req: Request) -> Response {
+    use futures_util::StreamExt;
     if !req.uri().path().starts_with("/apis/events.k8s.io/") {
         return handle_core(state, req).await;
     }
@@ -930,7 +928,6 @@ async fn handle(state: State<Arc<FakeApi>>, req: Request) -> Response {
         Err(_) => body,
     };
     let response = handle_core(state, Request::from_parts(parts, Body::from(body))).await;
-    use futures_util::StreamExt;
     // Every chunk is one whole JSON document: an answer, or one line of a watch.
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(axum::http::header::CONTENT_LENGTH);
@@ -967,15 +964,17 @@ async fn handle_core(State(api): State<Arc<FakeApi>>, req: Request) -> Response 
             return status_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
         }
     }
+    // Lists and watches select alike; other requests take no selector.
+    let selector = q.get("fieldSelector").filter(|_| method == Method::GET && name.is_none());
+    let fields = match parse_fields(&collection, selector) {
+        Ok(fields) => fields,
+        Err(message) => return failure(StatusCode::BAD_REQUEST, "BadRequest", &message),
+    };
     match (method, name) {
         (Method::GET, None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
             if api.store.lock().unwrap().watches_held {
                 return status_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable");
             }
-            let fields = match parse_fields(&collection, q.get("fieldSelector")) {
-                Ok(fields) => fields,
-                Err(message) => return bad_request(&message),
-            };
             let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
             let rx = api.events.subscribe();
             let (api_version, kind) = type_of(&collection);
@@ -1051,10 +1050,6 @@ async fn handle_core(State(api): State<Arc<FakeApi>>, req: Request) -> Response 
                 .unwrap()
         }
         (Method::GET, None) => {
-            let fields = match parse_fields(&collection, q.get("fieldSelector")) {
-                Ok(fields) => fields,
-                Err(message) => return bad_request(&message),
-            };
             let mut s = api.store.lock().unwrap();
             *s.lists.entry(collection.clone()).or_default() += 1;
             let items: Vec<Value> = s
